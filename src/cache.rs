@@ -1,0 +1,155 @@
+//! Content-addressed feature store.
+//!
+//! Layout (DVC-style, sharded by the key's first two hex digits):
+//!
+//! ```text
+//! <cache>/features/ab/<key>.npy          finished stage: rows in image order
+//! <cache>/features/ab/<key>.json         what produced it (arch, view, rows)
+//! <cache>/features/ab/<key>.partial/     chunks of an unfinished stage
+//! ```
+//!
+//! Every write goes to a temporary file that is renamed into place, so an
+//! interrupted run leaves either a whole file or none. A corrupt entry is
+//! reported, removed and treated as a miss.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::npy::{self, Matrix};
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder,
+/// flushed, then renamed over the target.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct FeatureCache {
+    root: PathBuf,
+}
+
+impl FeatureCache {
+    pub fn new(root: impl Into<PathBuf>) -> FeatureCache {
+        FeatureCache { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn stem(&self, key: &str) -> PathBuf {
+        self.root.join("features").join(&key[..2]).join(key)
+    }
+
+    /// Path of a finished stage's features.
+    pub fn path(&self, key: &str) -> PathBuf {
+        self.stem(key).with_extension("npy")
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.path(key).is_file()
+    }
+
+    /// Loads a finished stage; `Ok(None)` on a miss. A corrupt file (bad
+    /// header, truncated, wrong row count) is removed and reported as a miss
+    /// with the reason, so the stage is recomputed.
+    pub fn get(&self, key: &str, rows: usize) -> Result<Option<Matrix>, String> {
+        let path = self.path(key);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        match npy::read(&path) {
+            Ok(m) if m.rows == rows => Ok(Some(m)),
+            Ok(m) => {
+                let _ = std::fs::remove_file(&path);
+                Err(format!(
+                    "{} holds {} rows, expected {rows}; removed, recomputing",
+                    path.display(),
+                    m.rows
+                ))
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(format!("{e}; removed, recomputing"))
+            }
+        }
+    }
+
+    /// Stores a finished stage and its provenance, then drops its chunks.
+    pub fn put(&self, key: &str, m: &Matrix, meta: &serde_json::Value) -> std::io::Result<()> {
+        let meta = serde_json::to_vec_pretty(meta).expect("json serialises");
+        write_atomic(&self.stem(key).with_extension("json"), &meta)?;
+        write_atomic(&self.path(key), &npy::to_bytes(m))?;
+        let partial = self.partial_dir(key);
+        if partial.exists() {
+            std::fs::remove_dir_all(partial)?;
+        }
+        Ok(())
+    }
+
+    fn partial_dir(&self, key: &str) -> PathBuf {
+        self.stem(key).with_extension("partial")
+    }
+
+    fn chunk_path(&self, key: &str, chunk: usize) -> PathBuf {
+        self.partial_dir(key).join(format!("{chunk:06}.npy"))
+    }
+
+    /// A chunk of an unfinished stage, if an earlier (interrupted) run wrote it.
+    pub fn chunk(&self, key: &str, chunk: usize, rows: usize) -> Option<Matrix> {
+        let path = self.chunk_path(key, chunk);
+        match npy::read(&path) {
+            Ok(m) if m.rows == rows => Some(m),
+            Ok(_) | Err(_) => {
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    pub fn put_chunk(&self, key: &str, chunk: usize, m: &Matrix) -> std::io::Result<()> {
+        write_atomic(&self.chunk_path(key, chunk), &npy::to_bytes(m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_entry_is_removed_and_reported_as_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FeatureCache::new(dir.path());
+        let key = "abcdef0123";
+        let m = Matrix::new(2, 3, vec![1.0; 6]);
+        cache.put(key, &m, &serde_json::json!({})).unwrap();
+        assert_eq!(cache.get(key, 2).unwrap(), Some(m));
+        std::fs::write(cache.path(key), b"garbage").unwrap();
+        assert!(cache.get(key, 2).is_err());
+        assert!(!cache.contains(key));
+        assert_eq!(cache.get(key, 2).unwrap(), None);
+    }
+
+    #[test]
+    fn finishing_a_stage_drops_its_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FeatureCache::new(dir.path());
+        let key = "ff00";
+        let m = Matrix::new(1, 2, vec![1.0, 2.0]);
+        cache.put_chunk(key, 0, &m).unwrap();
+        assert_eq!(cache.chunk(key, 0, 1), Some(m.clone()));
+        cache.put(key, &m, &serde_json::json!({})).unwrap();
+        assert_eq!(cache.chunk(key, 0, 1), None);
+    }
+}

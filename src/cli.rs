@@ -1,0 +1,236 @@
+//! Command line: `runner SPEC.toml`, `runner run`, `runner report`,
+//! `runner extract`. Glue only: parse, set up threads and device, call
+//! `pipeline` / `report` / `features`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use candle_core::Device;
+use clap::{Args, Parser, Subcommand};
+
+use crate::cache::FeatureCache;
+use crate::data::Dataset;
+use crate::log::Log;
+use crate::plan::{Plan, Split};
+use crate::{features, npy, pipeline, report, spec};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "runner",
+    version,
+    about = "Declarative, cached transfer-learning experiments for image classification",
+    args_conflicts_with_subcommands = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Spec files to run (`runner a.toml` is `runner run a.toml`).
+    specs: Vec<PathBuf>,
+    #[command(flatten)]
+    global: Global,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// Folder holding run directories.
+    #[arg(long, global = true, default_value = "runs")]
+    runs: PathBuf,
+    /// Feature cache folder [default: <runs>/.cache].
+    #[arg(long, global = true)]
+    cache: Option<PathBuf>,
+    /// auto | cpu | cuda | cuda:N
+    #[arg(long, global = true, default_value = "auto")]
+    device: String,
+    /// Worker threads [default: all cores].
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// No progress bars or informational lines; results still print.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one or more specs, each into a new run directory.
+    Run {
+        #[arg(required = true)]
+        specs: Vec<PathBuf>,
+    },
+    /// Compare every run in one table.
+    Report {
+        #[arg(long, value_enum, default_value = "table")]
+        format: report::Format,
+    },
+    /// Compute (or fetch from the cache) a spec's features and write each
+    /// backbone x view x split as float32 .npy with ids in CSV.
+    Extract {
+        spec: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Picks the compute device: `auto` is CUDA when built with it and a GPU is
+/// present, the CPU otherwise.
+pub fn device(choice: &str, log: &Log) -> anyhow::Result<Device> {
+    let cuda_index = match choice {
+        "auto" => {
+            if candle_core::utils::cuda_is_available() {
+                if let Ok(d) = Device::new_cuda(0) {
+                    log.info("device: cuda:0 (auto)");
+                    return Ok(d);
+                }
+            }
+            log.info("device: cpu (auto)");
+            return Ok(Device::Cpu);
+        }
+        "cpu" => {
+            log.info("device: cpu");
+            return Ok(Device::Cpu);
+        }
+        "cuda" => 0,
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => bail!("--device {other:?} is not a device; allowed: auto, cpu, cuda, cuda:N"),
+        },
+    };
+    if !candle_core::utils::cuda_is_available() {
+        bail!("--device cuda:{cuda_index}: this runner was built without CUDA; rebuild with `--features cuda` or use --device cpu");
+    }
+    let d =
+        Device::new_cuda(cuda_index).with_context(|| format!("cannot open cuda:{cuda_index}"))?;
+    log.info(format!("device: cuda:{cuda_index}"));
+    Ok(d)
+}
+
+/// Sets up the thread pools before anything touches rayon or candle: one
+/// rayon pool of `threads` workers, and candle's separate elementwise pool
+/// kept at one thread so the two never spin against each other (DESIGN.md).
+fn init_threads(threads: Option<usize>) -> anyhow::Result<usize> {
+    let n = threads
+        .or_else(|| {
+            std::env::var("RAYON_NUM_THREADS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+        })
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    // SAFETY: main thread, before any other thread exists.
+    unsafe_set_env("RAYON_NUM_THREADS", &n.to_string());
+    unsafe_set_env("CANDLE_NUM_THREADS", "1");
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .context("cannot start the thread pool")?;
+    Ok(n)
+}
+
+fn unsafe_set_env(key: &str, value: &str) {
+    std::env::set_var(key, value);
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = &cli.global;
+    let log = Log::new(g.quiet);
+    let cache_dir = g.cache.clone().unwrap_or_else(|| g.runs.join(".cache"));
+    let cache = FeatureCache::new(cache_dir);
+    match cli.command {
+        Some(Command::Report { format }) => {
+            let mut df = report::load(&g.runs)?;
+            if df.height() == 0 {
+                eprintln!("no runs under {}", g.runs.display());
+            }
+            print!("{}", report::render(&mut df, format)?);
+            Ok(())
+        }
+        Some(Command::Extract { spec, out }) => {
+            let threads = init_threads(g.threads)?;
+            log.info(format!("threads: {threads}"));
+            let device = device(&g.device, &log)?;
+            extract(&spec, &out, &cache, &device, &log)
+        }
+        Some(Command::Run { specs }) => run_specs(&specs, g, &cache, &log),
+        None => run_specs(&cli.specs, g, &cache, &log),
+    }
+}
+
+fn run_specs(paths: &[PathBuf], g: &Global, cache: &FeatureCache, log: &Log) -> anyhow::Result<()> {
+    // Check every spec before running any, so a typo in the third spec does
+    // not surface after an hour of the first.
+    let specs = paths
+        .iter()
+        .map(|p| spec::load(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let threads = init_threads(g.threads)?;
+    log.info(format!("threads: {threads}"));
+    let device = device(&g.device, log)?;
+    let mut failed = Vec::new();
+    for (path, spec) in paths.iter().zip(&specs) {
+        log.info(format!("spec {}", path.display()));
+        match pipeline::run(spec, &g.runs, cache, &device, log) {
+            Ok(outcome) => log.always(format!("wrote {}", outcome.dir.display())),
+            Err(e) => failed.push(format!("{}: {e:#}", path.display())),
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} spec(s) failed:\n{}",
+            failed.len(),
+            specs.len(),
+            failed.join("\n")
+        );
+    }
+    Ok(())
+}
+
+fn extract(
+    spec_path: &Path,
+    out: &Path,
+    cache: &FeatureCache,
+    device: &Device,
+    log: &Log,
+) -> anyhow::Result<()> {
+    let spec = spec::load(spec_path)?;
+    let data = Dataset::load(&spec.data)?;
+    let plan = Plan::new(&spec, &data)?;
+    let feats = features::ensure(&spec, &data, &plan, cache, device, log)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    for (split, items) in [(Split::Train, &data.train), (Split::Test, &data.test)] {
+        if items.is_empty() {
+            continue;
+        }
+        let mut ids = String::from(if split == Split::Train {
+            "id,label\n"
+        } else {
+            "id\n"
+        });
+        for (i, item) in items.iter().enumerate() {
+            ids.push_str(&item.id);
+            if split == Split::Train {
+                ids.push(',');
+                ids.push_str(&data.classes[data.labels[i]]);
+            }
+            ids.push('\n');
+        }
+        crate::cache::write_atomic(
+            &out.join(format!("{}_ids.csv", split.name())),
+            ids.as_bytes(),
+        )?;
+        for (b, bb) in spec.backbones.iter().enumerate() {
+            let arch = bb.arch.name();
+            let dup = spec.backbones.iter().filter(|o| o.arch == bb.arch).count() > 1;
+            let stem = if dup {
+                format!("{arch}_{b}")
+            } else {
+                arch.to_string()
+            };
+            for &view in &spec.views {
+                let path = out.join(format!("{}_{stem}_{}.npy", split.name(), view.name()));
+                npy::write(&path, feats.get(plan.stage(b, view, split)))?;
+                log.info(format!("wrote {}", path.display()));
+            }
+        }
+    }
+    Ok(())
+}

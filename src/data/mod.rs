@@ -1,0 +1,317 @@
+//! Datasets: which images, which labels, which classes, which test ids.
+//!
+//! Both layouts resolve to the same [`Dataset`]: training images with class
+//! indices, test images in submission order, and the class order that
+//! submission and probability columns use (the sample submission's when
+//! there is one, sorted label names otherwise).
+
+pub mod image;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use crate::spec::{DataSpec, Layout};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub id: String,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub classes: Vec<String>,
+    pub train: Vec<Item>,
+    /// Class index of each training item.
+    pub labels: Vec<usize>,
+    pub test: Vec<Item>,
+    /// Class index of each test item, from the answer key when given.
+    pub test_labels: Option<Vec<usize>>,
+    /// The sample submission's header, when there is one.
+    pub submission_header: Option<Vec<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} line {line}: {problem}")]
+    Csv {
+        path: String,
+        line: u64,
+        problem: String,
+    },
+    #[error("{path}: {problem}")]
+    Invalid { path: String, problem: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+    move |source| DataError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Reads an `id,label` CSV (header row first, names free) into pairs.
+fn read_id_label_csv(path: &Path) -> Result<Vec<(String, String)>, DataError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_path(path)
+        .map_err(|e| csv_err(path, e))?;
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| csv_err(path, e))?;
+        let line = record.position().map_or(0, |p| p.line());
+        if record.len() < 2 {
+            return Err(DataError::Csv {
+                path: path.display().to_string(),
+                line,
+                problem: format!("expected `id,label`, found {} column(s)", record.len()),
+            });
+        }
+        let (id, label) = (record[0].trim(), record[1].trim());
+        if id.is_empty() || label.is_empty() {
+            return Err(DataError::Csv {
+                path: path.display().to_string(),
+                line,
+                problem: "empty id or label".into(),
+            });
+        }
+        rows.push((id.to_string(), label.to_string()));
+    }
+    Ok(rows)
+}
+
+fn csv_err(path: &Path, e: csv::Error) -> DataError {
+    let line = e.position().map_or(0, |p| p.line());
+    match e.into_kind() {
+        csv::ErrorKind::Io(source) => DataError::Io {
+            path: path.display().to_string(),
+            source,
+        },
+        kind => DataError::Csv {
+            path: path.display().to_string(),
+            line,
+            problem: format!("{kind:?}"),
+        },
+    }
+}
+
+/// Reads a sample submission: its header and its id column, in order.
+fn read_sample_submission(path: &Path) -> Result<(Vec<String>, Vec<String>), DataError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_path(path)
+        .map_err(|e| csv_err(path, e))?;
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| csv_err(path, e))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    if header.len() < 3 {
+        return Err(DataError::Invalid {
+            path: path.display().to_string(),
+            problem: "the header needs an id column and at least two class columns".into(),
+        });
+    }
+    let mut ids = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| csv_err(path, e))?;
+        ids.push(record[0].trim().to_string());
+    }
+    Ok((header, ids))
+}
+
+fn is_image(path: &Path) -> bool {
+    matches!(
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("jpg" | "jpeg" | "png")
+    )
+}
+
+/// Image files directly inside `dir`, sorted by file name.
+fn list_images(dir: &Path) -> Result<Vec<Item>, DataError> {
+    let mut items = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        if path.is_file() && is_image(&path) {
+            let id = path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            items.push(Item { id, path });
+        }
+    }
+    items.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(items)
+}
+
+fn class_index(classes: &[String]) -> HashMap<&str, usize> {
+    classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
+        .collect()
+}
+
+impl Dataset {
+    /// Loads and checks a dataset: every listed image must exist, every label
+    /// must be a known class.
+    pub fn load(spec: &DataSpec) -> Result<Dataset, DataError> {
+        // Training ids and label names, in file order.
+        let (train, train_label_names): (Vec<Item>, Vec<String>) = match spec.layout {
+            Layout::Kaggle => {
+                let labels_path = spec.labels.as_deref().expect("kaggle layout has labels");
+                read_id_label_csv(labels_path)?
+                    .into_iter()
+                    .map(|(id, label)| {
+                        let path = spec.train_dir.join(format!("{id}.{}", spec.image_ext));
+                        (Item { id, path }, label)
+                    })
+                    .unzip()
+            }
+            Layout::Folders => {
+                let mut pairs = Vec::new();
+                let mut dirs: Vec<PathBuf> = std::fs::read_dir(&spec.train_dir)
+                    .map_err(io_err(&spec.train_dir))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.is_dir())
+                    .collect();
+                dirs.sort();
+                for dir in dirs {
+                    let class = dir
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned();
+                    for mut item in list_images(&dir)? {
+                        // Ids must be unique across classes.
+                        item.id = format!("{class}/{}", item.id);
+                        pairs.push((item, class.clone()));
+                    }
+                }
+                pairs.into_iter().unzip()
+            }
+        };
+        let train_source = match spec.layout {
+            Layout::Kaggle => spec.labels.clone().expect("kaggle layout has labels"),
+            Layout::Folders => spec.train_dir.clone(),
+        };
+        if train.is_empty() {
+            return Err(DataError::Invalid {
+                path: train_source.display().to_string(),
+                problem: "lists no training images".into(),
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for item in &train {
+            if !seen.insert(item.id.as_str()) {
+                return Err(DataError::Invalid {
+                    path: train_source.display().to_string(),
+                    problem: format!("id {:?} appears twice", item.id),
+                });
+            }
+        }
+
+        let sample = spec
+            .sample_submission
+            .as_deref()
+            .map(read_sample_submission)
+            .transpose()?;
+        let classes: Vec<String> = match &sample {
+            Some((header, _)) => header[1..].to_vec(),
+            None => train_label_names
+                .iter()
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+        };
+        if classes.len() < 2 {
+            return Err(DataError::Invalid {
+                path: train_source.display().to_string(),
+                problem: format!("needs at least 2 classes, found {}", classes.len()),
+            });
+        }
+        let index = class_index(&classes);
+        let labels = train_label_names
+            .iter()
+            .zip(&train)
+            .map(|(name, item)| {
+                index.get(name.as_str()).copied().ok_or_else(|| DataError::Invalid {
+                    path: train_source.display().to_string(),
+                    problem: format!(
+                        "image {:?} has label {name:?}, which is not a column of the sample submission",
+                        item.id
+                    ),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let test = match (&sample, &spec.test_dir) {
+            (Some((_, ids)), Some(dir)) => ids
+                .iter()
+                .map(|id| Item {
+                    id: id.clone(),
+                    path: dir.join(format!("{id}.{}", spec.image_ext)),
+                })
+                .collect(),
+            (None, Some(dir)) => list_images(dir)?,
+            (_, None) => Vec::new(),
+        };
+
+        for item in train.iter().chain(&test) {
+            if !item.path.is_file() {
+                return Err(DataError::Invalid {
+                    path: item.path.display().to_string(),
+                    problem: format!("image for id {:?} does not exist", item.id),
+                });
+            }
+        }
+
+        let test_labels = match &spec.test_labels {
+            Some(path) if !test.is_empty() => {
+                let key: HashMap<String, String> = read_id_label_csv(path)?.into_iter().collect();
+                let labels = test
+                    .iter()
+                    .map(|item| {
+                        let name = key.get(&item.id).ok_or_else(|| DataError::Invalid {
+                            path: path.display().to_string(),
+                            problem: format!("has no label for test id {:?}", item.id),
+                        })?;
+                        index
+                            .get(name.as_str())
+                            .copied()
+                            .ok_or_else(|| DataError::Invalid {
+                                path: path.display().to_string(),
+                                problem: format!(
+                                    "test id {:?} has unknown label {name:?}",
+                                    item.id
+                                ),
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(labels)
+            }
+            _ => None,
+        };
+
+        Ok(Dataset {
+            classes,
+            train,
+            labels,
+            test,
+            test_labels,
+            submission_header: sample.map(|(header, _)| header),
+        })
+    }
+}

@@ -1,0 +1,326 @@
+//! The feature stage: images -> pooled backbone features, cached.
+//!
+//! For each split, the stages that the cache lacks are computed together in
+//! one pass over the images: each chunk of images is decoded once, resized
+//! once per input size, and fed to every backbone that still needs it, in
+//! both views. Finished chunks are written to the cache as they complete, so
+//! an interrupted extraction resumes at the first missing chunk.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use crate::cache::FeatureCache;
+use crate::data::image::{decode_rgb, resize_area, ImageError, RgbImage};
+use crate::data::{Dataset, Item};
+use crate::log::Log;
+use crate::models::{self, Backbone, ModelError};
+use crate::npy::Matrix;
+use crate::plan::{FeatureStage, Plan, Split};
+use crate::spec::{BackboneSpec, Spec, View};
+
+/// Images per cache chunk: the unit of resumption after an interruption.
+pub const CHUNK_IMAGES: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeatureError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{arch} failed on images {first}..{last}")]
+    Forward {
+        arch: &'static str,
+        first: String,
+        last: String,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error("cannot write to the feature cache {path}")]
+    CacheWrite {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Features of every planned stage, by stage key.
+pub struct Features {
+    pub by_key: HashMap<String, Matrix>,
+    /// Stages served from the cache / computed in this run.
+    pub cached: usize,
+    pub computed: usize,
+    /// Seconds spent decoding+resizing and in the backbones.
+    pub decode_seconds: f64,
+    pub forward_seconds: f64,
+}
+
+impl Features {
+    pub fn get(&self, stage: &FeatureStage) -> &Matrix {
+        &self.by_key[&stage.key]
+    }
+
+    /// The backbones' features of one view and split, side by side in spec
+    /// order (e.g. Xception 2048 + InceptionV3 2048 = 4096 columns).
+    pub fn concat(&self, plan: &Plan, n_backbones: usize, view: View, split: Split) -> Matrix {
+        let parts: Vec<&Matrix> = (0..n_backbones)
+            .map(|b| self.get(plan.stage(b, view, split)))
+            .collect();
+        Matrix::hconcat(&parts)
+    }
+}
+
+/// Converts resized RGB images into a preprocessed `(N, 3, H, W)` tensor,
+/// mirrored left to right for [`View::Hflip`].
+pub fn input_tensor(
+    images: &[&RgbImage],
+    backbone: &BackboneSpec,
+    view: View,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let size = backbone.input_size;
+    let plane = size * size;
+    let so = backbone.preprocess.scale_offset();
+    let mut data = vec![0f32; images.len() * 3 * plane];
+    data.par_chunks_mut(3 * plane)
+        .zip(images.par_iter())
+        .for_each(|(out, img)| {
+            for y in 0..size {
+                for x in 0..size {
+                    let sx = match view {
+                        View::Original => x,
+                        View::Hflip => size - 1 - x,
+                    };
+                    let p = &img.pixels[(y * size + sx) * 3..(y * size + sx) * 3 + 3];
+                    for c in 0..3 {
+                        out[c * plane + y * size + x] = p[c] as f32 * so[c].0 + so[c].1;
+                    }
+                }
+            }
+        });
+    Tensor::from_vec(data, (images.len(), 3, size, size), device)
+}
+
+/// Makes sure every stage of `plan` is in the cache, computing what is
+/// missing, and returns all features.
+pub fn ensure(
+    spec: &Spec,
+    data: &Dataset,
+    plan: &Plan,
+    cache: &FeatureCache,
+    device: &Device,
+    log: &Log,
+) -> Result<Features, FeatureError> {
+    let mut out = Features {
+        by_key: HashMap::new(),
+        cached: 0,
+        computed: 0,
+        decode_seconds: 0.0,
+        forward_seconds: 0.0,
+    };
+    let mut missing: Vec<&FeatureStage> = Vec::new();
+    for stage in &plan.stages {
+        let rows = split_items(data, stage.split).len();
+        match cache.get(&stage.key, rows) {
+            Ok(Some(m)) => {
+                out.by_key.insert(stage.key.clone(), m);
+                out.cached += 1;
+            }
+            Ok(None) => missing.push(stage),
+            Err(why) => {
+                log.always(format!("warning: corrupt cache entry: {why}"));
+                missing.push(stage);
+            }
+        }
+    }
+    if missing.is_empty() {
+        log.info(format!(
+            "features: all {} stages served from the cache {}, nothing to compute",
+            out.cached,
+            cache.root().display()
+        ));
+        return Ok(out);
+    }
+    log.info(format!(
+        "features: {} stage(s) from the cache, {} to compute",
+        out.cached,
+        missing.len()
+    ));
+
+    // Load each backbone that has work once.
+    let needed: BTreeSet<usize> = missing.iter().map(|s| s.backbone).collect();
+    let mut nets: HashMap<usize, Box<dyn Backbone>> = HashMap::new();
+    for &b in &needed {
+        let bb = &spec.backbones[b];
+        let started = Instant::now();
+        nets.insert(b, models::load(bb.arch, &bb.weights, device)?);
+        log.info(format!(
+            "loaded {} from {} in {:.1}s",
+            bb.arch.name(),
+            bb.weights.display(),
+            started.elapsed().as_secs_f64()
+        ));
+    }
+
+    for split in [Split::Train, Split::Test] {
+        let stages: Vec<&FeatureStage> = missing
+            .iter()
+            .copied()
+            .filter(|s| s.split == split)
+            .collect();
+        if stages.is_empty() {
+            continue;
+        }
+        let items = split_items(data, split);
+        let computed = extract_split(
+            spec, items, split, &stages, &nets, cache, device, log, &mut out,
+        )?;
+        for (stage, m) in stages.iter().zip(computed) {
+            let bb = &spec.backbones[stage.backbone];
+            let meta = serde_json::json!({
+                "arch": bb.arch,
+                "weights": bb.weights,
+                "input_size": bb.input_size,
+                "preprocess": bb.preprocess,
+                "view": stage.view,
+                "split": stage.split,
+                "rows": m.rows,
+                "cols": m.cols,
+                "feature_code_version": crate::plan::FEATURE_CODE_VERSION,
+            });
+            cache
+                .put(&stage.key, &m, &meta)
+                .map_err(|source| FeatureError::CacheWrite {
+                    path: cache.path(&stage.key).display().to_string(),
+                    source,
+                })?;
+            out.by_key.insert(stage.key.clone(), m);
+            out.computed += 1;
+        }
+    }
+    Ok(out)
+}
+
+fn split_items(data: &Dataset, split: Split) -> &[Item] {
+    match split {
+        Split::Train => &data.train,
+        Split::Test => &data.test,
+    }
+}
+
+/// Computes `stages` (all of one split) chunk by chunk, reusing chunks an
+/// interrupted run left behind; returns one matrix per stage.
+#[allow(clippy::too_many_arguments)]
+fn extract_split(
+    spec: &Spec,
+    items: &[Item],
+    split: Split,
+    stages: &[&FeatureStage],
+    nets: &HashMap<usize, Box<dyn Backbone>>,
+    cache: &FeatureCache,
+    device: &Device,
+    log: &Log,
+    out: &mut Features,
+) -> Result<Vec<Matrix>, FeatureError> {
+    let mut chunks_per_stage: Vec<Vec<Matrix>> = vec![Vec::new(); stages.len()];
+    let mut progress = log.progress(
+        &format!("features {}", split.name()),
+        items.len() as u64,
+        "images",
+    );
+    let mut resumed = 0usize;
+    for (c, chunk) in items.chunks(CHUNK_IMAGES).enumerate() {
+        // What earlier runs already finished of this chunk.
+        let mut have: Vec<Option<Matrix>> = stages
+            .iter()
+            .map(|s| cache.chunk(&s.key, c, chunk.len()))
+            .collect();
+        if have.iter().all(Option::is_some) {
+            resumed += 1;
+            for (dst, m) in chunks_per_stage.iter_mut().zip(have) {
+                dst.push(m.expect("checked"));
+            }
+            progress.inc(chunk.len() as u64);
+            continue;
+        }
+
+        let started = Instant::now();
+        let decoded = chunk
+            .par_iter()
+            .map(|item| decode_rgb(&item.path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sizes: BTreeSet<usize> = stages
+            .iter()
+            .zip(&have)
+            .filter(|(_, h)| h.is_none())
+            .map(|(s, _)| spec.backbones[s.backbone].input_size)
+            .collect();
+        let resized: HashMap<usize, Vec<RgbImage>> = sizes
+            .into_iter()
+            .map(|size| {
+                let imgs = decoded
+                    .par_iter()
+                    .map(|img| resize_area(img, size, size))
+                    .collect();
+                (size, imgs)
+            })
+            .collect();
+        drop(decoded);
+        out.decode_seconds += started.elapsed().as_secs_f64();
+
+        let started = Instant::now();
+        for (i, stage) in stages.iter().enumerate() {
+            if have[i].is_some() {
+                continue;
+            }
+            let bb = &spec.backbones[stage.backbone];
+            let net = &nets[&stage.backbone];
+            let imgs = &resized[&bb.input_size];
+            let mut data = Vec::with_capacity(chunk.len() * net.num_features());
+            for (b, batch) in imgs.chunks(spec.extract.batch_size).enumerate() {
+                let forward = || -> candle_core::Result<Vec<f32>> {
+                    let refs: Vec<&RgbImage> = batch.iter().collect();
+                    let x = input_tensor(&refs, bb, stage.view, device)?;
+                    net.forward_features(&x)?.flatten_all()?.to_vec1::<f32>()
+                };
+                let feats = forward().map_err(|source| {
+                    let first = b * spec.extract.batch_size;
+                    FeatureError::Forward {
+                        arch: bb.arch.name(),
+                        first: chunk[first].id.clone(),
+                        last: chunk[first + batch.len() - 1].id.clone(),
+                        source,
+                    }
+                })?;
+                data.extend(feats);
+            }
+            let m = Matrix::new(chunk.len(), net.num_features(), data);
+            cache
+                .put_chunk(&stage.key, c, &m)
+                .map_err(|source| FeatureError::CacheWrite {
+                    path: cache.root().display().to_string(),
+                    source,
+                })?;
+            have[i] = Some(m);
+            progress.set_message(format!("{} {}", bb.arch.name(), stage.view.name()));
+        }
+        out.forward_seconds += started.elapsed().as_secs_f64();
+        for (dst, m) in chunks_per_stage.iter_mut().zip(have) {
+            dst.push(m.expect("computed"));
+        }
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish();
+    if resumed > 0 {
+        log.info(format!(
+            "features {}: resumed {resumed} chunk(s) of {CHUNK_IMAGES} images left by an interrupted run",
+            split.name()
+        ));
+    }
+    Ok(chunks_per_stage
+        .iter()
+        .map(|parts| Matrix::vconcat(parts))
+        .collect())
+}

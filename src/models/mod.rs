@@ -1,0 +1,106 @@
+//! Frozen pretrained backbones: registry, pretrained configs and loading.
+//!
+//! Every backbone takes a preprocessed `(N, 3, H, W)` f32 tensor (NCHW) and
+//! returns global-average-pooled features `(N, C)`.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+/// The architectures `runner` builds natively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    Xception,
+    InceptionV3,
+    EfficientnetLite0,
+}
+
+/// How `u8` RGB pixels become network input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preprocess {
+    /// `x / 127.5 - 1`, range [-1, 1] (Keras `preprocess_input` for Xception / InceptionV3).
+    Inception,
+    /// `(x - 127) / 128` (EfficientNet-Lite's TF preprocessing).
+    EfficientnetLite,
+    /// `(x / 255 - mean) / std` with ImageNet statistics (torchvision).
+    Imagenet,
+}
+
+impl Preprocess {
+    /// Per-channel `(scale, offset)` such that `input = x * scale + offset`.
+    pub fn scale_offset(self) -> [(f32, f32); 3] {
+        match self {
+            Preprocess::Inception => [(1.0 / 127.5, -1.0); 3],
+            Preprocess::EfficientnetLite => [(1.0 / 128.0, -127.0 / 128.0); 3],
+            Preprocess::Imagenet => {
+                let mean = [0.485f32, 0.456, 0.406];
+                let std = [0.229f32, 0.224, 0.225];
+                [0, 1, 2].map(|c| (1.0 / (255.0 * std[c]), -mean[c] / std[c]))
+            }
+        }
+    }
+}
+
+/// What a pretrained backbone expects and produces (timm's `pretrained_cfg`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PretrainedCfg {
+    pub input_size: usize,
+    pub preprocess: Preprocess,
+    pub num_features: usize,
+}
+
+impl Arch {
+    pub fn pretrained_cfg(self) -> PretrainedCfg {
+        match self {
+            Arch::Xception => PretrainedCfg {
+                input_size: 299,
+                preprocess: Preprocess::Inception,
+                num_features: 2048,
+            },
+            Arch::InceptionV3 => PretrainedCfg {
+                input_size: 299,
+                preprocess: Preprocess::Inception,
+                num_features: 2048,
+            },
+            Arch::EfficientnetLite0 => PretrainedCfg {
+                input_size: 224,
+                preprocess: Preprocess::EfficientnetLite,
+                num_features: 1280,
+            },
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Xception => "xception",
+            Arch::InceptionV3 => "inception_v3",
+            Arch::EfficientnetLite0 => "efficientnet_lite0",
+        }
+    }
+}
+
+/// A loaded, frozen feature extractor.
+pub trait Backbone: Send + Sync {
+    /// `(N, 3, H, W)` preprocessed input -> `(N, num_features)` pooled features.
+    fn forward_features(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+    fn num_features(&self) -> usize;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot load {arch} weights from {path}: {source}")]
+    Load {
+        arch: &'static str,
+        path: String,
+        #[source]
+        source: candle_core::Error,
+    },
+}
+
+/// Loads `arch` from a safetensors file onto `device` (weights kept in f32).
+pub fn load(arch: Arch, weights: &Path, device: &Device) -> Result<Box<dyn Backbone>, ModelError> {
+    let _ = (arch, weights, device);
+    todo!("implemented by the models work")
+}

@@ -1,0 +1,187 @@
+//! Stage keys: which feature matrices a spec needs and their content hashes.
+//!
+//! A feature stage is one backbone x one view x one split. Its key is the
+//! BLAKE3 hash of a canonical JSON document holding everything that changes
+//! the numbers (image bytes, resize, preprocessing, weights, architecture,
+//! view, and [`FEATURE_CODE_VERSION`]) and nothing that does not (folds,
+//! dropout, file paths, ids), so head settings never invalidate features.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::data::{Dataset, Item};
+use crate::models::{Arch, Preprocess};
+use crate::spec::{BackboneSpec, Resize, Spec, View};
+
+/// Bump when a change to decoding, resizing or a backbone's code changes
+/// feature values: every cached feature is then recomputed.
+pub const FEATURE_CODE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    Train,
+    Test,
+}
+
+impl Split {
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "test",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FeatureStage {
+    /// Index into `spec.backbones`.
+    pub backbone: usize,
+    pub view: View,
+    pub split: Split,
+    pub key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub stages: Vec<FeatureStage>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {path} to hash it")]
+pub struct HashError {
+    pub path: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// BLAKE3 of a file's bytes, memory-mapped and hashed in parallel for big
+/// files.
+pub fn hash_file(path: &Path) -> Result<String, HashError> {
+    let mut hasher = blake3::Hasher::new();
+    let err = |source| HashError {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(err)?;
+    std::io::copy(
+        &mut std::io::BufReader::with_capacity(1 << 20, file),
+        &mut hasher,
+    )
+    .map_err(err)?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// One hash over the ordered contents of a list of images.
+fn hash_images(items: &[Item]) -> Result<String, HashError> {
+    let hashes = items
+        .par_iter()
+        .map(|item| hash_file(&item.path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut hasher = blake3::Hasher::new();
+    for h in hashes {
+        hasher.update(h.as_bytes());
+        hasher.update(b"\n");
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// The canonical document a feature stage's key hashes.
+#[derive(Serialize)]
+struct FeatureKey<'a> {
+    feature_code_version: u32,
+    arch: Arch,
+    weights_blake3: &'a str,
+    input_size: usize,
+    preprocess: Preprocess,
+    resize: Resize,
+    view: View,
+    images_blake3: &'a str,
+}
+
+impl Plan {
+    /// Hashes weights and images and derives every feature stage's key.
+    pub fn new(spec: &Spec, data: &Dataset) -> Result<Plan, HashError> {
+        let mut weights_hashes = std::collections::HashMap::<PathBuf, String>::new();
+        for b in &spec.backbones {
+            if !weights_hashes.contains_key(&b.weights) {
+                weights_hashes.insert(b.weights.clone(), hash_file(&b.weights)?);
+            }
+        }
+        let splits: Vec<(Split, String)> = [(Split::Train, &data.train), (Split::Test, &data.test)]
+            .into_iter()
+            .filter(|(_, items)| !items.is_empty())
+            .map(|(split, items)| Ok((split, hash_images(items)?)))
+            .collect::<Result<_, HashError>>()?;
+        let mut stages = Vec::new();
+        for (split, images_hash) in &splits {
+            for (i, b) in spec.backbones.iter().enumerate() {
+                for &view in &spec.views {
+                    let key = stage_key(b, &weights_hashes[&b.weights], view, images_hash);
+                    stages.push(FeatureStage {
+                        backbone: i,
+                        view,
+                        split: *split,
+                        key,
+                    });
+                }
+            }
+        }
+        Ok(Plan { stages })
+    }
+
+    pub fn stage(&self, backbone: usize, view: View, split: Split) -> &FeatureStage {
+        self.stages
+            .iter()
+            .find(|s| s.backbone == backbone && s.view == view && s.split == split)
+            .expect("every backbone x view x split is planned")
+    }
+}
+
+fn stage_key(b: &BackboneSpec, weights_hash: &str, view: View, images_hash: &str) -> String {
+    let doc = FeatureKey {
+        feature_code_version: FEATURE_CODE_VERSION,
+        arch: b.arch,
+        weights_blake3: weights_hash,
+        input_size: b.input_size,
+        preprocess: b.preprocess,
+        resize: b.resize,
+        view,
+        images_blake3: images_hash,
+    };
+    let json = serde_json::to_vec(&doc).expect("key serialises");
+    blake3::hash(&json).to_hex().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backbone() -> BackboneSpec {
+        BackboneSpec {
+            arch: Arch::Xception,
+            weights: "w".into(),
+            input_size: 299,
+            preprocess: Preprocess::Inception,
+            resize: Resize::Area,
+        }
+    }
+
+    #[test]
+    fn key_changes_with_what_changes_features_only() {
+        let base = stage_key(&backbone(), "w1", View::Original, "i1");
+        assert_eq!(base, stage_key(&backbone(), "w1", View::Original, "i1"));
+        assert_ne!(base, stage_key(&backbone(), "w2", View::Original, "i1"));
+        assert_ne!(base, stage_key(&backbone(), "w1", View::Hflip, "i1"));
+        assert_ne!(base, stage_key(&backbone(), "w1", View::Original, "i2"));
+        let mut smaller = backbone();
+        smaller.input_size = 224;
+        assert_ne!(base, stage_key(&smaller, "w1", View::Original, "i1"));
+        // The weights' path is not part of the key: a copy shares the cache.
+        let mut moved = backbone();
+        moved.weights = "elsewhere/w".into();
+        assert_eq!(base, stage_key(&moved, "w1", View::Original, "i1"));
+    }
+}

@@ -1,0 +1,170 @@
+//! Run directories: `runs/<UTC time>-<name>-<spec hash>/`.
+//!
+//! ```text
+//! spec.toml        the resolved spec, every default filled in
+//! run.json         status (running | complete | failed), times, cache use
+//! metrics.json     the score propagation and per-head results
+//! folds.csv        fold, view, epochs run, best epoch, validation scores
+//! oof.csv          id, label, one probability column per class
+//! submission.csv   the sample submission's header and id order
+//! run.log          everything the run printed
+//! ```
+//!
+//! `run.json` is written first with status `running` and rewritten at the
+//! end, so a run that crashed or was interrupted stays visibly incomplete.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::write_atomic;
+use crate::spec::Spec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Running,
+    Complete,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub status: Status,
+    pub runner_version: String,
+    pub started_utc: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_utc: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Feature stages served from the cache and computed by this run.
+    pub feature_stages_cached: usize,
+    pub feature_stages_computed: usize,
+    /// Seconds per part of the run.
+    pub timings: Timings,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Timings {
+    pub hash_seconds: f64,
+    pub decode_seconds: f64,
+    pub features_seconds: f64,
+    pub heads_seconds: f64,
+}
+
+pub struct RunDir {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// `YYYYMMDDTHHMMSSZ` for a Unix time (civil-from-days, proleptic Gregorian).
+pub fn utc_stamp(secs: u64, compact: bool) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    if compact {
+        format!("{y:04}{mo:02}{d:02}T{h:02}{m:02}{s:02}Z")
+    } else {
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl RunDir {
+    /// Creates a fresh run directory holding the resolved spec and a
+    /// `running` manifest.
+    pub fn create(runs_root: &Path, spec: &Spec) -> std::io::Result<RunDir> {
+        std::fs::create_dir_all(runs_root)?;
+        let now = now_secs();
+        let base = format!(
+            "{}-{}-{}",
+            utc_stamp(now, true),
+            spec.name,
+            spec.short_hash()
+        );
+        let mut path = runs_root.join(&base);
+        let mut n = 2;
+        // Two runs of one spec in the same second get distinct folders.
+        while let Err(e) = std::fs::create_dir(&path) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(e);
+            }
+            path = runs_root.join(format!("{base}.{n}"));
+            n += 1;
+        }
+        let run = RunDir {
+            path,
+            manifest: Manifest {
+                status: Status::Running,
+                runner_version: env!("CARGO_PKG_VERSION").to_string(),
+                started_utc: utc_stamp(now, false),
+                finished_utc: None,
+                seconds: None,
+                error: None,
+                feature_stages_cached: 0,
+                feature_stages_computed: 0,
+                timings: Timings::default(),
+            },
+        };
+        run.write("spec.toml", spec.to_toml().as_bytes())?;
+        run.write_manifest()?;
+        Ok(run)
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Writes a file of the run atomically.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        write_atomic(&self.file(name), bytes)
+    }
+
+    pub fn write_manifest(&self) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(&self.manifest).expect("manifest serialises");
+        self.write("run.json", &json)
+    }
+
+    /// Marks the run finished (complete or failed) after `seconds`.
+    pub fn finish(
+        &mut self,
+        status: Status,
+        seconds: f64,
+        error: Option<String>,
+    ) -> std::io::Result<()> {
+        self.manifest.status = status;
+        self.manifest.finished_utc = Some(utc_stamp(now_secs(), false));
+        self.manifest.seconds = Some(seconds);
+        self.manifest.error = error;
+        self.write_manifest()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamps_are_calendar_correct() {
+        assert_eq!(utc_stamp(0, false), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_stamp(951_782_400, true), "20000229T000000Z");
+        assert_eq!(utc_stamp(1_796_000_000, false), "2026-11-30T00:53:20Z");
+    }
+}

@@ -1,0 +1,167 @@
+//! Experiment specs: TOML in, a validated [`Spec`] with every default filled
+//! in out.
+//!
+//! `raw` mirrors the file (serde, unknown keys rejected, so a typo is an error
+//! rather than a silently ignored setting); [`Spec`] is the resolved form the
+//! rest of the tool uses and the run directory records as `spec.toml`.
+
+mod raw;
+mod resolve;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::models::{Arch, Preprocess};
+
+pub use resolve::{load, parse};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read spec {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, unknown keys, wrong types: the message carries line and
+    /// column and, for enums and keys, the allowed values.
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: `{key}` {problem}; {allowed}")]
+    Invalid {
+        path: String,
+        key: String,
+        problem: String,
+        allowed: String,
+    },
+}
+
+/// A view of every image the features are computed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum View {
+    Original,
+    /// Mirrored left to right (width axis reversed).
+    Hflip,
+}
+
+impl View {
+    pub fn name(self) -> &'static str {
+        match self {
+            View::Original => "original",
+            View::Hflip => "hflip",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// `labels.csv` (`id,label`), `train/<id>.jpg`, `test/<id>.jpg`,
+    /// `sample_submission.csv`: Kaggle's Dog Breed Identification.
+    Kaggle,
+    /// One folder per class under `train_dir`; test images flat in `test_dir`.
+    Folders,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resize {
+    /// Area averaging, aspect ratio not kept (`cv2.INTER_AREA`).
+    Area,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Optimizer {
+    /// Keras-2 Adagrad: accumulators from 0, epsilon 1e-7.
+    Adagrad,
+    Adam,
+}
+
+/// A resolved experiment: every default filled in, every path absolute or
+/// relative to the working directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub name: String,
+    pub seed: u64,
+    pub views: Vec<View>,
+    pub data: DataSpec,
+    #[serde(rename = "backbone")]
+    pub backbones: Vec<BackboneSpec>,
+    pub extract: ExtractSpec,
+    pub cv: CvSpec,
+    pub head: HeadSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    pub layout: Layout,
+    pub train_dir: PathBuf,
+    /// Kaggle layout: `id,label` CSV for the training images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_submission: Option<PathBuf>,
+    /// `id,label` answer key for the test images; scores test predictions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_labels: Option<PathBuf>,
+    /// File extension of `<id>.<ext>` images in the Kaggle layout.
+    pub image_ext: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackboneSpec {
+    pub arch: Arch,
+    pub weights: PathBuf,
+    pub input_size: usize,
+    pub preprocess: Preprocess,
+    pub resize: Resize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractSpec {
+    /// Images per forward pass.
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CvSpec {
+    /// 1 = one stratified 80/20 split (the reference's "one fold" stage).
+    pub folds: usize,
+    /// false = contiguous blocks in file order, as the 2017 notebook did.
+    pub stratified: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadSpec {
+    pub dropout: f64,
+    pub epochs: usize,
+    pub patience: usize,
+    pub restore_best: bool,
+    pub optimizer: Optimizer,
+    pub lr: f64,
+    pub batch_size: usize,
+}
+
+impl Spec {
+    /// Short content hash of the resolved spec, for run directory names.
+    pub fn short_hash(&self) -> String {
+        let json = serde_json::to_vec(self).expect("spec serialises");
+        blake3::hash(&json).to_hex()[..8].to_string()
+    }
+
+    /// The resolved spec as TOML, as written into the run directory.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("spec serialises to TOML")
+    }
+}

@@ -1,0 +1,73 @@
+//! The spec file as written: every key optional except the essentials,
+//! unknown keys rejected (serde names the key, its line and the allowed keys).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{Layout, Optimizer, Resize, View};
+use crate::models::{Arch, Preprocess};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpec {
+    pub name: String,
+    pub seed: Option<u64>,
+    pub views: Option<Vec<View>>,
+    pub data: RawData,
+    #[serde(rename = "backbone")]
+    pub backbones: Option<Vec<RawBackbone>>,
+    pub extract: Option<RawExtract>,
+    pub cv: Option<RawCv>,
+    pub head: Option<RawHead>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawData {
+    pub layout: Layout,
+    /// Kaggle layout: folder holding `labels.csv`, `train/`, `test/`,
+    /// `sample_submission.csv`; each can be overridden below.
+    pub root: Option<PathBuf>,
+    pub labels: Option<PathBuf>,
+    pub train_dir: Option<PathBuf>,
+    pub test_dir: Option<PathBuf>,
+    pub sample_submission: Option<PathBuf>,
+    pub test_labels: Option<PathBuf>,
+    pub image_ext: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackbone {
+    pub arch: Arch,
+    pub weights: PathBuf,
+    pub input_size: Option<usize>,
+    pub preprocess: Option<Preprocess>,
+    pub resize: Option<Resize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExtract {
+    pub batch_size: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCv {
+    pub folds: Option<usize>,
+    pub stratified: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHead {
+    pub dropout: Option<f64>,
+    pub epochs: Option<usize>,
+    pub patience: Option<usize>,
+    pub restore_best: Option<bool>,
+    pub optimizer: Option<Optimizer>,
+    pub lr: Option<f64>,
+    pub batch_size: Option<usize>,
+}

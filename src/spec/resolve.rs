@@ -1,0 +1,300 @@
+//! Raw spec -> resolved [`Spec`]: defaults, relative paths, value checks.
+
+use std::path::{Path, PathBuf};
+
+use super::raw::{RawBackbone, RawData, RawSpec};
+use super::{
+    BackboneSpec, CvSpec, DataSpec, ExtractSpec, HeadSpec, Layout, Optimizer, Resize, Spec,
+    SpecError, View,
+};
+
+/// Defaults, in one place so README and code agree.
+pub const DEFAULT_SEED: u64 = 2017;
+pub const DEFAULT_EXTRACT_BATCH: usize = 16;
+pub const DEFAULT_FOLDS: usize = 5;
+pub const DEFAULT_DROPOUT: f64 = 0.5;
+pub const DEFAULT_EPOCHS: usize = 50;
+pub const DEFAULT_PATIENCE: usize = 3;
+pub const DEFAULT_HEAD_BATCH: usize = 128;
+
+/// Reads and resolves a spec file; relative paths resolve against its folder.
+pub fn load(path: &Path) -> Result<Spec, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, &path.display().to_string(), base)
+}
+
+/// Parses spec text; `origin` names the file in errors, `base` anchors
+/// relative paths.
+pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Spec, SpecError> {
+    let raw: RawSpec = toml::from_str(text).map_err(|e| SpecError::Parse {
+        path: origin.to_string(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    Resolver { origin, base }.spec(raw)
+}
+
+struct Resolver<'a> {
+    origin: &'a str,
+    base: &'a Path,
+}
+
+impl Resolver<'_> {
+    fn invalid(&self, key: &str, problem: String, allowed: &str) -> SpecError {
+        SpecError::Invalid {
+            path: self.origin.to_string(),
+            key: key.to_string(),
+            problem,
+            allowed: allowed.to_string(),
+        }
+    }
+
+    fn path(&self, p: PathBuf) -> PathBuf {
+        if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn spec(&self, raw: RawSpec) -> Result<Spec, SpecError> {
+        let name = raw.name.trim().to_string();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(self.invalid(
+                "name",
+                format!("= {:?} cannot name a run directory", raw.name),
+                "allowed: letters, digits, '-', '_' and '.'",
+            ));
+        }
+        let views = raw.views.unwrap_or_else(|| vec![View::Original]);
+        if views.is_empty() {
+            return Err(self.invalid(
+                "views",
+                "is empty".into(),
+                "allowed: \"original\", \"hflip\"",
+            ));
+        }
+        let mut seen = views.clone();
+        seen.sort();
+        seen.dedup();
+        if seen.len() != views.len() {
+            return Err(self.invalid(
+                "views",
+                format!("= {views:?} lists a view twice"),
+                "list each of \"original\", \"hflip\" at most once",
+            ));
+        }
+        let backbones = raw.backbones.unwrap_or_default();
+        if backbones.is_empty() {
+            return Err(self.invalid(
+                "backbone",
+                "is missing".into(),
+                "add at least one [[backbone]] table with `arch` and `weights`",
+            ));
+        }
+        let backbones = backbones
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| self.backbone(i, b))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let extract = raw.extract.unwrap_or_default();
+        let batch_size = extract.batch_size.unwrap_or(DEFAULT_EXTRACT_BATCH);
+        if batch_size == 0 {
+            return Err(self.invalid("extract.batch_size", "= 0".into(), "allowed: 1 or more"));
+        }
+
+        let cv = raw.cv.unwrap_or_default();
+        let folds = cv.folds.unwrap_or(DEFAULT_FOLDS);
+        if !(1..=100).contains(&folds) {
+            return Err(self.invalid(
+                "cv.folds",
+                format!("= {folds} is out of range"),
+                "allowed: 1 (one 80/20 split) to 100",
+            ));
+        }
+
+        let head = raw.head.unwrap_or_default();
+        let optimizer = head.optimizer.unwrap_or(Optimizer::Adagrad);
+        let head = HeadSpec {
+            dropout: head.dropout.unwrap_or(DEFAULT_DROPOUT),
+            epochs: head.epochs.unwrap_or(DEFAULT_EPOCHS),
+            patience: head.patience.unwrap_or(DEFAULT_PATIENCE),
+            restore_best: head.restore_best.unwrap_or(true),
+            optimizer,
+            lr: head.lr.unwrap_or(match optimizer {
+                Optimizer::Adagrad => 0.01,
+                Optimizer::Adam => 0.001,
+            }),
+            batch_size: head.batch_size.unwrap_or(DEFAULT_HEAD_BATCH),
+        };
+        if !(0.0..1.0).contains(&head.dropout) {
+            return Err(self.invalid(
+                "head.dropout",
+                format!("= {} is out of range", head.dropout),
+                "allowed: 0 <= dropout < 1",
+            ));
+        }
+        if head.epochs == 0 {
+            return Err(self.invalid("head.epochs", "= 0".into(), "allowed: 1 or more"));
+        }
+        if !(head.lr > 0.0 && head.lr.is_finite()) {
+            return Err(self.invalid(
+                "head.lr",
+                format!("= {} is not a positive number", head.lr),
+                "allowed: lr > 0, e.g. 0.01",
+            ));
+        }
+        if head.batch_size == 0 {
+            return Err(self.invalid("head.batch_size", "= 0".into(), "allowed: 1 or more"));
+        }
+
+        Ok(Spec {
+            name,
+            seed: raw.seed.unwrap_or(DEFAULT_SEED),
+            views,
+            data: self.data(raw.data)?,
+            backbones,
+            extract: ExtractSpec { batch_size },
+            cv: CvSpec {
+                folds,
+                stratified: cv.stratified.unwrap_or(true),
+            },
+            head,
+        })
+    }
+
+    fn data(&self, raw: RawData) -> Result<DataSpec, SpecError> {
+        let root = raw.root.map(|r| self.path(r));
+        let under_root = |key: &str, default: &str| -> Option<PathBuf> {
+            root.as_ref().map(|r| r.join(default)).filter(|p| {
+                // Optional files default only when present; required ones
+                // always default so the error names the missing path.
+                key == "train_dir" || key == "labels" || key == "test_dir" || p.exists()
+            })
+        };
+        let pick = |given: Option<PathBuf>, key: &str, default: &str| -> Option<PathBuf> {
+            given
+                .map(|p| self.path(p))
+                .or_else(|| under_root(key, default))
+        };
+        let image_ext = raw.image_ext.unwrap_or_else(|| "jpg".into());
+        let image_ext = image_ext.trim_start_matches('.').to_string();
+        match raw.layout {
+            Layout::Kaggle => {
+                let labels = pick(raw.labels, "labels", "labels.csv");
+                let train_dir = pick(raw.train_dir, "train_dir", "train");
+                let (Some(labels), Some(train_dir)) = (labels, train_dir) else {
+                    return Err(self.invalid(
+                        "data",
+                        "has neither `root` nor both `labels` and `train_dir`".into(),
+                        "give `root` (a folder with labels.csv, train/, test/, sample_submission.csv) or the paths one by one",
+                    ));
+                };
+                let test_dir = pick(raw.test_dir, "test_dir", "test")
+                    .filter(|p| p.exists() || raw.sample_submission.is_some());
+                Ok(DataSpec {
+                    layout: Layout::Kaggle,
+                    train_dir,
+                    labels: Some(labels),
+                    test_dir,
+                    sample_submission: pick(
+                        raw.sample_submission,
+                        "sample_submission",
+                        "sample_submission.csv",
+                    ),
+                    test_labels: pick(raw.test_labels, "test_labels", "test_labels.csv"),
+                    image_ext,
+                })
+            }
+            Layout::Folders => {
+                if raw.labels.is_some() {
+                    return Err(self.invalid(
+                        "data.labels",
+                        "is set with layout = \"folders\"".into(),
+                        "labels come from the class folder names; remove `labels` or use layout = \"kaggle\"",
+                    ));
+                }
+                let Some(train_dir) = pick(raw.train_dir, "train_dir", "train") else {
+                    return Err(self.invalid(
+                        "data.train_dir",
+                        "is missing".into(),
+                        "give `train_dir` (one folder per class) or `root` holding train/",
+                    ));
+                };
+                Ok(DataSpec {
+                    layout: Layout::Folders,
+                    train_dir,
+                    labels: None,
+                    test_dir: pick(raw.test_dir, "test_dir", "test").filter(|p| p.exists()),
+                    sample_submission: pick(
+                        raw.sample_submission,
+                        "sample_submission",
+                        "sample_submission.csv",
+                    ),
+                    test_labels: pick(raw.test_labels, "test_labels", "test_labels.csv"),
+                    image_ext,
+                })
+            }
+        }
+    }
+
+    fn backbone(&self, i: usize, raw: RawBackbone) -> Result<BackboneSpec, SpecError> {
+        let cfg = raw.arch.pretrained_cfg();
+        let input_size = raw.input_size.unwrap_or(cfg.input_size);
+        if !(32..=1024).contains(&input_size) {
+            return Err(self.invalid(
+                &format!("backbone[{i}].input_size"),
+                format!("= {input_size} is out of range"),
+                "allowed: 32 to 1024 pixels",
+            ));
+        }
+        Ok(BackboneSpec {
+            arch: raw.arch,
+            weights: self.path(raw.weights),
+            input_size,
+            preprocess: raw.preprocess.unwrap_or(cfg.preprocess),
+            resize: raw.resize.unwrap_or(Resize::Area),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+[data]
+layout = "kaggle"
+root = "data"
+[[backbone]]
+arch = "efficientnet_lite0"
+weights = "w.safetensors"
+"#;
+
+    #[test]
+    fn defaults_fill_every_key() {
+        let spec = parse(MINIMAL, "t.toml", Path::new("/specs")).unwrap();
+        assert_eq!(spec.seed, DEFAULT_SEED);
+        assert_eq!(spec.cv.folds, 5);
+        assert!(spec.cv.stratified);
+        assert_eq!(spec.head.lr, 0.01);
+        assert_eq!(spec.backbones[0].input_size, 224);
+        assert_eq!(spec.backbones[0].weights, Path::new("/specs/w.safetensors"));
+        assert_eq!(
+            spec.data.labels.as_deref(),
+            Some(Path::new("/specs/data/labels.csv"))
+        );
+        // The resolved spec round-trips through TOML.
+        let again: Spec = toml::from_str(&spec.to_toml()).unwrap();
+        assert_eq!(again, spec);
+    }
+}

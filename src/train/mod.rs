@@ -1,0 +1,9 @@
+//! Heads on frozen features: fold plans, the dense softmax head, optimisers.
+
+pub mod folds;
+pub mod head;
+pub mod optim;
+pub mod rng;
+
+pub use folds::{Fold, FoldPlan};
+pub use head::{train_head, HeadReport, TrainedHead};

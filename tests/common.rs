@@ -1,0 +1,95 @@
+//! Shared test helpers: paths to `../shared`, tiny datasets, running the
+//! binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+pub fn woof() -> PathBuf {
+    shared().join("data/woof-dev")
+}
+
+pub fn model(file: &str) -> PathBuf {
+    shared().join("models").join(file)
+}
+
+/// Runs the `runner` binary in `cwd`.
+pub fn runner(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .expect("runner starts")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Copies a class-balanced subset of woof-dev into `dir` in Kaggle layout:
+/// `per_class_train` training and `per_class_test` test images for the
+/// first `classes` breeds, with labels, sample submission and answer key.
+pub fn woof_subset(dir: &Path, classes: usize, per_class_train: usize, per_class_test: usize) {
+    let src = woof();
+    let read = |name: &str| -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(src.join(name)).unwrap();
+        text.lines()
+            .skip(1)
+            .map(|l| {
+                let (id, label) = l.split_once(',').unwrap();
+                (id.to_string(), label.to_string())
+            })
+            .collect()
+    };
+    let sample_header = std::fs::read_to_string(src.join("sample_submission.csv")).unwrap();
+    let all_classes: Vec<String> = sample_header
+        .lines()
+        .next()
+        .unwrap()
+        .split(',')
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    let keep: Vec<String> = all_classes[..classes].to_vec();
+    let pick = |rows: Vec<(String, String)>, per: usize| -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for c in &keep {
+            out.extend(rows.iter().filter(|r| &r.1 == c).take(per).cloned());
+        }
+        out
+    };
+    let train = pick(read("labels.csv"), per_class_train);
+    let test = pick(read("test_labels.csv"), per_class_test);
+    std::fs::create_dir_all(dir.join("train")).unwrap();
+    std::fs::create_dir_all(dir.join("test")).unwrap();
+    let mut labels = String::from("id,breed\n");
+    for (id, label) in &train {
+        std::fs::copy(
+            src.join(format!("train/{id}.jpg")),
+            dir.join(format!("train/{id}.jpg")),
+        )
+        .unwrap();
+        labels.push_str(&format!("{id},{label}\n"));
+    }
+    let mut key = String::from("id,breed\n");
+    let mut sample = format!("id,{}\n", keep.join(","));
+    for (id, label) in &test {
+        std::fs::copy(
+            src.join(format!("test/{id}.jpg")),
+            dir.join(format!("test/{id}.jpg")),
+        )
+        .unwrap();
+        key.push_str(&format!("{id},{label}\n"));
+        sample.push_str(&format!("{id}{}\n", ",0.1".repeat(keep.len())));
+    }
+    std::fs::write(dir.join("labels.csv"), labels).unwrap();
+    std::fs::write(dir.join("test_labels.csv"), key).unwrap();
+    std::fs::write(dir.join("sample_submission.csv"), sample).unwrap();
+}

@@ -1,0 +1,7 @@
+//! Integration tests: one binary (fast to link), one module per concern.
+
+mod common;
+mod e2e;
+mod parity;
+mod resize;
+mod spec_errors;

@@ -1,0 +1,1 @@
+//! Parity tests of the backbones (see models/).

@@ -1,0 +1,70 @@
+//! Bad specs fail before any work, with the file, the key and what is
+//! allowed in the message, and a non-zero exit code.
+
+use crate::common::{runner, stderr};
+
+fn fails_with(spec: &str, expected: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.toml"), spec).unwrap();
+    let out = runner(dir.path(), &["--quiet", "bad.toml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for e in expected.iter().chain(&["bad.toml"]) {
+        assert!(err.contains(e), "expected {e:?} in:\n{err}");
+    }
+    assert!(
+        !dir.path().join("runs").exists(),
+        "no run directory for a bad spec"
+    );
+}
+
+const GOOD_DATA: &str = "[data]\nlayout = \"kaggle\"\nroot = \"d\"\n";
+const GOOD_BACKBONE: &str =
+    "[[backbone]]\narch = \"efficientnet_lite0\"\nweights = \"w.safetensors\"\n";
+
+#[test]
+fn unknown_key_names_key_line_and_allowed_keys() {
+    let spec = format!("name = \"x\"\n{GOOD_DATA}{GOOD_BACKBONE}[head]\ndropuot = 0.5\n");
+    fails_with(&spec, &["dropuot", "line 9", "dropout"]);
+}
+
+#[test]
+fn unknown_architecture_lists_the_known_ones() {
+    let spec =
+        format!("name = \"x\"\n{GOOD_DATA}[[backbone]]\narch = \"resnet9000\"\nweights = \"w\"\n");
+    fails_with(
+        &spec,
+        &[
+            "resnet9000",
+            "xception",
+            "inception_v3",
+            "efficientnet_lite0",
+        ],
+    );
+}
+
+#[test]
+fn out_of_range_value_names_the_key_and_the_range() {
+    let spec = format!("name = \"x\"\n{GOOD_DATA}{GOOD_BACKBONE}[head]\ndropout = 1.5\n");
+    fails_with(&spec, &["head.dropout", "1.5", "0 <= dropout < 1"]);
+}
+
+#[test]
+fn missing_backbone_says_what_to_add() {
+    let spec = format!("name = \"x\"\n{GOOD_DATA}");
+    fails_with(&spec, &["backbone", "[[backbone]]"]);
+}
+
+#[test]
+fn toml_syntax_error_names_the_line() {
+    fails_with("name = \"x\nseed = 1\n", &["line 1"]);
+}
+
+#[test]
+fn missing_spec_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner(dir.path(), &["nope.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("nope.toml"), "{}", stderr(&out));
+}
