@@ -13,13 +13,13 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::cache::FeatureCache;
-use crate::data::image::{decode_rgb, resize_area, ImageError, RgbImage};
+use crate::data::image::{decode_rgb, resize, ImageError, RgbImage};
 use crate::data::{Dataset, Item};
 use crate::log::Log;
 use crate::models::{self, Backbone, ModelError};
 use crate::npy::Matrix;
 use crate::plan::{FeatureStage, Plan, Split};
-use crate::spec::{BackboneSpec, Spec, View};
+use crate::spec::{BackboneSpec, Resize, Spec, View};
 
 /// Images per cache chunk: the unit of resumption after an interruption.
 pub const CHUNK_IMAGES: usize = 64;
@@ -251,20 +251,23 @@ fn extract_split(
             .par_iter()
             .map(|item| decode_rgb(&item.path))
             .collect::<Result<Vec<_>, _>>()?;
-        let sizes: BTreeSet<usize> = stages
+        let sizes: BTreeSet<(usize, Resize)> = stages
             .iter()
             .zip(&have)
             .filter(|(_, h)| h.is_none())
-            .map(|(s, _)| spec.backbones[s.backbone].input_size)
+            .map(|(s, _)| {
+                let bb = &spec.backbones[s.backbone];
+                (bb.input_size, bb.resize)
+            })
             .collect();
-        let resized: HashMap<usize, Vec<RgbImage>> = sizes
+        let resized: HashMap<(usize, Resize), Vec<RgbImage>> = sizes
             .into_iter()
-            .map(|size| {
+            .map(|(size, filter)| {
                 let imgs = decoded
                     .par_iter()
-                    .map(|img| resize_area(img, size, size))
+                    .map(|img| resize(img, size, size, filter))
                     .collect();
-                (size, imgs)
+                ((size, filter), imgs)
             })
             .collect();
         drop(decoded);
@@ -277,7 +280,7 @@ fn extract_split(
             }
             let bb = &spec.backbones[stage.backbone];
             let net = &nets[&stage.backbone];
-            let imgs = &resized[&bb.input_size];
+            let imgs = &resized[&(bb.input_size, bb.resize)];
             let mut data = Vec::with_capacity(chunk.len() * net.num_features());
             for (b, batch) in imgs.chunks(spec.extract.batch_size).enumerate() {
                 let forward = || -> candle_core::Result<Vec<f32>> {

@@ -165,7 +165,7 @@ mod tests {
             weights: "w".into(),
             input_size: 299,
             preprocess: Preprocess::Inception,
-            resize: Resize::Area,
+            resize: Resize::Box,
         }
     }
 

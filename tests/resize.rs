@@ -1,8 +1,8 @@
-//! Decoding + area resize against the reference (OpenCV `INTER_AREA`)
-//! pixels stored in the shared fixtures.
+//! Decoding + resizing against reference pixels: the shared fixtures
+//! (Pillow's box filter) and an OpenCV `INTER_AREA` golden file.
 
 use candle_core::{Device, Tensor};
-use runner::data::image::{decode_rgb, resize_area};
+use runner::data::image::{decode_rgb, resize_box};
 
 use crate::common::{model, woof};
 
@@ -16,7 +16,7 @@ fn fixture_files(path: &std::path::Path) -> Vec<String> {
 }
 
 #[test]
-fn area_resize_matches_opencv_within_one_grey_level() {
+fn box_resize_matches_the_fixtures_within_one_grey_level() {
     for fixture in [
         "xception_imagenet_notop.fixture.safetensors",
         "efficientnet_lite0_imagenet.fixture.safetensors",
@@ -29,7 +29,7 @@ fn area_resize_matches_opencv_within_one_grey_level() {
         for (i, file) in fixture_files(&path).iter().enumerate().take(n) {
             let name = std::path::Path::new(file).file_name().unwrap();
             let img = decode_rgb(&woof().join("train").join(name)).unwrap();
-            let ours = resize_area(&img, w, h);
+            let ours = resize_box(&img, w, h);
             let theirs: Vec<f32> = reference
                 .get(i)
                 .unwrap()
@@ -47,5 +47,23 @@ fn area_resize_matches_opencv_within_one_grey_level() {
             eprintln!("{fixture} {file}: mean |diff| = {mad:.4} grey levels");
             assert!(mad <= 1.0, "{fixture} {file}: mean |diff| {mad}");
         }
+    }
+}
+
+#[test]
+fn area_resize_matches_opencv_inter_area() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let src = decode_rgb(&data.join("area_src_64x50.png")).unwrap();
+    for (w, h) in [(60, 47), (31, 23), (17, 50), (29, 29), (64, 25)] {
+        let golden = decode_rgb(&data.join(format!("area_cv2_{w}x{h}.png"))).unwrap();
+        let ours = runner::data::image::resize_area(&src, w, h);
+        let max = ours
+            .pixels
+            .iter()
+            .zip(&golden.pixels)
+            .map(|(&a, &b)| (a as i32 - b as i32).abs())
+            .max()
+            .unwrap();
+        assert!(max <= 1, "{w}x{h}: max |diff| {max} vs cv2.INTER_AREA");
     }
 }

@@ -65,10 +65,14 @@ pub enum Layout {
     Folders,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Resize {
-    /// Area averaging, aspect ratio not kept (`cv2.INTER_AREA`).
+    /// Pillow's `Image.BOX`: the mean of the source pixels whose centres
+    /// fall inside each output pixel (how the shared fixtures were made).
+    Box,
+    /// OpenCV's `INTER_AREA`: partially covered pixels weighted by overlap
+    /// (the 2017 notebook's `cv2.resize`).
     Area,
 }
 

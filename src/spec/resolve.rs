@@ -261,7 +261,7 @@ impl Resolver<'_> {
             weights: self.path(raw.weights),
             input_size,
             preprocess: raw.preprocess.unwrap_or(cfg.preprocess),
-            resize: raw.resize.unwrap_or(Resize::Area),
+            resize: raw.resize.unwrap_or(Resize::Box),
         })
     }
 }
