@@ -1,1 +1,129 @@
-//! Parity tests of the backbones (see models/).
+//! Parity of the native backbones with their reference frameworks: features
+//! (and EfficientNet-Lite0 logits) for the 4 fixture images, as stored in
+//! `shared/models/*.fixture.safetensors` by Keras 3 / PyTorch in f32, must
+//! match to `1e-4 * max|reference|`, for the image and its horizontal flip.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use runner::models::{self, Arch, Backbone, EfficientNetLite0};
+
+const REL_TOL: f32 = 1e-4;
+
+fn models_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models")
+}
+
+fn fixture(stem: &str) -> HashMap<String, Tensor> {
+    let path = models_dir().join(format!("{stem}.fixture.safetensors"));
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn get<'a>(fx: &'a HashMap<String, Tensor>, name: &str) -> &'a Tensor {
+    fx.get(name)
+        .unwrap_or_else(|| panic!("fixture lacks `{name}`"))
+}
+
+/// `input_nhwc` as NCHW, and its horizontal flip (width axis reversed).
+fn inputs(fx: &HashMap<String, Tensor>) -> (Tensor, Tensor) {
+    let x = get(fx, "input_nhwc")
+        .permute((0, 3, 1, 2))
+        .and_then(|t| t.contiguous())
+        .expect("nhwc -> nchw");
+    let w = x.dim(3).expect("width");
+    let idx =
+        Tensor::from_vec((0..w as u32).rev().collect::<Vec<_>>(), w, &Device::Cpu).expect("index");
+    let flipped = x.index_select(&idx, 3).expect("flip");
+    (x, flipped)
+}
+
+/// `max|ours - want| / max|want|`.
+fn rel_err(ours: &Tensor, want: &Tensor) -> f32 {
+    assert_eq!(ours.dims(), want.dims(), "output shape");
+    let max_abs = |t: &Tensor| {
+        t.abs()
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.max(0))
+            .and_then(|t| t.to_scalar::<f32>())
+            .expect("max")
+    };
+    let diff = (ours - want).expect("diff");
+    max_abs(&diff) / max_abs(want)
+}
+
+fn check(label: &str, ours: &Tensor, want: &Tensor) {
+    let e = rel_err(ours, want);
+    println!("{label}: max|ours - ref| / max|ref| = {e:.3e}");
+    assert!(
+        e <= REL_TOL,
+        "{label}: relative error {e:.3e} > {REL_TOL:.0e}"
+    );
+}
+
+fn check_backbone(arch: Arch, stem: &str) {
+    let fx = fixture(stem);
+    let weights = models_dir().join(format!("{stem}.safetensors"));
+    let model: Box<dyn Backbone> =
+        models::load(arch, &weights, &Device::Cpu).expect("load backbone");
+    let (x, xf) = inputs(&fx);
+    let t = Instant::now();
+    let f = model.forward_features(&x).expect("forward");
+    println!(
+        "{}: batch {} in {:.2} s",
+        arch.name(),
+        x.dim(0).expect("batch"),
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(f.dims(), &[4, model.num_features()]);
+    check(
+        &format!("{} features", arch.name()),
+        &f,
+        get(&fx, "features"),
+    );
+    let ff = model.forward_features(&xf).expect("forward flipped");
+    check(
+        &format!("{} features_hflip", arch.name()),
+        &ff,
+        get(&fx, "features_hflip"),
+    );
+}
+
+#[test]
+fn xception_features_match_keras_reference() {
+    check_backbone(Arch::Xception, "xception_imagenet_notop");
+}
+
+#[test]
+fn inception_v3_features_match_keras_reference() {
+    check_backbone(Arch::InceptionV3, "inception_v3_nsfwjs_notop");
+}
+
+#[test]
+fn efficientnet_lite0_features_and_logits_match_pytorch_reference() {
+    let stem = "efficientnet_lite0_imagenet";
+    let fx = fixture(stem);
+    let model = EfficientNetLite0::load(
+        &models_dir().join(format!("{stem}.safetensors")),
+        &Device::Cpu,
+    )
+    .expect("load backbone");
+    assert!(model.has_classifier());
+    let (x, xf) = inputs(&fx);
+    let t = Instant::now();
+    let (f, l) = model.forward_features_and_logits(&x).expect("forward");
+    println!(
+        "efficientnet_lite0: batch 4 in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    check("efficientnet_lite0 features", &f, get(&fx, "features"));
+    check("efficientnet_lite0 logits", &l, get(&fx, "logits"));
+    let ff = model.forward_features(&xf).expect("forward flipped");
+    check(
+        "efficientnet_lite0 features_hflip",
+        &ff,
+        get(&fx, "features_hflip"),
+    );
+}

@@ -7,6 +7,15 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+pub mod efficientnet_lite;
+pub mod inception_v3;
+pub mod layers;
+pub mod xception;
+
+pub use efficientnet_lite::EfficientNetLite0;
+pub use inception_v3::InceptionV3;
+pub use xception::Xception;
+
 /// The architectures `runner` builds natively.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -90,17 +99,38 @@ pub trait Backbone: Send + Sync {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot load {arch} weights from {path}: {source}")]
+    #[error("cannot load {arch} weights from {path}")]
     Load {
         arch: &'static str,
         path: String,
         #[source]
         source: candle_core::Error,
     },
+    #[error("{arch} weights {path}: tensor `{name}` is missing")]
+    MissingTensor {
+        arch: &'static str,
+        path: String,
+        name: String,
+    },
+    #[error("{arch} weights {path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        arch: &'static str,
+        path: String,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
 }
 
 /// Loads `arch` from a safetensors file onto `device` (weights kept in f32).
+///
+/// BatchNorms are folded into the convolutions here. The layers run on the
+/// CPU only for now: on another device `forward_features` fails with an error
+/// naming the first CPU-only operation.
 pub fn load(arch: Arch, weights: &Path, device: &Device) -> Result<Box<dyn Backbone>, ModelError> {
-    let _ = (arch, weights, device);
-    todo!("implemented by the models work")
+    Ok(match arch {
+        Arch::Xception => Box::new(Xception::load(weights, device)?),
+        Arch::InceptionV3 => Box::new(InceptionV3::load(weights, device)?),
+        Arch::EfficientnetLite0 => Box::new(EfficientNetLite0::load(weights, device)?),
+    })
 }

@@ -1,0 +1,220 @@
+//! EfficientNet-Lite0 (Tan & Le, "EfficientNet: Rethinking Model Scaling for
+//! Convolutional Neural Networks", ICML 2019; the "Lite" variants of the
+//! TensorFlow TPU repository: ReLU6 instead of swish, no squeeze-excitation,
+//! stem and head not rescaled), as implemented by `efficientnet-lite-pytorch`
+//! 0.1.0 (`Conv2dStaticSamePadding`, i.e. TF "SAME" padding).
+//!
+//! Weights use that implementation's PyTorch state-dict names:
+//! `_conv_stem.weight` (OIHW), `_bn0.*`, `_blocks.N._expand_conv.weight`,
+//! `_blocks.N._bn0.*`, `_blocks.N._depthwise_conv.weight` `(C, 1, k, k)`,
+//! `_blocks.N._bn1.*`, `_blocks.N._project_conv.weight`, `_blocks.N._bn2.*`,
+//! `_conv_head.weight`, `_bn1.*`, `_fc.{weight,bias}`. BatchNorm epsilon 1e-3.
+//! Every BatchNorm is folded into its convolution and every ReLU6 fused; the
+//! depthwise convolutions run on our own kernel, the residual adds are fused
+//! into the projection convolution's bias pass.
+//!
+//! Padding follows TF "SAME" for the actual input size; the PyTorch module
+//! precomputes it for 224x224, which is the same at that size.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use super::layers::{global_avg_pool, Act, Conv2d, DepthwiseConv2d, Padding, Weights, BN_EPS};
+use super::{Arch, Backbone, ModelError};
+
+const ARCH: &str = "efficientnet_lite0";
+
+/// Stride of each of the 16 MBConv blocks of Lite0 (stages: 1x s1, 2x s2,
+/// 2x s2, 3x s2, 3x s1, 4x s2, 1x s1; the stride applies to a stage's first block).
+const LITE0_STRIDES: [usize; 16] = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1];
+
+/// PyTorch `Conv2d(bias=False)` `{conv}.weight` (OIHW) + BatchNorm2d `bn`, folded.
+fn conv_bn(
+    w: &Weights,
+    conv: &str,
+    bn: &str,
+    stride: usize,
+    act: Act,
+    device: &Device,
+) -> Result<Conv2d, ModelError> {
+    let name = format!("{conv}.weight");
+    let dims = w.dims(&name)?;
+    let [o, i, kh, kw] = match dims[..] {
+        [o, i, kh, kw] => [o, i, kh, kw],
+        _ => return Err(w.shape_err(&name, vec![0, 0, 0, 0], dims.clone())),
+    };
+    let mut k = w.get_vec(&name, &dims, None)?;
+    let bias = w.torch_bn(bn, o, BN_EPS)?.fold_into(&mut k, None);
+    let weight = w.tensor(k, &[o, i, kh, kw], device)?;
+    Conv2d::new(weight, bias, stride, Padding::Same, act).map_err(|e| w.candle_err(e))
+}
+
+/// Mobile inverted bottleneck (MBConv) without squeeze-excitation:
+/// `[expand 1x1 -> ReLU6] -> depthwise kxk -> ReLU6 -> project 1x1 [+ x]`.
+struct MbConv {
+    expand: Option<Conv2d>,
+    depthwise: DepthwiseConv2d,
+    project: Conv2d,
+    skip: bool,
+}
+
+impl MbConv {
+    fn load(w: &Weights, i: usize, stride: usize, device: &Device) -> Result<Self, ModelError> {
+        let p = format!("_blocks.{i}");
+        let expand = if w.contains(&format!("{p}._expand_conv.weight")) {
+            Some(conv_bn(
+                w,
+                &format!("{p}._expand_conv"),
+                &format!("{p}._bn0"),
+                1,
+                Act::Relu6,
+                device,
+            )?)
+        } else {
+            None
+        };
+        let name = format!("{p}._depthwise_conv.weight");
+        let dims = w.dims(&name)?;
+        let (c, kh, kw) = match dims[..] {
+            [c, 1, kh, kw] => (c, kh, kw),
+            _ => return Err(w.shape_err(&name, vec![0, 1, 0, 0], dims.clone())),
+        };
+        let mut k = w.get_vec(&name, &dims, None)?;
+        let bias = w
+            .torch_bn(&format!("{p}._bn1"), c, BN_EPS)?
+            .fold_into(&mut k, None);
+        let depthwise = DepthwiseConv2d::new(
+            k,
+            (c, kh, kw),
+            Some(bias),
+            stride,
+            Padding::Same,
+            Act::None,
+            Act::Relu6,
+        )
+        .map_err(|e| w.candle_err(e))?;
+        let project = conv_bn(
+            w,
+            &format!("{p}._project_conv"),
+            &format!("{p}._bn2"),
+            1,
+            Act::None,
+            device,
+        )?;
+        let in_c = expand.as_ref().map_or(c, Conv2d::in_channels);
+        let skip = stride == 1 && in_c == project.out_channels();
+        Ok(Self {
+            expand,
+            depthwise,
+            project,
+            skip,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = match &self.expand {
+            Some(e) => self.depthwise.forward(&e.forward(x)?)?, // (N, C*6, H/s, W/s)
+            None => self.depthwise.forward(x)?,                 // (N, C, H/s, W/s)
+        };
+        if self.skip {
+            self.project.forward_add(&y, x) // (N, C_out, H, W)
+        } else {
+            self.project.forward(&y) // (N, C_out, H/s, W/s)
+        }
+    }
+}
+
+/// EfficientNet-Lite0 with its 1000-class ImageNet classifier (`_fc`) when the
+/// checkpoint holds one; `forward_features` returns the pooled `(N, 1280)`
+/// output of the head convolution.
+pub struct EfficientNetLite0 {
+    conv_stem: Conv2d,
+    blocks: Vec<MbConv>,
+    conv_head: Conv2d,
+    /// `_fc`: weight transposed to `(1280, classes)`, bias `(1, classes)`.
+    fc: Option<(Tensor, Tensor)>,
+}
+
+impl EfficientNetLite0 {
+    /// Loads `efficientnet-lite-pytorch` state-dict weights from a safetensors file.
+    pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
+        Self::from_weights(&Weights::read(ARCH, path)?, device)
+    }
+
+    pub fn from_weights(w: &Weights, device: &Device) -> Result<Self, ModelError> {
+        let conv_stem = conv_bn(w, "_conv_stem", "_bn0", 2, Act::Relu6, device)?;
+        let blocks = LITE0_STRIDES
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| MbConv::load(w, i, s, device))
+            .collect::<Result<Vec<_>, _>>()?;
+        let conv_head = conv_bn(w, "_conv_head", "_bn1", 1, Act::Relu6, device)?;
+        let fc = if w.contains("_fc.weight") {
+            let f = conv_head.out_channels();
+            let dims = w.dims("_fc.weight")?;
+            let classes = dims[0];
+            let weight = w
+                .get("_fc.weight", &[classes, f])?
+                .t()
+                .and_then(|t| t.contiguous())
+                .and_then(|t| t.to_device(device))
+                .map_err(|e| w.candle_err(e))?;
+            let bias = w
+                .get("_fc.bias", &[classes])?
+                .reshape((1, classes))
+                .and_then(|t| t.to_device(device))
+                .map_err(|e| w.candle_err(e))?;
+            Some((weight, bias))
+        } else {
+            None
+        };
+        Ok(Self {
+            conv_stem,
+            blocks,
+            conv_head,
+            fc,
+        })
+    }
+
+    /// Whether the checkpoint carried the `_fc` classifier.
+    pub fn has_classifier(&self) -> bool {
+        self.fc.is_some()
+    }
+
+    /// Pooled features `(N, 1280)` and ImageNet logits `(N, 1000)`.
+    pub fn forward_features_and_logits(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let f = self.forward_features(x)?;
+        let l = self.logits_from_features(&f)?;
+        Ok((f, l))
+    }
+
+    /// ImageNet logits `(N, 1000)` of a preprocessed `(N, 3, H, W)` input.
+    pub fn forward_logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.logits_from_features(&self.forward_features(x)?)
+    }
+
+    /// `_fc` applied to pooled features `(N, 1280)`.
+    pub fn logits_from_features(&self, f: &Tensor) -> candle_core::Result<Tensor> {
+        let Some((w, b)) = &self.fc else {
+            candle_core::bail!("efficientnet_lite0: the checkpoint has no `_fc.weight` classifier")
+        };
+        f.matmul(w)?.broadcast_add(b) // (N, 1000)
+    }
+}
+
+impl Backbone for EfficientNetLite0 {
+    fn forward_features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = self.conv_stem.forward(x)?; // (N, 32, 112, 112)
+        for b in &self.blocks {
+            // 16 (112) -> 24 (56) -> 40 (28) -> 80 (14) -> 112 (14) -> 192 (7) -> 320 (7)
+            x = b.forward(&x)?;
+        }
+        let x = self.conv_head.forward(&x)?; // (N, 1280, 7, 7)
+        global_avg_pool(&x) // (N, 1280)
+    }
+
+    fn num_features(&self) -> usize {
+        Arch::EfficientnetLite0.pretrained_cfg().num_features
+    }
+}

@@ -1,0 +1,286 @@
+//! Inception-v3 (Szegedy et al., "Rethinking the Inception Architecture for
+//! Computer Vision", CVPR 2016), as built by Keras
+//! `applications/inception_v3.py` with `include_top=False, pooling="avg"`:
+//! 299x299 input, 2048 features.
+//!
+//! Weights use the Keras-2 names `conv2d_1..94/kernel` (HWIO, no bias) and
+//! `batch_normalization_1..94/{beta,moving_mean,moving_variance}` (no gamma:
+//! Keras builds these BNs with `scale=False`), numbered in the order Keras
+//! creates the layers, i.e. the call order of `conv2d_bn` below. Each
+//! `conv2d_bn` is one [`Conv2d`] with the BN folded in and the ReLU fused.
+//! The branch pools are Keras `AveragePooling2D(3, strides=1, padding="same")`,
+//! which excludes the padding from the mean.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use super::layers::{
+    avg_pool2d_same_exclude_pad, global_avg_pool, max_pool2d, Act, Conv2d, Padding, Weights,
+};
+use super::{Arch, Backbone, ModelError};
+
+const ARCH: &str = "inception_v3";
+
+/// Hands out `conv2d_N` / `batch_normalization_N` in Keras creation order.
+struct Seq<'a> {
+    w: &'a Weights,
+    device: &'a Device,
+    next: usize,
+}
+
+impl Seq<'_> {
+    /// Keras `conv2d_bn(x, filters, kh, kw, padding, strides)`; the kernel
+    /// size and filters come from the checkpoint.
+    fn conv(&mut self, stride: usize, padding: Padding) -> Result<Conv2d, ModelError> {
+        let i = self.next;
+        self.next += 1;
+        Conv2d::keras_conv_bn(
+            self.w,
+            &format!("conv2d_{i}"),
+            &format!("batch_normalization_{i}"),
+            false,
+            stride,
+            padding,
+            Act::Relu,
+            self.device,
+        )
+    }
+
+    fn same(&mut self) -> Result<Conv2d, ModelError> {
+        self.conv(1, Padding::Same)
+    }
+
+    fn valid(&mut self, stride: usize) -> Result<Conv2d, ModelError> {
+        self.conv(stride, Padding::Valid)
+    }
+}
+
+/// Runs a chain of convolutions.
+fn chain(convs: &[Conv2d], x: &Tensor) -> candle_core::Result<Tensor> {
+    let mut y = convs[0].forward(x)?;
+    for c in &convs[1..] {
+        y = c.forward(&y)?;
+    }
+    Ok(y)
+}
+
+/// `mixed0..2` (35x35): 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool-1x1.
+struct BlockA {
+    branch1x1: Conv2d,
+    branch5x5: [Conv2d; 2],
+    branch3x3dbl: [Conv2d; 3],
+    branch_pool: Conv2d,
+}
+
+impl BlockA {
+    fn load(s: &mut Seq<'_>) -> Result<Self, ModelError> {
+        Ok(Self {
+            branch1x1: s.same()?,
+            branch5x5: [s.same()?, s.same()?],
+            branch3x3dbl: [s.same()?, s.same()?, s.same()?],
+            branch_pool: s.same()?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let b1 = self.branch1x1.forward(x)?; // (N, 64, 35, 35)
+        let b5 = chain(&self.branch5x5, x)?; // (N, 64, 35, 35)
+        let b3 = chain(&self.branch3x3dbl, x)?; // (N, 96, 35, 35)
+        let bp = self
+            .branch_pool
+            .forward(&avg_pool2d_same_exclude_pad(x, 3)?)?; // (N, 32 | 64, 35, 35)
+        Tensor::cat(&[b1, b5, b3, bp], 1) // (N, 256 | 288, 35, 35)
+    }
+}
+
+/// `mixed3` (35 -> 17): 3x3/2 | 1x1-3x3-3x3/2 | maxpool/2.
+struct BlockB {
+    branch3x3: Conv2d,
+    branch3x3dbl: [Conv2d; 3],
+}
+
+impl BlockB {
+    fn load(s: &mut Seq<'_>) -> Result<Self, ModelError> {
+        Ok(Self {
+            branch3x3: s.valid(2)?,
+            branch3x3dbl: [s.same()?, s.same()?, s.valid(2)?],
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let b3 = self.branch3x3.forward(x)?; // (N, 384, 17, 17)
+        let bd = chain(&self.branch3x3dbl, x)?; // (N, 96, 17, 17)
+        let bp = max_pool2d(x, 3, 2, Padding::Valid)?; // (N, 288, 17, 17)
+        Tensor::cat(&[b3, bd, bp], 1) // (N, 768, 17, 17)
+    }
+}
+
+/// `mixed4..7` (17x17): 1x1 | 1x1-1x7-7x1 | 1x1-7x1-1x7-7x1-1x7 | avgpool-1x1.
+struct BlockC {
+    branch1x1: Conv2d,
+    branch7x7: [Conv2d; 3],
+    branch7x7dbl: [Conv2d; 5],
+    branch_pool: Conv2d,
+}
+
+impl BlockC {
+    fn load(s: &mut Seq<'_>) -> Result<Self, ModelError> {
+        Ok(Self {
+            branch1x1: s.same()?,
+            branch7x7: [s.same()?, s.same()?, s.same()?],
+            branch7x7dbl: [s.same()?, s.same()?, s.same()?, s.same()?, s.same()?],
+            branch_pool: s.same()?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let b1 = self.branch1x1.forward(x)?; // (N, 192, 17, 17)
+        let b7 = chain(&self.branch7x7, x)?; // (N, 192, 17, 17)
+        let bd = chain(&self.branch7x7dbl, x)?; // (N, 192, 17, 17)
+        let bp = self
+            .branch_pool
+            .forward(&avg_pool2d_same_exclude_pad(x, 3)?)?; // (N, 192, 17, 17)
+        Tensor::cat(&[b1, b7, bd, bp], 1) // (N, 768, 17, 17)
+    }
+}
+
+/// `mixed8` (17 -> 8): 1x1-3x3/2 | 1x1-1x7-7x1-3x3/2 | maxpool/2.
+struct BlockD {
+    branch3x3: [Conv2d; 2],
+    branch7x7x3: [Conv2d; 4],
+}
+
+impl BlockD {
+    fn load(s: &mut Seq<'_>) -> Result<Self, ModelError> {
+        Ok(Self {
+            branch3x3: [s.same()?, s.valid(2)?],
+            branch7x7x3: [s.same()?, s.same()?, s.same()?, s.valid(2)?],
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let b3 = chain(&self.branch3x3, x)?; // (N, 320, 8, 8)
+        let b7 = chain(&self.branch7x7x3, x)?; // (N, 192, 8, 8)
+        let bp = max_pool2d(x, 3, 2, Padding::Valid)?; // (N, 768, 8, 8)
+        Tensor::cat(&[b3, b7, bp], 1) // (N, 1280, 8, 8)
+    }
+}
+
+/// `mixed9`, `mixed10` (8x8): 1x1 | 1x1-(1x3, 3x1) | 1x1-3x3-(1x3, 3x1) | avgpool-1x1.
+struct BlockE {
+    branch1x1: Conv2d,
+    branch3x3: Conv2d,
+    branch3x3_1: Conv2d,
+    branch3x3_2: Conv2d,
+    branch3x3dbl: [Conv2d; 2],
+    branch3x3dbl_1: Conv2d,
+    branch3x3dbl_2: Conv2d,
+    branch_pool: Conv2d,
+}
+
+impl BlockE {
+    fn load(s: &mut Seq<'_>) -> Result<Self, ModelError> {
+        Ok(Self {
+            branch1x1: s.same()?,
+            branch3x3: s.same()?,
+            branch3x3_1: s.same()?,
+            branch3x3_2: s.same()?,
+            branch3x3dbl: [s.same()?, s.same()?],
+            branch3x3dbl_1: s.same()?,
+            branch3x3dbl_2: s.same()?,
+            branch_pool: s.same()?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let b1 = self.branch1x1.forward(x)?; // (N, 320, 8, 8)
+        let b3 = self.branch3x3.forward(x)?; // (N, 384, 8, 8)
+        let b3a = self.branch3x3_1.forward(&b3)?; // (N, 384, 8, 8)
+        let b3b = self.branch3x3_2.forward(&b3)?; // (N, 384, 8, 8)
+        drop(b3);
+        let bd = chain(&self.branch3x3dbl, x)?; // (N, 384, 8, 8)
+        let bda = self.branch3x3dbl_1.forward(&bd)?; // (N, 384, 8, 8)
+        let bdb = self.branch3x3dbl_2.forward(&bd)?; // (N, 384, 8, 8)
+        drop(bd);
+        let bp = self
+            .branch_pool
+            .forward(&avg_pool2d_same_exclude_pad(x, 3)?)?; // (N, 192, 8, 8)
+        Tensor::cat(&[b1, b3a, b3b, bda, bdb, bp], 1) // (N, 2048, 8, 8)
+    }
+}
+
+/// Keras InceptionV3 without its classifier; `forward_features` returns the
+/// global-average-pooled `(N, 2048)` output of `mixed10`.
+pub struct InceptionV3 {
+    /// `conv2d_1..5`.
+    stem: [Conv2d; 5],
+    mixed0_2: [BlockA; 3],
+    mixed3: BlockB,
+    mixed4_7: [BlockC; 4],
+    mixed8: BlockD,
+    mixed9_10: [BlockE; 2],
+}
+
+impl InceptionV3 {
+    /// Loads Keras-2-named weights (any float dtype) from a safetensors file.
+    pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
+        Self::from_weights(&Weights::read(ARCH, path)?, device)
+    }
+
+    pub fn from_weights(w: &Weights, device: &Device) -> Result<Self, ModelError> {
+        let mut s = Seq { w, device, next: 1 };
+        let stem = [
+            s.valid(2)?, // conv2d_1: 3x3/2, 32
+            s.valid(1)?, // conv2d_2: 3x3, 32
+            s.same()?,   // conv2d_3: 3x3, 64
+            s.valid(1)?, // conv2d_4: 1x1, 80
+            s.valid(1)?, // conv2d_5: 3x3, 192
+        ];
+        Ok(Self {
+            stem,
+            mixed0_2: [
+                BlockA::load(&mut s)?,
+                BlockA::load(&mut s)?,
+                BlockA::load(&mut s)?,
+            ],
+            mixed3: BlockB::load(&mut s)?,
+            mixed4_7: [
+                BlockC::load(&mut s)?,
+                BlockC::load(&mut s)?,
+                BlockC::load(&mut s)?,
+                BlockC::load(&mut s)?,
+            ],
+            mixed8: BlockD::load(&mut s)?,
+            mixed9_10: [BlockE::load(&mut s)?, BlockE::load(&mut s)?],
+        })
+    }
+}
+
+impl Backbone for InceptionV3 {
+    fn forward_features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.stem[0].forward(x)?; // (N, 32, 149, 149)
+        let x = self.stem[1].forward(&x)?; // (N, 32, 147, 147)
+        let x = self.stem[2].forward(&x)?; // (N, 64, 147, 147)
+        let x = max_pool2d(&x, 3, 2, Padding::Valid)?; // (N, 64, 73, 73)
+        let x = self.stem[3].forward(&x)?; // (N, 80, 73, 73)
+        let x = self.stem[4].forward(&x)?; // (N, 192, 71, 71)
+        let mut x = max_pool2d(&x, 3, 2, Padding::Valid)?; // (N, 192, 35, 35)
+        for b in &self.mixed0_2 {
+            x = b.forward(&x)?; // (N, 256 | 288 | 288, 35, 35)
+        }
+        let mut x = self.mixed3.forward(&x)?; // (N, 768, 17, 17)
+        for b in &self.mixed4_7 {
+            x = b.forward(&x)?; // (N, 768, 17, 17)
+        }
+        let mut x = self.mixed8.forward(&x)?; // (N, 1280, 8, 8)
+        for b in &self.mixed9_10 {
+            x = b.forward(&x)?; // (N, 2048, 8, 8)
+        }
+        global_avg_pool(&x) // (N, 2048)
+    }
+
+    fn num_features(&self) -> usize {
+        Arch::InceptionV3.pretrained_cfg().num_features
+    }
+}
