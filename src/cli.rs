@@ -19,7 +19,7 @@ use crate::{features, npy, pipeline, report, spec};
     name = "runner",
     version,
     about = "Declarative, cached transfer-learning experiments for image classification",
-    args_conflicts_with_subcommands = true,
+    subcommand_precedence_over_arg = true,
     arg_required_else_help = true
 )]
 pub struct Cli {

@@ -29,14 +29,14 @@ pub enum FeatureError {
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Model(#[from] Box<ModelError>),
     #[error("{arch} failed on images {first}..{last}")]
     Forward {
         arch: &'static str,
         first: String,
         last: String,
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     #[error("cannot write to the feature cache {path}")]
     CacheWrite {
@@ -155,7 +155,10 @@ pub fn ensure(
     for &b in &needed {
         let bb = &spec.backbones[b];
         let started = Instant::now();
-        nets.insert(b, models::load(bb.arch, &bb.weights, device)?);
+        nets.insert(
+            b,
+            models::load(bb.arch, &bb.weights, device).map_err(Box::new)?,
+        );
         log.info(format!(
             "loaded {} from {} in {:.1}s",
             bb.arch.name(),
@@ -294,7 +297,7 @@ fn extract_split(
                         arch: bb.arch.name(),
                         first: chunk[first].id.clone(),
                         last: chunk[first + batch.len() - 1].id.clone(),
-                        source,
+                        source: Box::new(source),
                     }
                 })?;
                 data.extend(feats);

@@ -205,6 +205,8 @@ pub fn render(df: &mut DataFrame, format: Format) -> anyhow::Result<String> {
             unsafe_set_env("POLARS_FMT_MAX_ROWS", "-1");
             unsafe_set_env("POLARS_FMT_MAX_COLS", "-1");
             unsafe_set_env("POLARS_FMT_STR_LEN", "120");
+            // Never wrap cells to the terminal: one line per run.
+            unsafe_set_env("POLARS_TABLE_WIDTH", "65535");
             unsafe_set_env("POLARS_FMT_TABLE_HIDE_COLUMN_DATA_TYPES", "1");
             unsafe_set_env("POLARS_FMT_TABLE_HIDE_DATAFRAME_SHAPE_INFORMATION", "1");
             Ok(format!("{df}\n"))

@@ -274,3 +274,51 @@ fn corrupt_image_is_named_in_the_error() {
     );
     assert!(err.contains("cannot decode"), "{err}");
 }
+
+#[test]
+fn changing_an_image_changes_only_its_splits_feature_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    woof_subset(&dir.join("data"), 2, 3, 1);
+    let spec = runner::spec::load(&write_spec(dir, "keys", 2, 0.5)).unwrap();
+    let keys = || {
+        let data = Dataset::load(&spec.data).unwrap();
+        let plan = Plan::new(&spec, &data).unwrap();
+        plan.stages
+            .iter()
+            .map(|s| (s.split, s.key.clone()))
+            .collect::<Vec<_>>()
+    };
+    let before = keys();
+    assert_eq!(before, keys(), "keys are stable");
+    // Re-encode one training image: different bytes, same id.
+    let victim = std::fs::read_dir(dir.join("data/train"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let img = image::open(&victim).unwrap().to_rgb8();
+    img.save_with_format(&victim, image::ImageFormat::Png)
+        .unwrap();
+    let after = keys();
+    for ((split, a), (_, b)) in before.iter().zip(&after) {
+        match split {
+            Split::Train => assert_ne!(a, b),
+            Split::Test => assert_eq!(a, b),
+        }
+    }
+    // Changing head settings changes no feature key.
+    let mut other = spec.clone();
+    other.head.dropout = 0.1;
+    other.cv.folds = 3;
+    let data = Dataset::load(&other.data).unwrap();
+    let plan = Plan::new(&other, &data).unwrap();
+    assert_eq!(
+        plan.stages
+            .iter()
+            .map(|s| (s.split, s.key.clone()))
+            .collect::<Vec<_>>(),
+        after
+    );
+}

@@ -37,6 +37,27 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Spec, SpecError> {
     Resolver { origin, base }.spec(raw)
 }
 
+/// Removes `.` and folds `dir/..` lexically, so logs and the resolved spec
+/// show `../shared/x` rather than `experiments/../../shared/x`.
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() {
+        PathBuf::from(".")
+    } else {
+        out.iter().collect()
+    }
+}
+
 struct Resolver<'a> {
     origin: &'a str,
     base: &'a Path,
@@ -56,7 +77,7 @@ impl Resolver<'_> {
         if p.is_absolute() {
             p
         } else {
-            self.base.join(p)
+            normalize(&self.base.join(p))
         }
     }
 
@@ -279,6 +300,16 @@ root = "data"
 arch = "efficientnet_lite0"
 weights = "w.safetensors"
 "#;
+
+    #[test]
+    fn relative_paths_resolve_against_the_spec_folder() {
+        assert_eq!(
+            normalize(Path::new("experiments/../../shared/m")),
+            Path::new("../shared/m")
+        );
+        assert_eq!(normalize(Path::new("./a/./b/../c")), Path::new("a/c"));
+        assert_eq!(normalize(Path::new("/x/../y")), Path::new("/y"));
+    }
 
     #[test]
     fn defaults_fill_every_key() {
