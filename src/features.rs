@@ -233,6 +233,19 @@ fn extract_split(
         items.len() as u64,
         "images",
     );
+    progress.set_message(
+        stages
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}/{}",
+                    spec.backbones[s.backbone].arch.name(),
+                    s.view.name()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
     let mut resumed = 0usize;
     for (c, chunk) in items.chunks(CHUNK_IMAGES).enumerate() {
         // What earlier runs already finished of this chunk.
@@ -277,32 +290,37 @@ fn extract_split(
         out.decode_seconds += started.elapsed().as_secs_f64();
 
         let started = Instant::now();
-        for (i, stage) in stages.iter().enumerate() {
-            if have[i].is_some() {
-                continue;
-            }
-            let bb = &spec.backbones[stage.backbone];
-            let net = &nets[&stage.backbone];
-            let imgs = &resized[&(bb.input_size, bb.resize)];
-            let mut data = Vec::with_capacity(chunk.len() * net.num_features());
-            for (b, batch) in imgs.chunks(spec.extract.batch_size).enumerate() {
+        // Batch by batch, every stage that still needs this chunk, so the
+        // progress bar moves per batch.
+        let todo: Vec<usize> = (0..stages.len()).filter(|&i| have[i].is_none()).collect();
+        let mut data: Vec<Vec<f32>> = todo.iter().map(|_| Vec::new()).collect();
+        let batch_size = spec.extract.batch_size;
+        for first in (0..chunk.len()).step_by(batch_size) {
+            let last = (first + batch_size).min(chunk.len());
+            for (slot, &i) in todo.iter().enumerate() {
+                let stage = stages[i];
+                let bb = &spec.backbones[stage.backbone];
+                let net = &nets[&stage.backbone];
+                let batch: Vec<&RgbImage> = resized[&(bb.input_size, bb.resize)][first..last]
+                    .iter()
+                    .collect();
                 let forward = || -> candle_core::Result<Vec<f32>> {
-                    let refs: Vec<&RgbImage> = batch.iter().collect();
-                    let x = input_tensor(&refs, bb, stage.view, device)?;
+                    let x = input_tensor(&batch, bb, stage.view, device)?;
                     net.forward_features(&x)?.flatten_all()?.to_vec1::<f32>()
                 };
-                let feats = forward().map_err(|source| {
-                    let first = b * spec.extract.batch_size;
-                    FeatureError::Forward {
-                        arch: bb.arch.name(),
-                        first: chunk[first].id.clone(),
-                        last: chunk[first + batch.len() - 1].id.clone(),
-                        source: Box::new(source),
-                    }
+                let feats = forward().map_err(|source| FeatureError::Forward {
+                    arch: bb.arch.name(),
+                    first: chunk[first].id.clone(),
+                    last: chunk[last - 1].id.clone(),
+                    source: Box::new(source),
                 })?;
-                data.extend(feats);
+                data[slot].extend(feats);
             }
-            let m = Matrix::new(chunk.len(), net.num_features(), data);
+            progress.inc((last - first) as u64);
+        }
+        for (&i, data) in todo.iter().zip(data) {
+            let stage = stages[i];
+            let m = Matrix::new(chunk.len(), nets[&stage.backbone].num_features(), data);
             cache
                 .put_chunk(&stage.key, c, &m)
                 .map_err(|source| FeatureError::CacheWrite {
@@ -310,13 +328,11 @@ fn extract_split(
                     source,
                 })?;
             have[i] = Some(m);
-            progress.set_message(format!("{} {}", bb.arch.name(), stage.view.name()));
         }
         out.forward_seconds += started.elapsed().as_secs_f64();
         for (dst, m) in chunks_per_stage.iter_mut().zip(have) {
             dst.push(m.expect("computed"));
         }
-        progress.inc(chunk.len() as u64);
     }
     progress.finish();
     if resumed > 0 {

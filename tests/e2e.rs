@@ -228,51 +228,44 @@ fn resumes_after_interrupted_extraction() {
     }
 }
 
-#[test]
-fn missing_image_fails_with_its_path_and_marks_the_run_failed() {
+/// Breaks the first training image of a small dataset with `damage`, runs
+/// the spec and returns the image's file name and the run's stderr.
+fn run_with_damaged_image(
+    damage: impl FnOnce(&Path),
+) -> (String, String, PathBuf, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     woof_subset(&dir.join("data"), 2, 3, 1);
-    let victim = std::fs::read_dir(dir.join("data/train"))
+    let mut train: Vec<PathBuf> = std::fs::read_dir(dir.join("data/train"))
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    std::fs::remove_file(&victim).unwrap();
-    write_spec(dir, "broken", 2, 0.5);
-    let out = runner(dir, &["--quiet", "broken.toml"]);
+        .map(|e| e.unwrap().path())
+        .collect();
+    train.sort();
+    damage(&train[0]);
+    write_spec(dir, "damaged", 2, 0.5);
+    let out = runner(dir, &["--quiet", "damaged.toml"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(
-        err.contains(&*victim.file_name().unwrap().to_string_lossy()),
-        "{err}"
-    );
-    let runs = run_dirs(&dir.join("runs"));
-    assert_eq!(json(&runs[0].join("run.json"))["status"], "failed");
+    assert!(!err.contains("panicked"), "{err}");
+    let name = train[0].file_name().unwrap().to_string_lossy().into_owned();
+    let run = run_dirs(&dir.join("runs")).remove(0);
+    (name, err, run, tmp)
+}
+
+#[test]
+fn missing_image_fails_with_its_path_and_marks_the_run_failed() {
+    let (name, err, run, _tmp) = run_with_damaged_image(|p| std::fs::remove_file(p).unwrap());
+    assert!(err.contains(&name), "{err}");
+    assert_eq!(json(&run.join("run.json"))["status"], "failed");
 }
 
 #[test]
 fn corrupt_image_is_named_in_the_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    woof_subset(&dir.join("data"), 2, 3, 1);
-    let victim = std::fs::read_dir(dir.join("data/train"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    std::fs::write(&victim, b"not a jpeg").unwrap();
-    write_spec(dir, "corrupt", 2, 0.5);
-    let out = runner(dir, &["--quiet", "corrupt.toml"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    assert!(
-        err.contains(&*victim.file_name().unwrap().to_string_lossy()),
-        "{err}"
-    );
+    let (name, err, run, _tmp) =
+        run_with_damaged_image(|p| std::fs::write(p, b"not a jpeg").unwrap());
+    assert!(err.contains(&name), "{err}");
     assert!(err.contains("cannot decode"), "{err}");
+    assert_eq!(json(&run.join("run.json"))["status"], "failed");
 }
 
 #[test]

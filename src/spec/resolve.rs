@@ -73,6 +73,13 @@ impl Resolver<'_> {
         }
     }
 
+    fn at_least_one(&self, key: &str, value: usize) -> Result<(), SpecError> {
+        if value == 0 {
+            return Err(self.invalid(key, "= 0".into(), "allowed: 1 or more"));
+        }
+        Ok(())
+    }
+
     fn path(&self, p: PathBuf) -> PathBuf {
         if p.is_absolute() {
             p
@@ -128,9 +135,7 @@ impl Resolver<'_> {
 
         let extract = raw.extract.unwrap_or_default();
         let batch_size = extract.batch_size.unwrap_or(DEFAULT_EXTRACT_BATCH);
-        if batch_size == 0 {
-            return Err(self.invalid("extract.batch_size", "= 0".into(), "allowed: 1 or more"));
-        }
+        self.at_least_one("extract.batch_size", batch_size)?;
 
         let cv = raw.cv.unwrap_or_default();
         let folds = cv.folds.unwrap_or(DEFAULT_FOLDS);
@@ -163,18 +168,14 @@ impl Resolver<'_> {
                 "allowed: 0 <= dropout < 1",
             ));
         }
-        if head.epochs == 0 {
-            return Err(self.invalid("head.epochs", "= 0".into(), "allowed: 1 or more"));
-        }
+        self.at_least_one("head.epochs", head.epochs)?;
+        self.at_least_one("head.batch_size", head.batch_size)?;
         if !(head.lr > 0.0 && head.lr.is_finite()) {
             return Err(self.invalid(
                 "head.lr",
                 format!("= {} is not a positive number", head.lr),
                 "allowed: lr > 0, e.g. 0.01",
             ));
-        }
-        if head.batch_size == 0 {
-            return Err(self.invalid("head.batch_size", "= 0".into(), "allowed: 1 or more"));
         }
 
         Ok(Spec {
