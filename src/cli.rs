@@ -45,7 +45,7 @@ struct Global {
     /// Worker threads [default: all cores].
     #[arg(long, global = true)]
     threads: Option<usize>,
-    /// No progress bars or informational lines; results still print.
+    /// Plain log lines only: no progress bars or periodic progress lines.
     #[arg(long, short, global = true)]
     quiet: bool,
 }
@@ -169,7 +169,7 @@ fn run_specs(paths: &[PathBuf], g: &Global, cache: &FeatureCache, log: &Log) -> 
     for (path, spec) in paths.iter().zip(&specs) {
         log.info(format!("spec {}", path.display()));
         match pipeline::run(spec, &g.runs, cache, &device, log) {
-            Ok(outcome) => log.always(format!("wrote {}", outcome.dir.display())),
+            Ok(outcome) => log.info(format!("wrote {}", outcome.dir.display())),
             Err(e) => failed.push(format!("{}: {e:#}", path.display())),
         }
     }

@@ -130,7 +130,7 @@ pub fn ensure(
             }
             Ok(None) => missing.push(stage),
             Err(why) => {
-                log.always(format!("warning: corrupt cache entry: {why}"));
+                log.info(format!("warning: corrupt cache entry: {why}"));
                 missing.push(stage);
             }
         }

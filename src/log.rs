@@ -1,9 +1,10 @@
 //! Run log and progress: one place that prints to the user and appends to
 //! the run directory's `run.log`.
 //!
-//! On a terminal, progress is drawn with indicatif bars; when stderr is not a
-//! terminal (CI, pipes, files) or with `--quiet`, bars become plain log lines
-//! at a bounded rate, so logs stay readable.
+//! On a terminal, progress is drawn with indicatif bars. When stderr is not a
+//! terminal (CI, pipes, files) bars become plain log lines, at most one per
+//! 10 s per bar, so logs stay readable. `--quiet` keeps only the plain lines
+//! that say what happened (stages, summaries, scores), no progress.
 
 use std::fs::File;
 use std::io::{IsTerminal, Write};
@@ -15,7 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub struct Log {
     bars: Option<MultiProgress>,
-    /// Suppresses informational lines on stderr (they still reach run.log).
+    /// No bars and no periodic progress lines.
     quiet: bool,
     file: Mutex<Option<File>>,
     start: Instant,
@@ -53,23 +54,8 @@ impl Log {
         }
     }
 
-    /// An informational line.
+    /// A line for stderr and run.log.
     pub fn info(&self, line: impl AsRef<str>) {
-        let line = line.as_ref();
-        self.to_file(line);
-        if self.quiet {
-            return;
-        }
-        match &self.bars {
-            Some(bars) => {
-                let _ = bars.println(line);
-            }
-            None => eprintln!("{line}"),
-        }
-    }
-
-    /// A line that is always shown (results, warnings).
-    pub fn always(&self, line: impl AsRef<str>) {
         let line = line.as_ref();
         self.to_file(line);
         match &self.bars {
@@ -127,7 +113,10 @@ impl Progress<'_> {
         match &self.bar {
             Some(bar) => bar.inc(n),
             None => {
-                if self.last_line.elapsed() >= Duration::from_secs(10) && self.done < self.total {
+                if !self.log.quiet
+                    && self.last_line.elapsed() >= Duration::from_secs(10)
+                    && self.done < self.total
+                {
                     self.last_line = Instant::now();
                     self.log.info(self.line());
                 }

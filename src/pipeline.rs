@@ -87,7 +87,7 @@ pub fn run(
         Ok(_) => dir.finish(Status::Complete, seconds, None)?,
         Err(e) => {
             let msg = format!("{e:#}");
-            log.always(format!("run failed: {msg}"));
+            log.info(format!("run failed: {msg}"));
             dir.finish(Status::Failed, seconds, Some(msg))?;
         }
     }
@@ -136,7 +136,7 @@ fn run_in(
     dir.manifest.timings.heads_seconds = t.elapsed().as_secs_f64();
 
     let propagation = score_propagation(spec, &data, &folds, &preds);
-    log.always(propagation_table(&propagation));
+    log.info(propagation_table(&propagation));
     let metrics = Metrics {
         name: spec.name.clone(),
         classes: data.classes.clone(),
@@ -310,7 +310,11 @@ fn score_propagation(
     if spec.views.len() > 1 {
         let names: Vec<&str> = spec.views.iter().map(|v| v.name()).collect();
         rows.push(score(
-            format!("{n_folds} fold(s), {}", names.join(" + ")),
+            format!(
+                "{n_folds} fold{}, {}",
+                if n_folds == 1 { "" } else { "s" },
+                names.join(" + ")
+            ),
             &mean(&preds.oof.iter().collect::<Vec<_>>()),
             &validated,
             &preds.test.iter().flatten().collect::<Vec<_>>(),
