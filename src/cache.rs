@@ -19,18 +19,21 @@ use crate::npy::{self, Matrix};
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder,
 /// flushed, then renamed over the target.
+/// The error names `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).inspect_err(|_| {
+    let result = std::fs::create_dir_all(dir)
+        .and_then(|()| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
+        std::io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))
     })
 }
 
@@ -91,10 +94,9 @@ impl FeatureCache {
         let meta = serde_json::to_vec_pretty(meta).expect("json serialises");
         write_atomic(&self.stem(key).with_extension("json"), &meta)?;
         write_atomic(&self.path(key), &npy::to_bytes(m))?;
-        let partial = self.partial_dir(key);
-        if partial.exists() {
-            std::fs::remove_dir_all(partial)?;
-        }
+        // The stage is safely stored; leftover chunks only cost disk space,
+        // so failing to remove them must not fail the run.
+        let _ = std::fs::remove_dir_all(self.partial_dir(key));
         Ok(())
     }
 
@@ -102,15 +104,19 @@ impl FeatureCache {
         self.stem(key).with_extension("partial")
     }
 
-    fn chunk_path(&self, key: &str, chunk: usize) -> PathBuf {
-        self.partial_dir(key).join(format!("{chunk:06}.npy"))
+    /// Chunks are named by their first row and row count, so a chunk is
+    /// only ever reused for exactly the rows it holds.
+    fn chunk_path(&self, key: &str, first_row: usize, rows: usize) -> PathBuf {
+        self.partial_dir(key)
+            .join(format!("{first_row:09}-{rows}.npy"))
     }
 
-    /// A chunk of an unfinished stage, if an earlier (interrupted) run wrote it.
-    pub fn chunk(&self, key: &str, chunk: usize, rows: usize) -> Option<Matrix> {
-        let path = self.chunk_path(key, chunk);
+    /// Rows `first_row..first_row + rows` of an unfinished stage, if an
+    /// earlier (interrupted) run wrote them with `cols` columns.
+    pub fn chunk(&self, key: &str, first_row: usize, rows: usize, cols: usize) -> Option<Matrix> {
+        let path = self.chunk_path(key, first_row, rows);
         match npy::read(&path) {
-            Ok(m) if m.rows == rows => Some(m),
+            Ok(m) if m.rows == rows && m.cols == cols => Some(m),
             Ok(_) | Err(_) => {
                 let _ = std::fs::remove_file(&path);
                 None
@@ -118,8 +124,8 @@ impl FeatureCache {
         }
     }
 
-    pub fn put_chunk(&self, key: &str, chunk: usize, m: &Matrix) -> std::io::Result<()> {
-        write_atomic(&self.chunk_path(key, chunk), &npy::to_bytes(m))
+    pub fn put_chunk(&self, key: &str, first_row: usize, m: &Matrix) -> std::io::Result<()> {
+        write_atomic(&self.chunk_path(key, first_row, m.rows), &npy::to_bytes(m))
     }
 }
 
@@ -148,8 +154,10 @@ mod tests {
         let key = "ff00";
         let m = Matrix::new(1, 2, vec![1.0, 2.0]);
         cache.put_chunk(key, 0, &m).unwrap();
-        assert_eq!(cache.chunk(key, 0, 1), Some(m.clone()));
+        assert_eq!(cache.chunk(key, 0, 1, 2), Some(m.clone()));
+        assert_eq!(cache.chunk(key, 0, 1, 3), None, "wrong width is a miss");
+        cache.put_chunk(key, 0, &m).unwrap();
         cache.put(key, &m, &serde_json::json!({})).unwrap();
-        assert_eq!(cache.chunk(key, 0, 1), None);
+        assert_eq!(cache.chunk(key, 0, 1, 2), None);
     }
 }

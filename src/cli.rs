@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::cache::FeatureCache;
 use crate::data::Dataset;
 use crate::log::Log;
+use crate::pipeline::csv_field;
 use crate::plan::{Plan, Split};
 use crate::{features, npy, pipeline, report, spec};
 
@@ -96,7 +97,7 @@ pub fn device(choice: &str, log: &Log) -> anyhow::Result<Device> {
         },
     };
     if !candle_core::utils::cuda_is_available() {
-        bail!("--device cuda:{cuda_index}: this runner was built without CUDA; rebuild with `--features cuda` or use --device cpu");
+        bail!("--device cuda:{cuda_index}: this build of runner has no CUDA support yet; use --device cpu (or auto)");
     }
     let d =
         Device::new_cuda(cuda_index).with_context(|| format!("cannot open cuda:{cuda_index}"))?;
@@ -158,10 +159,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 fn run_specs(paths: &[PathBuf], g: &Global, cache: &FeatureCache, log: &Log) -> anyhow::Result<()> {
     // Check every spec before running any, so a typo in the third spec does
     // not surface after an hour of the first.
+    if paths.is_empty() {
+        bail!("no spec given; usage: runner SPEC.toml [SPEC.toml ...] (see --help)");
+    }
     let specs = paths
         .iter()
-        .map(|p| spec::load(p))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|p| preflight(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let threads = init_threads(g.threads)?;
     log.info(format!("threads: {threads}"));
     let device = device(&g.device, log)?;
@@ -184,6 +188,23 @@ fn run_specs(paths: &[PathBuf], g: &Global, cache: &FeatureCache, log: &Log) -> 
     Ok(())
 }
 
+/// Loads a spec and checks what can fail cheaply (weights present, every
+/// listed image present, labels valid) before any work starts.
+fn preflight(path: &Path) -> anyhow::Result<spec::Spec> {
+    let spec = spec::load(path)?;
+    for (i, b) in spec.backbones.iter().enumerate() {
+        if !b.weights.is_file() {
+            bail!(
+                "{}: backbone[{i}].weights = {} does not exist; point it at a weights file (see models/README.md)",
+                path.display(),
+                b.weights.display()
+            );
+        }
+    }
+    Dataset::load(&spec.data).with_context(|| format!("{}: [data]", path.display()))?;
+    Ok(spec)
+}
+
 fn extract(
     spec_path: &Path,
     out: &Path,
@@ -191,7 +212,7 @@ fn extract(
     device: &Device,
     log: &Log,
 ) -> anyhow::Result<()> {
-    let spec = spec::load(spec_path)?;
+    let spec = preflight(spec_path)?;
     let data = Dataset::load(&spec.data)?;
     let plan = Plan::new(&spec, &data)?;
     let feats = features::ensure(&spec, &data, &plan, cache, device, log)?;
@@ -206,10 +227,10 @@ fn extract(
             "id\n"
         });
         for (i, item) in items.iter().enumerate() {
-            ids.push_str(&item.id);
+            ids.push_str(&csv_field(&item.id));
             if split == Split::Train {
                 ids.push(',');
-                ids.push_str(&data.classes[data.labels[i]]);
+                ids.push_str(&csv_field(&data.classes[data.labels[i]]));
             }
             ids.push('\n');
         }

@@ -249,9 +249,17 @@ fn extract_split(
     let mut resumed = 0usize;
     for (c, chunk) in items.chunks(CHUNK_IMAGES).enumerate() {
         // What earlier runs already finished of this chunk.
+        let first_row = c * CHUNK_IMAGES;
         let mut have: Vec<Option<Matrix>> = stages
             .iter()
-            .map(|s| cache.chunk(&s.key, c, chunk.len()))
+            .map(|s| {
+                cache.chunk(
+                    &s.key,
+                    first_row,
+                    chunk.len(),
+                    nets[&s.backbone].num_features(),
+                )
+            })
             .collect();
         if have.iter().all(Option::is_some) {
             resumed += 1;
@@ -322,7 +330,7 @@ fn extract_split(
             let stage = stages[i];
             let m = Matrix::new(chunk.len(), nets[&stage.backbone].num_features(), data);
             cache
-                .put_chunk(&stage.key, c, &m)
+                .put_chunk(&stage.key, first_row, &m)
                 .map_err(|source| FeatureError::CacheWrite {
                     path: cache.root().display().to_string(),
                     source,

@@ -137,7 +137,11 @@ pub fn read(path: &Path) -> Result<Matrix, NpyError> {
         return Err(fmt("not 2-D"));
     };
     let body = &bytes[start + header_len..];
-    if body.len() != rows * cols * 4 {
+    let expected = rows
+        .checked_mul(cols)
+        .and_then(|n| n.checked_mul(4))
+        .ok_or_else(|| fmt("shape too large"))?;
+    if body.len() != expected {
         return Err(fmt(
             "data length does not match the shape (truncated file?)",
         ));

@@ -118,6 +118,27 @@ fn run_in(
         }
     ));
 
+    // Folds before features: a bad fold count fails in seconds, not after
+    // an hour of extraction.
+    let folds = FoldPlan::new(&data.labels, spec.cv.folds, spec.cv.stratified, spec.seed);
+    if let Some(f) = folds
+        .folds
+        .iter()
+        .position(|f| f.train.is_empty() || f.valid.is_empty())
+    {
+        let missing = if folds.folds[f].valid.is_empty() {
+            "validation"
+        } else {
+            "training"
+        };
+        anyhow::bail!(
+            "cv.folds = {} leaves fold {} without {missing} rows with {} training images; use fewer folds",
+            spec.cv.folds,
+            f + 1,
+            data.train.len()
+        );
+    }
+
     let t = Instant::now();
     let plan = Plan::new(spec, &data)?;
     dir.manifest.timings.hash_seconds = t.elapsed().as_secs_f64();
@@ -131,7 +152,6 @@ fn run_in(
     dir.write_manifest()?;
 
     let t = Instant::now();
-    let folds = FoldPlan::new(&data.labels, spec.cv.folds, spec.cv.stratified, spec.seed);
     let preds = train_heads(spec, &data, &plan, &feats, &folds, device, log)?;
     dir.manifest.timings.heads_seconds = t.elapsed().as_secs_f64();
 
@@ -364,7 +384,7 @@ fn folds_csv(heads: &[HeadRow]) -> String {
 }
 
 /// Quotes a CSV field when it needs it.
-fn csv_field(s: &str) -> String {
+pub fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

@@ -232,7 +232,7 @@ fn resumes_after_interrupted_extraction() {
 /// the spec and returns the image's file name and the run's stderr.
 fn run_with_damaged_image(
     damage: impl FnOnce(&Path),
-) -> (String, String, PathBuf, tempfile::TempDir) {
+) -> (String, String, Option<PathBuf>, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     woof_subset(&dir.join("data"), 2, 3, 1);
@@ -248,24 +248,30 @@ fn run_with_damaged_image(
     let err = stderr(&out);
     assert!(!err.contains("panicked"), "{err}");
     let name = train[0].file_name().unwrap().to_string_lossy().into_owned();
-    let run = run_dirs(&dir.join("runs")).remove(0);
+    let run = dir
+        .join("runs")
+        .exists()
+        .then(|| run_dirs(&dir.join("runs")).remove(0));
     (name, err, run, tmp)
 }
 
 #[test]
-fn missing_image_fails_with_its_path_and_marks_the_run_failed() {
+fn missing_image_is_named_before_any_work_starts() {
     let (name, err, run, _tmp) = run_with_damaged_image(|p| std::fs::remove_file(p).unwrap());
     assert!(err.contains(&name), "{err}");
-    assert_eq!(json(&run.join("run.json"))["status"], "failed");
+    assert!(
+        run.is_none(),
+        "the pre-flight check fails before a run directory exists"
+    );
 }
 
 #[test]
-fn corrupt_image_is_named_in_the_error() {
+fn corrupt_image_is_named_and_marks_the_run_failed() {
     let (name, err, run, _tmp) =
         run_with_damaged_image(|p| std::fs::write(p, b"not a jpeg").unwrap());
     assert!(err.contains(&name), "{err}");
     assert!(err.contains("cannot decode"), "{err}");
-    assert_eq!(json(&run.join("run.json"))["status"], "failed");
+    assert_eq!(json(&run.unwrap().join("run.json"))["status"], "failed");
 }
 
 #[test]
@@ -314,4 +320,75 @@ fn changing_an_image_changes_only_its_splits_feature_keys() {
             .collect::<Vec<_>>(),
         after
     );
+}
+
+/// Runs a spec over a small dataset after `edit` changed it; returns the
+/// exit code and stderr.
+fn run_edited(folds: usize, edit: impl FnOnce(&Path, &Path)) -> (Option<i32>, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    woof_subset(&dir.join("data"), 2, 3, 1);
+    let spec = write_spec(dir, "edited", folds, 0.5);
+    edit(&dir.join("data"), &spec);
+    let out = runner(dir, &["--quiet", "edited.toml"]);
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    (out.status.code(), err)
+}
+
+#[test]
+fn more_folds_than_images_fails_before_extracting() {
+    let (code, err) = run_edited(10, |_, _| {});
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("cv.folds = 10") && err.contains("6 training images"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_mistyped_test_dir_is_an_error_not_a_missing_submission() {
+    let (code, err) = run_edited(2, |_, spec| {
+        let text = std::fs::read_to_string(spec).unwrap();
+        std::fs::write(
+            spec,
+            text.replace(
+                "root = \"data\"",
+                "root = \"data\"\ntest_dir = \"data/tset\"",
+            ),
+        )
+        .unwrap();
+    });
+    assert_eq!(code, Some(1));
+    assert!(err.contains("tset"), "{err}");
+}
+
+#[test]
+fn duplicate_test_ids_are_named() {
+    let (code, err) = run_edited(2, |data, _| {
+        let path = data.join("sample_submission.csv");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let last = text.lines().last().unwrap().to_string();
+        std::fs::write(&path, format!("{text}{last}\n")).unwrap();
+    });
+    assert_eq!(code, Some(1));
+    let id = err
+        .split("test id \"")
+        .nth(1)
+        .map(|s| s.split('"').next().unwrap().to_string());
+    assert!(id.is_some() && err.contains("appears twice"), "{err}");
+}
+
+#[test]
+fn a_label_missing_from_the_sample_submission_is_named_with_its_image() {
+    let (code, err) = run_edited(2, |data, _| {
+        let path = data.join("labels.csv");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let (id, _) = lines[1].split_once(',').unwrap();
+        lines[1] = format!("{id},wolf");
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    });
+    assert_eq!(code, Some(1));
+    assert!(err.contains("wolf") && err.contains("labels.csv"), "{err}");
 }

@@ -155,6 +155,12 @@ fn list_images(dir: &Path) -> Result<Vec<Item>, DataError> {
     Ok(items)
 }
 
+/// The first id that appears twice, if any.
+fn first_duplicate<'a>(ids: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let mut seen = BTreeSet::new();
+    ids.into_iter().find(|id| !seen.insert(*id))
+}
+
 fn class_index(classes: &[String]) -> HashMap<&str, usize> {
     classes
         .iter()
@@ -212,14 +218,11 @@ impl Dataset {
                 problem: "lists no training images".into(),
             });
         }
-        let mut seen = BTreeSet::new();
-        for item in &train {
-            if !seen.insert(item.id.as_str()) {
-                return Err(DataError::Invalid {
-                    path: train_source.display().to_string(),
-                    problem: format!("id {:?} appears twice", item.id),
-                });
-            }
+        if let Some(id) = first_duplicate(train.iter().map(|i| i.id.as_str())) {
+            return Err(DataError::Invalid {
+                path: train_source.display().to_string(),
+                problem: format!("id {id:?} appears twice"),
+            });
         }
 
         let sample = spec
@@ -236,6 +239,15 @@ impl Dataset {
                 .into_iter()
                 .collect(),
         };
+        if let (Some(path), Some(class)) = (
+            &spec.sample_submission,
+            first_duplicate(classes.iter().map(String::as_str)),
+        ) {
+            return Err(DataError::Invalid {
+                path: path.display().to_string(),
+                problem: format!("class column {class:?} appears twice in the header"),
+            });
+        }
         if classes.len() < 2 {
             return Err(DataError::Invalid {
                 path: train_source.display().to_string(),
@@ -268,6 +280,30 @@ impl Dataset {
             (None, Some(dir)) => list_images(dir)?,
             (_, None) => Vec::new(),
         };
+
+        if let Some(id) = first_duplicate(test.iter().map(|i| i.id.as_str())) {
+            let source = spec.sample_submission.as_ref().or(spec.test_dir.as_ref());
+            return Err(DataError::Invalid {
+                path: source.map_or(String::new(), |p| p.display().to_string()),
+                problem: format!("test id {id:?} appears twice"),
+            });
+        }
+        // Files that only make sense with test images must not be ignored.
+        if test.is_empty() {
+            for (key, path) in [
+                ("sample_submission", &spec.sample_submission),
+                ("test_labels", &spec.test_labels),
+            ] {
+                if let Some(path) = path {
+                    return Err(DataError::Invalid {
+                        path: path.display().to_string(),
+                        problem: format!(
+                            "data.{key} is given but there are no test images; set data.test_dir to the folder holding them"
+                        ),
+                    });
+                }
+            }
+        }
 
         for item in train.iter().chain(&test) {
             if !item.path.is_file() {

@@ -197,9 +197,10 @@ impl Resolver<'_> {
         let root = raw.root.map(|r| self.path(r));
         let under_root = |key: &str, default: &str| -> Option<PathBuf> {
             root.as_ref().map(|r| r.join(default)).filter(|p| {
-                // Optional files default only when present; required ones
-                // always default so the error names the missing path.
-                key == "train_dir" || key == "labels" || key == "test_dir" || p.exists()
+                // Optional paths default only when present; required ones
+                // always default so the error names the missing path. A
+                // path given explicitly is never dropped: a typo is an error.
+                key == "train_dir" || key == "labels" || p.exists()
             })
         };
         let pick = |given: Option<PathBuf>, key: &str, default: &str| -> Option<PathBuf> {
@@ -220,8 +221,7 @@ impl Resolver<'_> {
                         "give `root` (a folder with labels.csv, train/, test/, sample_submission.csv) or the paths one by one",
                     ));
                 };
-                let test_dir = pick(raw.test_dir, "test_dir", "test")
-                    .filter(|p| p.exists() || raw.sample_submission.is_some());
+                let test_dir = pick(raw.test_dir, "test_dir", "test");
                 Ok(DataSpec {
                     layout: Layout::Kaggle,
                     train_dir,
@@ -255,7 +255,7 @@ impl Resolver<'_> {
                     layout: Layout::Folders,
                     train_dir,
                     labels: None,
-                    test_dir: pick(raw.test_dir, "test_dir", "test").filter(|p| p.exists()),
+                    test_dir: pick(raw.test_dir, "test_dir", "test"),
                     sample_submission: pick(
                         raw.sample_submission,
                         "sample_submission",
