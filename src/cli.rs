@@ -147,7 +147,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Extract { spec, out }) => {
             let threads = init_threads(g.threads)?;
-            log.info(format!("threads: {threads}"));
+            log.info(format!(
+                "threads: {threads}, GEMM kernel: {}",
+                crate::kernels::best().name
+            ));
             let device = device(&g.device, &log)?;
             extract(&spec, &out, &cache, &device, &log)
         }
@@ -167,7 +170,10 @@ fn run_specs(paths: &[PathBuf], g: &Global, cache: &FeatureCache, log: &Log) -> 
         .map(|p| preflight(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let threads = init_threads(g.threads)?;
-    log.info(format!("threads: {threads}"));
+    log.info(format!(
+        "threads: {threads}, GEMM kernel: {}",
+        crate::kernels::best().name
+    ));
     let device = device(&g.device, log)?;
     let mut failed = Vec::new();
     for (path, spec) in paths.iter().zip(&specs) {

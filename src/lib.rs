@@ -16,6 +16,7 @@ pub mod cache;
 pub mod cli;
 pub mod data;
 pub mod features;
+pub mod kernels;
 pub mod log;
 pub mod metrics;
 pub mod models;

@@ -4,11 +4,17 @@
 //!
 //! Every layer is inference-only and keeps its weights in f32. BatchNorm is
 //! folded into the preceding convolution at load time, so a convolution here is
-//! always `act(conv(x, w) + b)`; the bias and activation run in one pass
-//! ([`bias_act`]) instead of candle's two broadcast passes.
+//! always `act(conv(x, w) + b)`; the bias and activation (and a residual) run
+//! in the GEMM's epilogue while each output block is still in cache, instead
+//! of candle's two broadcast passes.
 //!
-//! Kernels of our own (contiguous f32 NCHW, rayon over the `N * C` planes):
-//! - [`DepthwiseConv2d`]: candle's grouped convolution splits the input into
+//! Kernels of our own (contiguous f32 NCHW):
+//! - [`Conv2d`]: every dense convolution is one GEMM per image with
+//!   [`crate::kernels`] (AVX-512 / AVX2 micro-kernels), `W (O, C*kh*kw) @
+//!   im2col(x)`, or `W @ x` for 1x1 stride-1 kernels; 1.3-3x candle 0.11's
+//!   matmul on most of our shapes, on par at 7x7-10x10 outputs
+//!   (`benches/backbones.rs`).
+//! - [`DepthwiseConv2d`] (rayon over the `N * C` planes): candle's grouped convolution splits the input into
 //!   one convolution per channel and is 7-10x slower than a direct kernel
 //!   (see `DESIGN.md`); ours takes any asymmetric padding, fuses an optional
 //!   ReLU on its input (Xception's `relu -> SeparableConv2D`), the folded bias
@@ -28,6 +34,7 @@ use candle_core::{CpuStorage, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::ModelError;
+use crate::kernels::{self, GemmShape, MatMut, MatRef};
 
 /// Keras `BatchNormalization` default epsilon (also EfficientNet-Lite's
 /// `batch_norm_epsilon`).
@@ -425,101 +432,15 @@ fn dims4(op: &'static str, layout: &Layout) -> candle_core::Result<(usize, usize
     }
 }
 
-/// `act(x + bias[c])` (and `+ residual` when given) over `(N, C, H, W)`, one pass.
-struct BiasAct<'a> {
-    bias: &'a [f32],
-    act: Act,
-}
-
-impl BiasAct<'_> {
-    fn run(
-        &self,
-        x: &[f32],
-        layout: &Layout,
-        residual: Option<&[f32]>,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (_, c, h, w) = dims4("bias_act", layout)?;
-        if c != self.bias.len() {
-            candle_core::bail!("bias_act: {c} channels but {} biases", self.bias.len())
-        }
-        let plane = h * w;
-        let mut out = vec![0f32; x.len()];
-        if plane == 0 {
-            return Ok((CpuStorage::F32(out), layout.shape().clone()));
-        }
-        out.par_chunks_mut(plane).enumerate().for_each(|(p, o)| {
-            let b = self.bias[p % c];
-            let xi = &x[p * plane..(p + 1) * plane];
-            match residual {
-                Some(r) => {
-                    let ri = &r[p * plane..(p + 1) * plane];
-                    for ((o, &v), &r) in o.iter_mut().zip(xi).zip(ri) {
-                        *o = self.act.apply(v + b) + r;
-                    }
-                }
-                None => {
-                    for (o, &v) in o.iter_mut().zip(xi) {
-                        *o = self.act.apply(v + b);
-                    }
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
-}
-
-impl candle_core::CustomOp1 for BiasAct<'_> {
-    fn name(&self) -> &'static str {
-        "bias_act"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.run(cpu_f32("bias_act", s, l)?, l, None)
-    }
-}
-
-impl candle_core::CustomOp2 for BiasAct<'_> {
-    fn name(&self) -> &'static str {
-        "bias_act_add"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        if l1.dims() != l2.dims() {
-            candle_core::bail!("bias_act_add: shapes {:?} and {:?}", l1.dims(), l2.dims())
-        }
-        let r = cpu_f32("bias_act_add", s2, l2)?;
-        self.run(cpu_f32("bias_act_add", s1, l1)?, l1, Some(r))
-    }
-}
-
-/// `act(x + bias[c])` for `(N, C, H, W)` in one pass.
-pub fn bias_act(x: &Tensor, bias: &[f32], act: Act) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op1_no_bwd(&BiasAct { bias, act })
-}
-
-/// `act(x + bias[c]) + residual` for `(N, C, H, W)` in one pass.
-pub fn bias_act_add(
-    x: &Tensor,
-    bias: &[f32],
-    act: Act,
-    residual: &Tensor,
-) -> candle_core::Result<Tensor> {
-    x.contiguous()?
-        .apply_op2_no_bwd(&residual.contiguous()?, &BiasAct { bias, act })
-}
-
 // ---------------------------------------------------------------------------
-// Dense convolution (candle's conv2d) with folded bias and fused activation
+// Dense convolution (our GEMM) with folded bias and fused activation
 // ---------------------------------------------------------------------------
 
 /// `act(conv2d(x, w) + b)`, with BatchNorm already folded into `w` and `b`.
 pub struct Conv2d {
-    /// OIHW.
-    weight: Tensor,
+    /// OIHW, flattened: row `o` of the GEMM's `A (O x C*kh*kw)`.
+    weight: Vec<f32>,
+    in_channels: usize,
     bias: Vec<f32>,
     k: (usize, usize),
     stride: usize,
@@ -536,12 +457,20 @@ impl Conv2d {
         padding: Padding,
         act: Act,
     ) -> candle_core::Result<Self> {
-        let (o, _, kh, kw) = weight.dims4()?;
+        let (o, c, kh, kw) = weight.dims4()?;
         if bias.len() != o {
             candle_core::bail!("conv2d: {o} output channels but {} biases", bias.len())
         }
+        if stride == 0 {
+            candle_core::bail!("conv2d: stride 0")
+        }
+        let weight = weight
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         Ok(Self {
             weight,
+            in_channels: c,
             bias,
             k: (kh, kw),
             stride,
@@ -574,123 +503,184 @@ impl Conv2d {
     }
 
     pub fn in_channels(&self) -> usize {
-        self.weight.dims()[1]
-    }
-
-    /// The convolution without bias. 1x1 stride-1 kernels use candle's conv2d
-    /// (a GEMM per image, images in parallel). Other kernels run one GEMM per
-    /// image, `W (O, C*kh*kw) @ cols (C*kh*kw, OH*OW)`, whose result is
-    /// already NCHW, with `cols` built by [`im2col`] (rows copied as
-    /// contiguous runs, any asymmetric padding): on (4, 64, 147, 147) 3x3 this
-    /// measured 309 ms against 352 ms for candle 0.11's tiled conv2d (after
-    /// explicit padding). Both are bound by candle's f32 GEMM (~30-50 GFLOP/s
-    /// on 2 Zen4 cores with its AVX2 FMA kernels).
-    fn conv(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = x.contiguous()?;
-        let (n, c, h, w) = x.dims4()?;
-        let (kh, kw) = self.k;
-        let p = self.padding.resolve((h, w), self.k, self.stride);
-        if kh == 1 && kw == 1 && self.stride == 1 && p == Pad4::default() {
-            return x.conv2d(&self.weight, 0, 1, 1, 1);
-        }
-        let oh = out_len(h, p.top + p.bottom, kh, self.stride)?;
-        let ow = out_len(w, p.left + p.right, kw, self.stride)?;
-        let o = self.out_channels();
-        let k = c * kh * kw;
-        let w2 = self.weight.reshape((o, k))?;
-        let mut outs = Vec::with_capacity(n);
-        for i in 0..n {
-            let cols = im2col(&x.get(i)?, (kh, kw), self.stride, p, (oh, ow))?; // (C*kh*kw, OH*OW)
-            outs.push(w2.matmul(&cols)?); // (O, OH*OW)
-        }
-        Tensor::stack(&outs, 0)?.reshape((n, o, oh, ow))
+        self.in_channels
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        bias_act(&self.conv(x)?, &self.bias, self.act)
+        let (_, _, h, w) = x.dims4()?;
+        let pad = self.padding.resolve((h, w), self.k, self.stride);
+        x.contiguous()?
+            .apply_op1_no_bwd(&ConvOp { conv: self, pad })
     }
 
     /// `act(conv(x) + b) + residual`.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        bias_act_add(&self.conv(x)?, &self.bias, self.act, residual)
+        let (_, _, h, w) = x.dims4()?;
+        let pad = self.padding.resolve((h, w), self.k, self.stride);
+        x.contiguous()?
+            .apply_op2_no_bwd(&residual.contiguous()?, &ConvOp { conv: self, pad })
+    }
+}
+
+/// One GEMM per image, `W (O, C*kh*kw) @ cols (C*kh*kw, OH*OW)`, whose result
+/// is already NCHW, with [`crate::kernels::sgemm_fused`] (1.3-3x candle 0.11's
+/// matmul on most of our shapes, `benches/backbones.rs`). 1x1 stride-1 unpadded
+/// kernels read the input plane itself as `B`; others build `cols` with
+/// [`im2col`] (rows copied as contiguous runs, any asymmetric padding). The
+/// folded bias, activation and residual run in the GEMM's epilogue, on each
+/// block of the output while it is still in cache. Images run in parallel and
+/// each GEMM splits into blocks on the same rayon pool.
+struct ConvOp<'a> {
+    conv: &'a Conv2d,
+    pad: Pad4,
+}
+
+impl ConvOp<'_> {
+    fn run(
+        &self,
+        x: &[f32],
+        layout: &Layout,
+        residual: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4("conv2d", layout)?;
+        let cv = self.conv;
+        if c != cv.in_channels {
+            candle_core::bail!("conv2d: input has {c} channels, kernel {}", cv.in_channels)
+        }
+        let (kh, kw) = cv.k;
+        let (s, p) = (cv.stride, self.pad);
+        let oh = out_len(h, p.top + p.bottom, kh, s)?;
+        let ow = out_len(w, p.left + p.right, kw, s)?;
+        let o = cv.out_channels();
+        let k = c * kh * kw;
+        let plane = oh * ow;
+        let mut out = vec![0f32; n * o * plane];
+        if out.is_empty() {
+            return Ok((CpuStorage::F32(out), Shape::from((n, o, oh, ow))));
+        }
+        let direct = kh == 1 && kw == 1 && s == 1 && p == Pad4::default();
+        out.par_chunks_mut(o * plane).enumerate().try_for_each(
+            |(i, y)| -> candle_core::Result<()> {
+                let xi = &x[i * c * h * w..(i + 1) * c * h * w];
+                let cols;
+                let b = if direct {
+                    xi
+                } else {
+                    cols = im2col(xi, (c, h, w), (kh, kw), s, p, (oh, ow));
+                    &cols[..]
+                };
+                let ri = residual.map(|r| &r[i * o * plane..(i + 1) * o * plane]);
+                let epilogue = |row: usize, j0: usize, v: &mut [f32]| {
+                    let bias = cv.bias[row];
+                    match ri {
+                        Some(r) => {
+                            let r = &r[row * plane + j0..][..v.len()];
+                            for (v, &r) in v.iter_mut().zip(r) {
+                                *v = cv.act.apply(*v + bias) + r;
+                            }
+                        }
+                        None => v.iter_mut().for_each(|v| *v = cv.act.apply(*v + bias)),
+                    }
+                };
+                kernels::sgemm_fused(
+                    GemmShape { m: o, n: plane, k },
+                    MatRef {
+                        data: &cv.weight,
+                        ld: k,
+                    },
+                    MatRef { data: b, ld: plane },
+                    MatMut { data: y, ld: plane },
+                    false,
+                    &epilogue,
+                )
+                .map_err(candle_core::Error::wrap)
+            },
+        )?;
+        Ok((CpuStorage::F32(out), Shape::from((n, o, oh, ow))))
+    }
+}
+
+impl candle_core::CustomOp1 for ConvOp<'_> {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run(cpu_f32("conv2d", s, l)?, l, None)
+    }
+}
+
+impl candle_core::CustomOp2 for ConvOp<'_> {
+    fn name(&self) -> &'static str {
+        "conv2d_add"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, _, h, w) = dims4("conv2d_add", l1)?;
+        let cv = self.conv;
+        let (p, s) = (self.pad, cv.stride);
+        let want = [
+            n,
+            cv.out_channels(),
+            out_len(h, p.top + p.bottom, cv.k.0, s)?,
+            out_len(w, p.left + p.right, cv.k.1, s)?,
+        ];
+        if l2.dims() != want {
+            candle_core::bail!("conv2d_add: output {want:?} but residual {:?}", l2.dims())
+        }
+        let r = cpu_f32("conv2d_add", s2, l2)?;
+        self.run(cpu_f32("conv2d_add", s1, l1)?, l1, Some(r))
     }
 }
 
 /// `(C, H, W)` -> `(C*kh*kw, OH*OW)` with zero padding `p`: row
 /// `(c, ky, kx)` holds input `(c, oy*s + ky - top, ox*s + kx - left)`.
 fn im2col(
-    x: &Tensor,
+    x: &[f32],
+    (c, h, w): (usize, usize, usize),
     (kh, kw): (usize, usize),
-    stride: usize,
+    st: usize,
     p: Pad4,
     (oh, ow): (usize, usize),
-) -> candle_core::Result<Tensor> {
-    x.apply_op1_no_bwd(&Im2ColOp {
-        k: (kh, kw),
-        stride,
-        pad: p,
-        out: (oh, ow),
-    })
-}
-
-struct Im2ColOp {
-    k: (usize, usize),
-    stride: usize,
-    pad: Pad4,
-    out: (usize, usize),
-}
-
-impl candle_core::CustomOp1 for Im2ColOp {
-    fn name(&self) -> &'static str {
-        "im2col"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = cpu_f32("im2col", s, l)?;
-        let (c, h, w) = match l.dims() {
-            [c, h, w] => (*c, *h, *w),
-            d => candle_core::bail!("im2col: expected (C, H, W), got {d:?}"),
-        };
-        let (kh, kw) = self.k;
-        let (oh, ow) = self.out;
-        let (st, p) = (self.stride, self.pad);
-        let rows = c * kh * kw;
-        let mut cols = vec![0f32; rows * oh * ow];
-        if oh * ow > 0 {
-            let ranges: Vec<(usize, usize)> = (0..kw)
-                .map(|kx| valid_range(kx, p.left, st, w, ow))
-                .collect();
-            cols.par_chunks_mut(oh * ow)
-                .enumerate()
-                .for_each(|(r, row)| {
-                    let ch = r / (kh * kw);
-                    let ky = (r / kw) % kh;
-                    let kx = r % kw;
-                    let (lo, hi) = ranges[kx];
-                    if lo >= hi {
-                        return;
-                    }
-                    let plane = &x[ch * h * w..(ch + 1) * h * w];
-                    let ix0 = lo * st + kx - p.left;
-                    for (oy, orow) in row.chunks_exact_mut(ow).enumerate() {
-                        let iy = oy * st + ky;
-                        if iy < p.top || iy - p.top >= h {
-                            continue;
-                        }
-                        let irow = &plane[(iy - p.top) * w..(iy - p.top + 1) * w];
-                        let o = &mut orow[lo..hi];
-                        if st == 1 {
-                            o.copy_from_slice(&irow[ix0..ix0 + (hi - lo)]);
-                        } else {
-                            o.iter_mut()
-                                .zip(irow[ix0..].iter().step_by(st))
-                                .for_each(|(o, &v)| *o = v);
-                        }
-                    }
-                });
-        }
-        Ok((CpuStorage::F32(cols), Shape::from((rows, oh * ow))))
-    }
+) -> Vec<f32> {
+    let rows = c * kh * kw;
+    let mut cols = vec![0f32; rows * oh * ow];
+    let ranges: Vec<(usize, usize)> = (0..kw)
+        .map(|kx| valid_range(kx, p.left, st, w, ow))
+        .collect();
+    cols.par_chunks_mut(oh * ow)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let ch = r / (kh * kw);
+            let ky = (r / kw) % kh;
+            let kx = r % kw;
+            let (lo, hi) = ranges[kx];
+            if lo >= hi {
+                return;
+            }
+            let plane = &x[ch * h * w..(ch + 1) * h * w];
+            let ix0 = lo * st + kx - p.left;
+            for (oy, orow) in row.chunks_exact_mut(ow).enumerate() {
+                let iy = oy * st + ky;
+                if iy < p.top || iy - p.top >= h {
+                    continue;
+                }
+                let irow = &plane[(iy - p.top) * w..(iy - p.top + 1) * w];
+                let o = &mut orow[lo..hi];
+                if st == 1 {
+                    o.copy_from_slice(&irow[ix0..ix0 + (hi - lo)]);
+                } else {
+                    o.iter_mut()
+                        .zip(irow[ix0..].iter().step_by(st))
+                        .for_each(|(o, &v)| *o = v);
+                }
+            }
+        });
+    cols
 }
 
 // ---------------------------------------------------------------------------
@@ -1234,6 +1224,69 @@ mod tests {
             .expect("clamp");
         assert_eq!(ours.dims(), &[1, 3, 4, 4]);
         assert!(max_abs_diff(&ours, &want) < 1e-5);
+    }
+
+    /// Our GEMM convolution against candle's conv2d (explicit zero padding,
+    /// bias, activation, residual), on stride 1 and 2, 1x1 and kxk kernels.
+    #[test]
+    fn conv2d_matches_candle_conv2d() {
+        // (n, c, o, h, w, kh, kw, stride, padding, act, residual)
+        let cases = [
+            (2, 5, 7, 9, 8, 3, 3, 2, Padding::Same, Act::Relu, false),
+            (2, 6, 9, 7, 7, 1, 1, 1, Padding::Same, Act::None, true),
+            (1, 4, 33, 11, 10, 1, 1, 2, Padding::Valid, Act::None, false),
+            (2, 3, 20, 17, 17, 1, 7, 1, Padding::Same, Act::Relu6, true),
+            (1, 3, 16, 12, 13, 7, 1, 1, Padding::Same, Act::Relu, false),
+            (2, 8, 15, 10, 9, 3, 3, 1, Padding::Valid, Act::Relu, false),
+        ];
+        for (i, &(n, c, o, h, w, kh, kw, s, padding, act, res)) in cases.iter().enumerate() {
+            let seed = 10 * i as u64;
+            let x = Tensor::from_vec(
+                rand_vec(n * c * h * w, seed + 1),
+                (n, c, h, w),
+                &Device::Cpu,
+            )
+            .expect("x");
+            let wt = Tensor::from_vec(
+                rand_vec(o * c * kh * kw, seed + 2),
+                (o, c, kh, kw),
+                &Device::Cpu,
+            )
+            .expect("w");
+            let bias = rand_vec(o, seed + 3);
+            let conv = Conv2d::new(wt.clone(), bias.clone(), s, padding, act).expect("conv");
+            let p = padding.resolve((h, w), (kh, kw), s);
+            let want = x
+                .pad_with_zeros(2, p.top, p.bottom)
+                .and_then(|x| x.pad_with_zeros(3, p.left, p.right))
+                .and_then(|x| x.conv2d(&wt, 0, s, 1, 1))
+                .and_then(|y| {
+                    y.broadcast_add(&Tensor::from_vec(bias.clone(), (1, o, 1, 1), &Device::Cpu)?)
+                })
+                .expect("reference");
+            let want = match act {
+                Act::None => want,
+                Act::Relu => want.relu().expect("relu"),
+                Act::Relu6 => want.clamp(0f32, 6f32).expect("relu6"),
+            };
+            let ours = if res {
+                let r = Tensor::from_vec(
+                    rand_vec(want.elem_count(), seed + 4),
+                    want.dims(),
+                    &Device::Cpu,
+                )
+                .expect("residual");
+                let want = (&want + &r).expect("add");
+                let ours = conv.forward_add(&x, &r).expect("ours");
+                assert!(max_abs_diff(&ours, &want) < 1e-5, "case {i} (residual)");
+                ours
+            } else {
+                let ours = conv.forward(&x).expect("ours");
+                assert!(max_abs_diff(&ours, &want) < 1e-5, "case {i}");
+                ours
+            };
+            assert_eq!(ours.dims(), want.dims(), "case {i}");
+        }
     }
 
     #[test]

@@ -1,0 +1,275 @@
+//! Side-by-side timings of the dense-convolution GEMM and of whole backbones,
+//! in one process so that both sides see the same machine load.
+//!
+//! `cargo bench --bench backbones [-- gemm|backbones]`:
+//! - `gemm`: the convolution GEMM on real conv shapes of our three backbones,
+//!   against candle's `Tensor::matmul`, alternating the two, in GFLOP/s;
+//! - `tune` (only when named): the best kernel under other cache blockings;
+//! - `backbones`: seconds per image of each backbone at batch 8 with the
+//!   shared weights in `../shared/models` (skipped when they are absent).
+//!
+//! Threads as the CLI sets them: one global rayon pool (`RAYON_NUM_THREADS`,
+//! default all cores) and candle's elementwise pool pinned to 1 thread.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use runner::kernels::{self, GemmShape, MatMut, MatRef};
+use runner::models::{self, Arch};
+
+// As in the binary: mimalloc reuses freed buffers instead of re-faulting them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Before any thread exists (edition 2021: set_var is safe here).
+    std::env::set_var("CANDLE_NUM_THREADS", "1");
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+    {
+        eprintln!("cannot start the thread pool: {e}");
+        return;
+    }
+    // `cargo bench` passes `--bench`; any other argument selects a part.
+    let parts: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want = |p: &str| parts.is_empty() || parts.iter().any(|a| a == p);
+    println!("threads: {threads}, kernel: {}", kernels::best().name);
+    if want("gemm") {
+        gemm();
+    }
+    if parts.iter().any(|a| a == "tune") {
+        tune();
+    }
+    if want("backbones") {
+        backbones();
+    }
+}
+
+/// Deterministic pseudo-random values in [-1, 1) (xorshift).
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Real convolution GEMMs: `m` = Cout, `n` = OH*OW, `k` = Cin*kh*kw.
+#[rustfmt::skip]
+const GEMM_SHAPES: &[(&str, usize, usize, usize)] = &[
+    ("xception entry 3x3 32->64 @147", 64, 147 * 147, 32 * 9),
+    ("xception middle 1x1 728->728 @19", 728, 19 * 19, 728),
+    ("xception exit 1x1 1024->1536 @10", 1536, 10 * 10, 1024),
+    ("inception 3x3 32->64 @147", 64, 147 * 147, 32 * 9),
+    ("inception 1x7 192->192 @17", 192, 17 * 17, 192 * 7),
+    ("inception 7x1 128->128 @17", 128, 17 * 17, 128 * 7),
+    ("inception 1x1 768->192 @17", 192, 17 * 17, 768),
+    ("inception 3x3 384->384 @8 (1x3)", 384, 8 * 8, 384 * 3),
+    ("effnet 1x1 32->16 @112", 16, 112 * 112, 32),
+    ("effnet 1x1 16->96 @112", 96, 112 * 112, 16),
+    ("effnet 1x1 144->24 @56", 24, 56 * 56, 144),
+    ("effnet 1x1 24->144 @56", 144, 56 * 56, 24),
+    ("effnet 1x1 40->240 @28", 240, 28 * 28, 40),
+    ("effnet 1x1 320->1280 @7", 1280, 7 * 7, 320),
+];
+
+/// Our GEMM against candle's matmul, alternating, best of 5 rounds each.
+fn gemm() {
+    println!("\n== GEMM: ours vs candle Tensor::matmul (GFLOP/s, best of 5 alternating rounds) ==");
+    println!(
+        "{:<34} {:>5} {:>6} {:>5} {:>8} {:>8} {:>6}",
+        "shape", "m", "n", "k", "ours", "candle", "ratio"
+    );
+    for (i, &(name, m, n, k)) in GEMM_SHAPES.iter().enumerate() {
+        let a = rand_vec(m * k, 2 * i as u64 + 1);
+        let b = rand_vec(k * n, 2 * i as u64 + 2);
+        let flop = 2.0 * (m * n * k) as f64;
+        // About 50 ms of work per round at 50 GFLOP/s.
+        let reps = ((2.5e9 / flop) as usize).clamp(1, 2000);
+        let (ta, tb) = match (
+            Tensor::from_vec(a.clone(), (m, k), &Device::Cpu),
+            Tensor::from_vec(b.clone(), (k, n), &Device::Cpu),
+        ) {
+            (Ok(ta), Ok(tb)) => (ta, tb),
+            _ => {
+                println!("{name}: cannot build tensors");
+                continue;
+            }
+        };
+        let mut c = vec![0f32; m * n];
+        let (mut ours, mut theirs) = (f64::INFINITY, f64::INFINITY);
+        let mut max_diff = 0f32;
+        for _ in 0..5 {
+            let t = Instant::now();
+            for _ in 0..reps {
+                let r = kernels::sgemm(
+                    GemmShape { m, n, k },
+                    MatRef { data: &a, ld: k },
+                    MatRef { data: &b, ld: n },
+                    MatMut {
+                        data: &mut c,
+                        ld: n,
+                    },
+                    false,
+                );
+                if let Err(e) = r {
+                    println!("{name}: {e}");
+                    return;
+                }
+            }
+            ours = ours.min(t.elapsed().as_secs_f64() / reps as f64);
+            let t = Instant::now();
+            let mut out = None;
+            for _ in 0..reps {
+                out = Some(ta.matmul(&tb));
+            }
+            theirs = theirs.min(t.elapsed().as_secs_f64() / reps as f64);
+            if let Some(Ok(v)) = out.map(|o| o.and_then(|o| o.flatten_all()?.to_vec1::<f32>())) {
+                max_diff = v
+                    .iter()
+                    .zip(&c)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(max_diff, f32::max);
+            }
+        }
+        let (g_ours, g_theirs) = (flop / ours / 1e9, flop / theirs / 1e9);
+        println!(
+            "{name:<34} {m:>5} {n:>6} {k:>5} {g_ours:>8.1} {g_theirs:>8.1} {:>5.2}x  (max |diff| {max_diff:.1e})",
+            g_ours / g_theirs
+        );
+    }
+}
+
+/// `tune` (not run by default): the best kernel under other cache blockings,
+/// alternating, in GFLOP/s (best of 5 rounds).
+fn tune() {
+    let best = kernels::best();
+    let variants: Vec<kernels::MicroKernel> =
+        [(256, 8), (256, 16), (384, 8), (384, 12), (512, 8), (192, 8)]
+            .iter()
+            .map(|&(kc, ncp)| kernels::MicroKernel {
+                kc,
+                nc: ncp * best.nr,
+                ..*best
+            })
+            .collect();
+    println!("\n== tune {}: GFLOP/s per (kc, nc) ==", best.name);
+    let head: Vec<String> = variants
+        .iter()
+        .map(|v| format!("{}/{}", v.kc, v.nc))
+        .collect();
+    println!("{:<34} {}", "shape", head.join("  "));
+    for (i, &(name, m, n, k)) in GEMM_SHAPES.iter().enumerate() {
+        let a = rand_vec(m * k, 2 * i as u64 + 1);
+        let b = rand_vec(k * n, 2 * i as u64 + 2);
+        let flop = 2.0 * (m * n * k) as f64;
+        let reps = ((2.5e9 / flop) as usize).clamp(1, 2000);
+        let mut c = vec![0f32; m * n];
+        let mut best_t = vec![f64::INFINITY; variants.len()];
+        for _ in 0..5 {
+            for (v, bt) in variants.iter().zip(best_t.iter_mut()) {
+                let t = Instant::now();
+                for _ in 0..reps {
+                    let r = kernels::sgemm_with(
+                        v,
+                        GemmShape { m, n, k },
+                        MatRef { data: &a, ld: k },
+                        MatRef { data: &b, ld: n },
+                        MatMut {
+                            data: &mut c,
+                            ld: n,
+                        },
+                        false,
+                        None,
+                    );
+                    if let Err(e) = r {
+                        println!("{name}: {e}");
+                        return;
+                    }
+                }
+                *bt = bt.min(t.elapsed().as_secs_f64() / reps as f64);
+            }
+        }
+        let g: Vec<String> = best_t
+            .iter()
+            .map(|t| format!("{:>7.1}", flop / t / 1e9))
+            .collect();
+        println!("{name:<34} {}", g.join("  "));
+    }
+}
+
+/// Seconds per image at batch 8: one warm-up batch, then the median of 3.
+fn backbones() {
+    const BATCH: usize = 8;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models");
+    let table = [
+        (Arch::Xception, "xception_imagenet_notop"),
+        (Arch::InceptionV3, "inception_v3_nsfwjs_notop"),
+        (Arch::EfficientnetLite0, "efficientnet_lite0_imagenet"),
+    ];
+    println!("\n== backbones, batch {BATCH}: seconds per image (median of 3) ==");
+    for (arch, stem) in table {
+        let path = dir.join(format!("{stem}.safetensors"));
+        if !path.exists() {
+            println!("{:<20} skipped: {} missing", arch.name(), path.display());
+            continue;
+        }
+        let model = match models::load(arch, &path, &Device::Cpu) {
+            Ok(m) => m,
+            Err(e) => {
+                println!("{:<20} cannot load: {e}", arch.name());
+                continue;
+            }
+        };
+        let s = arch.pretrained_cfg().input_size;
+        let x = match Tensor::from_vec(
+            rand_vec(BATCH * 3 * s * s, 42),
+            (BATCH, 3, s, s),
+            &Device::Cpu,
+        ) {
+            Ok(x) => x,
+            Err(e) => {
+                println!("{:<20} input: {e}", arch.name());
+                continue;
+            }
+        };
+        let mut times = Vec::new();
+        for i in 0..4 {
+            let t = Instant::now();
+            if let Err(e) = model.forward_features(&x) {
+                println!("{:<20} forward: {e}", arch.name());
+                break;
+            }
+            if i > 0 {
+                times.push(t.elapsed().as_secs_f64() / BATCH as f64);
+            }
+        }
+        if times.len() == 3 {
+            let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+            println!(
+                "{:<20} {:.4} s/image (min {:.4})",
+                arch.name(),
+                median(times),
+                min
+            );
+        }
+    }
+}
