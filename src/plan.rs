@@ -17,7 +17,7 @@ use crate::spec::{BackboneSpec, Resize, Spec, View};
 
 /// Bump when a change to decoding, resizing or a backbone's code changes
 /// feature values: every cached feature is then recomputed.
-pub const FEATURE_CODE_VERSION: u32 = 1;
+pub const FEATURE_CODE_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
