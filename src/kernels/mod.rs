@@ -346,18 +346,7 @@ fn pack_b(b: MatRef<'_>, p0: usize, kb: usize, j0: usize, nb: usize, nr: usize, 
 mod tests {
     use super::*;
 
-    /// Deterministic pseudo-random values in [-1, 1) (xorshift).
-    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::train::rng::uniform_vec as rand_vec;
 
     /// Tolerance: `|ours - ref| <= 1e-5 * sum_p |a_ip * b_pj| + 1e-30`. Both
     /// sum in `k` order; they differ only by fused vs separate rounding of

@@ -41,3 +41,10 @@ impl Rng {
         }
     }
 }
+
+/// `n` values uniform in `[-1, 1)` from `seed`: random test and benchmark
+/// inputs.
+pub fn uniform_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
+}
