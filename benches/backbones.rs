@@ -4,9 +4,11 @@
 //! `cargo bench --bench backbones [-- gemm|backbones]`:
 //! - `gemm`: the convolution GEMM on real conv shapes of our three backbones,
 //!   against candle's `Tensor::matmul`, alternating the two, in GFLOP/s;
-//! - `tune` (only when named): the best kernel under other cache blockings;
 //! - `backbones`: seconds per image of each backbone at batch 8 with the
 //!   shared weights in `../shared/models` (skipped when they are absent).
+//!
+//! `RUNNER_PROFILE=1` adds each backbone's per-op table (time share,
+//! GFLOP/s).
 //!
 //! Threads as the CLI sets them: one global rayon pool (`RAYON_NUM_THREADS`,
 //! default all cores) and candle's elementwise pool pinned to 1 thread.
@@ -15,14 +17,15 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use runner::kernels::{self, GemmShape, MatMut, MatRef};
-use runner::models::{self, Arch};
+use runner::kernels::{self, DenseB, MatRef, Output, PackedA};
+use runner::models::{self, profile, Arch};
 
 // As in the binary: mimalloc reuses freed buffers instead of re-faulting them.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    runner::alloc::keep_freed_memory();
     let threads = std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -43,11 +46,11 @@ fn main() {
         .collect();
     let want = |p: &str| parts.is_empty() || parts.iter().any(|a| a == p);
     println!("threads: {threads}, kernel: {}", kernels::best().name);
+    if want("peak") {
+        peak();
+    }
     if want("gemm") {
         gemm();
-    }
-    if parts.iter().any(|a| a == "tune") {
-        tune();
     }
     if want("backbones") {
         backbones();
@@ -80,6 +83,40 @@ const GEMM_SHAPES: &[(&str, usize, usize, usize)] = &[
     ("effnet 1x1 320->1280 @7", 1280, 7 * 7, 320),
 ];
 
+/// The micro-kernel alone on L1-resident panels, one thread: the ceiling
+/// every GEMM and convolution number is compared against.
+fn peak() {
+    let kern = kernels::best();
+    let k = 128;
+    let a = rand_vec(kern.mr * k, 1);
+    let b = rand_vec(kern.nr * k, 2);
+    let mut c = vec![0f32; kern.mr * kern.nr];
+    let reps = 200_000;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..reps {
+            let tile = kernels::Tile {
+                c: c.as_mut_ptr(),
+                ldc: kern.nr,
+                rows: kern.mr,
+                cols: kern.nr,
+                accumulate: false,
+            };
+            // SAFETY: panels of k*mr and k*nr floats, a full mr x nr tile.
+            unsafe { (kern.run)(k, a.as_ptr(), b.as_ptr(), &tile) };
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let flop = 2.0 * (kern.mr * kern.nr * k * reps) as f64;
+    println!(
+        "\n== peak: {} on L1-resident panels, 1 thread: {:.1} GFLOP/s ==",
+        kern.name,
+        flop / best / 1e9
+    );
+    std::hint::black_box(&c);
+}
+
 /// Our GEMM against candle's matmul, alternating, best of 5 rounds each.
 fn gemm() {
     println!("\n== GEMM: ours vs candle Tensor::matmul (GFLOP/s, best of 5 alternating rounds) ==");
@@ -104,20 +141,32 @@ fn gemm() {
             }
         };
         let mut c = vec![0f32; m * n];
+        // As the convolutions run it: weights packed once, B packed per block.
+        let packed = match PackedA::best(MatRef { data: &a, ld: k }, m, k) {
+            Ok(p) => p,
+            Err(e) => {
+                println!("{name}: {e}");
+                continue;
+            }
+        };
+        let Ok(dense) = DenseB::new(MatRef { data: &b, ld: n }, k, n) else {
+            continue;
+        };
         let (mut ours, mut theirs) = (f64::INFINITY, f64::INFINITY);
         let mut max_diff = 0f32;
         for _ in 0..5 {
             let t = Instant::now();
             for _ in 0..reps {
-                let r = kernels::sgemm(
-                    GemmShape { m, n, k },
-                    MatRef { data: &a, ld: k },
-                    MatRef { data: &b, ld: n },
-                    MatMut {
+                let r = kernels::gemm_packed(
+                    &packed,
+                    std::slice::from_ref(&dense),
+                    Output {
                         data: &mut c,
                         ld: n,
+                        image_stride: 0,
+                        accumulate: false,
                     },
-                    false,
+                    None,
                 );
                 if let Err(e) = r {
                     println!("{name}: {e}");
@@ -144,64 +193,6 @@ fn gemm() {
             "{name:<34} {m:>5} {n:>6} {k:>5} {g_ours:>8.1} {g_theirs:>8.1} {:>5.2}x  (max |diff| {max_diff:.1e})",
             g_ours / g_theirs
         );
-    }
-}
-
-/// `tune` (not run by default): the best kernel under other cache blockings,
-/// alternating, in GFLOP/s (best of 5 rounds).
-fn tune() {
-    let best = kernels::best();
-    let variants: Vec<kernels::MicroKernel> =
-        [(256, 8), (256, 16), (384, 8), (384, 12), (512, 8), (192, 8)]
-            .iter()
-            .map(|&(kc, ncp)| kernels::MicroKernel {
-                kc,
-                nc: ncp * best.nr,
-                ..*best
-            })
-            .collect();
-    println!("\n== tune {}: GFLOP/s per (kc, nc) ==", best.name);
-    let head: Vec<String> = variants
-        .iter()
-        .map(|v| format!("{}/{}", v.kc, v.nc))
-        .collect();
-    println!("{:<34} {}", "shape", head.join("  "));
-    for (i, &(name, m, n, k)) in GEMM_SHAPES.iter().enumerate() {
-        let a = rand_vec(m * k, 2 * i as u64 + 1);
-        let b = rand_vec(k * n, 2 * i as u64 + 2);
-        let flop = 2.0 * (m * n * k) as f64;
-        let reps = ((2.5e9 / flop) as usize).clamp(1, 2000);
-        let mut c = vec![0f32; m * n];
-        let mut best_t = vec![f64::INFINITY; variants.len()];
-        for _ in 0..5 {
-            for (v, bt) in variants.iter().zip(best_t.iter_mut()) {
-                let t = Instant::now();
-                for _ in 0..reps {
-                    let r = kernels::sgemm_with(
-                        v,
-                        GemmShape { m, n, k },
-                        MatRef { data: &a, ld: k },
-                        MatRef { data: &b, ld: n },
-                        MatMut {
-                            data: &mut c,
-                            ld: n,
-                        },
-                        false,
-                        None,
-                    );
-                    if let Err(e) = r {
-                        println!("{name}: {e}");
-                        return;
-                    }
-                }
-                *bt = bt.min(t.elapsed().as_secs_f64() / reps as f64);
-            }
-        }
-        let g: Vec<String> = best_t
-            .iter()
-            .map(|t| format!("{:>7.1}", flop / t / 1e9))
-            .collect();
-        println!("{name:<34} {}", g.join("  "));
     }
 }
 
@@ -249,6 +240,9 @@ fn backbones() {
             }
             if i > 0 {
                 times.push(t.elapsed().as_secs_f64() / BATCH as f64);
+            } else {
+                // The warm-up batch is not profiled.
+                profile::take();
             }
         }
         if times.len() == 3 {
@@ -259,6 +253,9 @@ fn backbones() {
                 median(times),
                 min
             );
+        }
+        if profile::enabled() {
+            println!("{}", profile::table(&profile::take()));
         }
     }
 }

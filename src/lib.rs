@@ -12,6 +12,7 @@
 //! `pipeline` drives a run from a resolved spec to a finished run directory;
 //! `cli` is glue between the command line and `pipeline` / `report`.
 
+pub mod alloc;
 pub mod cache;
 pub mod cli;
 pub mod data;

@@ -9,6 +9,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    runner::alloc::keep_freed_memory();
     let cli = runner::cli::Cli::parse();
     if let Err(e) = runner::cli::run(cli) {
         eprintln!("error: {e:#}");

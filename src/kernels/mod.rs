@@ -31,7 +31,11 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+pub use im2col::Im2Col;
+
 pub mod generic;
+pub mod im2col;
+pub mod window;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
@@ -88,11 +92,7 @@ pub struct MicroKernel {
     pub name: &'static str,
     pub mr: usize,
     pub nr: usize,
-    /// `k` slice per packed panel.
-    pub kc: usize,
-    /// Rows of C per task (a multiple of `mr`).
-    pub mc: usize,
-    /// Columns of C per task (a multiple of `nr`).
+    /// Most columns of C per task (a multiple of `nr`).
     pub nc: usize,
     /// `tile += A panel (kc x mr, packed p-major) * B panel (kc x nr)`.
     ///
@@ -159,6 +159,9 @@ fn check(
 /// `(row, first column, values)`.
 pub type Epilogue<'e> = &'e (dyn Fn(usize, usize, &mut [f32]) + Sync);
 
+/// Batched row epilogue: `(image, row, first column, values)`.
+pub type BatchEpilogue<'e> = &'e (dyn Fn(usize, usize, usize, &mut [f32]) + Sync);
+
 /// `C = A * B` (`accumulate`: `C += A * B`) with the best kernel, in parallel
 /// on the global rayon pool.
 pub fn sgemm(
@@ -184,10 +187,42 @@ pub fn sgemm_fused(
     sgemm_with(best(), s, a, b, c, accumulate, Some(epilogue))
 }
 
+/// [`sgemm`] with an explicit micro-kernel (one of [`available`]); packs `A`
+/// on every call (the convolutions pack their weights once, [`PackedA`]).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_with(
+    kern: &'static MicroKernel,
+    s: GemmShape,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    c: MatMut<'_>,
+    accumulate: bool,
+    epilogue: Option<Epilogue<'_>>,
+) -> Result<(), KernelError> {
+    let packed = PackedA::new(kern, a, s.m, s.k)?;
+    let b = DenseB::new(b, s.k, s.n)?;
+    let ld = c.ld;
+    let out = Output {
+        data: c.data,
+        ld,
+        image_stride: 0,
+        accumulate,
+    };
+    match epilogue {
+        Some(e) => gemm_packed(
+            &packed,
+            std::slice::from_ref(&b),
+            out,
+            Some(&|_, i, j, v| e(i, j, v)),
+        ),
+        None => gemm_packed(&packed, std::slice::from_ref(&b), out, None),
+    }
+}
+
 /// C's base pointer, shared by tasks that write disjoint blocks.
 #[derive(Clone, Copy)]
 struct SharedC(*mut f32);
-// SAFETY: every task writes a disjoint block of C (see `sgemm_with`).
+// SAFETY: every task writes a disjoint block of C (see `gemm_packed`).
 unsafe impl Send for SharedC {}
 unsafe impl Sync for SharedC {}
 
@@ -200,8 +235,8 @@ impl SharedC {
 }
 
 thread_local! {
-    /// Packing buffers, reused across calls on each worker thread.
-    static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Packing buffer for B, reused across calls on each worker thread.
+    static PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Floats of padding so that a buffer can start on a 64-byte boundary.
@@ -215,131 +250,234 @@ fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[off..off + len]
 }
 
-/// [`sgemm`] with an explicit micro-kernel (one of [`available`]).
-#[allow(clippy::too_many_arguments)]
-pub fn sgemm_with(
-    kern: &MicroKernel,
-    s: GemmShape,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
-    c: MatMut<'_>,
-    accumulate: bool,
-    epilogue: Option<Epilogue<'_>>,
+/// `A (m x k)` packed once for one micro-kernel: `ceil(m / mr)` panels, each
+/// `k x mr` stored `p`-major (`panel[p * mr + i]`) and zero-padded to `mr`
+/// rows. The convolutions pack their weights at load, so a forward pass packs
+/// only its activations.
+pub struct PackedA {
+    kern: &'static MicroKernel,
+    m: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl std::fmt::Debug for PackedA {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedA({} x {}, {})", self.m, self.k, self.kern.name)
+    }
+}
+
+impl PackedA {
+    pub fn new(
+        kern: &'static MicroKernel,
+        a: MatRef<'_>,
+        m: usize,
+        k: usize,
+    ) -> Result<Self, KernelError> {
+        check("A", a.data.len(), m, k, a.ld)?;
+        let mr = kern.mr;
+        let mut data = vec![0f32; m.div_ceil(mr) * mr * k];
+        for i in 0..m {
+            let (ir, r) = (i / mr, i % mr);
+            let panel = &mut data[ir * mr * k..(ir + 1) * mr * k];
+            for (p, &v) in a.data[i * a.ld..i * a.ld + k].iter().enumerate() {
+                panel[p * mr + r] = v;
+            }
+        }
+        Ok(Self { kern, m, k, data })
+    }
+
+    /// With the best kernel for this CPU.
+    pub fn best(a: MatRef<'_>, m: usize, k: usize) -> Result<Self, KernelError> {
+        Self::new(best(), a, m, k)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.m
+    }
+
+    pub fn depth(&self) -> usize {
+        self.k
+    }
+
+    fn panel(&self, ir: usize) -> *const f32 {
+        // SAFETY (for callers): panel ir < ceil(m / mr) lies inside `data`.
+        self.data[ir * self.kern.mr * self.k..].as_ptr()
+    }
+}
+
+/// A `k x n` right-hand side that packs itself into the micro-kernel's
+/// `nr`-wide panels: a dense matrix ([`DenseB`]), or a convolution's input
+/// read through an implicit im2col ([`Im2Col`]) so the column matrix is never
+/// built.
+pub trait PackB: Sync {
+    fn k(&self) -> usize;
+    fn n(&self) -> usize;
+    /// Packs columns `j0..j0+nb`, all `k` rows, into `nr`-wide panels, each
+    /// `k x nr` row by row (`panel[p * nr + j]`), zero-padded to `nr`
+    /// columns; `out` holds `ceil(nb / nr) * nr * k` floats.
+    fn pack(&self, j0: usize, nb: usize, nr: usize, out: &mut [f32]);
+}
+
+/// A dense row-major `k x n` matrix as a [`PackB`].
+#[derive(Debug, Clone, Copy)]
+pub struct DenseB<'a> {
+    b: MatRef<'a>,
+    k: usize,
+    n: usize,
+}
+
+impl<'a> DenseB<'a> {
+    pub fn new(b: MatRef<'a>, k: usize, n: usize) -> Result<Self, KernelError> {
+        check("B", b.data.len(), k, n, b.ld)?;
+        Ok(Self { b, k, n })
+    }
+}
+
+impl PackB for DenseB<'_> {
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn n(&self) -> usize {
+        self.n
+    }
+    fn pack(&self, j0: usize, nb: usize, nr: usize, out: &mut [f32]) {
+        let k = self.k;
+        for jr in 0..nb.div_ceil(nr) {
+            let cols = nr.min(nb - jr * nr);
+            let panel = &mut out[jr * nr * k..(jr + 1) * nr * k];
+            for (p, dst) in panel.chunks_exact_mut(nr).enumerate() {
+                let src = &self.b.data[p * self.b.ld + j0 + jr * nr..][..cols];
+                dst[..cols].copy_from_slice(src);
+                dst[cols..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// Where a batched GEMM writes: image `t`'s `C` starts at
+/// `data[t * image_stride]`, rows `ld` apart.
+#[derive(Debug)]
+pub struct Output<'a> {
+    pub data: &'a mut [f32],
+    pub ld: usize,
+    pub image_stride: usize,
+    /// `C += A * B` instead of `C = A * B`.
+    pub accumulate: bool,
+}
+
+/// Floats of packed `B` one task keeps (~1 MiB: half of a 2 MiB L2, which
+/// also holds the `A` panel being streamed).
+const B_BLOCK_FLOATS: usize = 256 * 1024;
+
+/// `C_t = A * B_t` for every image `t` of `bs`, with the kernel `a` was packed
+/// for, in parallel on the global rayon pool.
+///
+/// Each task owns one block of one image's `C`: all rows of a group of `A`
+/// panels by `nb` columns, where `nb` is as wide as fits `k x nb` of packed
+/// `B` in L2 (so `B` is packed once per block, and `k` is never split: no
+/// partial sums go back to memory and results do not depend on the thread
+/// count). Inside a task, each `A` panel (`k x mr`, streamed from L2) runs
+/// against every `B` panel of the block, then `epilogue` runs on its rows
+/// while they are still in cache.
+pub fn gemm_packed<B: PackB>(
+    a: &PackedA,
+    bs: &[B],
+    c: Output<'_>,
+    epilogue: Option<BatchEpilogue<'_>>,
 ) -> Result<(), KernelError> {
-    check("A", a.data.len(), s.m, s.k, a.ld)?;
-    check("B", b.data.len(), s.k, s.n, b.ld)?;
-    check("C", c.data.len(), s.m, s.n, c.ld)?;
-    if s.m == 0 || s.n == 0 {
+    let kern = a.kern;
+    let (m, k) = (a.m, a.k);
+    let Some(n) = bs.first().map(|b| b.n()) else {
+        return Ok(());
+    };
+    if let Some(b) = bs.iter().find(|b| b.k() != k || b.n() != n) {
+        return Err(KernelError::Shape {
+            name: "B",
+            rows: b.k(),
+            cols: b.n(),
+            ld: n,
+            need: k * n,
+            len: b.k() * b.n(),
+        });
+    }
+    if m == 0 || n == 0 {
         return Ok(());
     }
-    let (mr, nr) = (kern.mr, kern.nr);
-    let mc = kern.mc;
-    // Enough tasks for the pool: narrow the column blocks first (the B
-    // packing they repeat is cheap), never below 4 panels.
-    let threads = rayon::current_num_threads();
-    let m_blocks = s.m.div_ceil(mc);
-    let mut nc = kern.nc;
-    while nc > 4 * nr && m_blocks * s.n.div_ceil(nc) < 2 * threads {
-        nc = (nc / 2).div_ceil(nr) * nr;
+    let images = bs.len();
+    let need = (images - 1) * c.image_stride + (m - 1) * c.ld + n;
+    if c.ld < n || c.data.len() < need {
+        return Err(KernelError::Shape {
+            name: "C",
+            rows: m,
+            cols: n,
+            ld: c.ld,
+            need,
+            len: c.data.len(),
+        });
     }
-    let n_blocks = s.n.div_ceil(nc);
-    let ldc = c.ld;
+    let (mr, nr) = (kern.mr, kern.nr);
+    let m_panels = m.div_ceil(mr);
+    let nb = (B_BLOCK_FLOATS / k.max(1) / nr * nr).clamp(nr, kern.nc);
+    let n_blocks = n.div_ceil(nb);
+    // Enough tasks for the pool: split the rows into groups of panels only
+    // when images x column blocks are too few (each group repacks its B).
+    let threads = rayon::current_num_threads();
+    let mut m_groups = 1;
+    while images * n_blocks * m_groups < 2 * threads && m_groups < m_panels {
+        m_groups += 1;
+    }
+    let group = m_panels.div_ceil(m_groups);
+    let m_groups = m_panels.div_ceil(group);
+    let (ldc, stride, accumulate) = (c.ld, c.image_stride, c.accumulate);
     let cp = SharedC(c.data.as_mut_ptr());
     let task = |t: usize| {
         let c0 = cp.ptr();
-        let (ib, jb) = (t / n_blocks, t % n_blocks);
-        let (i0, j0) = (ib * mc, jb * nc);
-        let (mb, nb) = (mc.min(s.m - i0), nc.min(s.n - j0));
-        let (mut pa_buf, mut pb_buf) = PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
-        let kc = kern.kc.min(s.k.max(1));
-        let pa = aligned(&mut pa_buf, mb.div_ceil(mr) * mr * kc);
-        let pb = aligned(&mut pb_buf, nb.div_ceil(nr) * nr * kc);
-        if s.k == 0 && !accumulate {
-            for i in 0..mb {
-                // SAFETY: row i0+i, columns j0..j0+nb lie inside C (checked).
-                unsafe { std::slice::from_raw_parts_mut(c0.add((i0 + i) * ldc + j0), nb) }
-                    .fill(0.0);
+        let (img, rest) = (t / (n_blocks * m_groups), t % (n_blocks * m_groups));
+        let (jb, mg) = (rest / m_groups, rest % m_groups);
+        let j0 = jb * nb;
+        let cols_b = nb.min(n - j0);
+        let b_panels = cols_b.div_ceil(nr);
+        let mut buf = PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        let pb = aligned(&mut buf, b_panels * nr * k);
+        bs[img].pack(j0, cols_b, nr, pb);
+        // SAFETY: image img's C lies inside `data` (checked above).
+        let ci = unsafe { c0.add(img * stride) };
+        for ir in mg * group..((mg + 1) * group).min(m_panels) {
+            let rows = mr.min(m - ir * mr);
+            let ap = a.panel(ir);
+            for jr in 0..b_panels {
+                let tile = Tile {
+                    // SAFETY: rows ir*mr.., columns j0+jr*nr.. are inside C.
+                    c: unsafe { ci.add(ir * mr * ldc + j0 + jr * nr) },
+                    ldc,
+                    rows,
+                    cols: nr.min(cols_b - jr * nr),
+                    accumulate,
+                };
+                // SAFETY: the A panel holds k*mr floats and the B panel k*nr
+                // (`pb` is b_panels*nr*k long); the kernel was chosen by
+                // feature detection; the tile belongs to this task only.
+                unsafe { (kern.run)(k, ap, pb.as_ptr().add(jr * nr * k), &tile) };
             }
-        }
-        let mut p0 = 0;
-        while p0 < s.k {
-            let kb = kc.min(s.k - p0);
-            pack_b(b, p0, kb, j0, nb, nr, pb);
-            pack_a(a, i0, mb, p0, kb, mr, pa);
-            for (ir, ap) in pa.chunks_exact(mr * kb).take(mb.div_ceil(mr)).enumerate() {
-                let rows = mr.min(mb - ir * mr);
-                for (jr, bp) in pb.chunks_exact(nr * kb).take(nb.div_ceil(nr)).enumerate() {
-                    let tile = Tile {
-                        // SAFETY: inside C: rows i0+ir*mr.., columns j0+jr*nr..
-                        c: unsafe { c0.add((i0 + ir * mr) * ldc + j0 + jr * nr) },
-                        ldc,
-                        rows,
-                        cols: nr.min(nb - jr * nr),
-                        accumulate: accumulate || p0 > 0,
-                    };
-                    // SAFETY: panels hold kb*mr / kb*nr floats; the kernel was
-                    // chosen by feature detection; the tile is this task's.
-                    unsafe { (kern.run)(kb, ap.as_ptr(), bp.as_ptr(), &tile) };
+            if let Some(epi) = epilogue {
+                for i in ir * mr..ir * mr + rows {
+                    // SAFETY: this task's block; no other task touches it.
+                    let row =
+                        unsafe { std::slice::from_raw_parts_mut(ci.add(i * ldc + j0), cols_b) };
+                    epi(img, i, j0, row);
                 }
             }
-            p0 += kb;
         }
-        PACK.with(|p| *p.borrow_mut() = (pa_buf, pb_buf));
-        if let Some(epi) = epilogue {
-            for i in i0..i0 + mb {
-                // SAFETY: this task's block; no other task touches it.
-                let row = unsafe { std::slice::from_raw_parts_mut(c0.add(i * ldc + j0), nb) };
-                epi(i, j0, row);
-            }
-        }
+        PACK.with(|p| *p.borrow_mut() = buf);
     };
-    let tasks = m_blocks * n_blocks;
+    let tasks = images * n_blocks * m_groups;
     if tasks == 1 {
         task(0);
     } else {
         (0..tasks).into_par_iter().for_each(task);
     }
     Ok(())
-}
-
-/// Packs rows `i0..i0+mb`, columns `p0..p0+kb` of A into `mr`-tall panels,
-/// each stored `p`-major (`panel[p * mr + i]`), zero-padded to `mr` rows.
-fn pack_a(a: MatRef<'_>, i0: usize, mb: usize, p0: usize, kb: usize, mr: usize, out: &mut [f32]) {
-    for (ir, panel) in out
-        .chunks_exact_mut(mr * kb)
-        .take(mb.div_ceil(mr))
-        .enumerate()
-    {
-        let rows = mr.min(mb - ir * mr);
-        for i in 0..rows {
-            let src = &a.data[(i0 + ir * mr + i) * a.ld + p0..][..kb];
-            for (p, &v) in src.iter().enumerate() {
-                panel[p * mr + i] = v;
-            }
-        }
-        if rows < mr {
-            for p in 0..kb {
-                panel[p * mr + rows..(p + 1) * mr].fill(0.0);
-            }
-        }
-    }
-}
-
-/// Packs rows `p0..p0+kb`, columns `j0..j0+nb` of B into `nr`-wide panels,
-/// each stored row by row (`panel[p * nr + j]`), zero-padded to `nr` columns.
-fn pack_b(b: MatRef<'_>, p0: usize, kb: usize, j0: usize, nb: usize, nr: usize, out: &mut [f32]) {
-    for (jr, panel) in out
-        .chunks_exact_mut(nr * kb)
-        .take(nb.div_ceil(nr))
-        .enumerate()
-    {
-        let cols = nr.min(nb - jr * nr);
-        for (p, dst) in panel.chunks_exact_mut(nr).enumerate() {
-            let src = &b.data[(p0 + p) * b.ld + j0 + jr * nr..][..cols];
-            dst[..cols].copy_from_slice(src);
-            dst[cols..].fill(0.0);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -353,7 +491,7 @@ mod tests {
     /// each multiply-add, far below this bound (k * 2^-24 < 1e-5 for k <= 167;
     /// the errors are random-signed, so it holds for the real shapes too).
     fn compare(
-        kern: &MicroKernel,
+        kern: &'static MicroKernel,
         s: GemmShape,
         pad: (usize, usize, usize),
         accumulate: bool,

@@ -90,11 +90,7 @@ static AVX512_14X32: MicroKernel = MicroKernel {
     name: "x86_64_avx512_sgemm_f32_14x32",
     mr: AVX512_MR,
     nr: AVX512_NR,
-    // A panel 14 x 256 x 4 B = 14 KiB (L1d 32 KiB); B block 256 x 256 x 4 B
-    // = 256 KiB and A block 112 x 256 x 4 B = 112 KiB (L2 1 MiB).
-    kc: 256,
-    mc: 8 * AVX512_MR,
-    nc: 8 * AVX512_NR,
+    nc: 16 * AVX512_NR,
     run: x86_64_avx512_sgemm_f32_14x32,
 };
 
@@ -169,8 +165,6 @@ static AVX2_6X16: MicroKernel = MicroKernel {
     name: "x86_64_avx2_sgemm_f32_6x16",
     mr: AVX2_MR,
     nr: AVX2_NR,
-    kc: 256,
-    mc: 16 * AVX2_MR,
     nc: 16 * AVX2_NR,
     run: x86_64_avx2_sgemm_f32_6x16,
 };

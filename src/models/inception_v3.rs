@@ -16,7 +16,8 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use super::layers::{
-    avg_pool2d_same_exclude_pad, global_avg_pool, max_pool2d, Act, Conv2d, Padding, Weights,
+    avg_pool2d_same_exclude_pad, concat_channels, global_avg_pool, max_pool2d, Act, Conv2d,
+    Padding, Weights,
 };
 use super::{Arch, Backbone, ModelError};
 
@@ -90,7 +91,7 @@ impl BlockA {
         let bp = self
             .branch_pool
             .forward(&avg_pool2d_same_exclude_pad(x, 3)?)?; // (N, 32 | 64, 35, 35)
-        Tensor::cat(&[b1, b5, b3, bp], 1) // (N, 256 | 288, 35, 35)
+        concat_channels(&[b1, b5, b3, bp]) // (N, 256 | 288, 35, 35)
     }
 }
 
@@ -112,7 +113,7 @@ impl BlockB {
         let b3 = self.branch3x3.forward(x)?; // (N, 384, 17, 17)
         let bd = chain(&self.branch3x3dbl, x)?; // (N, 96, 17, 17)
         let bp = max_pool2d(x, 3, 2, Padding::Valid)?; // (N, 288, 17, 17)
-        Tensor::cat(&[b3, bd, bp], 1) // (N, 768, 17, 17)
+        concat_channels(&[b3, bd, bp]) // (N, 768, 17, 17)
     }
 }
 
@@ -141,7 +142,7 @@ impl BlockC {
         let bp = self
             .branch_pool
             .forward(&avg_pool2d_same_exclude_pad(x, 3)?)?; // (N, 192, 17, 17)
-        Tensor::cat(&[b1, b7, bd, bp], 1) // (N, 768, 17, 17)
+        concat_channels(&[b1, b7, bd, bp]) // (N, 768, 17, 17)
     }
 }
 
@@ -163,7 +164,7 @@ impl BlockD {
         let b3 = chain(&self.branch3x3, x)?; // (N, 320, 8, 8)
         let b7 = chain(&self.branch7x7x3, x)?; // (N, 192, 8, 8)
         let bp = max_pool2d(x, 3, 2, Padding::Valid)?; // (N, 768, 8, 8)
-        Tensor::cat(&[b3, b7, bp], 1) // (N, 1280, 8, 8)
+        concat_channels(&[b3, b7, bp]) // (N, 1280, 8, 8)
     }
 }
 
@@ -206,7 +207,7 @@ impl BlockE {
         let bp = self
             .branch_pool
             .forward(&avg_pool2d_same_exclude_pad(x, 3)?)?; // (N, 192, 8, 8)
-        Tensor::cat(&[b1, b3a, b3b, bda, bdb, bp], 1) // (N, 2048, 8, 8)
+        concat_channels(&[b1, b3a, b3b, bda, bdb, bp]) // (N, 2048, 8, 8)
     }
 }
 

@@ -31,10 +31,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{CpuStorage, DType, Device, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
+use super::profile;
 use super::ModelError;
-use crate::kernels::{self, GemmShape, MatMut, MatRef};
+use crate::kernels::window::{Clamp, Window, WindowKind};
+use crate::kernels::{self, Im2Col, MatRef, Output, PackedA};
 
 /// Keras `BatchNormalization` default epsilon (also EfficientNet-Lite's
 /// `batch_norm_epsilon`).
@@ -343,6 +344,24 @@ pub struct Pad4 {
     pub right: usize,
 }
 
+impl Pad4 {
+    fn tblr(self) -> (usize, usize, usize, usize) {
+        (self.top, self.bottom, self.left, self.right)
+    }
+}
+
+/// The output size of a window op, or an error naming the shapes.
+fn window_out(op: &Window<'_>, (h, w): (usize, usize)) -> candle_core::Result<(usize, usize)> {
+    match op.out_size((h, w)) {
+        Some(hw) => Ok(hw),
+        None => candle_core::bail!(
+            "window {:?} with padding {:?} does not fit a {h}x{w} input",
+            op.kernel,
+            op.pad
+        ),
+    }
+}
+
 /// TF "same" total padding split `(before, after)` for one axis.
 pub fn same_pad_1d(input: usize, k: usize, stride: usize) -> (usize, usize) {
     let out = input.div_ceil(stride);
@@ -390,6 +409,18 @@ pub enum Act {
 }
 
 impl Act {
+    /// The same activation as a [`Clamp`] for the window kernels.
+    fn clamp(self) -> Clamp {
+        match self {
+            Act::None => Clamp::NONE,
+            Act::Relu => Clamp {
+                lo: 0.0,
+                hi: f32::INFINITY,
+            },
+            Act::Relu6 => Clamp { lo: 0.0, hi: 6.0 },
+        }
+    }
+
     #[inline(always)]
     fn apply(self, v: f32) -> f32 {
         match self {
@@ -398,16 +429,20 @@ impl Act {
             Act::Relu6 => v.clamp(0.0, 6.0),
         }
     }
+}
 
-    /// Applies the activation to a slice in place (vectorisable loops).
-    #[inline]
-    fn apply_slice(self, xs: &mut [f32]) {
-        match self {
-            Act::None => {}
-            Act::Relu => xs.iter_mut().for_each(|v| *v = v.max(0.0)),
-            Act::Relu6 => xs.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
-        }
-    }
+/// An output buffer that the op overwrites completely before anything reads
+/// it. Zeroing it first (`vec![0.0; len]`) costs a single-threaded pass over
+/// up to 40 MB per op, as long as some of the ops themselves; this is the
+/// same pattern as candle's own CPU kernels.
+#[allow(clippy::uninit_vec)]
+fn output_buffer(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: f32 has no invalid bit patterns and every caller writes all
+    // `len` elements (the GEMM stores every tile of C, the window kernels
+    // every output plane) before the tensor is handed out.
+    unsafe { v.set_len(len) };
+    v
 }
 
 fn cpu_f32<'a>(
@@ -438,8 +473,9 @@ fn dims4(op: &'static str, layout: &Layout) -> candle_core::Result<(usize, usize
 
 /// `act(conv2d(x, w) + b)`, with BatchNorm already folded into `w` and `b`.
 pub struct Conv2d {
-    /// OIHW, flattened: row `o` of the GEMM's `A (O x C*kh*kw)`.
-    weight: Vec<f32>,
+    /// OIHW, flattened (row `o` of the GEMM's `A (O x C*kh*kw)`), packed
+    /// once for the micro-kernel.
+    weight: PackedA,
     in_channels: usize,
     bias: Vec<f32>,
     k: (usize, usize),
@@ -468,6 +504,16 @@ impl Conv2d {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
+        let k = c * kh * kw;
+        let weight = PackedA::best(
+            MatRef {
+                data: &weight,
+                ld: k,
+            },
+            o,
+            k,
+        )
+        .map_err(candle_core::Error::wrap)?;
         Ok(Self {
             weight,
             in_channels: c,
@@ -509,27 +555,52 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let pad = self.padding.resolve((h, w), self.k, self.stride);
-        x.contiguous()?
-            .apply_op1_no_bwd(&ConvOp { conv: self, pad })
+        let x = x.contiguous()?;
+        profile::time(
+            || self.label(),
+            self.flops(x.dims(), pad),
+            || x.apply_op1_no_bwd(&ConvOp { conv: self, pad }),
+        )
+    }
+
+    fn label(&self) -> String {
+        format!("conv {}x{}/{}", self.k.0, self.k.1, self.stride)
+    }
+
+    /// Multiply-adds x 2 of one call on an input of shape `dims`.
+    fn flops(&self, dims: &[usize], p: Pad4) -> f64 {
+        let (kh, kw) = self.k;
+        match dims {
+            &[n, c, h, w] => {
+                let oh = out_len(h, p.top + p.bottom, kh, self.stride).unwrap_or(0);
+                let ow = out_len(w, p.left + p.right, kw, self.stride).unwrap_or(0);
+                2.0 * (n * self.out_channels() * oh * ow * c * kh * kw) as f64
+            }
+            _ => 0.0,
+        }
     }
 
     /// `act(conv(x) + b) + residual`.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let pad = self.padding.resolve((h, w), self.k, self.stride);
-        x.contiguous()?
-            .apply_op2_no_bwd(&residual.contiguous()?, &ConvOp { conv: self, pad })
+        let x = x.contiguous()?;
+        let residual = residual.contiguous()?;
+        profile::time(
+            || self.label() + " +res",
+            self.flops(x.dims(), pad),
+            || x.apply_op2_no_bwd(&residual, &ConvOp { conv: self, pad }),
+        )
     }
 }
 
-/// One GEMM per image, `W (O, C*kh*kw) @ cols (C*kh*kw, OH*OW)`, whose result
-/// is already NCHW, with [`crate::kernels::sgemm_fused`] (1.3-3x candle 0.11's
-/// matmul on most of our shapes, `benches/backbones.rs`). 1x1 stride-1 unpadded
-/// kernels read the input plane itself as `B`; others build `cols` with
-/// [`im2col`] (rows copied as contiguous runs, any asymmetric padding). The
-/// folded bias, activation and residual run in the GEMM's epilogue, on each
-/// block of the output while it is still in cache. Images run in parallel and
-/// each GEMM splits into blocks on the same rayon pool.
+/// One batched GEMM, `W (O, C*kh*kw) @ cols_t (C*kh*kw, OH*OW)` per image
+/// `t`, whose result is already NCHW ([`kernels::gemm_packed`]): the weights
+/// were packed at load, and each task packs its block of `cols_t` straight
+/// from the image ([`Im2Col`], any stride and asymmetric padding), so no
+/// column matrix is ever built. The folded bias, activation and residual run
+/// in the GEMM's epilogue, on each block of the output while it is still in
+/// cache.
 struct ConvOp<'a> {
     conv: &'a Conv2d,
     pad: Pad4,
@@ -552,50 +623,40 @@ impl ConvOp<'_> {
         let oh = out_len(h, p.top + p.bottom, kh, s)?;
         let ow = out_len(w, p.left + p.right, kw, s)?;
         let o = cv.out_channels();
-        let k = c * kh * kw;
         let plane = oh * ow;
-        let mut out = vec![0f32; n * o * plane];
+        let mut out = output_buffer(n * o * plane);
         if out.is_empty() {
             return Ok((CpuStorage::F32(out), Shape::from((n, o, oh, ow))));
         }
-        let direct = kh == 1 && kw == 1 && s == 1 && p == Pad4::default();
-        out.par_chunks_mut(o * plane).enumerate().try_for_each(
-            |(i, y)| -> candle_core::Result<()> {
-                let xi = &x[i * c * h * w..(i + 1) * c * h * w];
-                let cols;
-                let b = if direct {
-                    xi
-                } else {
-                    cols = im2col(xi, (c, h, w), (kh, kw), s, p, (oh, ow));
-                    &cols[..]
-                };
-                let ri = residual.map(|r| &r[i * o * plane..(i + 1) * o * plane]);
-                let epilogue = |row: usize, j0: usize, v: &mut [f32]| {
-                    let bias = cv.bias[row];
-                    match ri {
-                        Some(r) => {
-                            let r = &r[row * plane + j0..][..v.len()];
-                            for (v, &r) in v.iter_mut().zip(r) {
-                                *v = cv.act.apply(*v + bias) + r;
-                            }
-                        }
-                        None => v.iter_mut().for_each(|v| *v = cv.act.apply(*v + bias)),
+        let images = x
+            .chunks_exact(c * h * w)
+            .map(|xi| Im2Col::new(xi, (c, h, w), (kh, kw), s, (p.top, p.left), (oh, ow)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(candle_core::Error::wrap)?;
+        let epilogue = |img: usize, row: usize, j0: usize, v: &mut [f32]| {
+            let bias = cv.bias[row];
+            match residual {
+                Some(r) => {
+                    let r = &r[(img * o + row) * plane + j0..][..v.len()];
+                    for (v, &r) in v.iter_mut().zip(r) {
+                        *v = cv.act.apply(*v + bias) + r;
                     }
-                };
-                kernels::sgemm_fused(
-                    GemmShape { m: o, n: plane, k },
-                    MatRef {
-                        data: &cv.weight,
-                        ld: k,
-                    },
-                    MatRef { data: b, ld: plane },
-                    MatMut { data: y, ld: plane },
-                    false,
-                    &epilogue,
-                )
-                .map_err(candle_core::Error::wrap)
+                }
+                None => v.iter_mut().for_each(|v| *v = cv.act.apply(*v + bias)),
+            }
+        };
+        kernels::gemm_packed(
+            &cv.weight,
+            &images,
+            Output {
+                data: &mut out,
+                ld: plane,
+                image_stride: o * plane,
+                accumulate: false,
             },
-        )?;
+            Some(&epilogue),
+        )
+        .map_err(candle_core::Error::wrap)?;
         Ok((CpuStorage::F32(out), Shape::from((n, o, oh, ow))))
     }
 }
@@ -635,52 +696,6 @@ impl candle_core::CustomOp2 for ConvOp<'_> {
         let r = cpu_f32("conv2d_add", s2, l2)?;
         self.run(cpu_f32("conv2d_add", s1, l1)?, l1, Some(r))
     }
-}
-
-/// `(C, H, W)` -> `(C*kh*kw, OH*OW)` with zero padding `p`: row
-/// `(c, ky, kx)` holds input `(c, oy*s + ky - top, ox*s + kx - left)`.
-fn im2col(
-    x: &[f32],
-    (c, h, w): (usize, usize, usize),
-    (kh, kw): (usize, usize),
-    st: usize,
-    p: Pad4,
-    (oh, ow): (usize, usize),
-) -> Vec<f32> {
-    let rows = c * kh * kw;
-    let mut cols = vec![0f32; rows * oh * ow];
-    let ranges: Vec<(usize, usize)> = (0..kw)
-        .map(|kx| valid_range(kx, p.left, st, w, ow))
-        .collect();
-    cols.par_chunks_mut(oh * ow)
-        .enumerate()
-        .for_each(|(r, row)| {
-            let ch = r / (kh * kw);
-            let ky = (r / kw) % kh;
-            let kx = r % kw;
-            let (lo, hi) = ranges[kx];
-            if lo >= hi {
-                return;
-            }
-            let plane = &x[ch * h * w..(ch + 1) * h * w];
-            let ix0 = lo * st + kx - p.left;
-            for (oy, orow) in row.chunks_exact_mut(ow).enumerate() {
-                let iy = oy * st + ky;
-                if iy < p.top || iy - p.top >= h {
-                    continue;
-                }
-                let irow = &plane[(iy - p.top) * w..(iy - p.top + 1) * w];
-                let o = &mut orow[lo..hi];
-                if st == 1 {
-                    o.copy_from_slice(&irow[ix0..ix0 + (hi - lo)]);
-                } else {
-                    o.iter_mut()
-                        .zip(irow[ix0..].iter().step_by(st))
-                        .for_each(|(o, &v)| *o = v);
-                }
-            }
-        });
-    cols
 }
 
 // ---------------------------------------------------------------------------
@@ -751,7 +766,12 @@ impl DepthwiseConv2d {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let pad = self.padding.resolve((h, w), self.k, self.stride);
-        depthwise_conv2d(x, self, pad)
+        let flops = 2.0 * (x.elem_count() / self.stride / self.stride * self.k.0 * self.k.1) as f64;
+        profile::time(
+            || format!("depthwise {}x{}/{}", self.k.0, self.k.1, self.stride),
+            flops,
+            || depthwise_conv2d(x, self, pad),
+        )
     }
 }
 
@@ -784,114 +804,21 @@ impl candle_core::CustomOp1 for DepthwiseOp<'_> {
                 dw.channels
             )
         }
-        let (kh, kw) = dw.k;
-        let s = dw.stride;
-        let p = self.pad;
-        let oh = out_len(h, p.top + p.bottom, kh, s)?;
-        let ow = out_len(w, p.left + p.right, kw, s)?;
-        let mut out = vec![0f32; n * c * oh * ow];
-        if oh * ow > 0 {
-            out.par_chunks_mut(oh * ow)
-                .enumerate()
-                .for_each(|(plane, o)| {
-                    let ch = plane % c;
-                    depthwise_plane(
-                        &x[plane * h * w..(plane + 1) * h * w],
-                        (h, w),
-                        &dw.weight[ch * kh * kw..(ch + 1) * kh * kw],
-                        (kh, kw),
-                        dw.bias[ch],
-                        s,
-                        p,
-                        dw.in_act,
-                        dw.out_act,
-                        o,
-                        ow,
-                    )
-                });
-        }
+        let op = Window {
+            kind: WindowKind::Depthwise {
+                weights: &dw.weight,
+                bias: &dw.bias,
+            },
+            kernel: dw.k,
+            stride: dw.stride,
+            pad: self.pad.tblr(),
+            in_act: dw.in_act.clamp(),
+            out_act: dw.out_act.clamp(),
+        };
+        let (oh, ow) = window_out(&op, (h, w))?;
+        let mut out = output_buffer(n * c * oh * ow);
+        op.run(x, (n, c, h, w), &mut out);
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
-    }
-}
-
-/// Range of output columns `ox` whose tap `kx` reads an in-bounds input
-/// column `ox * s + kx - pad`, as `lo..hi`.
-#[inline]
-fn valid_range(k: usize, pad: usize, s: usize, input: usize, out: usize) -> (usize, usize) {
-    // ix = ox*s + k - pad >= 0  <=> ox >= ceil((pad - k) / s)
-    let lo = if pad > k { (pad - k).div_ceil(s) } else { 0 };
-    // ix <= input - 1  <=> ox <= (input - 1 + pad - k) / s
-    let hi = if input + pad > k {
-        ((input - 1 + pad - k) / s + 1).min(out)
-    } else {
-        0
-    };
-    (lo.min(hi), hi)
-}
-
-/// One `(n, c)` plane: accumulate the taps row by row into the output row so
-/// the innermost loop runs over contiguous output columns.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn depthwise_plane(
-    x: &[f32],
-    (h, w): (usize, usize),
-    k: &[f32],
-    (kh, kw): (usize, usize),
-    bias: f32,
-    s: usize,
-    p: Pad4,
-    in_act: Act,
-    out_act: Act,
-    out: &mut [f32],
-    ow: usize,
-) {
-    let oh = out.len() / ow;
-    // Column ranges per kx do not depend on the row.
-    let ranges: Vec<(usize, usize)> = (0..kw)
-        .map(|kx| valid_range(kx, p.left, s, w, ow))
-        .collect();
-    for (oy, orow) in out.chunks_exact_mut(ow).enumerate().take(oh) {
-        orow.iter_mut().for_each(|v| *v = bias);
-        for ky in 0..kh {
-            let iy = oy * s + ky;
-            if iy < p.top || iy - p.top >= h {
-                continue;
-            }
-            let irow = &x[(iy - p.top) * w..(iy - p.top + 1) * w];
-            for (kx, &(lo, hi)) in ranges.iter().enumerate() {
-                if lo >= hi {
-                    continue;
-                }
-                let wt = k[ky * kw + kx];
-                // First input column read, for ox = lo.
-                let ix0 = lo * s + kx - p.left;
-                let o = &mut orow[lo..hi];
-                if s == 1 {
-                    let i = &irow[ix0..ix0 + (hi - lo)];
-                    match in_act {
-                        Act::None => o.iter_mut().zip(i).for_each(|(o, &v)| *o += wt * v),
-                        _ => o
-                            .iter_mut()
-                            .zip(i)
-                            .for_each(|(o, &v)| *o += wt * in_act.apply(v)),
-                    }
-                } else {
-                    let i = &irow[ix0..];
-                    match in_act {
-                        Act::None => o
-                            .iter_mut()
-                            .zip(i.iter().step_by(s))
-                            .for_each(|(o, &v)| *o += wt * v),
-                        _ => o
-                            .iter_mut()
-                            .zip(i.iter().step_by(s))
-                            .for_each(|(o, &v)| *o += wt * in_act.apply(v)),
-                    }
-                }
-            }
-        }
-        out_act.apply_slice(orow);
     }
 }
 
@@ -913,32 +840,17 @@ impl candle_core::CustomOp1 for MaxPoolOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = cpu_f32("max_pool2d", s, l)?;
         let (n, c, h, w) = dims4("max_pool2d", l)?;
-        let (k, st, p) = (self.k, self.stride, self.pad);
-        let oh = out_len(h, p.top + p.bottom, k, st)?;
-        let ow = out_len(w, p.left + p.right, k, st)?;
-        let mut out = vec![0f32; n * c * oh * ow];
-        if oh * ow > 0 {
-            out.par_chunks_mut(oh * ow)
-                .enumerate()
-                .for_each(|(plane, o)| {
-                    let xp = &x[plane * h * w..(plane + 1) * h * w];
-                    for (oy, orow) in o.chunks_exact_mut(ow).enumerate() {
-                        let y0 = (oy * st).saturating_sub(p.top);
-                        let y1 = (oy * st + k).saturating_sub(p.top).min(h);
-                        for (ox, ov) in orow.iter_mut().enumerate() {
-                            let x0 = (ox * st).saturating_sub(p.left);
-                            let x1 = (ox * st + k).saturating_sub(p.left).min(w);
-                            let mut m = f32::NEG_INFINITY;
-                            for iy in y0..y1 {
-                                for &v in &xp[iy * w + x0..iy * w + x1] {
-                                    m = m.max(v);
-                                }
-                            }
-                            *ov = m;
-                        }
-                    }
-                });
-        }
+        let op = Window {
+            kind: WindowKind::Max,
+            kernel: (self.k, self.k),
+            stride: self.stride,
+            pad: self.pad.tblr(),
+            in_act: Clamp::NONE,
+            out_act: Clamp::NONE,
+        };
+        let (oh, ow) = window_out(&op, (h, w))?;
+        let mut out = output_buffer(n * c * oh * ow);
+        op.run(x, (n, c, h, w), &mut out);
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
 }
@@ -952,8 +864,14 @@ pub fn max_pool2d(
 ) -> candle_core::Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let pad = padding.resolve((h, w), (k, k), stride);
-    x.contiguous()?
-        .apply_op1_no_bwd(&MaxPoolOp { k, stride, pad })
+    profile::time(
+        || format!("max pool {k}x{k}/{stride}"),
+        0.0,
+        || {
+            x.contiguous()?
+                .apply_op1_no_bwd(&MaxPoolOp { k, stride, pad })
+        },
+    )
 }
 
 struct AvgPoolSameOp {
@@ -969,31 +887,18 @@ impl candle_core::CustomOp1 for AvgPoolSameOp {
         let x = cpu_f32("avg_pool2d_same", s, l)?;
         let (n, c, h, w) = dims4("avg_pool2d_same", l)?;
         let k = self.k;
-        let (pt, _) = same_pad_1d(h, k, 1);
-        let (pl, _) = same_pad_1d(w, k, 1);
-        let mut out = vec![0f32; n * c * h * w];
-        if h * w > 0 {
-            out.par_chunks_mut(h * w)
-                .enumerate()
-                .for_each(|(plane, o)| {
-                    let xp = &x[plane * h * w..(plane + 1) * h * w];
-                    for (oy, orow) in o.chunks_exact_mut(w).enumerate() {
-                        let y0 = oy.saturating_sub(pt);
-                        let y1 = (oy + k).saturating_sub(pt).min(h);
-                        for (ox, ov) in orow.iter_mut().enumerate() {
-                            let x0 = ox.saturating_sub(pl);
-                            let x1 = (ox + k).saturating_sub(pl).min(w);
-                            let mut sum = 0f32;
-                            for iy in y0..y1 {
-                                for &v in &xp[iy * w + x0..iy * w + x1] {
-                                    sum += v;
-                                }
-                            }
-                            *ov = sum / ((y1 - y0) * (x1 - x0)) as f32;
-                        }
-                    }
-                });
-        }
+        let (top, bottom) = same_pad_1d(h, k, 1);
+        let (left, right) = same_pad_1d(w, k, 1);
+        let op = Window {
+            kind: WindowKind::AvgExcludePad,
+            kernel: (k, k),
+            stride: 1,
+            pad: (top, bottom, left, right),
+            in_act: Clamp::NONE,
+            out_act: Clamp::NONE,
+        };
+        let mut out = output_buffer(n * c * h * w);
+        op.run(x, (n, c, h, w), &mut out);
         Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
     }
 }
@@ -1001,12 +906,21 @@ impl candle_core::CustomOp1 for AvgPoolSameOp {
 /// Keras `AveragePooling2D((k, k), strides=1, padding="same")`: the mean over
 /// the in-bounds taps only (padding is not counted).
 pub fn avg_pool2d_same_exclude_pad(x: &Tensor, k: usize) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op1_no_bwd(&AvgPoolSameOp { k })
+    profile::time(
+        || format!("avg pool {k}x{k}/1"),
+        0.0,
+        || x.contiguous()?.apply_op1_no_bwd(&AvgPoolSameOp { k }),
+    )
 }
 
 /// Global average pooling `(N, C, H, W) -> (N, C)`.
 pub fn global_avg_pool(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.mean((2, 3))
+    profile::time(|| "global avg pool".into(), 0.0, || x.mean((2, 3)))
+}
+
+/// Concatenation along channels (InceptionV3's branches).
+pub fn concat_channels(xs: &[Tensor]) -> candle_core::Result<Tensor> {
+    profile::time(|| "concat".into(), 0.0, || Tensor::cat(xs, 1))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use candle_core::{Device, Tensor};
 pub mod efficientnet_lite;
 pub mod inception_v3;
 pub mod layers;
+pub mod profile;
 pub mod xception;
 
 pub use efficientnet_lite::EfficientNetLite0;

@@ -1,0 +1,368 @@
+//! Sliding-window ops on NCHW planes: depthwise convolution, max pooling and
+//! average pooling, one kernel shape for all three.
+//!
+//! Each `(image, channel)` plane is copied once into a padded scratch plane
+//! (the input activation applied on the way, padding filled with 0 or -inf),
+//! then the taps run over the padded plane *flattened*: output position `r`
+//! of the stride-1 result is `sum_taps w * pad[r + ky * wp + kx]`, so the
+//! inner loops run over 64 contiguous floats at a time whatever the plane's
+//! width (Xception's 19-wide rows would otherwise leave most SIMD lanes idle
+//! in scalar tails). The positions that fall in the padding columns are
+//! computed and dropped; strided ops compute only the rows they keep.
+//!
+//! The loops are plain Rust compiled three times (AVX-512, AVX2+FMA, and the
+//! build's baseline) and chosen at run time, so LLVM vectorises them with the
+//! widest registers the CPU has.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+/// What a window computes.
+#[derive(Debug, Clone, Copy)]
+pub enum WindowKind<'a> {
+    /// One `kh x kw` filter per channel (`weights`: `(C, kh, kw)`), plus bias.
+    Depthwise { weights: &'a [f32], bias: &'a [f32] },
+    /// Maximum over the in-bounds taps (padding never wins).
+    Max,
+    /// Mean over the in-bounds taps (padding not counted, as Keras and
+    /// `count_include_pad=False`).
+    AvgExcludePad,
+}
+
+/// `v.max(lo).min(hi)`: ReLU is `(0, inf)`, ReLU6 `(0, 6)`, none `(-inf, inf)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clamp {
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl Clamp {
+    pub const NONE: Clamp = Clamp {
+        lo: f32::NEG_INFINITY,
+        hi: f32::INFINITY,
+    };
+
+    #[inline(always)]
+    fn apply(self, v: f32) -> f32 {
+        v.max(self.lo).min(self.hi)
+    }
+}
+
+/// One sliding-window op: kernel `(kh, kw)`, stride, padding
+/// `(top, bottom, left, right)`, activations before and after.
+#[derive(Debug, Clone, Copy)]
+pub struct Window<'a> {
+    pub kind: WindowKind<'a>,
+    pub kernel: (usize, usize),
+    pub stride: usize,
+    pub pad: (usize, usize, usize, usize),
+    /// Applied to every input value (ReLU commutes with zero padding).
+    pub in_act: Clamp,
+    /// Applied to every output value.
+    pub out_act: Clamp,
+}
+
+/// Floats computed per inner block: four 512-bit or eight 256-bit registers.
+const BLOCK: usize = 64;
+
+thread_local! {
+    /// Padded plane and stride-1 results, reused on each worker thread.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+impl Window<'_> {
+    /// Output size for an `h x w` input.
+    pub fn out_size(&self, (h, w): (usize, usize)) -> Option<(usize, usize)> {
+        let (kh, kw) = self.kernel;
+        let (t, b, l, r) = self.pad;
+        let (hp, wp) = (h + t + b, w + l + r);
+        if hp < kh || wp < kw || self.stride == 0 {
+            return None;
+        }
+        Some(((hp - kh) / self.stride + 1, (wp - kw) / self.stride + 1))
+    }
+
+    /// Runs over `x` (`n x c` planes of `h x w`) into `out` (`n x c` planes
+    /// of [`Self::out_size`]), planes in parallel on the global rayon pool.
+    ///
+    /// # Panics
+    /// If the slices do not match the shapes (callers check them).
+    pub fn run(&self, x: &[f32], (n, c, h, w): (usize, usize, usize, usize), out: &mut [f32]) {
+        let Some((oh, ow)) = self.out_size((h, w)) else {
+            return;
+        };
+        assert!(x.len() >= n * c * h * w && out.len() >= n * c * oh * ow);
+        if oh * ow == 0 {
+            return;
+        }
+        let isa = Isa::detect();
+        out[..n * c * oh * ow]
+            .par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(p, o)| {
+                let ch = p % c;
+                SCRATCH.with(|s| {
+                    let (pad, acc) = &mut *s.borrow_mut();
+                    let plane = &x[p * h * w..(p + 1) * h * w];
+                    isa.plane(self, ch, plane, (h, w), o, (oh, ow), pad, acc);
+                })
+            });
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Baseline,
+}
+
+impl Isa {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Baseline
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn plane(
+        self,
+        op: &Window<'_>,
+        ch: usize,
+        x: &[f32],
+        hw: (usize, usize),
+        out: &mut [f32],
+        ohw: (usize, usize),
+        pad: &mut Vec<f32>,
+        acc: &mut Vec<f32>,
+    ) {
+        match self {
+            // SAFETY: the CPU has the features (detected above).
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { plane_avx512(op, ch, x, hw, out, ohw, pad, acc) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { plane_avx2(op, ch, x, hw, out, ohw, pad, acc) },
+            Isa::Baseline => plane(op, ch, x, hw, out, ohw, pad, acc, false),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn plane_avx512(
+    op: &Window<'_>,
+    ch: usize,
+    x: &[f32],
+    hw: (usize, usize),
+    out: &mut [f32],
+    ohw: (usize, usize),
+    pad: &mut Vec<f32>,
+    acc: &mut Vec<f32>,
+) {
+    plane(op, ch, x, hw, out, ohw, pad, acc, true)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn plane_avx2(
+    op: &Window<'_>,
+    ch: usize,
+    x: &[f32],
+    hw: (usize, usize),
+    out: &mut [f32],
+    ohw: (usize, usize),
+    pad: &mut Vec<f32>,
+    acc: &mut Vec<f32>,
+) {
+    plane(op, ch, x, hw, out, ohw, pad, acc, false)
+}
+
+/// One plane (inlined into each ISA's copy).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn plane(
+    op: &Window<'_>,
+    ch: usize,
+    x: &[f32],
+    (h, w): (usize, usize),
+    out: &mut [f32],
+    (oh, ow): (usize, usize),
+    pad: &mut Vec<f32>,
+    acc: &mut Vec<f32>,
+    avx512: bool,
+) {
+    let (kh, kw) = op.kernel;
+    let (t, b, l, r) = op.pad;
+    let (hp, wp) = (h + t + b, w + l + r);
+    let s = op.stride;
+    let fill = match op.kind {
+        WindowKind::Max => f32::NEG_INFINITY,
+        _ => 0.0,
+    };
+    // Padded plane, with a block of slack so the last block may read past it.
+    pad.clear();
+    pad.resize(hp * wp + BLOCK, fill);
+    let ia = op.in_act;
+    for (y, row) in x.chunks_exact(w).enumerate() {
+        let dst = &mut pad[(y + t) * wp + l..][..w];
+        for (d, &v) in dst.iter_mut().zip(row) {
+            *d = ia.apply(v);
+        }
+    }
+    let (taps, init): (&[f32], f32) = match op.kind {
+        WindowKind::Depthwise { weights, bias } => {
+            (&weights[ch * kh * kw..(ch + 1) * kh * kw], bias[ch])
+        }
+        WindowKind::Max => (&[], f32::NEG_INFINITY),
+        WindowKind::AvgExcludePad => (&[], 0.0),
+    };
+    let is_max = matches!(op.kind, WindowKind::Max);
+    // Stride-1 results over the runs of flat positions we keep: all rows
+    // (stride 1), or only rows `oy * s`.
+    let (runs, run_len, run_step) = if s == 1 {
+        (1, (oh - 1) * wp + ow, 0)
+    } else {
+        (oh, (ow - 1) * s + 1, s * wp)
+    };
+    let padded_len = run_len.div_ceil(BLOCK) * BLOCK;
+    acc.clear();
+    acc.resize(runs * padded_len, 0.0);
+    for run in 0..runs {
+        let base = run * run_step;
+        for (bi, dst) in acc[run * padded_len..(run + 1) * padded_len]
+            .chunks_exact_mut(BLOCK)
+            .enumerate()
+        {
+            let start = base + bi * BLOCK;
+            // The last tap of this block reads up to `pad[end]`.
+            let end = start + (kh - 1) * wp + kw - 1 + BLOCK;
+            assert!(end <= pad.len() && (is_max || taps.len() == kh * kw || taps.is_empty()));
+            #[cfg(target_arch = "x86_64")]
+            if avx512 {
+                // SAFETY: AVX-512F was detected by the caller that passed
+                // `avx512`; every read lies below `end <= pad.len()`, the
+                // block writes `dst`'s BLOCK floats.
+                unsafe {
+                    block_avx512(&pad[start..end], wp, op.kernel, taps, init, is_max, dst);
+                }
+                continue;
+            }
+            let mut v = [init; BLOCK];
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let src: &[f32; BLOCK] = pad[start + ky * wp + kx..][..BLOCK]
+                        .try_into()
+                        .expect("BLOCK floats");
+                    if is_max {
+                        for (a, &x) in v.iter_mut().zip(src) {
+                            *a = a.max(x);
+                        }
+                    } else {
+                        let wt = if taps.is_empty() {
+                            1.0
+                        } else {
+                            taps[ky * kw + kx]
+                        };
+                        for (a, &x) in v.iter_mut().zip(src) {
+                            *a = x.mul_add(wt, *a);
+                        }
+                    }
+                }
+            }
+            dst.copy_from_slice(&v);
+        }
+    }
+    let oa = op.out_act;
+    for (oy, orow) in out.chunks_exact_mut(ow).enumerate().take(oh) {
+        let (src, step) = if s == 1 {
+            (&acc[oy * wp..], 1)
+        } else {
+            (&acc[oy * padded_len..], s)
+        };
+        match op.kind {
+            WindowKind::AvgExcludePad => {
+                // In-bounds taps of this row: rows and columns of the window
+                // that fall inside the image.
+                let y0 = (oy * s).max(t);
+                let y1 = (oy * s + kh).min(t + h);
+                let rows = y1.saturating_sub(y0) as f32;
+                for (ox, o) in orow.iter_mut().enumerate() {
+                    let x0 = (ox * s).max(l);
+                    let x1 = (ox * s + kw).min(l + w);
+                    let n = rows * x1.saturating_sub(x0) as f32;
+                    *o = oa.apply(src[ox * step] / n);
+                }
+            }
+            _ => {
+                if step == 1 {
+                    for (o, &v) in orow.iter_mut().zip(src) {
+                        *o = oa.apply(v);
+                    }
+                } else {
+                    for (o, &v) in orow.iter_mut().zip(src.iter().step_by(step)) {
+                        *o = oa.apply(v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One block of 64 outputs in four zmm accumulators: `dst[i] = init (+|max)
+/// over taps of src[i + ky * wp + kx] (* tap weight)`. LLVM keeps the
+/// portable version's accumulator array on the stack (a load and a store per
+/// tap); this keeps it in registers.
+///
+/// # Safety
+/// AVX-512F present; `src` holds `(kh - 1) * wp + kw - 1 + 64` floats; `taps`
+/// is empty (weight 1) or holds `kh * kw`; `dst` holds 64.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn block_avx512(
+    src: &[f32],
+    wp: usize,
+    (kh, kw): (usize, usize),
+    taps: &[f32],
+    init: f32,
+    is_max: bool,
+    dst: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let p = src.as_ptr();
+    let mut a = [_mm512_set1_ps(init); 4];
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let q = p.add(ky * wp + kx);
+            if is_max {
+                for (i, a) in a.iter_mut().enumerate() {
+                    *a = _mm512_max_ps(*a, _mm512_loadu_ps(q.add(16 * i)));
+                }
+            } else {
+                let wt = _mm512_set1_ps(if taps.is_empty() {
+                    1.0
+                } else {
+                    *taps.get_unchecked(ky * kw + kx)
+                });
+                for (i, a) in a.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(16 * i)), wt, *a);
+                }
+            }
+        }
+    }
+    let d = dst.as_mut_ptr();
+    for (i, a) in a.iter().enumerate() {
+        _mm512_storeu_ps(d.add(16 * i), *a);
+    }
+}
