@@ -1,7 +1,7 @@
 //! Side-by-side timings of the dense-convolution GEMM and of whole backbones,
 //! in one process so that both sides see the same machine load.
 //!
-//! `cargo bench --bench backbones [-- gemm|backbones]`:
+//! `cargo bench --bench backbones [-- peak|gemm|backbones [xception|inception_v3|efficientnet_lite0]...]`:
 //! - `gemm`: the convolution GEMM on real conv shapes of our three backbones,
 //!   against candle's `Tensor::matmul`, alternating the two, in GFLOP/s;
 //! - `backbones`: seconds per image of each backbone at batch 8 with the
@@ -39,10 +39,12 @@ fn main() {
         eprintln!("cannot start the thread pool: {e}");
         return;
     }
-    // `cargo bench` passes `--bench`; any other argument selects a part.
+    // `cargo bench` passes `--bench`; `peak`, `gemm` and `backbones` select
+    // parts (default: all), backbone names select backbones.
+    const PARTS: [&str; 3] = ["peak", "gemm", "backbones"];
     let parts: Vec<String> = std::env::args()
         .skip(1)
-        .filter(|a| !a.starts_with("--"))
+        .filter(|a| PARTS.contains(&a.as_str()))
         .collect();
     let want = |p: &str| parts.is_empty() || parts.iter().any(|a| a == p);
     println!("threads: {threads}, kernel: {}", kernels::best().name);
@@ -206,7 +208,14 @@ fn backbones() {
         (Arch::EfficientnetLite0, "efficientnet_lite0_imagenet"),
     ];
     println!("\n== backbones, batch {BATCH}: seconds per image (median of 3) ==");
+    // Backbone names among the arguments select those only.
+    let named: Vec<String> = std::env::args()
+        .filter(|a| table.iter().any(|(arch, _)| arch.name() == a))
+        .collect();
     for (arch, stem) in table {
+        if !named.is_empty() && !named.iter().any(|n| n == arch.name()) {
+            continue;
+        }
         let path = dir.join(format!("{stem}.safetensors"));
         if !path.exists() {
             println!("{:<20} skipped: {} missing", arch.name(), path.display());

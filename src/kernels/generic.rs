@@ -60,6 +60,7 @@ pub(crate) static GENERIC_4X16: MicroKernel = MicroKernel {
     name: "generic_sgemm_f32_4x16",
     mr: MR,
     nr: NR,
+    kc: 256,
     nc: 256,
     run: generic_sgemm_f32_4x16,
 };

@@ -36,6 +36,25 @@ pub fn valid_range(k: usize, pad: usize, s: usize, input: usize, out: usize) -> 
     (lo.min(hi), hi)
 }
 
+/// `dst.copy_from_slice(src)`, inlined for a whole 32- or 16-float panel
+/// row (the common case), which `copy_from_slice` would hand to `memmove`.
+#[inline(always)]
+pub(crate) fn copy_run(dst: &mut [f32], src: &[f32]) {
+    match dst.len() {
+        32 => {
+            let (d, s): (&mut [f32; 32], &[f32; 32]) =
+                (dst.try_into().unwrap(), src.try_into().unwrap());
+            *d = *s;
+        }
+        16 => {
+            let (d, s): (&mut [f32; 16], &[f32; 16]) =
+                (dst.try_into().unwrap(), src.try_into().unwrap());
+            *d = *s;
+        }
+        _ => dst.copy_from_slice(src),
+    }
+}
+
 impl<'a> Im2Col<'a> {
     /// `x` holds one `(c, h, w)` image; the output is `oh x ow`.
     pub fn new(
@@ -96,57 +115,78 @@ impl PackB for Im2Col<'_> {
         // Per kx: the output columns that read inside the image.
         let ranges: Vec<(usize, usize)> =
             (0..kw).map(|kx| valid_range(kx, left, s, w, ow)).collect();
-        // One panel's columns, cut at output-row ends: (oy, ox0, len, dst0).
-        let mut segs: Vec<(usize, usize, usize, usize)> = Vec::new();
-        for jr in 0..nb.div_ceil(nr) {
-            let cols = nr.min(nb - jr * nr);
-            let panel = &mut out[jr * nr * k..(jr + 1) * nr * k];
-            let first = j0 + jr * nr;
-            if plain {
+        let panels = nb.div_ceil(nr);
+        if plain {
+            for jr in 0..panels {
+                let cols = nr.min(nb - jr * nr);
+                let first = j0 + jr * nr;
+                let panel = &mut out[jr * nr * k..(jr + 1) * nr * k];
                 for (p, dst) in panel.chunks_exact_mut(nr).enumerate() {
-                    dst[..cols].copy_from_slice(&self.x[p * h * w + first..][..cols]);
+                    copy_run(&mut dst[..cols], &self.x[p * h * w + first..][..cols]);
                     dst[cols..].fill(0.0);
                 }
-                continue;
             }
-            segs.clear();
+            return;
+        }
+        // Every panel's columns, cut at output-row ends:
+        // (panel, oy, first ox, length, offset in the panel row).
+        let mut segs: Vec<(usize, usize, usize, usize, usize)> = Vec::new();
+        for jr in 0..panels {
+            let (first, cols) = (j0 + jr * nr, nr.min(nb - jr * nr));
             let mut d = 0;
             while d < cols {
                 let (oy, ox) = ((first + d) / ow, (first + d) % ow);
                 let len = (ow - ox).min(cols - d);
-                segs.push((oy, ox, len, d));
+                segs.push((jr, oy, ox, len, d));
                 d += len;
             }
-            for (p, dst) in panel.chunks_exact_mut(nr).enumerate() {
-                let (ch, ky, kx) = (p / (kh * kw), (p / kw) % kh, p % kw);
-                let plane = &self.x[ch * h * w..(ch + 1) * h * w];
-                let (lo, hi) = ranges[kx];
-                for &(oy, ox0, len, d0) in &segs {
-                    let seg = &mut dst[d0..d0 + len];
-                    let iy = oy * s + ky;
-                    if iy < top || iy - top >= h {
-                        seg.fill(0.0);
-                        continue;
-                    }
-                    let row = &plane[(iy - top) * w..(iy - top + 1) * w];
-                    // Valid part of this segment: ox in a..b.
-                    let (a, b) = (lo.max(ox0), hi.min(ox0 + len));
-                    if a >= b {
-                        seg.fill(0.0);
-                        continue;
-                    }
-                    seg[..a - ox0].fill(0.0);
-                    seg[b - ox0..].fill(0.0);
-                    let ix0 = a * s + kx - left;
-                    let valid = &mut seg[a - ox0..b - ox0];
-                    if s == 1 {
-                        valid.copy_from_slice(&row[ix0..ix0 + (b - a)]);
-                    } else {
-                        for (v, &x) in valid.iter_mut().zip(row[ix0..].iter().step_by(s)) {
-                            *v = x;
-                        }
+        }
+        // Rows in (channel, ky, kx) order, walked without divisions.
+        let (mut ch, mut ky, mut kx) = (0, 0, 0);
+        for p in 0..k {
+            let plane = &self.x[ch * h * w..(ch + 1) * h * w];
+            let (lo, hi) = ranges[kx];
+            for &(jr, oy, ox0, len, d0) in &segs {
+                let seg = &mut out[jr * nr * k + p * nr + d0..][..len];
+                let iy = oy * s + ky;
+                if iy < top || iy - top >= h {
+                    seg.fill(0.0);
+                    continue;
+                }
+                let row = &plane[(iy - top) * w..(iy - top + 1) * w];
+                // Valid part of this segment: ox in a..b.
+                let (a, b) = (lo.max(ox0), hi.min(ox0 + len));
+                if a >= b {
+                    seg.fill(0.0);
+                    continue;
+                }
+                seg[..a - ox0].fill(0.0);
+                seg[b - ox0..].fill(0.0);
+                let ix0 = a * s + kx - left;
+                let valid = &mut seg[a - ox0..b - ox0];
+                if s == 1 {
+                    copy_run(valid, &row[ix0..ix0 + (b - a)]);
+                } else {
+                    for (v, &x) in valid.iter_mut().zip(row[ix0..].iter().step_by(s)) {
+                        *v = x;
                     }
                 }
+            }
+            kx += 1;
+            if kx == kw {
+                kx = 0;
+                ky += 1;
+                if ky == kh {
+                    ky = 0;
+                    ch += 1;
+                }
+            }
+        }
+        // Zero the columns past `nb` in the last panel.
+        let cols = nb - (panels - 1) * nr;
+        if cols < nr {
+            let last = &mut out[(panels - 1) * nr * k..panels * nr * k];
+            for dst in last.chunks_exact_mut(nr) {
                 dst[cols..].fill(0.0);
             }
         }

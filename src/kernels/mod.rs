@@ -92,6 +92,9 @@ pub struct MicroKernel {
     pub name: &'static str,
     pub mr: usize,
     pub nr: usize,
+    /// `k` slice per micro-kernel call: an `A` panel slice (`kc x mr`) and a
+    /// `B` panel slice (`kc x nr`) fit in L1 together.
+    pub kc: usize,
     /// Most columns of C per task (a multiple of `nr`).
     pub nc: usize,
     /// `tile += A panel (kc x mr, packed p-major) * B panel (kc x nr)`.
@@ -250,9 +253,9 @@ fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[off..off + len]
 }
 
-/// `A (m x k)` packed once for one micro-kernel: `ceil(m / mr)` panels, each
-/// `k x mr` stored `p`-major (`panel[p * mr + i]`) and zero-padded to `mr`
-/// rows. The convolutions pack their weights at load, so a forward pass packs
+/// `A (m x k)` packed once for one micro-kernel: `k` cut into slices of
+/// `kc`, each holding `ceil(m / mr)` panels of `kb x mr` stored `p`-major
+/// (`panel[p * mr + i]`), zero-padded to `mr` rows. The convolutions pack their weights at load, so a forward pass packs
 /// only its activations.
 pub struct PackedA {
     kern: &'static MicroKernel,
@@ -275,13 +278,17 @@ impl PackedA {
         k: usize,
     ) -> Result<Self, KernelError> {
         check("A", a.data.len(), m, k, a.ld)?;
-        let mr = kern.mr;
-        let mut data = vec![0f32; m.div_ceil(mr) * mr * k];
+        let (mr, kc) = (kern.mr, kern.kc);
+        let m_pad = m.div_ceil(mr) * mr;
+        let mut data = vec![0f32; m_pad * k];
         for i in 0..m {
             let (ir, r) = (i / mr, i % mr);
-            let panel = &mut data[ir * mr * k..(ir + 1) * mr * k];
             for (p, &v) in a.data[i * a.ld..i * a.ld + k].iter().enumerate() {
-                panel[p * mr + r] = v;
+                // Slice p / kc starts at (p / kc) * kc * m_pad; inside it,
+                // panel ir is kb x mr, p-major.
+                let (s, q) = (p / kc, p % kc);
+                let kb = kc.min(k - s * kc);
+                data[s * kc * m_pad + ir * kb * mr + q * mr + r] = v;
             }
         }
         Ok(Self { kern, m, k, data })
@@ -300,9 +307,11 @@ impl PackedA {
         self.k
     }
 
-    fn panel(&self, ir: usize) -> *const f32 {
-        // SAFETY (for callers): panel ir < ceil(m / mr) lies inside `data`.
-        self.data[ir * self.kern.mr * self.k..].as_ptr()
+    /// Panel `ir` of the `k` slice starting at `p0` (a multiple of `kc`),
+    /// `kb` deep.
+    fn panel(&self, p0: usize, kb: usize, ir: usize) -> *const f32 {
+        let m_pad = self.m.div_ceil(self.kern.mr) * self.kern.mr;
+        self.data[p0 * m_pad + ir * kb * self.kern.mr..].as_ptr()
     }
 }
 
@@ -348,7 +357,7 @@ impl PackB for DenseB<'_> {
             let panel = &mut out[jr * nr * k..(jr + 1) * nr * k];
             for (p, dst) in panel.chunks_exact_mut(nr).enumerate() {
                 let src = &self.b.data[p * self.b.ld + j0 + jr * nr..][..cols];
-                dst[..cols].copy_from_slice(src);
+                im2col::copy_run(&mut dst[..cols], src);
                 dst[cols..].fill(0.0);
             }
         }
@@ -418,8 +427,11 @@ pub fn gemm_packed<B: PackB>(
     }
     let (mr, nr) = (kern.mr, kern.nr);
     let m_panels = m.div_ceil(mr);
-    let nb = (B_BLOCK_FLOATS / k.max(1) / nr * nr).clamp(nr, kern.nc);
-    let n_blocks = n.div_ceil(nb);
+    // Column blocks as wide as fit, then evened out (361 columns run as
+    // 2 x 192, not 352 + 9, so both tasks do as much work).
+    let nb_max = (B_BLOCK_FLOATS / k.max(1) / nr * nr).clamp(nr, kern.nc);
+    let n_blocks = n.div_ceil(nb_max);
+    let nb = n.div_ceil(n_blocks).div_ceil(nr) * nr;
     // Enough tasks for the pool: split the rows into groups of panels only
     // when images x column blocks are too few (each group repacks its B).
     let threads = rayon::current_num_threads();
@@ -443,30 +455,46 @@ pub fn gemm_packed<B: PackB>(
         bs[img].pack(j0, cols_b, nr, pb);
         // SAFETY: image img's C lies inside `data` (checked above).
         let ci = unsafe { c0.add(img * stride) };
-        for ir in mg * group..((mg + 1) * group).min(m_panels) {
-            let rows = mr.min(m - ir * mr);
-            let ap = a.panel(ir);
-            for jr in 0..b_panels {
-                let tile = Tile {
-                    // SAFETY: rows ir*mr.., columns j0+jr*nr.. are inside C.
-                    c: unsafe { ci.add(ir * mr * ldc + j0 + jr * nr) },
-                    ldc,
-                    rows,
-                    cols: nr.min(cols_b - jr * nr),
-                    accumulate,
-                };
-                // SAFETY: the A panel holds k*mr floats and the B panel k*nr
-                // (`pb` is b_panels*nr*k long); the kernel was chosen by
-                // feature detection; the tile belongs to this task only.
-                unsafe { (kern.run)(k, ap, pb.as_ptr().add(jr * nr * k), &tile) };
-            }
-            if let Some(epi) = epilogue {
-                for i in ir * mr..ir * mr + rows {
-                    // SAFETY: this task's block; no other task touches it.
-                    let row =
-                        unsafe { std::slice::from_raw_parts_mut(ci.add(i * ldc + j0), cols_b) };
-                    epi(img, i, j0, row);
+        let panels = mg * group..((mg + 1) * group).min(m_panels);
+        // k in slices of kc: one A panel slice (kc x mr) stays in L1 while
+        // the B panel slices (kc x nr each) stream from L2.
+        let mut p0 = 0;
+        loop {
+            let kb = kern.kc.min(k - p0);
+            let last = p0 + kb >= k;
+            for ir in panels.clone() {
+                let rows = mr.min(m - ir * mr);
+                let ap = a.panel(p0, kb, ir);
+                for jr in 0..b_panels {
+                    let tile = Tile {
+                        // SAFETY: rows ir*mr.., columns j0+jr*nr.. are inside C.
+                        c: unsafe { ci.add(ir * mr * ldc + j0 + jr * nr) },
+                        ldc,
+                        rows,
+                        cols: nr.min(cols_b - jr * nr),
+                        accumulate: accumulate || p0 > 0,
+                    };
+                    // SAFETY: the A panel slice holds kb*mr floats; B panel
+                    // jr holds k*nr floats from which rows p0..p0+kb are
+                    // read (`pb` is b_panels*nr*k long); the kernel was
+                    // chosen by feature detection; the tile is this task's.
+                    unsafe { (kern.run)(kb, ap, pb.as_ptr().add(jr * nr * k + p0 * nr), &tile) };
                 }
+                if last {
+                    if let Some(epi) = epilogue {
+                        for i in ir * mr..ir * mr + rows {
+                            // SAFETY: this task's block; no other task touches it.
+                            let row = unsafe {
+                                std::slice::from_raw_parts_mut(ci.add(i * ldc + j0), cols_b)
+                            };
+                            epi(img, i, j0, row);
+                        }
+                    }
+                }
+            }
+            p0 += kb;
+            if last {
+                break;
             }
         }
         PACK.with(|p| *p.borrow_mut() = buf);

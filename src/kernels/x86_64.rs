@@ -90,6 +90,9 @@ static AVX512_14X32: MicroKernel = MicroKernel {
     name: "x86_64_avx512_sgemm_f32_14x32",
     mr: AVX512_MR,
     nr: AVX512_NR,
+    // A slice 192 x 14 x 4 B = 10.5 KiB + B slice 192 x 32 x 4 B = 24 KiB
+    // in a 48 KiB L1d.
+    kc: 512,
     nc: 16 * AVX512_NR,
     run: x86_64_avx512_sgemm_f32_14x32,
 };
@@ -165,6 +168,7 @@ static AVX2_6X16: MicroKernel = MicroKernel {
     name: "x86_64_avx2_sgemm_f32_6x16",
     mr: AVX2_MR,
     nr: AVX2_NR,
+    kc: 256,
     nc: 16 * AVX2_NR,
     run: x86_64_avx2_sgemm_f32_6x16,
 };

@@ -1,0 +1,151 @@
+//! Images per second of one backbone's forward pass in `runner`, on real
+//! images: the runner side of `bench/side_by_side.py`, which runs this and
+//! onnxruntime alternately on the same images and prints the ratios.
+//!
+//! `cargo bench --bench extract_rate -- ARCH WEIGHTS IMAGES_DIR [--batch 8]
+//! [--seconds 10] [--threads 2]`
+//!
+//! The first `batch` JPEGs of `IMAGES_DIR` (sorted by name) are decoded and
+//! resized (Pillow BOX, as `runner` does by default) once, untimed; then one
+//! warm-up pass and as many timed passes as fit in `--seconds`. Prints one
+//! JSON line.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use runner::data::image::{decode_rgb, resize};
+use runner::models::{self, Arch};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct Args {
+    arch: Arch,
+    weights: PathBuf,
+    images: PathBuf,
+    batch: usize,
+    seconds: f64,
+    threads: usize,
+}
+
+fn parse() -> Result<Args, String> {
+    // `cargo bench` adds `--bench`; every other `--name` takes a value.
+    let mut pos = Vec::new();
+    let (mut batch, mut seconds, mut threads) = (8usize, 10f64, 2usize);
+    let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--batch" => {
+                batch = value("--batch")?
+                    .parse()
+                    .map_err(|e| format!("--batch: {e}"))?
+            }
+            "--seconds" => {
+                seconds = value("--seconds")?
+                    .parse()
+                    .map_err(|e| format!("--seconds: {e}"))?
+            }
+            "--threads" => {
+                threads = value("--threads")?
+                    .parse()
+                    .map_err(|e| format!("--threads: {e}"))?
+            }
+            _ if a.starts_with("--") => return Err(format!("unknown option {a}")),
+            _ => pos.push(a),
+        }
+    }
+    let [arch, weights, images] = <[String; 3]>::try_from(pos).map_err(|_| {
+        "usage: extract_rate ARCH WEIGHTS IMAGES_DIR [--batch N] [--seconds S] [--threads T]"
+    })?;
+    let arch = match arch.as_str() {
+        "xception" => Arch::Xception,
+        "inception_v3" => Arch::InceptionV3,
+        "efficientnet_lite0" => Arch::EfficientnetLite0,
+        a => return Err(format!("unknown arch {a}")),
+    };
+    Ok(Args {
+        arch,
+        weights: weights.into(),
+        images: images.into(),
+        batch: batch.max(1),
+        seconds,
+        threads: threads.max(1),
+    })
+}
+
+/// The first `n` JPEGs of `dir`, decoded, resized and preprocessed as NCHW.
+fn input(dir: &Path, n: usize, arch: Arch) -> Result<Tensor, String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
+        .collect();
+    files.sort();
+    if files.len() < n {
+        return Err(format!(
+            "{}: {} JPEGs, need {n}",
+            dir.display(),
+            files.len()
+        ));
+    }
+    let cfg = arch.pretrained_cfg();
+    let (s, so) = (cfg.input_size, cfg.preprocess.scale_offset());
+    let mut data = vec![0f32; n * 3 * s * s];
+    for (path, out) in files.iter().zip(data.chunks_exact_mut(3 * s * s)) {
+        let img = decode_rgb(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let img = resize(&img, s, s, runner::spec::Resize::Box);
+        for (i, p) in img.pixels.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                out[c * s * s + i] = p[c] as f32 * so[c].0 + so[c].1;
+            }
+        }
+    }
+    Tensor::from_vec(data, (n, 3, s, s), &Device::Cpu).map_err(|e| e.to_string())
+}
+
+fn run(a: &Args) -> Result<f64, String> {
+    let x = input(&a.images, a.batch, a.arch)?;
+    let model = models::load(a.arch, &a.weights, &Device::Cpu).map_err(|e| e.to_string())?;
+    model.forward_features(&x).map_err(|e| e.to_string())?;
+    let (mut n, start) = (0usize, Instant::now());
+    while start.elapsed().as_secs_f64() < a.seconds {
+        model.forward_features(&x).map_err(|e| e.to_string())?;
+        n += 1;
+    }
+    Ok((n * a.batch) as f64 / start.elapsed().as_secs_f64())
+}
+
+fn main() {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    runner::alloc::keep_freed_memory();
+    // As `runner --threads N`: one rayon pool, candle's own pool at 1.
+    std::env::set_var("CANDLE_NUM_THREADS", "1");
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build_global()
+    {
+        eprintln!("cannot start the thread pool: {e}");
+        std::process::exit(1);
+    }
+    match run(&args) {
+        Ok(ips) => println!(
+            "{{\"runtime\": \"runner {}\", \"model\": \"{}\", \"batch\": {}, \"threads\": {}, \"images_per_s\": {ips:.3}}}",
+            env!("CARGO_PKG_VERSION"),
+            args.arch.name(),
+            args.batch,
+            args.threads
+        ),
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
+}
