@@ -8,14 +8,14 @@
 //! The first `batch` JPEGs of `IMAGES_DIR` (sorted by name) are decoded and
 //! resized (Pillow BOX, as `runner` does by default) once, untimed; then one
 //! warm-up pass and as many timed passes as fit in `--seconds`. Prints one
-//! JSON line.
+//! JSON line (and with `RUNNER_PROFILE=1` the per-op table on stderr).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use runner::data::image::{decode_rgb, resize};
-use runner::models::{self, Arch};
+use runner::models::{self, profile, Arch};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -109,12 +109,17 @@ fn run(a: &Args) -> Result<f64, String> {
     let x = input(&a.images, a.batch, a.arch)?;
     let model = models::load(a.arch, &a.weights, &Device::Cpu).map_err(|e| e.to_string())?;
     model.forward_features(&x).map_err(|e| e.to_string())?;
+    profile::take();
     let (mut n, start) = (0usize, Instant::now());
     while start.elapsed().as_secs_f64() < a.seconds {
         model.forward_features(&x).map_err(|e| e.to_string())?;
         n += 1;
     }
-    Ok((n * a.batch) as f64 / start.elapsed().as_secs_f64())
+    let ips = (n * a.batch) as f64 / start.elapsed().as_secs_f64();
+    if profile::enabled() {
+        eprintln!("{}", profile::table(&profile::take()));
+    }
+    Ok(ips)
 }
 
 fn main() {

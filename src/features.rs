@@ -4,7 +4,8 @@
 //! one pass over the images: each chunk of images is decoded once, resized
 //! once per input size, and fed to every backbone that still needs it, in
 //! both views. Finished chunks are written to the cache as they complete, so
-//! an interrupted extraction resumes at the first missing chunk.
+//! an interrupted extraction resumes at the first missing chunk. Decoding and
+//! resizing run on their own thread, one chunk ahead of the backbones.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
@@ -52,7 +53,8 @@ pub struct Features {
     /// Stages served from the cache / computed in this run.
     pub cached: usize,
     pub computed: usize,
-    /// Seconds spent decoding+resizing and in the backbones.
+    /// Seconds spent decoding+resizing (on the decoder thread, overlapped
+    /// with the backbones) and in the backbones.
     pub decode_seconds: f64,
     pub forward_seconds: f64,
 }
@@ -213,6 +215,33 @@ fn split_items(data: &Dataset, split: Split) -> &[Item] {
     }
 }
 
+/// One chunk decoded and resized to every input size its stages need.
+struct Prepared {
+    images: HashMap<(usize, Resize), Vec<RgbImage>>,
+    seconds: f64,
+}
+
+/// Decodes `chunk` and resizes it to `sizes` (on the decoder thread: one
+/// core's worth, beside the backbones on the rayon pool).
+fn prepare(chunk: &[Item], sizes: &BTreeSet<(usize, Resize)>) -> Result<Prepared, FeatureError> {
+    let started = Instant::now();
+    let mut images: HashMap<(usize, Resize), Vec<RgbImage>> = sizes
+        .iter()
+        .map(|&k| (k, Vec::with_capacity(chunk.len())))
+        .collect();
+    for item in chunk {
+        let img = decode_rgb(&item.path)?;
+        for &(size, filter) in sizes {
+            let v = images.get_mut(&(size, filter)).expect("one entry per size");
+            v.push(resize(&img, size, size, filter));
+        }
+    }
+    Ok(Prepared {
+        images,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
 /// Computes `stages` (all of one split) chunk by chunk, reusing chunks an
 /// interrupted run left behind; returns one matrix per stage.
 #[allow(clippy::too_many_arguments)]
@@ -246,100 +275,115 @@ fn extract_split(
             .collect::<Vec<_>>()
             .join(" "),
     );
-    let mut resumed = 0usize;
-    for (c, chunk) in items.chunks(CHUNK_IMAGES).enumerate() {
-        // What earlier runs already finished of this chunk.
-        let first_row = c * CHUNK_IMAGES;
-        let mut have: Vec<Option<Matrix>> = stages
-            .iter()
-            .map(|s| {
-                cache.chunk(
-                    &s.key,
-                    first_row,
-                    chunk.len(),
-                    nets[&s.backbone].num_features(),
-                )
-            })
-            .collect();
-        if have.iter().all(Option::is_some) {
-            resumed += 1;
-            for (dst, m) in chunks_per_stage.iter_mut().zip(have) {
-                dst.push(m.expect("checked"));
+    // What earlier runs already finished of each chunk.
+    let chunks: Vec<&[Item]> = items.chunks(CHUNK_IMAGES).collect();
+    let mut haves: Vec<Vec<Option<Matrix>>> = chunks
+        .iter()
+        .enumerate()
+        .map(|(c, chunk)| {
+            stages
+                .iter()
+                .map(|s| {
+                    let cols = nets[&s.backbone].num_features();
+                    cache.chunk(&s.key, c * CHUNK_IMAGES, chunk.len(), cols)
+                })
+                .collect()
+        })
+        .collect();
+    // Per chunk, the input sizes its missing stages need (empty: resumed).
+    let sizes: Vec<BTreeSet<(usize, Resize)>> = haves
+        .iter()
+        .map(|have| {
+            stages
+                .iter()
+                .zip(have)
+                .filter(|(_, h)| h.is_none())
+                .map(|(s, _)| {
+                    let bb = &spec.backbones[s.backbone];
+                    (bb.input_size, bb.resize)
+                })
+                .collect()
+        })
+        .collect();
+    let resumed = sizes.iter().filter(|s| s.is_empty()).count();
+
+    // Two-stage pipeline: a decoder thread decodes and resizes the next chunk
+    // while the backbones run on this one (on the rayon pool). The channel
+    // holds one chunk, so at most two are in memory.
+    std::thread::scope(|scope| -> Result<(), FeatureError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared, FeatureError>>(1);
+        let (chunks_ref, sizes_ref) = (&chunks, &sizes);
+        scope.spawn(move || {
+            for (chunk, sizes) in chunks_ref.iter().zip(sizes_ref) {
+                if sizes.is_empty() {
+                    continue;
+                }
+                let prepared = prepare(chunk, sizes);
+                let failed = prepared.is_err();
+                // A closed channel means the consumer stopped (it failed).
+                if tx.send(prepared).is_err() || failed {
+                    return;
+                }
             }
-            progress.inc(chunk.len() as u64);
-            continue;
-        }
-
-        let started = Instant::now();
-        let decoded = chunk
-            .par_iter()
-            .map(|item| decode_rgb(&item.path))
-            .collect::<Result<Vec<_>, _>>()?;
-        let sizes: BTreeSet<(usize, Resize)> = stages
-            .iter()
-            .zip(&have)
-            .filter(|(_, h)| h.is_none())
-            .map(|(s, _)| {
-                let bb = &spec.backbones[s.backbone];
-                (bb.input_size, bb.resize)
-            })
-            .collect();
-        let resized: HashMap<(usize, Resize), Vec<RgbImage>> = sizes
-            .into_iter()
-            .map(|(size, filter)| {
-                let imgs = decoded
-                    .par_iter()
-                    .map(|img| resize(img, size, size, filter))
-                    .collect();
-                ((size, filter), imgs)
-            })
-            .collect();
-        drop(decoded);
-        out.decode_seconds += started.elapsed().as_secs_f64();
-
-        let started = Instant::now();
-        // Batch by batch, every stage that still needs this chunk, so the
-        // progress bar moves per batch.
-        let todo: Vec<usize> = (0..stages.len()).filter(|&i| have[i].is_none()).collect();
-        let mut data: Vec<Vec<f32>> = todo.iter().map(|_| Vec::new()).collect();
-        let batch_size = spec.extract.batch_size;
-        for first in (0..chunk.len()).step_by(batch_size) {
-            let last = (first + batch_size).min(chunk.len());
-            for (slot, &i) in todo.iter().enumerate() {
+        });
+        for (c, chunk) in chunks.iter().enumerate() {
+            let have = &mut haves[c];
+            if sizes[c].is_empty() {
+                progress.inc(chunk.len() as u64);
+                continue;
+            }
+            let prepared = rx
+                .recv()
+                .expect("the decoder sends every chunk or an error")?;
+            out.decode_seconds += prepared.seconds;
+            let resized = prepared.images;
+            let started = Instant::now();
+            // Batch by batch, every stage that still needs this chunk, so the
+            // progress bar moves per batch.
+            let todo: Vec<usize> = (0..stages.len()).filter(|&i| have[i].is_none()).collect();
+            let mut data: Vec<Vec<f32>> = todo.iter().map(|_| Vec::new()).collect();
+            let batch_size = spec.extract.batch_size;
+            for first in (0..chunk.len()).step_by(batch_size) {
+                let last = (first + batch_size).min(chunk.len());
+                for (slot, &i) in todo.iter().enumerate() {
+                    let stage = stages[i];
+                    let bb = &spec.backbones[stage.backbone];
+                    let net = &nets[&stage.backbone];
+                    let batch: Vec<&RgbImage> = resized[&(bb.input_size, bb.resize)][first..last]
+                        .iter()
+                        .collect();
+                    let forward = || -> candle_core::Result<Vec<f32>> {
+                        let x = input_tensor(&batch, bb, stage.view, device)?;
+                        net.forward_features(&x)?.flatten_all()?.to_vec1::<f32>()
+                    };
+                    let feats = forward().map_err(|source| FeatureError::Forward {
+                        arch: bb.arch.name(),
+                        first: chunk[first].id.clone(),
+                        last: chunk[last - 1].id.clone(),
+                        source: Box::new(source),
+                    })?;
+                    data[slot].extend(feats);
+                }
+                progress.inc((last - first) as u64);
+            }
+            for (&i, data) in todo.iter().zip(data) {
                 let stage = stages[i];
-                let bb = &spec.backbones[stage.backbone];
-                let net = &nets[&stage.backbone];
-                let batch: Vec<&RgbImage> = resized[&(bb.input_size, bb.resize)][first..last]
-                    .iter()
-                    .collect();
-                let forward = || -> candle_core::Result<Vec<f32>> {
-                    let x = input_tensor(&batch, bb, stage.view, device)?;
-                    net.forward_features(&x)?.flatten_all()?.to_vec1::<f32>()
-                };
-                let feats = forward().map_err(|source| FeatureError::Forward {
-                    arch: bb.arch.name(),
-                    first: chunk[first].id.clone(),
-                    last: chunk[last - 1].id.clone(),
-                    source: Box::new(source),
-                })?;
-                data[slot].extend(feats);
+                let m = Matrix::new(chunk.len(), nets[&stage.backbone].num_features(), data);
+                cache
+                    .put_chunk(&stage.key, c * CHUNK_IMAGES, &m)
+                    .map_err(|source| FeatureError::CacheWrite {
+                        path: cache.root().display().to_string(),
+                        source,
+                    })?;
+                have[i] = Some(m);
             }
-            progress.inc((last - first) as u64);
+            out.forward_seconds += started.elapsed().as_secs_f64();
         }
-        for (&i, data) in todo.iter().zip(data) {
-            let stage = stages[i];
-            let m = Matrix::new(chunk.len(), nets[&stage.backbone].num_features(), data);
-            cache
-                .put_chunk(&stage.key, first_row, &m)
-                .map_err(|source| FeatureError::CacheWrite {
-                    path: cache.root().display().to_string(),
-                    source,
-                })?;
-            have[i] = Some(m);
-        }
-        out.forward_seconds += started.elapsed().as_secs_f64();
+        Ok(())
+    })?;
+    for have in haves {
         for (dst, m) in chunks_per_stage.iter_mut().zip(have) {
-            dst.push(m.expect("computed"));
+            dst.push(m.expect("computed or resumed"));
         }
     }
     progress.finish();

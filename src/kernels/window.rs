@@ -43,9 +43,16 @@ impl Clamp {
         hi: f32::INFINITY,
     };
 
+    /// Compare-and-select rather than `f32::max` / `min`, whose NaN rules
+    /// keep LLVM from vectorising the loops this sits in (NaN maps to `lo`).
     #[inline(always)]
-    fn apply(self, v: f32) -> f32 {
-        v.max(self.lo).min(self.hi)
+    pub fn apply(self, v: f32) -> f32 {
+        let v = if v > self.lo { v } else { self.lo };
+        if v < self.hi {
+            v
+        } else {
+            self.hi
+        }
     }
 }
 
