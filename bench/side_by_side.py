@@ -78,7 +78,7 @@ def main():
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--images", default=os.path.join(SHARED, "data", "woof-dev", "train"))
     ap.add_argument("--onnx-dir", default=os.path.join(ROOT, "bench", "onnx"))
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "side_by_side.jsonl"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "side_by_side.jsonl"))
     a = ap.parse_args()
 
     import onnx  # noqa: F401  (fail early if the venv lacks it)
@@ -101,6 +101,7 @@ def main():
         inputs[m] = (os.path.join(SHARED, "models", weights), onnx_path, npy)
 
     results = {}
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as log:
         for r in range(a.rounds):
             for m in a.models:
