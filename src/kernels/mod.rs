@@ -1,9 +1,12 @@
 //! Compute kernels of our own where candle's are slow: a single-precision
-//! GEMM for the dense convolutions of the backbones.
+//! GEMM for the dense convolutions of the backbones ([`gemm_packed`],
+//! [`im2col`]) and sliding-window kernels for depthwise convolution and
+//! pooling ([`window`]).
 //!
-//! candle 0.11's f32 matmul (the `gemm` crate) reaches 30-50 GFLOP/s of the
-//! ~200 GFLOP/s that two Zen 4 cores peak at, and ~13 GFLOP/s on InceptionV3's
-//! narrow shapes (`DESIGN.md`); the convolutions spend most of their time there.
+//! candle 0.11's f32 matmul (the `gemm` crate) reaches 30-50 GFLOP/s on
+//! these machines and ~13 GFLOP/s on InceptionV3's narrow shapes
+//! (`DESIGN.md`); ours runs the same shapes at 150-275 GFLOP/s on two cores
+//! (`BENCHMARKS.md`).
 //!
 //! Layout follows tract-linalg: [`generic`] holds the scalar reference every
 //! SIMD path is tested against (and a portable micro-kernel), `x86_64` holds
@@ -11,20 +14,23 @@
 //! time (cached; nothing is logged on the hot path, [`best`]`().name` says
 //! which was chosen).
 //!
-//! The driver is BLIS-style, for row-major `C (m x n) = A (m x k) * B (k x n)`:
-//! - each rayon task owns one `mc x nc` block of C (so results never depend on
-//!   the thread count: `k` is never split across tasks and is always summed
-//!   in order);
-//! - inside a task, `k` runs in `kc` slices; the `B` slice (`kc x nc`, L2) is
-//!   packed into `nr`-wide column panels, the `A` slice (`mc x kc`) into
-//!   `mr`-tall row panels (one `mr x kc` panel, ~14 KiB, stays in L1 while the
-//!   micro-kernel walks every `B` panel of the block);
+//! The driver is BLIS-style, for row-major `C (m x n) = A (m x k) * B (k x n)`
+//! per image:
+//! - `A` (the convolution's weights) is packed once, at load, into `mr`-tall
+//!   row panels in `k` slices of `kc` ([`PackedA`]);
+//! - each rayon task owns one block of one image's C: a group of `A` panels
+//!   by `nb` columns, `nb` as wide as fits the packed `B` block (`k x nb`) in
+//!   L2; it packs that block once ([`PackB`]: a dense matrix, or a
+//!   convolution input through an implicit im2col) and runs every `A` panel
+//!   against every `B` panel of it. `k` is never split across tasks and is
+//!   always summed in order, so results never depend on the thread count;
 //! - the micro-kernel keeps an `mr x nr` tile of C in registers and broadcasts
 //!   one `A` value against `nr / lanes` vectors of `B` per step;
 //! - edges: panels are zero-padded when packed, and the micro-kernel stores
 //!   only the valid `rows x cols` of its tile (masked stores on x86_64);
-//! - an optional epilogue runs on each finished block row while it is still in
-//!   cache (the convolutions fuse bias, activation and residual there).
+//! - an optional epilogue runs on each finished row of the block while it is
+//!   still in cache (the convolutions fuse bias, activation and residual
+//!   there).
 
 use std::cell::RefCell;
 use std::sync::OnceLock;

@@ -373,3 +373,118 @@ unsafe fn block_avx512(
         _mm512_storeu_ps(d.add(16 * i), *a);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::rng::uniform_vec as rand_vec;
+
+    /// The op, one output at a time, straight from its definition.
+    fn naive(op: &Window<'_>, x: &[f32], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<f32> {
+        let (oh, ow) = op.out_size((h, w)).expect("fits");
+        let (kh, kw) = op.kernel;
+        let (t, _, l, _) = op.pad;
+        let mut out = Vec::new();
+        for p in 0..n * c {
+            let ch = p % c;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (mut acc, mut max, mut count) = (0f32, f32::NEG_INFINITY, 0);
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let iy = (oy * op.stride + ky) as isize - t as isize;
+                            let ix = (ox * op.stride + kx) as isize - l as isize;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            let v = op
+                                .in_act
+                                .apply(x[p * h * w + iy as usize * w + ix as usize]);
+                            count += 1;
+                            max = max.max(v);
+                            acc += match op.kind {
+                                WindowKind::Depthwise { weights, .. } => {
+                                    v * weights[(ch * kh + ky) * kw + kx]
+                                }
+                                _ => v,
+                            };
+                        }
+                    }
+                    let v = match op.kind {
+                        WindowKind::Depthwise { bias, .. } => acc + bias[ch],
+                        WindowKind::Max => max,
+                        WindowKind::AvgExcludePad => acc / count as f32,
+                    };
+                    out.push(op.out_act.apply(v));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_window_op_matches_its_definition() {
+        let relu6 = Clamp { lo: 0.0, hi: 6.0 };
+        let relu = Clamp {
+            lo: 0.0,
+            hi: f32::INFINITY,
+        };
+        // (n, c, h, w), kernel, stride, (top, bottom, left, right)
+        let shapes = [
+            ((2, 3, 19, 19), (3, 3), 1, (1, 1, 1, 1)),
+            ((1, 2, 70, 67), (3, 3), 2, (0, 1, 0, 1)),
+            ((1, 2, 35, 35), (3, 3), 2, (0, 0, 0, 0)),
+            ((2, 2, 17, 17), (5, 5), 1, (2, 2, 2, 2)),
+            ((1, 3, 29, 30), (5, 5), 2, (1, 2, 1, 2)),
+            ((1, 1, 8, 8), (3, 3), 1, (1, 1, 1, 1)),
+        ];
+        for (i, &(dims, kernel, stride, pad)) in shapes.iter().enumerate() {
+            let (n, c, h, w) = dims;
+            let x: Vec<f32> = rand_vec(n * c * h * w, 40 + i as u64)
+                .iter()
+                .map(|v| 8.0 * v)
+                .collect();
+            let weights = rand_vec(c * kernel.0 * kernel.1, 60 + i as u64);
+            let bias = rand_vec(c, 80 + i as u64);
+            let kinds = [
+                (
+                    WindowKind::Depthwise {
+                        weights: &weights,
+                        bias: &bias,
+                    },
+                    relu,
+                    relu6,
+                ),
+                (
+                    WindowKind::Depthwise {
+                        weights: &weights,
+                        bias: &bias,
+                    },
+                    Clamp::NONE,
+                    Clamp::NONE,
+                ),
+                (WindowKind::Max, Clamp::NONE, Clamp::NONE),
+                (WindowKind::AvgExcludePad, Clamp::NONE, Clamp::NONE),
+            ];
+            for (kind, in_act, out_act) in kinds {
+                let op = Window {
+                    kind,
+                    kernel,
+                    stride,
+                    pad,
+                    in_act,
+                    out_act,
+                };
+                let want = naive(&op, &x, dims);
+                let mut got = vec![f32::NAN; want.len()];
+                op.run(&x, dims, &mut got);
+                for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                        "shape {i}, {kind:?}: output {j}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}

