@@ -41,18 +41,21 @@ fn main() {
     }
     // `cargo bench` passes `--bench`; `peak`, `gemm` and `backbones` select
     // parts (default: all), backbone names select backbones.
-    const PARTS: [&str; 3] = ["peak", "gemm", "backbones"];
+    const PARTS: [&str; 4] = ["peak", "gemm", "backbones", "tune"];
     let parts: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| PARTS.contains(&a.as_str()))
         .collect();
-    let want = |p: &str| parts.is_empty() || parts.iter().any(|a| a == p);
+    let want = |p: &str| parts.is_empty() && p != "tune" || parts.iter().any(|a| a == p);
     println!("threads: {threads}, kernel: {}", kernels::best().name);
     if want("peak") {
         peak();
     }
     if want("gemm") {
         gemm();
+    }
+    if want("tune") {
+        tune();
     }
     if want("backbones") {
         backbones();
@@ -195,6 +198,98 @@ fn gemm() {
             "{name:<34} {m:>5} {n:>6} {k:>5} {g_ours:>8.1} {g_theirs:>8.1} {:>5.2}x  (max |diff| {max_diff:.1e})",
             g_ours / g_theirs
         );
+    }
+}
+
+/// `tune` (only when named): GEMM GFLOP/s on real shapes at 8 images per
+/// call (as the convolutions run it) under other blockings (`kc`, `nc`, B
+/// block floats), alternating, best of 5 rounds.
+fn tune() {
+    let variants: [(&str, kernels::Tuning); 6] = [
+        ("default", kernels::Tuning::default()),
+        (
+            "kc256",
+            kernels::Tuning {
+                kc: Some(256),
+                ..Default::default()
+            },
+        ),
+        (
+            "kc1024",
+            kernels::Tuning {
+                kc: Some(1024),
+                ..Default::default()
+            },
+        ),
+        (
+            "B128K",
+            kernels::Tuning {
+                b_block_floats: Some(128 * 1024),
+                ..Default::default()
+            },
+        ),
+        (
+            "B64K",
+            kernels::Tuning {
+                b_block_floats: Some(64 * 1024),
+                ..Default::default()
+            },
+        ),
+        (
+            "nc256",
+            kernels::Tuning {
+                nc: Some(256),
+                ..Default::default()
+            },
+        ),
+    ];
+    println!("\n== tune: GFLOP/s, 8 images per call ==");
+    let head: Vec<String> = variants.iter().map(|(n, _)| format!("{n:>8}")).collect();
+    println!("{:<34} {}", "shape", head.join(" "));
+    const IMAGES: usize = 8;
+    for (i, &(name, m, n, k)) in GEMM_SHAPES.iter().enumerate() {
+        let a = rand_vec(m * k, 2 * i as u64 + 1);
+        let b = rand_vec(IMAGES * k * n, 2 * i as u64 + 2);
+        let flop = 2.0 * (IMAGES * m * n * k) as f64;
+        let reps = ((4e9 / flop) as usize).clamp(1, 500);
+        let mut c = vec![0f32; IMAGES * m * n];
+        let dense: Vec<DenseB> = b
+            .chunks_exact(k * n)
+            .filter_map(|bi| DenseB::new(MatRef { data: bi, ld: n }, k, n).ok())
+            .collect();
+        let packed: Vec<PackedA> = variants
+            .iter()
+            .filter_map(|(_, t)| {
+                kernels::set_tuning(*t);
+                PackedA::best(MatRef { data: &a, ld: k }, m, k).ok()
+            })
+            .collect();
+        let mut best_t = vec![f64::INFINITY; variants.len()];
+        for _ in 0..5 {
+            for ((_, t), (pa, bt)) in variants.iter().zip(packed.iter().zip(best_t.iter_mut())) {
+                kernels::set_tuning(*t);
+                let start = Instant::now();
+                for _ in 0..reps {
+                    let out = Output {
+                        data: &mut c,
+                        ld: n,
+                        image_stride: m * n,
+                        accumulate: false,
+                    };
+                    if let Err(e) = kernels::gemm_packed(pa, &dense, out, None) {
+                        println!("{name}: {e}");
+                        return;
+                    }
+                }
+                *bt = bt.min(start.elapsed().as_secs_f64() / reps as f64);
+            }
+        }
+        kernels::set_tuning(kernels::Tuning::default());
+        let g: Vec<String> = best_t
+            .iter()
+            .map(|t| format!("{:>8.1}", flop / t / 1e9))
+            .collect();
+        println!("{name:<34} {}", g.join(" "));
     }
 }
 

@@ -267,6 +267,8 @@ pub struct PackedA {
     kern: &'static MicroKernel,
     m: usize,
     k: usize,
+    /// The `k` slice the panels were packed in.
+    kc: usize,
     data: Vec<f32>,
 }
 
@@ -284,7 +286,7 @@ impl PackedA {
         k: usize,
     ) -> Result<Self, KernelError> {
         check("A", a.data.len(), m, k, a.ld)?;
-        let (mr, kc) = (kern.mr, kern.kc);
+        let (mr, kc) = (kern.mr, tuning().kc.unwrap_or(kern.kc).max(1));
         let m_pad = m.div_ceil(mr) * mr;
         let mut data = vec![0f32; m_pad * k];
         for i in 0..m {
@@ -297,7 +299,13 @@ impl PackedA {
                 data[s * kc * m_pad + ir * kb * mr + q * mr + r] = v;
             }
         }
-        Ok(Self { kern, m, k, data })
+        Ok(Self {
+            kern,
+            m,
+            k,
+            kc,
+            data,
+        })
     }
 
     /// With the best kernel for this CPU.
@@ -381,6 +389,31 @@ pub struct Output<'a> {
     pub accumulate: bool,
 }
 
+/// Blocking overrides for benchmarks (`cargo bench --bench backbones --
+/// tune`): `None` keeps the kernel's defaults. Not for production use: set
+/// it before packing any weights.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tuning {
+    pub kc: Option<usize>,
+    pub nc: Option<usize>,
+    pub b_block_floats: Option<usize>,
+}
+
+static TUNING: std::sync::Mutex<Tuning> = std::sync::Mutex::new(Tuning {
+    kc: None,
+    nc: None,
+    b_block_floats: None,
+});
+
+#[doc(hidden)]
+pub fn set_tuning(t: Tuning) {
+    *TUNING.lock().unwrap_or_else(|e| e.into_inner()) = t;
+}
+
+fn tuning() -> Tuning {
+    *TUNING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Floats of packed `B` one task keeps (~1 MiB: half of a 2 MiB L2, which
 /// also holds the `A` panel being streamed).
 const B_BLOCK_FLOATS: usize = 256 * 1024;
@@ -435,7 +468,9 @@ pub fn gemm_packed<B: PackB>(
     let m_panels = m.div_ceil(mr);
     // Column blocks as wide as fit, then evened out (361 columns run as
     // 2 x 192, not 352 + 9, so both tasks do as much work).
-    let nb_max = (B_BLOCK_FLOATS / k.max(1) / nr * nr).clamp(nr, kern.nc);
+    let t = tuning();
+    let budget = t.b_block_floats.unwrap_or(B_BLOCK_FLOATS);
+    let nb_max = (budget / k.max(1) / nr * nr).clamp(nr, t.nc.unwrap_or(kern.nc));
     let n_blocks = n.div_ceil(nb_max);
     let nb = n.div_ceil(n_blocks).div_ceil(nr) * nr;
     // Enough tasks for the pool: split the rows into groups of panels only
@@ -466,7 +501,7 @@ pub fn gemm_packed<B: PackB>(
         // the B panel slices (kc x nr each) stream from L2.
         let mut p0 = 0;
         loop {
-            let kb = kern.kc.min(k - p0);
+            let kb = a.kc.min(k - p0);
             let last = p0 + kb >= k;
             for ir in panels.clone() {
                 let rows = mr.min(m - ir * mr);

@@ -112,15 +112,21 @@ impl MbConv {
         })
     }
 
+    /// The depthwise convolution runs inside the projection's GEMM packing.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let expanded;
         let y = match &self.expand {
-            Some(e) => self.depthwise.forward(&e.forward(x)?)?, // (N, C*6, H/s, W/s)
-            None => self.depthwise.forward(x)?,                 // (N, C, H/s, W/s)
+            Some(e) => {
+                expanded = e.forward(x)?; // (N, C*6, H, W)
+                &expanded
+            }
+            None => x,
         };
+        let (dw, project) = (&self.depthwise, &self.project);
         if self.skip {
-            self.project.forward_add(&y, x) // (N, C_out, H, W)
+            project.forward_after_depthwise_add(dw, y, x) // (N, C_out, H, W)
         } else {
-            self.project.forward(&y) // (N, C_out, H/s, W/s)
+            project.forward_after_depthwise(dw, y) // (N, C_out, H/s, W/s)
         }
     }
 }
