@@ -73,35 +73,12 @@ pub struct Window<'a> {
     pub out_act: Clamp,
 }
 
-/// Per-thread buffers of [`plane`].
-struct Scratch {
-    /// The padded input rows.
-    pad: Vec<f32>,
-    /// Their column phases (strided ops).
-    phases: Vec<f32>,
-    /// Results of the kept runs.
-    acc: Vec<f32>,
-    /// Per tap, its read offset.
-    offsets: Vec<usize>,
-}
-
-impl Scratch {
-    const fn new() -> Self {
-        Self {
-            pad: Vec::new(),
-            phases: Vec::new(),
-            acc: Vec::new(),
-            offsets: Vec::new(),
-        }
-    }
-}
-
 /// Floats computed per inner block: four 512-bit or eight 256-bit registers.
 const BLOCK: usize = 64;
 
 thread_local! {
     /// Padded plane and stride-1 results, reused on each worker thread.
-    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch::new()) };
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 impl Window<'_> {
@@ -136,9 +113,9 @@ impl Window<'_> {
             .for_each(|(p, o)| {
                 let ch = p % c;
                 SCRATCH.with(|s| {
-                    let sc = &mut *s.borrow_mut();
+                    let (pad, acc) = &mut *s.borrow_mut();
                     let plane = &x[p * h * w..(p + 1) * h * w];
-                    isa.plane(self, ch, plane, (h, w), o, (ow, (0, oh)), sc);
+                    isa.plane(self, ch, plane, (h, w), o, (ow, (0, oh)), pad, acc);
                 })
             });
     }
@@ -231,13 +208,21 @@ impl PackB for DepthwiseB<'_> {
         ROWS.with(|rows| {
             SCRATCH.with(|s| {
                 let rows = &mut *rows.borrow_mut();
-                let sc = &mut *s.borrow_mut();
+                let (pad, acc) = &mut *s.borrow_mut();
                 rows.clear();
                 rows.resize((oy1 - oy0) * ow, 0.0);
                 for ch in 0..c {
                     let plane = &self.x[ch * h * w..(ch + 1) * h * w];
-                    self.isa
-                        .plane(&self.op, ch, plane, (h, w), rows, (ow, (oy0, oy1)), sc);
+                    self.isa.plane(
+                        &self.op,
+                        ch,
+                        plane,
+                        (h, w),
+                        rows,
+                        (ow, (oy0, oy1)),
+                        pad,
+                        acc,
+                    );
                     for jr in 0..panels {
                         let cols = nr.min(nb - jr * nr);
                         let dst = &mut out[jr * nr * k + ch * nr..][..nr];
@@ -282,15 +267,16 @@ impl Isa {
         hw: (usize, usize),
         out: &mut [f32],
         rows: (usize, (usize, usize)),
-        sc: &mut Scratch,
+        pad: &mut Vec<f32>,
+        acc: &mut Vec<f32>,
     ) {
         match self {
             // SAFETY: the CPU has the features (detected above).
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { plane_avx512(op, ch, x, hw, out, rows, sc) },
+            Isa::Avx512 => unsafe { plane_avx512(op, ch, x, hw, out, rows, pad, acc) },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { plane_avx2(op, ch, x, hw, out, rows, sc) },
-            Isa::Baseline => plane(op, ch, x, hw, out, rows, sc, false),
+            Isa::Avx2 => unsafe { plane_avx2(op, ch, x, hw, out, rows, pad, acc) },
+            Isa::Baseline => plane(op, ch, x, hw, out, rows, pad, acc, false),
         }
     }
 }
@@ -305,9 +291,10 @@ unsafe fn plane_avx512(
     hw: (usize, usize),
     out: &mut [f32],
     rows: (usize, (usize, usize)),
-    sc: &mut Scratch,
+    pad: &mut Vec<f32>,
+    acc: &mut Vec<f32>,
 ) {
-    plane(op, ch, x, hw, out, rows, sc, true)
+    plane(op, ch, x, hw, out, rows, pad, acc, true)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -320,9 +307,10 @@ unsafe fn plane_avx2(
     hw: (usize, usize),
     out: &mut [f32],
     rows: (usize, (usize, usize)),
-    sc: &mut Scratch,
+    pad: &mut Vec<f32>,
+    acc: &mut Vec<f32>,
 ) {
-    plane(op, ch, x, hw, out, rows, sc, false)
+    plane(op, ch, x, hw, out, rows, pad, acc, false)
 }
 
 /// One plane (inlined into each ISA's copy).
@@ -335,15 +323,10 @@ fn plane(
     (h, w): (usize, usize),
     out: &mut [f32],
     (ow, (oy0, oy1)): (usize, (usize, usize)),
-    sc: &mut Scratch,
+    pad: &mut Vec<f32>,
+    acc: &mut Vec<f32>,
     avx512: bool,
 ) {
-    let Scratch {
-        pad,
-        phases,
-        acc,
-        offsets,
-    } = sc;
     let (kh, kw) = op.kernel;
     let (t, _, l, r) = op.pad;
     let wp = w + l + r;
@@ -377,32 +360,13 @@ fn plane(
         WindowKind::AvgExcludePad => (&[], 0.0),
     };
     let is_max = matches!(op.kind, WindowKind::Max);
-    // Where tap t reads, relative to an output's position in `src`.
-    // Stride 1: the padded rows themselves, flattened, all rows in one run.
-    // Stride s > 1: the padded rows split into s column phases (phase f
-    // holds columns f, f + s, ...), so each kept output row is one run of
-    // contiguous reads per tap and no dropped column is computed.
-    let (src, runs, run_len, run_step): (&[f32], usize, usize, usize) = if s == 1 {
-        offsets.clear();
-        offsets.extend((0..kh * kw).map(|t| (t / kw) * wp + t % kw));
-        (&pad[..], 1, (rows - 1) * wp + ow, 0)
+    // Stride-1 results over the runs of flat positions we keep: all rows
+    // (stride 1), or only rows `oy * s`.
+    let (runs, run_len, run_step) = if s == 1 {
+        (1, (rows - 1) * wp + ow, 0)
     } else {
-        let prows = py1 - py0;
-        let wq = wp.div_ceil(s);
-        let plen = prows * wq;
-        phases.clear();
-        phases.resize(s * plen + BLOCK, fill);
-        for y in 0..prows {
-            for (xq, v) in pad[y * wp..(y + 1) * wp].iter().enumerate() {
-                phases[(xq % s) * plen + y * wq + xq / s] = *v;
-            }
-        }
-        offsets.clear();
-        offsets.extend((0..kh * kw).map(|t| (t % kw % s) * plen + (t / kw) * wq + (t % kw) / s));
-        (&phases[..], rows, ow, s * wq)
+        (rows, (ow - 1) * s + 1, s * wp)
     };
-    let reach = offsets.iter().copied().max().unwrap_or(0) + BLOCK;
-    assert!(is_max || taps.len() == kh * kw || taps.is_empty());
     let padded_len = run_len.div_ceil(BLOCK) * BLOCK;
     acc.clear();
     acc.resize(runs * padded_len, 0.0);
@@ -413,30 +377,38 @@ fn plane(
             .enumerate()
         {
             let start = base + bi * BLOCK;
-            // The furthest tap of this block reads up to `src[start + reach]`.
-            let src = &src[start..start + reach];
+            // The last tap of this block reads up to `pad[end]`.
+            let end = start + (kh - 1) * wp + kw - 1 + BLOCK;
+            assert!(end <= pad.len() && (is_max || taps.len() == kh * kw || taps.is_empty()));
             #[cfg(target_arch = "x86_64")]
             if avx512 {
                 // SAFETY: AVX-512F was detected by the caller that passed
-                // `avx512`; every read is at an offset below `reach`
-                // (`src` is that long), the block writes `dst`'s BLOCK
-                // floats.
+                // `avx512`; every read lies below `end <= pad.len()`, the
+                // block writes `dst`'s BLOCK floats.
                 unsafe {
-                    block_avx512(src, offsets, taps, init, is_max, dst);
+                    block_avx512(&pad[start..end], wp, op.kernel, taps, init, is_max, dst);
                 }
                 continue;
             }
             let mut v = [init; BLOCK];
-            for (t, &off) in offsets.iter().enumerate() {
-                let x: &[f32; BLOCK] = src[off..off + BLOCK].try_into().expect("BLOCK floats");
-                if is_max {
-                    for (a, &x) in v.iter_mut().zip(x) {
-                        *a = a.max(x);
-                    }
-                } else {
-                    let wt = if taps.is_empty() { 1.0 } else { taps[t] };
-                    for (a, &x) in v.iter_mut().zip(x) {
-                        *a = x.mul_add(wt, *a);
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let src: &[f32; BLOCK] = pad[start + ky * wp + kx..][..BLOCK]
+                        .try_into()
+                        .expect("BLOCK floats");
+                    if is_max {
+                        for (a, &x) in v.iter_mut().zip(src) {
+                            *a = a.max(x);
+                        }
+                    } else {
+                        let wt = if taps.is_empty() {
+                            1.0
+                        } else {
+                            taps[ky * kw + kx]
+                        };
+                        for (a, &x) in v.iter_mut().zip(src) {
+                            *a = x.mul_add(wt, *a);
+                        }
                     }
                 }
             }
@@ -449,7 +421,7 @@ fn plane(
         let (src, step) = if s == 1 {
             (&acc[i * wp..], 1)
         } else {
-            (&acc[i * padded_len..], 1)
+            (&acc[i * padded_len..], s)
         };
         match op.kind {
             WindowKind::AvgExcludePad => {
@@ -481,18 +453,19 @@ fn plane(
 }
 
 /// One block of 64 outputs in four zmm accumulators: `dst[i] = init (+|max)
-/// over taps t of src[offsets[t] + i] (* taps[t])`. LLVM keeps the portable
-/// version's accumulator array on the stack (a load and a store per tap);
-/// this keeps it in registers.
+/// over taps of src[i + ky * wp + kx] (* tap weight)`. LLVM keeps the
+/// portable version's accumulator array on the stack (a load and a store per
+/// tap); this keeps it in registers.
 ///
 /// # Safety
-/// AVX-512F present; `src` holds `max(offsets) + 64` floats; `taps` is empty
-/// (weight 1) or as long as `offsets`; `dst` holds 64.
+/// AVX-512F present; `src` holds `(kh - 1) * wp + kw - 1 + 64` floats; `taps`
+/// is empty (weight 1) or holds `kh * kw`; `dst` holds 64.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn block_avx512(
     src: &[f32],
-    offsets: &[usize],
+    wp: usize,
+    (kh, kw): (usize, usize),
     taps: &[f32],
     init: f32,
     is_max: bool,
@@ -501,20 +474,22 @@ unsafe fn block_avx512(
     use std::arch::x86_64::*;
     let p = src.as_ptr();
     let mut a = [_mm512_set1_ps(init); 4];
-    for (t, &off) in offsets.iter().enumerate() {
-        let q = p.add(off);
-        if is_max {
-            for (i, a) in a.iter_mut().enumerate() {
-                *a = _mm512_max_ps(*a, _mm512_loadu_ps(q.add(16 * i)));
-            }
-        } else {
-            let wt = _mm512_set1_ps(if taps.is_empty() {
-                1.0
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let q = p.add(ky * wp + kx);
+            if is_max {
+                for (i, a) in a.iter_mut().enumerate() {
+                    *a = _mm512_max_ps(*a, _mm512_loadu_ps(q.add(16 * i)));
+                }
             } else {
-                *taps.get_unchecked(t)
-            });
-            for (i, a) in a.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(16 * i)), wt, *a);
+                let wt = _mm512_set1_ps(if taps.is_empty() {
+                    1.0
+                } else {
+                    *taps.get_unchecked(ky * kw + kx)
+                });
+                for (i, a) in a.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(16 * i)), wt, *a);
+                }
             }
         }
     }
