@@ -18,9 +18,6 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::im2col::copy_run;
-use super::{KernelError, PackB};
-
 /// What a window computes.
 #[derive(Debug, Clone, Copy)]
 pub enum WindowKind<'a> {
@@ -115,123 +112,9 @@ impl Window<'_> {
                 SCRATCH.with(|s| {
                     let (pad, acc) = &mut *s.borrow_mut();
                     let plane = &x[p * h * w..(p + 1) * h * w];
-                    isa.plane(self, ch, plane, (h, w), o, (ow, (0, oh)), pad, acc);
+                    isa.plane(self, ch, plane, (h, w), o, (oh, ow), pad, acc);
                 })
             });
-    }
-}
-
-/// A depthwise convolution's output as the right-hand side of the 1x1
-/// convolution that follows it (a separable convolution's pointwise part,
-/// an inverted residual's projection): each GEMM task computes the depthwise
-/// rows its column block needs and packs them straight into panels, so the
-/// depthwise output never goes to memory and is never read back.
-#[derive(Clone, Copy)]
-pub struct DepthwiseB<'a> {
-    op: Window<'a>,
-    x: &'a [f32],
-    chw: (usize, usize, usize),
-    out: (usize, usize),
-    isa: Isa,
-}
-
-impl std::fmt::Debug for DepthwiseB<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DepthwiseB({:?} on {:?})", self.op.kernel, self.chw)
-    }
-}
-
-thread_local! {
-    /// Depthwise output rows of one channel, before they are packed.
-    static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-impl<'a> DepthwiseB<'a> {
-    /// `op` must be a depthwise window; `x` holds one `(c, h, w)` image.
-    pub fn new(
-        op: Window<'a>,
-        x: &'a [f32],
-        chw: (usize, usize, usize),
-    ) -> Result<Self, KernelError> {
-        let (c, h, w) = chw;
-        let weights_fit = match op.kind {
-            WindowKind::Depthwise { weights, bias } => {
-                weights.len() == c * op.kernel.0 * op.kernel.1 && bias.len() == c
-            }
-            _ => false,
-        };
-        match op.out_size((h, w)) {
-            Some(out) if weights_fit && x.len() >= c * h * w => Ok(Self {
-                op,
-                x,
-                chw,
-                out,
-                isa: Isa::detect(),
-            }),
-            _ => Err(KernelError::Shape {
-                name: "B (depthwise input)",
-                rows: c,
-                cols: h * w,
-                ld: h * w,
-                need: c * h * w,
-                len: x.len(),
-            }),
-        }
-    }
-
-    /// The depthwise output size.
-    pub fn out_size(&self) -> (usize, usize) {
-        self.out
-    }
-}
-
-impl PackB for DepthwiseB<'_> {
-    fn k(&self) -> usize {
-        self.chw.0
-    }
-
-    fn n(&self) -> usize {
-        self.out.0 * self.out.1
-    }
-
-    fn pack(&self, j0: usize, nb: usize, nr: usize, out: &mut [f32]) {
-        let (c, h, w) = self.chw;
-        let ow = self.out.1;
-        let k = c;
-        if nb == 0 {
-            return;
-        }
-        // Output rows that columns j0..j0+nb fall in.
-        let (oy0, oy1) = (j0 / ow, (j0 + nb - 1) / ow + 1);
-        let base = j0 - oy0 * ow;
-        let panels = nb.div_ceil(nr);
-        ROWS.with(|rows| {
-            SCRATCH.with(|s| {
-                let rows = &mut *rows.borrow_mut();
-                let (pad, acc) = &mut *s.borrow_mut();
-                rows.clear();
-                rows.resize((oy1 - oy0) * ow, 0.0);
-                for ch in 0..c {
-                    let plane = &self.x[ch * h * w..(ch + 1) * h * w];
-                    self.isa.plane(
-                        &self.op,
-                        ch,
-                        plane,
-                        (h, w),
-                        rows,
-                        (ow, (oy0, oy1)),
-                        pad,
-                        acc,
-                    );
-                    for jr in 0..panels {
-                        let cols = nr.min(nb - jr * nr);
-                        let dst = &mut out[jr * nr * k + ch * nr..][..nr];
-                        copy_run(&mut dst[..cols], &rows[base + jr * nr..][..cols]);
-                        dst[cols..].fill(0.0);
-                    }
-                }
-            })
-        })
     }
 }
 
@@ -266,17 +149,17 @@ impl Isa {
         x: &[f32],
         hw: (usize, usize),
         out: &mut [f32],
-        rows: (usize, (usize, usize)),
+        ohw: (usize, usize),
         pad: &mut Vec<f32>,
         acc: &mut Vec<f32>,
     ) {
         match self {
             // SAFETY: the CPU has the features (detected above).
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { plane_avx512(op, ch, x, hw, out, rows, pad, acc) },
+            Isa::Avx512 => unsafe { plane_avx512(op, ch, x, hw, out, ohw, pad, acc) },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { plane_avx2(op, ch, x, hw, out, rows, pad, acc) },
-            Isa::Baseline => plane(op, ch, x, hw, out, rows, pad, acc, false),
+            Isa::Avx2 => unsafe { plane_avx2(op, ch, x, hw, out, ohw, pad, acc) },
+            Isa::Baseline => plane(op, ch, x, hw, out, ohw, pad, acc, false),
         }
     }
 }
@@ -290,11 +173,11 @@ unsafe fn plane_avx512(
     x: &[f32],
     hw: (usize, usize),
     out: &mut [f32],
-    rows: (usize, (usize, usize)),
+    ohw: (usize, usize),
     pad: &mut Vec<f32>,
     acc: &mut Vec<f32>,
 ) {
-    plane(op, ch, x, hw, out, rows, pad, acc, true)
+    plane(op, ch, x, hw, out, ohw, pad, acc, true)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -306,11 +189,11 @@ unsafe fn plane_avx2(
     x: &[f32],
     hw: (usize, usize),
     out: &mut [f32],
-    rows: (usize, (usize, usize)),
+    ohw: (usize, usize),
     pad: &mut Vec<f32>,
     acc: &mut Vec<f32>,
 ) {
-    plane(op, ch, x, hw, out, rows, pad, acc, false)
+    plane(op, ch, x, hw, out, ohw, pad, acc, false)
 }
 
 /// One plane (inlined into each ISA's copy).
@@ -322,32 +205,25 @@ fn plane(
     x: &[f32],
     (h, w): (usize, usize),
     out: &mut [f32],
-    (ow, (oy0, oy1)): (usize, (usize, usize)),
+    (oh, ow): (usize, usize),
     pad: &mut Vec<f32>,
     acc: &mut Vec<f32>,
     avx512: bool,
 ) {
     let (kh, kw) = op.kernel;
-    let (t, _, l, r) = op.pad;
-    let wp = w + l + r;
+    let (t, b, l, r) = op.pad;
+    let (hp, wp) = (h + t + b, w + l + r);
     let s = op.stride;
-    let rows = oy1 - oy0;
-    // Padded rows that output rows oy0..oy1 read.
-    let (py0, py1) = (oy0 * s, (oy1 - 1) * s + kh);
     let fill = match op.kind {
         WindowKind::Max => f32::NEG_INFINITY,
         _ => 0.0,
     };
-    // Padded rows py0..py1, with a block of slack so the last block may
-    // read past them.
+    // Padded plane, with a block of slack so the last block may read past it.
     pad.clear();
-    pad.resize((py1 - py0) * wp + BLOCK, fill);
+    pad.resize(hp * wp + BLOCK, fill);
     let ia = op.in_act;
     for (y, row) in x.chunks_exact(w).enumerate() {
-        if y + t < py0 || y + t >= py1 {
-            continue;
-        }
-        let dst = &mut pad[(y + t - py0) * wp + l..][..w];
+        let dst = &mut pad[(y + t) * wp + l..][..w];
         for (d, &v) in dst.iter_mut().zip(row) {
             *d = ia.apply(v);
         }
@@ -363,9 +239,9 @@ fn plane(
     // Stride-1 results over the runs of flat positions we keep: all rows
     // (stride 1), or only rows `oy * s`.
     let (runs, run_len, run_step) = if s == 1 {
-        (1, (rows - 1) * wp + ow, 0)
+        (1, (oh - 1) * wp + ow, 0)
     } else {
-        (rows, (ow - 1) * s + 1, s * wp)
+        (oh, (ow - 1) * s + 1, s * wp)
     };
     let padded_len = run_len.div_ceil(BLOCK) * BLOCK;
     acc.clear();
@@ -416,12 +292,11 @@ fn plane(
         }
     }
     let oa = op.out_act;
-    for (i, orow) in out.chunks_exact_mut(ow).enumerate().take(rows) {
-        let oy = oy0 + i;
+    for (oy, orow) in out.chunks_exact_mut(ow).enumerate().take(oh) {
         let (src, step) = if s == 1 {
-            (&acc[i * wp..], 1)
+            (&acc[oy * wp..], 1)
         } else {
-            (&acc[i * padded_len..], s)
+            (&acc[oy * padded_len..], s)
         };
         match op.kind {
             WindowKind::AvgExcludePad => {

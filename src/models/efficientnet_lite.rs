@@ -112,21 +112,15 @@ impl MbConv {
         })
     }
 
-    /// The depthwise convolution runs inside the projection's GEMM packing.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let expanded;
         let y = match &self.expand {
-            Some(e) => {
-                expanded = e.forward(x)?; // (N, C*6, H, W)
-                &expanded
-            }
-            None => x,
+            Some(e) => self.depthwise.forward(&e.forward(x)?)?, // (N, C*6, H/s, W/s)
+            None => self.depthwise.forward(x)?,                 // (N, C, H/s, W/s)
         };
-        let (dw, project) = (&self.depthwise, &self.project);
         if self.skip {
-            project.forward_after_depthwise_add(dw, y, x) // (N, C_out, H, W)
+            self.project.forward_add(&y, x) // (N, C_out, H, W)
         } else {
-            project.forward_after_depthwise(dw, y) // (N, C_out, H/s, W/s)
+            self.project.forward(&y) // (N, C_out, H/s, W/s)
         }
     }
 }

@@ -34,8 +34,8 @@ use candle_core::{CpuStorage, DType, Device, Layout, Shape, Tensor};
 
 use super::profile;
 use super::ModelError;
-use crate::kernels::window::{Clamp, DepthwiseB, Window, WindowKind};
-use crate::kernels::{self, Im2Col, MatRef, Output, PackB, PackedA};
+use crate::kernels::window::{Clamp, Window, WindowKind};
+use crate::kernels::{self, Im2Col, MatRef, Output, PackedA};
 
 /// Keras `BatchNormalization` default epsilon (also EfficientNet-Lite's
 /// `batch_norm_epsilon`).
@@ -550,13 +550,7 @@ impl Conv2d {
         profile::time(
             || self.label(),
             self.flops(x.dims(), pad),
-            || {
-                x.apply_op1_no_bwd(&ConvOp {
-                    conv: self,
-                    pad,
-                    dw: None,
-                })
-            },
+            || x.apply_op1_no_bwd(&ConvOp { conv: self, pad }),
         )
     }
 
@@ -577,61 +571,6 @@ impl Conv2d {
         }
     }
 
-    /// FLOPs of the fused depthwise + 1x1 on `x`.
-    fn flops_after(&self, dw: &DepthwiseConv2d, x: &Tensor) -> candle_core::Result<f64> {
-        let (n, c, h, w) = x.dims4()?;
-        let (oh, ow) = window_out(&dw.window(dw.pad(x)?), (h, w))?;
-        Ok(dw.flops(x) + 2.0 * (n * oh * ow * c * self.out_channels()) as f64)
-    }
-
-    /// `self(dw(x))` for a 1x1 convolution after a depthwise one, fused: the
-    /// depthwise output is computed block by block inside the GEMM's packing
-    /// and never materialised (Xception's separable convolutions,
-    /// EfficientNet's projections).
-    pub fn forward_after_depthwise(
-        &self,
-        dw: &DepthwiseConv2d,
-        x: &Tensor,
-    ) -> candle_core::Result<Tensor> {
-        let x = x.contiguous()?;
-        let op = ConvOp {
-            conv: self,
-            pad: Pad4::default(),
-            dw: Some((dw, dw.pad(&x)?)),
-        };
-        profile::time(
-            || format!("depthwise {}x{}/{} + conv 1x1", dw.k.0, dw.k.1, dw.stride),
-            self.flops_after(dw, &x)?,
-            || x.apply_op1_no_bwd(&op),
-        )
-    }
-
-    /// `self(dw(x)) + residual`, fused as [`Self::forward_after_depthwise`].
-    pub fn forward_after_depthwise_add(
-        &self,
-        dw: &DepthwiseConv2d,
-        x: &Tensor,
-        residual: &Tensor,
-    ) -> candle_core::Result<Tensor> {
-        let x = x.contiguous()?;
-        let residual = residual.contiguous()?;
-        let op = ConvOp {
-            conv: self,
-            pad: Pad4::default(),
-            dw: Some((dw, dw.pad(&x)?)),
-        };
-        profile::time(
-            || {
-                format!(
-                    "depthwise {}x{}/{} + conv 1x1 +res",
-                    dw.k.0, dw.k.1, dw.stride
-                )
-            },
-            self.flops_after(dw, &x)?,
-            || x.apply_op2_no_bwd(&residual, &op),
-        )
-    }
-
     /// `act(conv(x) + b) + residual`.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
@@ -641,16 +580,7 @@ impl Conv2d {
         profile::time(
             || self.label() + " +res",
             self.flops(x.dims(), pad),
-            || {
-                x.apply_op2_no_bwd(
-                    &residual,
-                    &ConvOp {
-                        conv: self,
-                        pad,
-                        dw: None,
-                    },
-                )
-            },
+            || x.apply_op2_no_bwd(&residual, &ConvOp { conv: self, pad }),
         )
     }
 }
@@ -662,41 +592,9 @@ impl Conv2d {
 /// column matrix is ever built. The folded bias, activation and residual run
 /// in the GEMM's epilogue, on each block of the output while it is still in
 /// cache.
-///
-/// With `dw`, the op is a depthwise convolution followed by this 1x1
-/// convolution, fused: the GEMM's B panels are computed by the depthwise
-/// kernel block by block ([`DepthwiseB`]) instead of read from a tensor.
 struct ConvOp<'a> {
     conv: &'a Conv2d,
     pad: Pad4,
-    dw: Option<(&'a DepthwiseConv2d, Pad4)>,
-}
-
-/// Where a convolution's GEMM gets its B panels.
-enum ConvInput<'a> {
-    Image(Im2Col<'a>),
-    Depthwise(DepthwiseB<'a>),
-}
-
-impl PackB for ConvInput<'_> {
-    fn k(&self) -> usize {
-        match self {
-            ConvInput::Image(b) => b.k(),
-            ConvInput::Depthwise(b) => b.k(),
-        }
-    }
-    fn n(&self) -> usize {
-        match self {
-            ConvInput::Image(b) => b.n(),
-            ConvInput::Depthwise(b) => b.n(),
-        }
-    }
-    fn pack(&self, j0: usize, nb: usize, nr: usize, out: &mut [f32]) {
-        match self {
-            ConvInput::Image(b) => b.pack(j0, nb, nr, out),
-            ConvInput::Depthwise(b) => b.pack(j0, nb, nr, out),
-        }
-    }
 }
 
 impl ConvOp<'_> {
@@ -708,56 +606,24 @@ impl ConvOp<'_> {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = dims4("conv2d", layout)?;
         let cv = self.conv;
+        if c != cv.in_channels {
+            candle_core::bail!("conv2d: input has {c} channels, kernel {}", cv.in_channels)
+        }
         let (kh, kw) = cv.k;
         let (s, p) = (cv.stride, self.pad);
+        let oh = out_len(h, p.top + p.bottom, kh, s)?;
+        let ow = out_len(w, p.left + p.right, kw, s)?;
         let o = cv.out_channels();
-        // The GEMM's sources, and the size of the plane they produce.
-        let (images, oh, ow) = match self.dw {
-            None => {
-                if c != cv.in_channels {
-                    candle_core::bail!("conv2d: input has {c} channels, kernel {}", cv.in_channels)
-                }
-                let oh = out_len(h, p.top + p.bottom, kh, s)?;
-                let ow = out_len(w, p.left + p.right, kw, s)?;
-                let images = x
-                    .chunks_exact(c * h * w)
-                    .map(|xi| {
-                        Im2Col::new(xi, (c, h, w), (kh, kw), s, (p.top, p.left), (oh, ow))
-                            .map(ConvInput::Image)
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(candle_core::Error::wrap)?;
-                (images, oh, ow)
-            }
-            Some((dw, dpad)) => {
-                if c != dw.channels
-                    || c != cv.in_channels
-                    || cv.k != (1, 1)
-                    || s != 1
-                    || p != Pad4::default()
-                {
-                    candle_core::bail!(
-                        "depthwise + conv2d: {c} channels into a {} channel depthwise and a {:?}/{s} conv of {} channels (needs 1x1/1, unpadded)",
-                        dw.channels,
-                        cv.k,
-                        cv.in_channels
-                    )
-                }
-                let op = dw.window(dpad);
-                let (oh, ow) = window_out(&op, (h, w))?;
-                let images = x
-                    .chunks_exact(c * h * w)
-                    .map(|xi| DepthwiseB::new(op, xi, (c, h, w)).map(ConvInput::Depthwise))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(candle_core::Error::wrap)?;
-                (images, oh, ow)
-            }
-        };
         let plane = oh * ow;
         let mut out = output_buffer(n * o * plane);
         if out.is_empty() {
             return Ok((CpuStorage::F32(out), Shape::from((n, o, oh, ow))));
         }
+        let images = x
+            .chunks_exact(c * h * w)
+            .map(|xi| Im2Col::new(xi, (c, h, w), (kh, kw), s, (p.top, p.left), (oh, ow)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(candle_core::Error::wrap)?;
         // One branch-free loop per row (the activation as a clamp), which
         // LLVM vectorises.
         let act = cv.act.clamp();
@@ -812,14 +678,12 @@ impl candle_core::CustomOp2 for ConvOp<'_> {
         let (n, _, h, w) = dims4("conv2d_add", l1)?;
         let cv = self.conv;
         let (p, s) = (self.pad, cv.stride);
-        let (oh, ow) = match self.dw {
-            Some((dw, dpad)) => window_out(&dw.window(dpad), (h, w))?,
-            None => (
-                out_len(h, p.top + p.bottom, cv.k.0, s)?,
-                out_len(w, p.left + p.right, cv.k.1, s)?,
-            ),
-        };
-        let want = [n, cv.out_channels(), oh, ow];
+        let want = [
+            n,
+            cv.out_channels(),
+            out_len(h, p.top + p.bottom, cv.k.0, s)?,
+            out_len(w, p.left + p.right, cv.k.1, s)?,
+        ];
         if l2.dims() != want {
             candle_core::bail!("conv2d_add: output {want:?} but residual {:?}", l2.dims())
         }
@@ -893,35 +757,13 @@ impl DepthwiseConv2d {
         self.channels
     }
 
-    /// This layer as a window op with padding `pad`.
-    fn window(&self, pad: Pad4) -> Window<'_> {
-        Window {
-            kind: WindowKind::Depthwise {
-                weights: &self.weight,
-                bias: &self.bias,
-            },
-            kernel: self.k,
-            stride: self.stride,
-            pad: pad.tblr(),
-            in_act: self.in_act.clamp(),
-            out_act: self.out_act.clamp(),
-        }
-    }
-
-    fn pad(&self, x: &Tensor) -> candle_core::Result<Pad4> {
-        let (_, _, h, w) = x.dims4()?;
-        Ok(self.padding.resolve((h, w), self.k, self.stride))
-    }
-
-    fn flops(&self, x: &Tensor) -> f64 {
-        2.0 * (x.elem_count() / self.stride / self.stride * self.k.0 * self.k.1) as f64
-    }
-
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let pad = self.pad(x)?;
+        let (_, _, h, w) = x.dims4()?;
+        let pad = self.padding.resolve((h, w), self.k, self.stride);
+        let flops = 2.0 * (x.elem_count() / self.stride / self.stride * self.k.0 * self.k.1) as f64;
         profile::time(
             || format!("depthwise {}x{}/{}", self.k.0, self.k.1, self.stride),
-            self.flops(x),
+            flops,
             || depthwise_conv2d(x, self, pad),
         )
     }
@@ -956,7 +798,17 @@ impl candle_core::CustomOp1 for DepthwiseOp<'_> {
                 dw.channels
             )
         }
-        let op = dw.window(self.pad);
+        let op = Window {
+            kind: WindowKind::Depthwise {
+                weights: &dw.weight,
+                bias: &dw.bias,
+            },
+            kernel: dw.k,
+            stride: dw.stride,
+            pad: self.pad.tblr(),
+            in_act: dw.in_act.clamp(),
+            out_act: dw.out_act.clamp(),
+        };
         let (oh, ow) = window_out(&op, (h, w))?;
         let mut out = output_buffer(n * c * oh * ow);
         op.run(x, (n, c, h, w), &mut out);
@@ -1269,65 +1121,6 @@ mod tests {
             .expect("clamp");
         assert_eq!(ours.dims(), &[1, 3, 4, 4]);
         assert!(max_abs_diff(&ours, &want) < 1e-5);
-    }
-
-    /// The fused depthwise + 1x1 (the GEMM packs depthwise output computed
-    /// block by block) equals running the two layers one after the other,
-    /// on planes narrower and wider than a block, strides 1 and 2, with and
-    /// without a residual.
-    #[test]
-    fn depthwise_then_pointwise_fused_equals_unfused() {
-        // (n, c, o, h, w, k, stride, in_act, out_act, residual)
-        let cases = [
-            (2, 6, 9, 19, 19, 3, 1, Act::Relu, Act::None, false),
-            (1, 4, 7, 40, 37, 3, 2, Act::None, Act::Relu6, false),
-            (2, 5, 5, 14, 14, 5, 1, Act::None, Act::Relu6, true),
-            (1, 3, 8, 29, 30, 5, 2, Act::None, Act::Relu6, false),
-            (3, 2, 4, 7, 7, 3, 1, Act::Relu, Act::None, true),
-        ];
-        for (i, &(n, c, o, h, w, k, s, in_act, out_act, res)) in cases.iter().enumerate() {
-            let seed = 100 + 10 * i as u64;
-            let x = Tensor::from_vec(rand_vec(n * c * h * w, seed), (n, c, h, w), &Device::Cpu)
-                .expect("x");
-            let dw = DepthwiseConv2d::new(
-                rand_vec(c * k * k, seed + 1),
-                (c, k, k),
-                Some(rand_vec(c, seed + 2)),
-                s,
-                Padding::Same,
-                in_act,
-                out_act,
-            )
-            .expect("dw");
-            let pw_w = Tensor::from_vec(rand_vec(o * c, seed + 3), (o, c, 1, 1), &Device::Cpu)
-                .expect("pw");
-            let pw =
-                Conv2d::new(pw_w, rand_vec(o, seed + 4), 1, Padding::Same, Act::Relu).expect("pw");
-            let y = dw.forward(&x).expect("dw forward");
-            let (want, got) = if res {
-                let r = Tensor::from_vec(
-                    rand_vec(
-                        y.dim(0).unwrap() * o * y.dim(2).unwrap() * y.dim(3).unwrap(),
-                        seed + 5,
-                    ),
-                    (y.dim(0).unwrap(), o, y.dim(2).unwrap(), y.dim(3).unwrap()),
-                    &Device::Cpu,
-                )
-                .expect("r");
-                (
-                    pw.forward_add(&y, &r).expect("unfused"),
-                    pw.forward_after_depthwise_add(&dw, &x, &r).expect("fused"),
-                )
-            } else {
-                (
-                    pw.forward(&y).expect("unfused"),
-                    pw.forward_after_depthwise(&dw, &x).expect("fused"),
-                )
-            };
-            assert_eq!(want.dims(), got.dims(), "case {i}");
-            let d = max_abs_diff(&want, &got);
-            assert!(d <= 1e-5, "case {i}: max |fused - unfused| = {d}");
-        }
     }
 
     /// Our GEMM convolution against candle's conv2d (explicit zero padding,

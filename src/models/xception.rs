@@ -68,14 +68,13 @@ impl SepConv {
         Ok(Self { dw, pw })
     }
 
-    /// The depthwise part runs inside the pointwise GEMM's packing.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.pw.forward_after_depthwise(&self.dw, x)
+        self.pw.forward(&self.dw.forward(x)?)
     }
 
     /// `forward(x) + residual`, the add fused into the pointwise bias pass.
     fn forward_add(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        self.pw.forward_after_depthwise_add(&self.dw, x, residual)
+        self.pw.forward_add(&self.dw.forward(x)?, residual)
     }
 }
 
