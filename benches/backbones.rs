@@ -41,12 +41,14 @@ fn main() {
     }
     // `cargo bench` passes `--bench`; `peak`, `gemm` and `backbones` select
     // parts (default: all), backbone names select backbones.
-    const PARTS: [&str; 4] = ["peak", "gemm", "backbones", "tune"];
+    const PARTS: [&str; 5] = ["peak", "gemm", "backbones", "tune", "window"];
     let parts: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| PARTS.contains(&a.as_str()))
         .collect();
-    let want = |p: &str| parts.is_empty() && p != "tune" || parts.iter().any(|a| a == p);
+    let want = |p: &str| {
+        parts.is_empty() && p != "tune" && p != "window" || parts.iter().any(|a| a == p)
+    };
     println!("threads: {threads}, kernel: {}", kernels::best().name);
     if want("peak") {
         peak();
@@ -56,6 +58,9 @@ fn main() {
     }
     if want("tune") {
         tune();
+    }
+    if want("window") {
+        window();
     }
     if want("backbones") {
         backbones();
@@ -290,6 +295,42 @@ fn tune() {
             .map(|t| format!("{:>8.1}", flop / t / 1e9))
             .collect();
         println!("{name:<34} {}", g.join(" "));
+    }
+}
+
+/// `window` (only when named): Xception's depthwise 3x3 on 728 planes of
+/// 19x19, one image (input in L2) vs eight (8.4 MB in and out), in ns per
+/// plane: tells whether the op is bound by its own work or by memory.
+fn window() {
+    use runner::kernels::window::{Clamp, Window, WindowKind};
+    let c = 728;
+    let weights = rand_vec(c * 9, 1);
+    let bias = rand_vec(c, 2);
+    let op = Window {
+        kind: WindowKind::Depthwise {
+            weights: &weights,
+            bias: &bias,
+        },
+        kernel: (3, 3),
+        stride: 1,
+        pad: (1, 1, 1, 1),
+        in_act: Clamp { lo: 0.0, hi: f32::INFINITY },
+        out_act: Clamp::NONE,
+    };
+    println!("\n== window: depthwise 3x3 on 19x19 planes, ns per plane ==");
+    for n in [1usize, 8] {
+        let x = rand_vec(n * c * 19 * 19, 3);
+        let mut out = vec![0f32; n * c * 19 * 19];
+        let reps = 400 / n;
+        let mut best = f64::INFINITY;
+        for _ in 0..5 {
+            let t = Instant::now();
+            for _ in 0..reps {
+                op.run(&x, (n, c, 19, 19), &mut out);
+            }
+            best = best.min(t.elapsed().as_secs_f64() / (reps * n * c) as f64);
+        }
+        println!("batch {n}: {:.0} ns per plane", best * 1e9);
     }
 }
 
