@@ -1,0 +1,227 @@
+//! Probe for the next step of the CPU path (BENCHMARKS.md, "Where the time
+//! goes"): a 1x1 convolution in the NCHW16c layout that onnxruntime's MLAS
+//! uses (channels blocked by 16: `[C/16][H*W][16]`), against runner's packed
+//! GEMM on the same shape, in one process, alternating.
+//!
+//! In NCHW16c a 1x1 convolution is a GEMM whose left operand (pixels x input
+//! channels) is the activation tensor itself: the micro-kernel broadcasts one
+//! input value of 14 pixels per step straight from the tensor (each pixel's
+//! 16 channels are one cache line) against 32 output channels of weights
+//! packed at load. Nothing is packed per call, and the output is written in
+//! the same layout, ready for the next layer.
+//!
+//! `cargo bench --bench nchwc_probe` (AVX-512 machines only; prints GFLOP/s
+//! and the max difference between the two results).
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+use runner::kernels::{self, DenseB, MatRef, Output, PackedA};
+use runner::train::rng::uniform_vec as rand_vec;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const CB: usize = 16;
+const MR: usize = 14;
+
+/// Weights `(O, C)` as `[O/32][C][32]` (zero-padded).
+fn pack_weights(w: &[f32], o: usize, c: usize) -> Vec<f32> {
+    let o2 = o.div_ceil(32);
+    let mut p = vec![0f32; o2 * c * 32];
+    for oc in 0..o {
+        for ic in 0..c {
+            p[((oc / 32) * c + ic) * 32 + oc % 32] = w[oc * c + ic];
+        }
+    }
+    p
+}
+
+/// `(C, HW)` -> `[C/16][HW][16]`, zero-padded channels.
+fn to_nchwc(x: &[f32], c: usize, hw: usize) -> Vec<f32> {
+    let cb = c.div_ceil(CB);
+    let mut y = vec![0f32; cb * hw * CB];
+    for ch in 0..c {
+        for p in 0..hw {
+            y[((ch / CB) * hw + p) * CB + ch % CB] = x[ch * hw + p];
+        }
+    }
+    y
+}
+
+/// `rows` pixels x 32 output channels over all `c` input channels.
+///
+/// # Safety
+/// AVX-512F; `x` points at pixel p0 of channel block 0 (`x_stride` floats
+/// between channel blocks), `w` at `c x 32` packed weights, `y0` / `y1` at
+/// pixel p0 of the two output blocks, all in bounds for `rows <= 14` pixels.
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel<const R: usize>(
+    c: usize,
+    x: *const f32,
+    x_stride: usize,
+    w: *const f32,
+    y0: *mut f32,
+    y1: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    let mut wp = w;
+    for cb in 0..c.div_ceil(CB) {
+        let xb = x.add(cb * x_stride);
+        for ci in 0..CB.min(c - cb * CB) {
+            let b0 = _mm512_loadu_ps(wp);
+            let b1 = _mm512_loadu_ps(wp.add(16));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let a = _mm512_set1_ps(*xb.add(i * CB + ci));
+                row[0] = _mm512_fmadd_ps(a, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(a, b1, row[1]);
+            }
+            wp = wp.add(32);
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        _mm512_storeu_ps(y0.add(i * CB), row[0]);
+        _mm512_storeu_ps(y1.add(i * CB), row[1]);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Ptr(*mut f32);
+unsafe impl Send for Ptr {}
+unsafe impl Sync for Ptr {}
+impl Ptr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `y = W x` for `n` images in NCHW16c (`o` a multiple of 32).
+fn conv1x1_nchwc(w: &[f32], x: &[f32], (n, c, o, hw): (usize, usize, usize, usize), y: &mut [f32]) {
+    let (cb, ob) = (c.div_ceil(CB), o / CB);
+    let tiles = hw.div_ceil(MR);
+    // Tasks: (image, group of 4 pixel tiles); each runs every output pair
+    // over its tiles, so its 56 pixels x C inputs stay in L1/L2.
+    const TILES_PER_TASK: usize = 4;
+    let groups = tiles.div_ceil(TILES_PER_TASK);
+    let yp = Ptr(y.as_mut_ptr());
+    (0..n * groups).into_par_iter().for_each(|t| {
+        let (img, g) = (t / groups, t % groups);
+        let xi = &x[img * cb * hw * CB..];
+        let yi = unsafe { yp.get().add(img * ob * hw * CB) };
+        for o2 in 0..o / 32 {
+            let wp = w[o2 * c * 32..].as_ptr();
+            for tile in g * TILES_PER_TASK..((g + 1) * TILES_PER_TASK).min(tiles) {
+                let p0 = tile * MR;
+                let rows = MR.min(hw - p0);
+                let xp = xi[p0 * CB..].as_ptr();
+                // SAFETY: pixel p0.. and blocks 2*o2, 2*o2+1 are inside y.
+                let (y0, y1) = unsafe {
+                    (
+                        yi.add(((2 * o2) * hw + p0) * CB),
+                        yi.add(((2 * o2 + 1) * hw + p0) * CB),
+                    )
+                };
+                // SAFETY: AVX-512F checked in main; rows <= 14 in bounds.
+                unsafe {
+                    if rows == MR {
+                        kernel::<MR>(c, xp, hw * CB, wp, y0, y1)
+                    } else {
+                        // Edge tile: through a scratch row block.
+                        let mut sx = vec![0f32; cb * MR * CB];
+                        for b in 0..cb {
+                            sx[b * MR * CB..b * MR * CB + rows * CB]
+                                .copy_from_slice(&xi[(b * hw + p0) * CB..][..rows * CB]);
+                        }
+                        let mut s0 = [0f32; MR * CB];
+                        let mut s1 = [0f32; MR * CB];
+                        kernel::<MR>(c, sx.as_ptr(), MR * CB, wp, s0.as_mut_ptr(), s1.as_mut_ptr());
+                        std::ptr::copy_nonoverlapping(s0.as_ptr(), y0, rows * CB);
+                        std::ptr::copy_nonoverlapping(s1.as_ptr(), y1, rows * CB);
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn main() {
+    if !is_x86_feature_detected!("avx512f") {
+        println!("nchwc_probe: needs AVX-512F");
+        return;
+    }
+    runner::alloc::keep_freed_memory();
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    println!("threads: {threads}; GFLOP/s, best of 5 alternating rounds, 8 images per call");
+    println!(
+        "{:<30} {:>10} {:>10} {:>7}",
+        "shape (C -> O @ HxW)", "runner", "NCHW16c", "ratio"
+    );
+    // Xception middle / exit, InceptionV3, EfficientNet-Lite0 1x1 shapes
+    // (O a multiple of 32).
+    for &(c, o, side) in &[
+        (728usize, 736usize, 19usize),
+        (1024, 1536, 10),
+        (768, 192, 17),
+        (288, 64, 35),
+        (144, 32, 56),
+        (40, 256, 28),
+    ] {
+        let (n, hw) = (8, side * side);
+        let w = rand_vec(o * c, 1);
+        let x = rand_vec(n * c * hw, 2);
+        let flop = 2.0 * (n * o * c * hw) as f64;
+        let reps = ((3e9 / flop) as usize).clamp(1, 200);
+        // runner: PackedA + DenseB per image, NCHW.
+        let pa = PackedA::best(MatRef { data: &w, ld: c }, o, c).expect("pack");
+        let bs: Vec<DenseB> = x
+            .chunks_exact(c * hw)
+            .map(|xi| DenseB::new(MatRef { data: xi, ld: hw }, c, hw).expect("B"))
+            .collect();
+        let mut y_ref = vec![0f32; n * o * hw];
+        // NCHW16c.
+        let wn = pack_weights(&w, o, c);
+        let xn: Vec<f32> = x.chunks_exact(c * hw).flat_map(|xi| to_nchwc(xi, c, hw)).collect();
+        let mut yn = vec![0f32; n * o * hw];
+        let (mut t_ref, mut t_n) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..5 {
+            let t = Instant::now();
+            for _ in 0..reps {
+                let out = Output {
+                    data: &mut y_ref,
+                    ld: hw,
+                    image_stride: o * hw,
+                    accumulate: false,
+                };
+                kernels::gemm_packed(&pa, &bs, out, None).expect("gemm");
+            }
+            t_ref = t_ref.min(t.elapsed().as_secs_f64() / reps as f64);
+            let t = Instant::now();
+            for _ in 0..reps {
+                conv1x1_nchwc(&wn, &xn, (n, c, o, hw), &mut yn);
+            }
+            t_n = t_n.min(t.elapsed().as_secs_f64() / reps as f64);
+        }
+        // Same numbers? Compare image 0, channel by channel.
+        let mut max_diff = 0f32;
+        for oc in 0..o {
+            for p in 0..hw {
+                let a = y_ref[oc * hw + p];
+                let b = yn[((oc / CB) * hw + p) * CB + oc % CB];
+                max_diff = max_diff.max((a - b).abs());
+            }
+        }
+        let (g_ref, g_n) = (flop / t_ref / 1e9, flop / t_n / 1e9);
+        println!(
+            "{:<30} {g_ref:>10.1} {g_n:>10.1} {:>6.2}x  (max |diff| {max_diff:.1e})",
+            format!("{c} -> {o} @ {side}x{side}"),
+            g_n / g_ref
+        );
+    }
+}
