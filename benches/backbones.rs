@@ -46,9 +46,8 @@ fn main() {
         .skip(1)
         .filter(|a| PARTS.contains(&a.as_str()))
         .collect();
-    let want = |p: &str| {
-        parts.is_empty() && p != "tune" && p != "window" || parts.iter().any(|a| a == p)
-    };
+    let want =
+        |p: &str| parts.is_empty() && p != "tune" && p != "window" || parts.iter().any(|a| a == p);
     println!("threads: {threads}, kernel: {}", kernels::best().name);
     if want("peak") {
         peak();
@@ -314,7 +313,10 @@ fn window() {
         kernel: (3, 3),
         stride: 1,
         pad: (1, 1, 1, 1),
-        in_act: Clamp { lo: 0.0, hi: f32::INFINITY },
+        in_act: Clamp {
+            lo: 0.0,
+            hi: f32::INFINITY,
+        },
         out_act: Clamp::NONE,
     };
     println!("\n== window: depthwise 3x3 on 19x19 planes, ns per plane ==");

@@ -135,7 +135,14 @@ fn conv1x1_nchwc(w: &[f32], x: &[f32], (n, c, o, hw): (usize, usize, usize, usiz
                         }
                         let mut s0 = [0f32; MR * CB];
                         let mut s1 = [0f32; MR * CB];
-                        kernel::<MR>(c, sx.as_ptr(), MR * CB, wp, s0.as_mut_ptr(), s1.as_mut_ptr());
+                        kernel::<MR>(
+                            c,
+                            sx.as_ptr(),
+                            MR * CB,
+                            wp,
+                            s0.as_mut_ptr(),
+                            s1.as_mut_ptr(),
+                        );
                         std::ptr::copy_nonoverlapping(s0.as_ptr(), y0, rows * CB);
                         std::ptr::copy_nonoverlapping(s1.as_ptr(), y1, rows * CB);
                     }
@@ -187,7 +194,10 @@ fn main() {
         let mut y_ref = vec![0f32; n * o * hw];
         // NCHW16c.
         let wn = pack_weights(&w, o, c);
-        let xn: Vec<f32> = x.chunks_exact(c * hw).flat_map(|xi| to_nchwc(xi, c, hw)).collect();
+        let xn: Vec<f32> = x
+            .chunks_exact(c * hw)
+            .flat_map(|xi| to_nchwc(xi, c, hw))
+            .collect();
         let mut yn = vec![0f32; n * o * hw];
         let (mut t_ref, mut t_n) = (f64::INFINITY, f64::INFINITY);
         for _ in 0..5 {

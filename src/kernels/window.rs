@@ -224,9 +224,7 @@ fn plane(
     let ia = op.in_act;
     for (y, row) in x.chunks_exact(w).enumerate() {
         let dst = &mut pad[(y + t) * wp + l..][..w];
-        for (d, &v) in dst.iter_mut().zip(row) {
-            *d = ia.apply(v);
-        }
+        copy_clamped(dst, row, ia, avx512);
     }
     let (taps, init): (&[f32], f32) = match op.kind {
         WindowKind::Depthwise { weights, bias } => {
@@ -314,9 +312,7 @@ fn plane(
             }
             _ => {
                 if step == 1 {
-                    for (o, &v) in orow.iter_mut().zip(src) {
-                        *o = oa.apply(v);
-                    }
+                    copy_clamped(orow, &src[..ow], oa, avx512);
                 } else {
                     for (o, &v) in orow.iter_mut().zip(src.iter().step_by(step)) {
                         *o = oa.apply(v);
@@ -324,6 +320,48 @@ fn plane(
                 }
             }
         }
+    }
+}
+
+/// `dst[i] = act(src[i])`. Rows here are short (19 floats in Xception's
+/// middle flow), where the compiler's loop leaves a scalar tail longer than
+/// its vector body; AVX-512 masks cover the tail in one step.
+#[inline(always)]
+fn copy_clamped(dst: &mut [f32], src: &[f32], act: Clamp, avx512: bool) {
+    assert_eq!(dst.len(), src.len());
+    #[cfg(target_arch = "x86_64")]
+    if avx512 {
+        // SAFETY: `avx512` is only true when AVX-512F was detected; both
+        // slices have the same length.
+        unsafe { copy_clamped_avx512(dst, src, act) };
+        return;
+    }
+    let _ = avx512;
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = act.apply(v);
+    }
+}
+
+/// # Safety
+/// AVX-512F present; `dst.len() == src.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_clamped_avx512(dst: &mut [f32], src: &[f32], act: Clamp) {
+    use std::arch::x86_64::*;
+    let (lo, hi) = (_mm512_set1_ps(act.lo), _mm512_set1_ps(act.hi));
+    let n = dst.len();
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i < n {
+        let m: __mmask16 = if n - i >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - i)) - 1
+        };
+        let v = _mm512_maskz_loadu_ps(m, s.add(i));
+        let v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+        _mm512_mask_storeu_ps(d.add(i), m, v);
+        i += 16;
     }
 }
 
