@@ -205,6 +205,12 @@ pub fn ensure(
             out.computed += 1;
         }
     }
+    if models::profile::enabled() {
+        log.info(format!(
+            "per-op time of the backbones (RUNNER_PROFILE):\n{}",
+            models::profile::table(&models::profile::take())
+        ));
+    }
     Ok(out)
 }
 
