@@ -10,13 +10,21 @@
 //! packed at load. Nothing is packed per call, and the output is written in
 //! the same layout, ready for the next layer.
 //!
+//! A k x k stride-1 convolution in NCHW16c is the same kernel run over the
+//! taps, each reading the padded input shifted by its offset; here the
+//! output is computed on the padded width (the `kw - 1` extra columns per row
+//! are dropped by a compaction pass, timed), against runner's `Conv2d`
+//! (implicit-im2col packing) on InceptionV3's shapes.
+//!
 //! `cargo bench --bench nchwc_probe` (AVX-512 machines only; prints GFLOP/s
 //! and the max difference between the two results).
 
 use std::time::Instant;
 
+use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use runner::kernels::{self, DenseB, MatRef, Output, PackedA};
+use runner::models::layers::{Act, Conv2d, Padding};
 use runner::train::rng::uniform_vec as rand_vec;
 
 #[global_allocator]
@@ -84,6 +92,122 @@ unsafe fn kernel<const R: usize>(
         _mm512_storeu_ps(y0.add(i * CB), row[0]);
         _mm512_storeu_ps(y1.add(i * CB), row[1]);
     }
+}
+
+/// As [`kernel`], summing over `offsets.len()` taps, tap `t` reading the
+/// input `offsets[t]` pixels further on; weights `[tap][c][32]`.
+///
+/// # Safety
+/// As [`kernel`], with every shifted read in bounds.
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_taps<const R: usize>(
+    c: usize,
+    x: *const f32,
+    x_stride: usize,
+    offsets: &[usize],
+    w: *const f32,
+    y0: *mut f32,
+    y1: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    let mut wp = w;
+    for &off in offsets {
+        let xt = x.add(off * CB);
+        for cb in 0..c.div_ceil(CB) {
+            let xb = xt.add(cb * x_stride);
+            for ci in 0..CB.min(c - cb * CB) {
+                let b0 = _mm512_loadu_ps(wp);
+                let b1 = _mm512_loadu_ps(wp.add(16));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let a = _mm512_set1_ps(*xb.add(i * CB + ci));
+                    row[0] = _mm512_fmadd_ps(a, b0, row[0]);
+                    row[1] = _mm512_fmadd_ps(a, b1, row[1]);
+                }
+                wp = wp.add(32);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        _mm512_storeu_ps(y0.add(i * CB), row[0]);
+        _mm512_storeu_ps(y1.add(i * CB), row[1]);
+    }
+}
+
+/// A k x k, stride-1, "same" convolution in NCHW16c: pads `x` (`[C/16][H*W][16]`),
+/// runs [`kernel_taps`] over the padded grid, compacts into `y`
+/// (`[O/16][H*W][16]`). `w` is `[O/32][tap][C][32]`.
+#[allow(clippy::too_many_arguments)]
+fn conv_kxk_nchwc(
+    w: &[f32],
+    x: &[f32],
+    (n, c, o, h, wd): (usize, usize, usize, usize, usize),
+    (kh, kw): (usize, usize),
+    xp: &mut Vec<f32>,
+    yp: &mut Vec<f32>,
+    y: &mut [f32],
+) {
+    let (t, l) = ((kh - 1) / 2, (kw - 1) / 2);
+    let (hp, wp) = (h + kh - 1, wd + kw - 1);
+    let cb = c.div_ceil(CB);
+    let ob = o / CB;
+    // Padded input, one block per channel group, slack for the last tile.
+    let xstride = (hp * wp + 2 * MR) * CB;
+    xp.clear();
+    xp.resize(n * cb * xstride, 0.0);
+    xp.par_chunks_mut(xstride)
+        .enumerate()
+        .for_each(|(blk, dst)| {
+            let src = &x[blk * h * wd * CB..(blk + 1) * h * wd * CB];
+            for yy in 0..h {
+                dst[((yy + t) * wp + l) * CB..][..wd * CB]
+                    .copy_from_slice(&src[yy * wd * CB..(yy + 1) * wd * CB]);
+            }
+        });
+    // Output on the padded width: positions oy * wp + ox.
+    let flat = (h - 1) * wp + wd;
+    let tiles = flat.div_ceil(MR);
+    let ystride = (tiles * MR) * CB;
+    yp.clear();
+    yp.resize(n * ob * ystride, 0.0);
+    let offsets: Vec<usize> = (0..kh * kw).map(|tap| (tap / kw) * wp + tap % kw).collect();
+    const TILES_PER_TASK: usize = 4;
+    let groups = tiles.div_ceil(TILES_PER_TASK);
+    let ypp = Ptr(yp.as_mut_ptr());
+    (0..n * groups).into_par_iter().for_each(|task| {
+        let (img, g) = (task / groups, task % groups);
+        let xi = &xp[img * cb * xstride..];
+        let yi = unsafe { ypp.get().add(img * ob * ystride) };
+        for o2 in 0..o / 32 {
+            let wptr = w[o2 * kh * kw * c * 32..].as_ptr();
+            for tile in g * TILES_PER_TASK..((g + 1) * TILES_PER_TASK).min(tiles) {
+                let p0 = tile * MR;
+                // SAFETY: AVX-512F checked in main; reads stay inside the
+                // padded block (slack), writes inside this image's tiles.
+                unsafe {
+                    kernel_taps::<MR>(
+                        c,
+                        xi[p0 * CB..].as_ptr(),
+                        xstride,
+                        &offsets,
+                        wptr,
+                        yi.add(2 * o2 * ystride + p0 * CB),
+                        yi.add((2 * o2 + 1) * ystride + p0 * CB),
+                    )
+                };
+            }
+        }
+    });
+    // Compact: drop the padding columns.
+    y.par_chunks_mut(h * wd * CB)
+        .enumerate()
+        .for_each(|(blk, dst)| {
+            let src = &yp[blk * ystride..];
+            for yy in 0..h {
+                dst[yy * wd * CB..(yy + 1) * wd * CB]
+                    .copy_from_slice(&src[yy * wp * CB..][..wd * CB]);
+            }
+        });
 }
 
 #[derive(Clone, Copy)]
@@ -231,6 +355,89 @@ fn main() {
         println!(
             "{:<30} {g_ref:>10.1} {g_n:>10.1} {:>6.2}x  (max |diff| {max_diff:.1e})",
             format!("{c} -> {o} @ {side}x{side}"),
+            g_n / g_ref
+        );
+    }
+
+    println!(
+        "\n{:<30} {:>10} {:>10} {:>7}",
+        "k x k shape (C -> O @ HxW)", "runner", "NCHW16c", "ratio"
+    );
+    for &(c, o, (kh, kw), side) in &[
+        (64usize, 96usize, (3usize, 3usize), 35usize),
+        (48, 64, (5, 5), 35),
+        (96, 96, (3, 3), 35),
+        (192, 192, (1, 7), 17),
+        (192, 192, (7, 1), 17),
+        (448, 384, (3, 3), 8),
+    ] {
+        let (n, hw) = (8, side * side);
+        let w = rand_vec(o * c * kh * kw, 5);
+        let x = rand_vec(n * c * hw, 6);
+        let flop = 2.0 * (n * o * c * kh * kw * hw) as f64;
+        let reps = ((3e9 / flop) as usize).clamp(1, 200);
+        let conv = Conv2d::new(
+            Tensor::from_vec(w.clone(), (o, c, kh, kw), &Device::Cpu).expect("w"),
+            vec![0.0; o],
+            1,
+            Padding::Same,
+            Act::None,
+        )
+        .expect("conv");
+        let xt = Tensor::from_vec(x.clone(), (n, c, side, side), &Device::Cpu).expect("x");
+        // [O/32][tap][C][32]
+        let mut wn = vec![0f32; (o / 32) * kh * kw * c * 32];
+        for oc in 0..o {
+            for ic in 0..c {
+                for tap in 0..kh * kw {
+                    wn[(((oc / 32) * kh * kw + tap) * c + ic) * 32 + oc % 32] =
+                        w[(oc * c + ic) * kh * kw + tap];
+                }
+            }
+        }
+        let xn: Vec<f32> = x
+            .chunks_exact(c * hw)
+            .flat_map(|xi| to_nchwc(xi, c, hw))
+            .collect();
+        let (mut xp, mut yp) = (Vec::new(), Vec::new());
+        let mut yn = vec![0f32; n * o * hw];
+        let (mut t_ref, mut t_n) = (f64::INFINITY, f64::INFINITY);
+        let mut y_ref = None;
+        for _ in 0..5 {
+            let t = Instant::now();
+            for _ in 0..reps {
+                y_ref = Some(conv.forward(&xt).expect("forward"));
+            }
+            t_ref = t_ref.min(t.elapsed().as_secs_f64() / reps as f64);
+            let t = Instant::now();
+            for _ in 0..reps {
+                conv_kxk_nchwc(
+                    &wn,
+                    &xn,
+                    (n, c, o, side, side),
+                    (kh, kw),
+                    &mut xp,
+                    &mut yp,
+                    &mut yn,
+                );
+            }
+            t_n = t_n.min(t.elapsed().as_secs_f64() / reps as f64);
+        }
+        let y_ref: Vec<f32> = y_ref
+            .and_then(|y| y.flatten_all().ok())
+            .and_then(|y| y.to_vec1::<f32>().ok())
+            .unwrap_or_default();
+        let mut max_diff = 0f32;
+        for oc in 0..o {
+            for p in 0..hw {
+                let b = yn[((oc / CB) * hw + p) * CB + oc % CB];
+                max_diff = max_diff.max((y_ref[oc * hw + p] - b).abs());
+            }
+        }
+        let (g_ref, g_n) = (flop / t_ref / 1e9, flop / t_n / 1e9);
+        println!(
+            "{:<30} {g_ref:>10.1} {g_n:>10.1} {:>6.2}x  (max |diff| {max_diff:.1e})",
+            format!("{c} -> {o} {kh}x{kw} @ {side}x{side}"),
             g_n / g_ref
         );
     }
