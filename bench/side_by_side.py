@@ -12,6 +12,11 @@ JSON lines to --out.
 Usage (from the repository root, with a venv from bench/setup_venv.sh):
     python bench/side_by_side.py [--rounds 3] [--seconds 8] [--batch 8]
         [--threads 1 2] [--models xception inception_v3 efficientnet_lite0]
+        [--torch-python VENV/bin/python]
+
+`--torch-python` adds PyTorch eager (bench/torch_images_per_s.py, timm's
+twins of the three networks) as a second peer, run with that interpreter
+(a venv with torch and timm: `pip install torch timm numpy pillow`).
 
 ONNX files: Xception and InceptionV3 are exported from the shared Keras
 weights by bench/export_onnx.py into --onnx-dir when missing (needs
@@ -79,6 +84,7 @@ def main():
     ap.add_argument("--images", default=os.path.join(SHARED, "data", "woof-dev", "train"))
     ap.add_argument("--onnx-dir", default=os.path.join(ROOT, "bench", "onnx"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "side_by_side.jsonl"))
+    ap.add_argument("--torch-python", help="python of a venv with torch + timm: adds PyTorch eager")
     a = ap.parse_args()
 
     import onnx  # noqa: F401  (fail early if the venv lacks it)
@@ -98,38 +104,55 @@ def main():
         shape = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).get_inputs()[0].shape
         npy = os.path.join(tmp, m + ".npy")
         np.save(npy, onnx_batch(paths, size, pre, nhwc=shape[-1] == 3))
-        inputs[m] = (os.path.join(SHARED, "models", weights), onnx_path, npy)
+        npy_nchw = os.path.join(tmp, m + ".nchw.npy")
+        np.save(npy_nchw, onnx_batch(paths, size, pre, nhwc=False))
+        inputs[m] = (os.path.join(SHARED, "models", weights), onnx_path, npy, npy_nchw)
 
     results = {}
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as log:
         for r in range(a.rounds):
             for m in a.models:
-                weights, onnx_path, npy = inputs[m]
+                weights, onnx_path, npy, npy_nchw = inputs[m]
                 for t in a.threads:
                     ours = [binary, m, weights, a.images, "--batch", str(a.batch),
                             "--seconds", str(a.seconds), "--threads", str(t)]
                     theirs = [sys.executable, os.path.join(ROOT, "bench", "ort_images_per_s.py"),
                               onnx_path, "--input", npy, "--threads", str(t), "--seconds", str(a.seconds)]
                     order = [("runner", ours), ("onnxruntime", theirs)]
+                    if a.torch_python:
+                        order.append(("pytorch", [a.torch_python,
+                                                  os.path.join(ROOT, "bench", "torch_images_per_s.py"),
+                                                  m, "--input", npy_nchw, "--threads", str(t),
+                                                  "--seconds", str(a.seconds)]))
                     if r % 2:
                         order.reverse()
                     got = {name: measure(cmd) for name, cmd in order}
                     results.setdefault((m, t), []).append(got)
                     rec = {"round": r, "model": m, "threads": t, "batch": a.batch, **got,
                            "ratio": got["runner"] / got["onnxruntime"]}
+                    if "pytorch" in got:
+                        rec["ratio_pytorch"] = got["runner"] / got["pytorch"]
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
                     print(json.dumps(rec), file=sys.stderr)
 
     print(f"\nbatch {a.batch}, {a.rounds} alternating rounds of {a.seconds:g} s each, "
           f"onnxruntime {ort.__version__}\n")
-    print("| backbone | threads | runner images/s | onnxruntime images/s | runner / onnxruntime |")
-    print("|---|---|---|---|---|")
+    torch_cols = bool(a.torch_python)
+    head = "| backbone | threads | runner images/s | onnxruntime images/s | runner / onnxruntime |"
+    if torch_cols:
+        head += " PyTorch images/s | runner / PyTorch |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
     for (m, t), rs in results.items():
         med = lambda k: statistics.median(x[k] for x in rs)  # noqa: E731
         ratio = statistics.median(x["runner"] / x["onnxruntime"] for x in rs)
-        print(f"| {m} | {t} | {med('runner'):.2f} | {med('onnxruntime'):.2f} | {ratio:.2f}x |")
+        line = f"| {m} | {t} | {med('runner'):.2f} | {med('onnxruntime'):.2f} | {ratio:.2f}x |"
+        if torch_cols:
+            rt = statistics.median(x["runner"] / x["pytorch"] for x in rs)
+            line += f" {med('pytorch'):.2f} | {rt:.2f}x |"
+        print(line)
 
 
 if __name__ == "__main__":
