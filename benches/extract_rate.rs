@@ -15,7 +15,9 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use runner::data::image::{decode_rgb, resize};
+use runner::features::input_tensor;
 use runner::models::{self, profile, Arch};
+use runner::spec::{BackboneSpec, Resize, View};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -75,8 +77,9 @@ fn parse() -> Result<Args, String> {
     })
 }
 
-/// The first `n` JPEGs of `dir`, decoded, resized and preprocessed as NCHW.
-fn input(dir: &Path, n: usize, arch: Arch) -> Result<Tensor, String> {
+/// The first `n` JPEGs of `dir`, decoded, resized and preprocessed as NCHW
+/// exactly as `runner` feeds them (`features::input_tensor`).
+fn input(dir: &Path, n: usize, a: &Args) -> Result<Tensor, String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -90,23 +93,29 @@ fn input(dir: &Path, n: usize, arch: Arch) -> Result<Tensor, String> {
             files.len()
         ));
     }
-    let cfg = arch.pretrained_cfg();
-    let (s, so) = (cfg.input_size, cfg.preprocess.scale_offset());
-    let mut data = vec![0f32; n * 3 * s * s];
-    for (path, out) in files.iter().zip(data.chunks_exact_mut(3 * s * s)) {
-        let img = decode_rgb(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let img = resize(&img, s, s, runner::spec::Resize::Box);
-        for (i, p) in img.pixels.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                out[c * s * s + i] = p[c] as f32 * so[c].0 + so[c].1;
-            }
-        }
-    }
-    Tensor::from_vec(data, (n, 3, s, s), &Device::Cpu).map_err(|e| e.to_string())
+    let cfg = a.arch.pretrained_cfg();
+    let backbone = BackboneSpec {
+        arch: a.arch,
+        weights: a.weights.clone(),
+        input_size: cfg.input_size,
+        preprocess: cfg.preprocess,
+        resize: Resize::Box,
+    };
+    let s = cfg.input_size;
+    let images = files[..n]
+        .iter()
+        .map(|path| {
+            decode_rgb(path)
+                .map(|img| resize(&img, s, s, backbone.resize))
+                .map_err(|e| format!("{}: {e}", path.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let refs: Vec<_> = images.iter().collect();
+    input_tensor(&refs, &backbone, View::Original, &Device::Cpu).map_err(|e| e.to_string())
 }
 
 fn run(a: &Args) -> Result<f64, String> {
-    let x = input(&a.images, a.batch, a.arch)?;
+    let x = input(&a.images, a.batch, a)?;
     let model = models::load(a.arch, &a.weights, &Device::Cpu).map_err(|e| e.to_string())?;
     model.forward_features(&x).map_err(|e| e.to_string())?;
     profile::take();
