@@ -57,48 +57,16 @@ fn to_nchwc(x: &[f32], c: usize, hw: usize) -> Vec<f32> {
     y
 }
 
-/// `rows` pixels x 32 output channels over all `c` input channels.
+/// 14 pixels x 32 output channels, summed over all `c` input channels and
+/// `offsets.len()` taps, tap `t` reading the input `offsets[t]` pixels
+/// further on (a 1x1 convolution is the single tap `[0]`); weights
+/// `[tap][c][32]`.
 ///
 /// # Safety
 /// AVX-512F; `x` points at pixel p0 of channel block 0 (`x_stride` floats
-/// between channel blocks), `w` at `c x 32` packed weights, `y0` / `y1` at
-/// pixel p0 of the two output blocks, all in bounds for `rows <= 14` pixels.
-#[target_feature(enable = "avx512f")]
-unsafe fn kernel<const R: usize>(
-    c: usize,
-    x: *const f32,
-    x_stride: usize,
-    w: *const f32,
-    y0: *mut f32,
-    y1: *mut f32,
-) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    let mut wp = w;
-    for cb in 0..c.div_ceil(CB) {
-        let xb = x.add(cb * x_stride);
-        for ci in 0..CB.min(c - cb * CB) {
-            let b0 = _mm512_loadu_ps(wp);
-            let b1 = _mm512_loadu_ps(wp.add(16));
-            for (i, row) in acc.iter_mut().enumerate() {
-                let a = _mm512_set1_ps(*xb.add(i * CB + ci));
-                row[0] = _mm512_fmadd_ps(a, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(a, b1, row[1]);
-            }
-            wp = wp.add(32);
-        }
-    }
-    for (i, row) in acc.iter().enumerate() {
-        _mm512_storeu_ps(y0.add(i * CB), row[0]);
-        _mm512_storeu_ps(y1.add(i * CB), row[1]);
-    }
-}
-
-/// As [`kernel`], summing over `offsets.len()` taps, tap `t` reading the
-/// input `offsets[t]` pixels further on; weights `[tap][c][32]`.
-///
-/// # Safety
-/// As [`kernel`], with every shifted read in bounds.
+/// between channel blocks), every shifted read of 14 pixels in bounds; `w`
+/// holds `taps x c x 32` floats; `y0` / `y1` point at pixel p0 of the two
+/// output blocks with 14 pixels writable.
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel_taps<const R: usize>(
     c: usize,
@@ -249,7 +217,7 @@ fn conv1x1_nchwc(w: &[f32], x: &[f32], (n, c, o, hw): (usize, usize, usize, usiz
                 // SAFETY: AVX-512F checked in main; rows <= 14 in bounds.
                 unsafe {
                     if rows == MR {
-                        kernel::<MR>(c, xp, hw * CB, wp, y0, y1)
+                        kernel_taps::<MR>(c, xp, hw * CB, &[0], wp, y0, y1)
                     } else {
                         // Edge tile: through a scratch row block.
                         let mut sx = vec![0f32; cb * MR * CB];
@@ -259,10 +227,11 @@ fn conv1x1_nchwc(w: &[f32], x: &[f32], (n, c, o, hw): (usize, usize, usize, usiz
                         }
                         let mut s0 = [0f32; MR * CB];
                         let mut s1 = [0f32; MR * CB];
-                        kernel::<MR>(
+                        kernel_taps::<MR>(
                             c,
                             sx.as_ptr(),
                             MR * CB,
+                            &[0],
                             wp,
                             s0.as_mut_ptr(),
                             s1.as_mut_ptr(),
