@@ -9,8 +9,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Every backbone layer allocates its output (up to 40 MB at batch 8) and
 /// frees its input; with mimalloc's default 10 ms purge delay most of those
 /// pages went back to the OS between layers and every layer page-faulted
-/// fresh zeroed pages: 15-30% of Xception's time (`RUNNER_PROFILE=1`,
-/// BENCHMARKS.md). The price is that the process keeps its peak memory
+/// fresh zeroed pages: ~27% of Xception's time (BENCHMARKS.md, "End to
+/// end"). The price is that the process keeps its peak memory
 /// until it exits. Call once at start-up; harmless when mimalloc is not the
 /// global allocator.
 pub fn keep_freed_memory() {
