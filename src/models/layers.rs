@@ -548,8 +548,7 @@ impl Conv2d {
         let pad = self.padding.resolve((h, w), self.k, self.stride);
         let x = x.contiguous()?;
         profile::time(
-            || self.label(),
-            self.flops(x.dims(), pad),
+            || (self.label(), self.flops(x.dims(), pad)),
             || x.apply_op1_no_bwd(&ConvOp { conv: self, pad }),
         )
     }
@@ -578,8 +577,7 @@ impl Conv2d {
         let x = x.contiguous()?;
         let residual = residual.contiguous()?;
         profile::time(
-            || self.label() + " +res",
-            self.flops(x.dims(), pad),
+            || (self.label() + " +res", self.flops(x.dims(), pad)),
             || x.apply_op2_no_bwd(&residual, &ConvOp { conv: self, pad }),
         )
     }
@@ -760,10 +758,12 @@ impl DepthwiseConv2d {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let pad = self.padding.resolve((h, w), self.k, self.stride);
-        let flops = 2.0 * (x.elem_count() / self.stride / self.stride * self.k.0 * self.k.1) as f64;
         profile::time(
-            || format!("depthwise {}x{}/{}", self.k.0, self.k.1, self.stride),
-            flops,
+            || {
+                let (s, (kh, kw)) = (self.stride, self.k);
+                let flops = 2.0 * (x.elem_count() / s / s * kh * kw) as f64;
+                (format!("depthwise {kh}x{kw}/{s}"), flops)
+            },
             || depthwise_conv2d(x, self, pad),
         )
     }
@@ -859,8 +859,7 @@ pub fn max_pool2d(
     let (_, _, h, w) = x.dims4()?;
     let pad = padding.resolve((h, w), (k, k), stride);
     profile::time(
-        || format!("max pool {k}x{k}/{stride}"),
-        0.0,
+        || (format!("max pool {k}x{k}/{stride}"), 0.0),
         || {
             x.contiguous()?
                 .apply_op1_no_bwd(&MaxPoolOp { k, stride, pad })
@@ -901,20 +900,19 @@ impl candle_core::CustomOp1 for AvgPoolSameOp {
 /// the in-bounds taps only (padding is not counted).
 pub fn avg_pool2d_same_exclude_pad(x: &Tensor, k: usize) -> candle_core::Result<Tensor> {
     profile::time(
-        || format!("avg pool {k}x{k}/1"),
-        0.0,
+        || (format!("avg pool {k}x{k}/1"), 0.0),
         || x.contiguous()?.apply_op1_no_bwd(&AvgPoolSameOp { k }),
     )
 }
 
 /// Global average pooling `(N, C, H, W) -> (N, C)`.
 pub fn global_avg_pool(x: &Tensor) -> candle_core::Result<Tensor> {
-    profile::time(|| "global avg pool".into(), 0.0, || x.mean((2, 3)))
+    profile::time(|| ("global avg pool".into(), 0.0), || x.mean((2, 3)))
 }
 
 /// Concatenation along channels (InceptionV3's branches).
 pub fn concat_channels(xs: &[Tensor]) -> candle_core::Result<Tensor> {
-    profile::time(|| "concat".into(), 0.0, || Tensor::cat(xs, 1))
+    profile::time(|| ("concat".into(), 0.0), || Tensor::cat(xs, 1))
 }
 
 #[cfg(test)]

@@ -37,17 +37,19 @@ pub fn set_enabled(on: bool) {
     flag().store(on, Ordering::Relaxed);
 }
 
-/// Runs `f`, recording its time and `flops` under `label()` when enabled.
+/// Runs `f`, recording its time under the label and FLOPs that `what`
+/// returns (only called when enabled, so the hot path pays nothing).
 #[inline]
-pub fn time<T>(label: impl FnOnce() -> String, flops: f64, f: impl FnOnce() -> T) -> T {
+pub fn time<T>(what: impl FnOnce() -> (String, f64), f: impl FnOnce() -> T) -> T {
     if !enabled() {
         return f();
     }
     let start = Instant::now();
     let out = f();
     let secs = start.elapsed().as_secs_f64();
+    let (label, flops) = what();
     let mut t = TABLE.lock().unwrap_or_else(|e| e.into_inner());
-    let s = t.entry(label()).or_default();
+    let s = t.entry(label).or_default();
     s.calls += 1;
     s.seconds += secs;
     s.flops += flops;
