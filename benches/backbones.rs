@@ -366,7 +366,7 @@ fn backbones() {
                 continue;
             }
         };
-        let s = arch.pretrained_cfg().input_size;
+        let s = arch.pretrained_cfg().map_or(224, |c| c.input_size);
         let x = match Tensor::from_vec(
             rand_vec(BATCH * 3 * s * s, 42),
             (BATCH, 3, s, s),

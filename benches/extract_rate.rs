@@ -3,7 +3,8 @@
 //! onnxruntime alternately on the same images and prints the ratios.
 //!
 //! `cargo bench --bench extract_rate -- ARCH WEIGHTS IMAGES_DIR [--batch 8]
-//! [--seconds 10] [--threads 2]`
+//! [--seconds 10] [--threads 2]`; ARCH `onnx` also takes `--input-size N`
+//! `--preprocess P` and `--output NAME` as the spec's keys.
 //!
 //! The first `batch` JPEGs of `IMAGES_DIR` (sorted by name) are decoded and
 //! resized (Pillow BOX, as `runner` does by default) once, untimed; then one
@@ -15,8 +16,8 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use runner::data::image::{decode_rgb, resize};
-use runner::features::input_tensor;
-use runner::models::{self, profile, Arch};
+use runner::features::{input_tensor, load_backbone};
+use runner::models::{profile, Arch, Preprocess};
 use runner::spec::{BackboneSpec, Resize, View};
 
 #[global_allocator]
@@ -24,17 +25,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Args {
     arch: Arch,
-    weights: PathBuf,
     images: PathBuf,
     batch: usize,
     seconds: f64,
     threads: usize,
+    backbone: BackboneSpec,
 }
 
 fn parse() -> Result<Args, String> {
     // `cargo bench` adds `--bench`; every other `--name` takes a value.
     let mut pos = Vec::new();
     let (mut batch, mut seconds, mut threads) = (8usize, 10f64, 2usize);
+    let (mut input_size, mut preprocess, mut output) = (None, None, None);
     let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -54,6 +56,21 @@ fn parse() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--threads: {e}"))?
             }
+            "--input-size" => {
+                input_size = Some(
+                    value("--input-size")?
+                        .parse()
+                        .map_err(|e| format!("--input-size: {e}"))?,
+                )
+            }
+            "--preprocess" => {
+                let v = value("--preprocess")?;
+                preprocess = Some(
+                    serde_json::from_value::<Preprocess>(serde_json::Value::String(v.clone()))
+                        .map_err(|_| format!("--preprocess {v}: inception | efficientnet_lite | imagenet"))?,
+                )
+            }
+            "--output" => output = Some(value("--output")?),
             _ if a.starts_with("--") => return Err(format!("unknown option {a}")),
             _ => pos.push(a),
         }
@@ -65,11 +82,28 @@ fn parse() -> Result<Args, String> {
         "xception" => Arch::Xception,
         "inception_v3" => Arch::InceptionV3,
         "efficientnet_lite0" => Arch::EfficientnetLite0,
+        "onnx" => Arch::Onnx,
         a => return Err(format!("unknown arch {a}")),
+    };
+    let (size, pre) = match arch.pretrained_cfg() {
+        Some(cfg) => (cfg.input_size, cfg.preprocess),
+        None => (
+            input_size.ok_or("onnx needs --input-size")?,
+            preprocess.ok_or("onnx needs --preprocess")?,
+        ),
+    };
+    let backbone = BackboneSpec {
+        arch,
+        weights: weights.clone().into(),
+        input_size: input_size.unwrap_or(size),
+        preprocess: preprocess.unwrap_or(pre),
+        resize: Resize::Box,
+        output,
+        input_layout: None,
     };
     Ok(Args {
         arch,
-        weights: weights.into(),
+        backbone,
         images: images.into(),
         batch: batch.max(1),
         seconds,
@@ -93,15 +127,8 @@ fn input(dir: &Path, n: usize, a: &Args) -> Result<Tensor, String> {
             files.len()
         ));
     }
-    let cfg = a.arch.pretrained_cfg();
-    let backbone = BackboneSpec {
-        arch: a.arch,
-        weights: a.weights.clone(),
-        input_size: cfg.input_size,
-        preprocess: cfg.preprocess,
-        resize: Resize::Box,
-    };
-    let s = cfg.input_size;
+    let backbone = &a.backbone;
+    let s = backbone.input_size;
     let images = files[..n]
         .iter()
         .map(|path| {
@@ -111,12 +138,12 @@ fn input(dir: &Path, n: usize, a: &Args) -> Result<Tensor, String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<_> = images.iter().collect();
-    input_tensor(&refs, &backbone, View::Original, &Device::Cpu).map_err(|e| e.to_string())
+    input_tensor(&refs, backbone, View::Original, &Device::Cpu).map_err(|e| e.to_string())
 }
 
 fn run(a: &Args) -> Result<f64, String> {
     let x = input(&a.images, a.batch, a)?;
-    let model = models::load(a.arch, &a.weights, &Device::Cpu).map_err(|e| e.to_string())?;
+    let model = load_backbone(&a.backbone, &Device::Cpu).map_err(|e| e.to_string())?;
     model.forward_features(&x).map_err(|e| e.to_string())?;
     profile::take();
     let (mut n, start) = (0usize, Instant::now());

@@ -74,6 +74,19 @@ impl Features {
     }
 }
 
+/// Loads the backbone a spec's `[[backbone]]` table describes: a native
+/// architecture from its checkpoint, or an ONNX graph.
+pub fn load_backbone(bb: &BackboneSpec, device: &Device) -> Result<Box<dyn Backbone>, ModelError> {
+    match bb.arch {
+        models::Arch::Onnx => Ok(Box::new(models::onnx::OnnxBackbone::load(
+            &bb.weights,
+            &bb.onnx_options(),
+            bb.input_size,
+        )?)),
+        arch => models::load(arch, &bb.weights, device),
+    }
+}
+
 /// Converts resized RGB images into a preprocessed `(N, 3, H, W)` tensor,
 /// mirrored left to right for [`View::Hflip`].
 pub fn input_tensor(
@@ -157,10 +170,7 @@ pub fn ensure(
     for &b in &needed {
         let bb = &spec.backbones[b];
         let started = Instant::now();
-        nets.insert(
-            b,
-            models::load(bb.arch, &bb.weights, device).map_err(Box::new)?,
-        );
+        nets.insert(b, load_backbone(bb, device).map_err(Box::new)?);
         log.info(format!(
             "loaded {} from {} in {:.1}s",
             bb.arch.name(),

@@ -99,6 +99,11 @@ struct FeatureKey<'a> {
     resize: Resize,
     view: View,
     images_blake3: &'a str,
+    /// ONNX only; absent for native backbones so their keys are unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_layout: Option<crate::models::onnx::InputLayout>,
 }
 
 impl Plan {
@@ -150,6 +155,8 @@ fn stage_key(b: &BackboneSpec, weights_hash: &str, view: View, images_hash: &str
         resize: b.resize,
         view,
         images_blake3: images_hash,
+        output: b.output.as_deref(),
+        input_layout: b.input_layout,
     };
     let json = serde_json::to_vec(&doc).expect("key serialises");
     blake3::hash(&json).to_hex().to_string()
@@ -166,6 +173,8 @@ mod tests {
             input_size: 299,
             preprocess: Preprocess::Inception,
             resize: Resize::Box,
+            output: None,
+            input_layout: None,
         }
     }
 

@@ -127,3 +127,35 @@ fn efficientnet_lite0_features_and_logits_match_pytorch_reference() {
         get(&fx, "features_hflip"),
     );
 }
+
+/// The shared ONNX export of the same EfficientNet-Lite0 (`torch.onnx.export`,
+/// opset 17), run by runner's own executor: features and logits match the
+/// PyTorch reference like the native network does.
+#[test]
+fn efficientnet_lite0_onnx_export_matches_pytorch_reference() {
+    use runner::models::onnx::{OnnxBackbone, OnnxOptions};
+    let stem = "efficientnet_lite0_imagenet";
+    let fx = fixture(stem);
+    let path = models_dir().join(format!("{stem}.onnx"));
+    let load = |output: &str| {
+        let opts = OnnxOptions {
+            output: Some(output.into()),
+            input_layout: None,
+        };
+        OnnxBackbone::load(&path, &opts, 224).expect("load ONNX backbone")
+    };
+    let (x, xf) = inputs(&fx);
+    let features = load("features");
+    assert_eq!(features.num_features(), 1280);
+    // Every convolution ran as a native call; the Pad subgraphs were folded.
+    assert_eq!(features.program().native_convolutions(), 49);
+    let t = Instant::now();
+    let f = features.forward_features(&x).expect("forward");
+    println!("onnx efficientnet_lite0: batch 4 in {:.2} s", t.elapsed().as_secs_f64());
+    check("onnx efficientnet_lite0 features", &f, get(&fx, "features"));
+    let ff = features.forward_features(&xf).expect("forward flipped");
+    check("onnx efficientnet_lite0 features_hflip", &ff, get(&fx, "features_hflip"));
+    let logits = load("logits");
+    let l = logits.forward_features(&x).expect("forward logits");
+    check("onnx efficientnet_lite0 logits", &l, get(&fx, "logits"));
+}

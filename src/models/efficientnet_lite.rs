@@ -215,6 +215,6 @@ impl Backbone for EfficientNetLite0 {
     }
 
     fn num_features(&self) -> usize {
-        Arch::EfficientnetLite0.pretrained_cfg().num_features
+        Arch::EfficientnetLite0.pretrained_cfg().map_or(0, |c| c.num_features)
     }
 }

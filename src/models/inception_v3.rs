@@ -282,6 +282,6 @@ impl Backbone for InceptionV3 {
     }
 
     fn num_features(&self) -> usize {
-        Arch::InceptionV3.pretrained_cfg().num_features
+        Arch::InceptionV3.pretrained_cfg().map_or(0, |c| c.num_features)
     }
 }

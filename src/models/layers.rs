@@ -333,6 +333,11 @@ pub enum Padding {
     /// `max((out - 1) * stride + k - in, 0)`, the odd extra row / column at
     /// the bottom / right. Computed from the actual input size.
     Same,
+    /// ONNX `auto_pad = "SAME_LOWER"`: as [`Padding::Same`] with the odd
+    /// extra row / column at the top / left.
+    SameLower,
+    /// Fixed padding (ONNX `pads`, PyTorch `padding=`).
+    Explicit(Pad4),
 }
 
 /// Padding of one forward call: `(top, bottom, left, right)`.
@@ -345,6 +350,19 @@ pub struct Pad4 {
 }
 
 impl Pad4 {
+    pub fn new(top: usize, bottom: usize, left: usize, right: usize) -> Self {
+        Self {
+            top,
+            bottom,
+            left,
+            right,
+        }
+    }
+
+    pub fn is_zero(self) -> bool {
+        self == Pad4::default()
+    }
+
     fn tblr(self) -> (usize, usize, usize, usize) {
         (self.top, self.bottom, self.left, self.right)
     }
@@ -383,6 +401,17 @@ impl Padding {
                     right,
                 }
             }
+            Padding::SameLower => {
+                let (bottom, top) = same_pad_1d(h, kh, stride);
+                let (right, left) = same_pad_1d(w, kw, stride);
+                Pad4 {
+                    top,
+                    bottom,
+                    left,
+                    right,
+                }
+            }
+            Padding::Explicit(p) => p,
         }
     }
 }
@@ -541,6 +570,18 @@ impl Conv2d {
 
     pub fn in_channels(&self) -> usize {
         self.in_channels
+    }
+
+    /// The output shape for an input of shape `dims`, if it fits.
+    pub fn out_dims(&self, dims: &[usize]) -> Option<[usize; 4]> {
+        let &[n, c, h, w] = dims else { return None };
+        if c != self.in_channels {
+            return None;
+        }
+        let p = self.padding.resolve((h, w), self.k, self.stride);
+        let oh = out_len(h, p.top + p.bottom, self.k.0, self.stride).ok()?;
+        let ow = out_len(w, p.left + p.right, self.k.1, self.stride).ok()?;
+        Some([n, self.out_channels(), oh, ow])
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -821,7 +862,7 @@ impl candle_core::CustomOp1 for DepthwiseOp<'_> {
 // ---------------------------------------------------------------------------
 
 struct MaxPoolOp {
-    k: usize,
+    k: (usize, usize),
     stride: usize,
     pad: Pad4,
 }
@@ -836,7 +877,7 @@ impl candle_core::CustomOp1 for MaxPoolOp {
         let (n, c, h, w) = dims4("max_pool2d", l)?;
         let op = Window {
             kind: WindowKind::Max,
-            kernel: (self.k, self.k),
+            kernel: self.k,
             stride: self.stride,
             pad: self.pad.tblr(),
             in_act: Clamp::NONE,
@@ -856,10 +897,20 @@ pub fn max_pool2d(
     stride: usize,
     padding: Padding,
 ) -> candle_core::Result<Tensor> {
+    max_pool2d_rect(x, (k, k), stride, padding)
+}
+
+/// Max pooling with a `kh x kw` window (ONNX `MaxPool`).
+pub fn max_pool2d_rect(
+    x: &Tensor,
+    k: (usize, usize),
+    stride: usize,
+    padding: Padding,
+) -> candle_core::Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
-    let pad = padding.resolve((h, w), (k, k), stride);
+    let pad = padding.resolve((h, w), k, stride);
     profile::time(
-        || (format!("max pool {k}x{k}/{stride}"), 0.0),
+        || (format!("max pool {}x{}/{stride}", k.0, k.1), 0.0),
         || {
             x.contiguous()?
                 .apply_op1_no_bwd(&MaxPoolOp { k, stride, pad })
@@ -867,41 +918,58 @@ pub fn max_pool2d(
     )
 }
 
-struct AvgPoolSameOp {
-    k: usize,
+struct AvgPoolOp {
+    k: (usize, usize),
+    stride: usize,
+    pad: Pad4,
 }
 
-impl candle_core::CustomOp1 for AvgPoolSameOp {
+impl candle_core::CustomOp1 for AvgPoolOp {
     fn name(&self) -> &'static str {
-        "avg_pool2d_same"
+        "avg_pool2d"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = cpu_f32("avg_pool2d_same", s, l)?;
-        let (n, c, h, w) = dims4("avg_pool2d_same", l)?;
-        let k = self.k;
-        let (top, bottom) = same_pad_1d(h, k, 1);
-        let (left, right) = same_pad_1d(w, k, 1);
+        let x = cpu_f32("avg_pool2d", s, l)?;
+        let (n, c, h, w) = dims4("avg_pool2d", l)?;
         let op = Window {
             kind: WindowKind::AvgExcludePad,
-            kernel: (k, k),
-            stride: 1,
-            pad: (top, bottom, left, right),
+            kernel: self.k,
+            stride: self.stride,
+            pad: self.pad.tblr(),
             in_act: Clamp::NONE,
             out_act: Clamp::NONE,
         };
-        let mut out = output_buffer(n * c * h * w);
+        let (oh, ow) = window_out(&op, (h, w))?;
+        let mut out = output_buffer(n * c * oh * ow);
         op.run(x, (n, c, h, w), &mut out);
-        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
 }
 
 /// Keras `AveragePooling2D((k, k), strides=1, padding="same")`: the mean over
 /// the in-bounds taps only (padding is not counted).
 pub fn avg_pool2d_same_exclude_pad(x: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+    avg_pool2d_exclude_pad(x, (k, k), 1, Padding::Same)
+}
+
+/// Average pooling that divides by the number of in-bounds taps (ONNX
+/// `AveragePool` with `count_include_pad = 0`). With `count_include_pad = 1`
+/// the mean is a depthwise convolution with weights `1 / (kh * kw)`.
+pub fn avg_pool2d_exclude_pad(
+    x: &Tensor,
+    k: (usize, usize),
+    stride: usize,
+    padding: Padding,
+) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let pad = padding.resolve((h, w), k, stride);
     profile::time(
-        || (format!("avg pool {k}x{k}/1"), 0.0),
-        || x.contiguous()?.apply_op1_no_bwd(&AvgPoolSameOp { k }),
+        || (format!("avg pool {}x{}/{stride}", k.0, k.1), 0.0),
+        || {
+            x.contiguous()?
+                .apply_op1_no_bwd(&AvgPoolOp { k, stride, pad })
+        },
     )
 }
 

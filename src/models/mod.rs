@@ -10,6 +10,7 @@ use candle_core::{Device, Tensor};
 pub mod efficientnet_lite;
 pub mod inception_v3;
 pub mod layers;
+pub mod onnx;
 pub mod profile;
 pub mod xception;
 
@@ -24,6 +25,9 @@ pub enum Arch {
     Xception,
     InceptionV3,
     EfficientnetLite0,
+    /// Any ONNX image model ([`onnx`]): input size and preprocessing come
+    /// from the spec or the graph.
+    Onnx,
 }
 
 /// How `u8` RGB pixels become network input.
@@ -62,8 +66,9 @@ pub struct PretrainedCfg {
 }
 
 impl Arch {
-    pub fn pretrained_cfg(self) -> PretrainedCfg {
-        match self {
+    /// The native architectures' configuration; `None` for ONNX graphs.
+    pub fn pretrained_cfg(self) -> Option<PretrainedCfg> {
+        Some(match self {
             Arch::Xception => PretrainedCfg {
                 input_size: 299,
                 preprocess: Preprocess::Inception,
@@ -79,7 +84,8 @@ impl Arch {
                 preprocess: Preprocess::EfficientnetLite,
                 num_features: 1280,
             },
-        }
+            Arch::Onnx => return None,
+        })
     }
 
     pub fn name(self) -> &'static str {
@@ -87,6 +93,7 @@ impl Arch {
             Arch::Xception => "xception",
             Arch::InceptionV3 => "inception_v3",
             Arch::EfficientnetLite0 => "efficientnet_lite0",
+            Arch::Onnx => "onnx",
         }
     }
 }
@@ -121,6 +128,8 @@ pub enum ModelError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    #[error(transparent)]
+    Onnx(#[from] onnx::OnnxError),
 }
 
 /// Loads `arch` from a safetensors file onto `device` (weights kept in f32).
@@ -133,5 +142,11 @@ pub fn load(arch: Arch, weights: &Path, device: &Device) -> Result<Box<dyn Backb
         Arch::Xception => Box::new(Xception::load(weights, device)?),
         Arch::InceptionV3 => Box::new(InceptionV3::load(weights, device)?),
         Arch::EfficientnetLite0 => Box::new(EfficientNetLite0::load(weights, device)?),
+        Arch::Onnx => {
+            return Err(ModelError::Onnx(onnx::OnnxError::Graph {
+                path: weights.display().to_string(),
+                message: "an ONNX backbone loads with models::onnx::OnnxBackbone::load".into(),
+            }))
+        }
     })
 }

@@ -236,6 +236,6 @@ impl Backbone for Xception {
     }
 
     fn num_features(&self) -> usize {
-        Arch::Xception.pretrained_cfg().num_features
+        Arch::Xception.pretrained_cfg().map_or(0, |c| c.num_features)
     }
 }

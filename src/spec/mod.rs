@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::models::onnx::{InputLayout, OnnxOptions};
 use crate::models::{Arch, Preprocess};
 
 pub use resolve::{load, parse};
@@ -127,6 +128,20 @@ pub struct BackboneSpec {
     pub input_size: usize,
     pub preprocess: Preprocess,
     pub resize: Resize,
+    /// ONNX only (absent otherwise, so native specs hash as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_layout: Option<InputLayout>,
+}
+
+impl BackboneSpec {
+    pub fn onnx_options(&self) -> OnnxOptions {
+        OnnxOptions {
+            output: self.output.clone(),
+            input_layout: self.input_layout,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{Layout, Optimizer, Resize, View};
+use crate::models::onnx::InputLayout;
 use crate::models::{Arch, Preprocess};
 
 #[derive(Debug, Deserialize)]
@@ -45,6 +46,10 @@ pub struct RawBackbone {
     pub input_size: Option<usize>,
     pub preprocess: Option<Preprocess>,
     pub resize: Option<Resize>,
+    /// ONNX only: the graph value holding the features.
+    pub output: Option<String>,
+    /// ONNX only: `nchw` or `nhwc`; default read from the graph.
+    pub input_layout: Option<InputLayout>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -269,8 +269,28 @@ impl Resolver<'_> {
     }
 
     fn backbone(&self, i: usize, raw: RawBackbone) -> Result<BackboneSpec, SpecError> {
-        let cfg = raw.arch.pretrained_cfg();
-        let input_size = raw.input_size.unwrap_or(cfg.input_size);
+        let weights = self.path(raw.weights.clone());
+        let (input_size, preprocess) = match raw.arch.pretrained_cfg() {
+            Some(cfg) => {
+                for (key, set) in [
+                    ("output", raw.output.is_some()),
+                    ("input_layout", raw.input_layout.is_some()),
+                ] {
+                    if set {
+                        return Err(self.invalid(
+                            &format!("backbone[{i}].{key}"),
+                            format!("is set for arch = \"{}\"", raw.arch.name()),
+                            "it applies to arch = \"onnx\" only; remove it",
+                        ));
+                    }
+                }
+                (
+                    raw.input_size.unwrap_or(cfg.input_size),
+                    raw.preprocess.unwrap_or(cfg.preprocess),
+                )
+            }
+            None => self.onnx_defaults(i, &raw, &weights)?,
+        };
         if !(32..=1024).contains(&input_size) {
             return Err(self.invalid(
                 &format!("backbone[{i}].input_size"),
@@ -280,11 +300,53 @@ impl Resolver<'_> {
         }
         Ok(BackboneSpec {
             arch: raw.arch,
-            weights: self.path(raw.weights),
+            weights,
             input_size,
-            preprocess: raw.preprocess.unwrap_or(cfg.preprocess),
+            preprocess,
             resize: raw.resize.unwrap_or(Resize::Box),
+            output: raw.output,
+            input_layout: raw.input_layout,
         })
+    }
+
+    /// An ONNX backbone's input size (given, or fixed by the graph) and
+    /// preprocessing (always given: a graph does not say how it was trained).
+    fn onnx_defaults(
+        &self,
+        i: usize,
+        raw: &RawBackbone,
+        weights: &Path,
+    ) -> Result<(usize, crate::models::Preprocess), SpecError> {
+        let Some(preprocess) = raw.preprocess else {
+            return Err(self.invalid(
+                &format!("backbone[{i}].preprocess"),
+                "is missing (an ONNX graph does not record how its inputs were scaled)".into(),
+                "set preprocess = \"inception\" ([-1, 1]), \"imagenet\" (torchvision mean/std) or \"efficientnet_lite\"",
+            ));
+        };
+        if let Some(size) = raw.input_size {
+            return Ok((size, preprocess));
+        }
+        let summary = crate::models::onnx::read_model(weights)
+            .and_then(|m| crate::models::onnx::summarize(&m, weights));
+        match summary {
+            Ok(s) => match s.input_size {
+                Some(size) => Ok((size, preprocess)),
+                None => Err(self.invalid(
+                    &format!("backbone[{i}].input_size"),
+                    format!(
+                        "is missing and the graph's input `{}` does not fix it",
+                        s.input_name
+                    ),
+                    "set input_size (pixels, e.g. 224)",
+                )),
+            },
+            Err(e) => Err(self.invalid(
+                &format!("backbone[{i}].weights"),
+                format!("cannot be read to find the input size ({e})"),
+                "fix the path or set input_size",
+            )),
+        }
     }
 }
 
