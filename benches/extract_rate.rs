@@ -67,7 +67,9 @@ fn parse() -> Result<Args, String> {
                 let v = value("--preprocess")?;
                 preprocess = Some(
                     serde_json::from_value::<Preprocess>(serde_json::Value::String(v.clone()))
-                        .map_err(|_| format!("--preprocess {v}: inception | efficientnet_lite | imagenet"))?,
+                        .map_err(|_| {
+                            format!("--preprocess {v}: inception | efficientnet_lite | imagenet")
+                        })?,
                 )
             }
             "--output" => output = Some(value("--output")?),

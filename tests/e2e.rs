@@ -392,3 +392,73 @@ fn a_label_missing_from_the_sample_submission_is_named_with_its_image() {
     assert_eq!(code, Some(1));
     assert!(err.contains("wolf") && err.contains("labels.csv"), "{err}");
 }
+
+/// An ONNX export of EfficientNet-Lite0 in a spec gives the native
+/// network's features, and runs end to end through the CLI.
+#[test]
+fn onnx_backbone_gives_the_native_features_and_runs_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    woof_subset(&dir.join("data"), 2, 3, 1);
+    let spec = format!(
+        r#"
+name = "onnx"
+views = ["original", "hflip"]
+[data]
+layout = "kaggle"
+root = "data"
+[[backbone]]
+arch = "efficientnet_lite0"
+weights = "{native}"
+[[backbone]]
+arch = "onnx"
+weights = "{onnx}"
+output = "features"
+preprocess = "efficientnet_lite"
+[extract]
+batch_size = 4
+[cv]
+folds = 2
+[head]
+epochs = 5
+"#,
+        native = model("efficientnet_lite0_imagenet.safetensors").display(),
+        onnx = model("efficientnet_lite0_imagenet.onnx").display(),
+    );
+    let path = dir.join("onnx.toml");
+    std::fs::write(&path, spec).unwrap();
+    let spec = runner::spec::load(&path).unwrap();
+    assert_eq!(spec.backbones[1].input_size, 224, "read from the graph");
+    let data = Dataset::load(&spec.data).unwrap();
+    let plan = Plan::new(&spec, &data).unwrap();
+    let cache = FeatureCache::new(dir.join("cache"));
+    let feats =
+        runner::features::ensure(&spec, &data, &plan, &cache, &Device::Cpu, &Log::new(true))
+            .unwrap();
+    for split in [Split::Train, Split::Test] {
+        for view in [runner::spec::View::Original, runner::spec::View::Hflip] {
+            let native = feats.get(plan.stage(0, view, split));
+            let onnx = feats.get(plan.stage(1, view, split));
+            assert_eq!((native.rows, native.cols), (onnx.rows, onnx.cols));
+            let max = native.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = native
+                .data
+                .iter()
+                .zip(&onnx.data)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                diff <= 1e-4 * max,
+                "{split:?} {view:?}: {diff} vs max {max}"
+            );
+        }
+    }
+    // Same cache: the CLI run reuses the features computed above.
+    let out = runner(
+        dir,
+        &["--quiet", "--runs", "runs", "--cache", "cache", "onnx.toml"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let runs = run_dirs(&dir.join("runs"));
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].join("submission.csv").is_file());
+}

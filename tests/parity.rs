@@ -151,10 +151,17 @@ fn efficientnet_lite0_onnx_export_matches_pytorch_reference() {
     assert_eq!(features.program().native_convolutions(), 49);
     let t = Instant::now();
     let f = features.forward_features(&x).expect("forward");
-    println!("onnx efficientnet_lite0: batch 4 in {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "onnx efficientnet_lite0: batch 4 in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     check("onnx efficientnet_lite0 features", &f, get(&fx, "features"));
     let ff = features.forward_features(&xf).expect("forward flipped");
-    check("onnx efficientnet_lite0 features_hflip", &ff, get(&fx, "features_hflip"));
+    check(
+        "onnx efficientnet_lite0 features_hflip",
+        &ff,
+        get(&fx, "features_hflip"),
+    );
     let logits = load("logits");
     let l = logits.forward_features(&x).expect("forward logits");
     check("onnx efficientnet_lite0 logits", &l, get(&fx, "logits"));
