@@ -2,6 +2,7 @@
 
 mod common;
 mod e2e;
+mod onnx_exports;
 mod parity;
 mod resize;
 mod spec_errors;

@@ -182,12 +182,18 @@ impl OnnxBackbone {
             layout,
             num_features: 0,
         };
-        let blank = Tensor::zeros((1, 3, input_size, input_size), candle_core::DType::F32, &candle_core::Device::Cpu)
-            .and_then(|x| net.forward_features(&x))
-            .map_err(|e| OnnxError::Graph {
-                path: p.clone(),
-                message: format!("a trial run on one blank {input_size}x{input_size} image failed: {e}"),
-            })?;
+        let blank = Tensor::zeros(
+            (1, 3, input_size, input_size),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .and_then(|x| net.forward_features(&x))
+        .map_err(|e| OnnxError::Graph {
+            path: p.clone(),
+            message: format!(
+                "a trial run on one blank {input_size}x{input_size} image failed: {e}"
+            ),
+        })?;
         net.num_features = blank.dim(1).unwrap_or(0);
         Ok(net)
     }

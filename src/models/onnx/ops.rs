@@ -14,10 +14,10 @@ use super::proto::{self, Attrs};
 use crate::models::layers::{self, Pad4, Padding};
 
 /// Ops and opsets that runner's ONNX executor covers, for error messages.
-pub const SUPPORTED: &str = "Add, AveragePool, BatchNormalization, Cast, Clip, Concat, Constant, \
-ConstantOfShape, Conv, Div, Dropout, Flatten, Gather, Gemm, GlobalAveragePool, HardSigmoid, \
-HardSwish, Identity, LeakyRelu, MatMul, MaxPool, Mul, Pad, ReduceMean, Relu, Reshape, Shape, \
-Sigmoid, Slice, Softmax, Squeeze, Sub, Tanh, Transpose, Unsqueeze (opsets 7-21)";
+pub const SUPPORTED: &str = "Add, AveragePool, BatchNormalization, Cast, Ceil, Clip, Concat, \
+Constant, ConstantOfShape, Conv, Div, Dropout, Flatten, Floor, Gather, Gemm, GlobalAveragePool, \
+HardSigmoid, HardSwish, Identity, LeakyRelu, MatMul, MaxPool, Mul, Pad, ReduceMean, Relu, \
+Reshape, Shape, Sigmoid, Slice, Softmax, Squeeze, Sub, Tanh, Transpose, Unsqueeze (opsets 7-21)";
 
 /// Why a node cannot be parsed.
 #[derive(Debug)]
@@ -47,52 +47,122 @@ pub enum PadMode {
     Edge,
 }
 
+/// `(starts, ends, axes)` of an opset < 10 `Slice`.
+pub type SliceAttrs = (Vec<i64>, Vec<i64>, Option<Vec<i64>>);
+
 #[derive(Debug, Clone)]
 pub enum Op {
-    Conv { window: Window2d, group: usize },
-    BatchNormalization { eps: f32 },
+    Conv {
+        window: Window2d,
+        group: usize,
+    },
+    BatchNormalization {
+        eps: f32,
+    },
     Relu,
-    LeakyRelu { alpha: f32 },
+    LeakyRelu {
+        alpha: f32,
+    },
+    /// Rounding, in PyTorch's TF-"same" padding arithmetic
+    /// (`ceil(in / stride)`) and `math.floor` on traced sizes.
+    Ceil,
+    Floor,
     Sigmoid,
     Tanh,
-    HardSigmoid { alpha: f32, beta: f32 },
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
     HardSwish,
     /// Bounds from attributes (opset < 11); inputs 1 and 2 override them.
-    Clip { min: f32, max: f32 },
+    Clip {
+        min: f32,
+        max: f32,
+    },
     Add,
     Sub,
     Mul,
     Div,
-    MaxPool { window: Window2d, ceil: bool },
-    AveragePool { window: Window2d, ceil: bool, count_include_pad: bool },
+    MaxPool {
+        window: Window2d,
+        ceil: bool,
+    },
+    AveragePool {
+        window: Window2d,
+        ceil: bool,
+        count_include_pad: bool,
+    },
     GlobalAveragePool,
-    ReduceMean { axes: Option<Vec<i64>>, keepdims: bool, noop_with_empty_axes: bool },
+    ReduceMean {
+        axes: Option<Vec<i64>>,
+        keepdims: bool,
+        noop_with_empty_axes: bool,
+    },
     /// `pads` and `value` from attributes (opset < 11); inputs override them.
-    Pad { mode: PadMode, pads: Option<Vec<i64>>, value: f32 },
-    Concat { axis: i64 },
-    Reshape { allowzero: bool },
-    Flatten { axis: i64 },
-    Transpose { perm: Option<Vec<i64>> },
-    Squeeze { axes: Option<Vec<i64>> },
-    Unsqueeze { axes: Option<Vec<i64>> },
-    Gemm { alpha: f32, beta: f32, trans_a: bool, trans_b: bool },
+    Pad {
+        mode: PadMode,
+        pads: Option<Vec<i64>>,
+        value: f32,
+    },
+    Concat {
+        axis: i64,
+    },
+    Reshape {
+        allowzero: bool,
+    },
+    Flatten {
+        axis: i64,
+    },
+    Transpose {
+        perm: Option<Vec<i64>>,
+    },
+    Squeeze {
+        axes: Option<Vec<i64>>,
+    },
+    Unsqueeze {
+        axes: Option<Vec<i64>>,
+    },
+    Gemm {
+        alpha: f32,
+        beta: f32,
+        trans_a: bool,
+        trans_b: bool,
+    },
     MatMul,
     /// `legacy`: opset < 13, softmax over the input flattened to 2-D at `axis`.
-    Softmax { axis: i64, legacy: bool },
-    Shape { start: i64, end: Option<i64> },
-    Gather { axis: i64 },
-    /// `(starts, ends, axes)` from attributes (opset < 10).
-    Slice { attrs: Option<(Vec<i64>, Vec<i64>, Option<Vec<i64>>)> },
-    Cast { to: DType },
+    Softmax {
+        axis: i64,
+        legacy: bool,
+    },
+    Shape {
+        start: i64,
+        end: Option<i64>,
+    },
+    Gather {
+        axis: i64,
+    },
+    /// Bounds from attributes (opset < 10); later opsets take inputs.
+    Slice {
+        attrs: Option<SliceAttrs>,
+    },
+    Cast {
+        to: DType,
+    },
     Constant(Tensor),
-    ConstantOfShape { value: Tensor },
+    ConstantOfShape {
+        value: Tensor,
+    },
     Identity,
 }
 
 fn window2d(a: &Attrs, kernel_required: bool) -> Result<Window2d, String> {
     let kernel = match a.ints("kernel_shape") {
         Some(k) if k.len() == 2 && k.iter().all(|&v| v > 0) => Some((k[0] as usize, k[1] as usize)),
-        Some(k) => return Err(format!("kernel_shape {k:?}: only 2-D windows are supported")),
+        Some(k) => {
+            return Err(format!(
+                "kernel_shape {k:?}: only 2-D windows are supported"
+            ))
+        }
         None if kernel_required => return Err("kernel_shape is missing".into()),
         None => None,
     };
@@ -125,7 +195,11 @@ fn window2d(a: &Attrs, kernel_required: bool) -> Result<Window2d, String> {
         "SAME_UPPER" => Padding::Same,
         "SAME_LOWER" => Padding::SameLower,
         "VALID" => Padding::Valid,
-        other => return Err(format!("auto_pad = {other:?} is not one of NOTSET, SAME_UPPER, SAME_LOWER, VALID")),
+        other => {
+            return Err(format!(
+                "auto_pad = {other:?} is not one of NOTSET, SAME_UPPER, SAME_LOWER, VALID"
+            ))
+        }
     };
     Ok(Window2d {
         kernel,
@@ -154,13 +228,17 @@ impl Op {
             }
             "BatchNormalization" => {
                 if a.int("training_mode", 0) != 0 {
-                    return Err("training_mode = 1 (runner only runs inference)".to_string().into());
+                    return Err("training_mode = 1 (runner only runs inference)"
+                        .to_string()
+                        .into());
                 }
                 Op::BatchNormalization {
                     eps: a.float("epsilon", 1e-5),
                 }
             }
             "Relu" => Op::Relu,
+            "Ceil" => Op::Ceil,
+            "Floor" => Op::Floor,
             "LeakyRelu" => Op::LeakyRelu {
                 alpha: a.float("alpha", 0.01),
             },
@@ -181,7 +259,9 @@ impl Op {
             "Div" => Op::Div,
             "MaxPool" => {
                 if node.output.len() > 1 && !node.output[1].is_empty() {
-                    return Err("MaxPool's Indices output is not supported".to_string().into());
+                    return Err("MaxPool's Indices output is not supported"
+                        .to_string()
+                        .into());
                 }
                 if a.int("storage_order", 0) != 0 {
                     return Err("storage_order = 1 is not supported".to_string().into());
@@ -207,7 +287,12 @@ impl Op {
                     "constant" => PadMode::Constant,
                     "reflect" => PadMode::Reflect,
                     "edge" => PadMode::Edge,
-                    other => return Err(format!("Pad mode {other:?} (supported: constant, reflect, edge)").into()),
+                    other => {
+                        return Err(format!(
+                            "Pad mode {other:?} (supported: constant, reflect, edge)"
+                        )
+                        .into())
+                    }
                 },
                 pads: if opset < 11 { a.ints("pads") } else { None },
                 value: a.float("value", 0.0),
@@ -224,8 +309,12 @@ impl Op {
             "Transpose" => Op::Transpose {
                 perm: a.ints("perm"),
             },
-            "Squeeze" => Op::Squeeze { axes: a.ints("axes") },
-            "Unsqueeze" => Op::Unsqueeze { axes: a.ints("axes") },
+            "Squeeze" => Op::Squeeze {
+                axes: a.ints("axes"),
+            },
+            "Unsqueeze" => Op::Unsqueeze {
+                axes: a.ints("axes"),
+            },
             "Gemm" => Op::Gemm {
                 alpha: a.float("alpha", 1.0),
                 beta: a.float("beta", 1.0),
@@ -261,7 +350,8 @@ impl Op {
                 },
             },
             "Identity" | "Dropout" => {
-                if node.op_type == "Dropout" && node.output.len() > 1 && !node.output[1].is_empty() {
+                if node.op_type == "Dropout" && node.output.len() > 1 && !node.output[1].is_empty()
+                {
                     return Err("Dropout's mask output is not supported".to_string().into());
                 }
                 Op::Identity
@@ -311,20 +401,34 @@ impl Op {
                 one(x.broadcast_mul(&scale)?.broadcast_add(&shift)?)
             }
             Op::Relu => one(x()?.relu()?),
+            Op::Ceil | Op::Floor => {
+                let x = x()?;
+                match (self, x.dtype()) {
+                    // Integers are already whole (ONNX defines both for
+                    // floats only).
+                    (_, DType::I64) => one(x.clone()),
+                    (Op::Ceil, _) => one(x.ceil()?),
+                    _ => one(x.floor()?),
+                }
+            }
             Op::LeakyRelu { alpha } => {
                 let x = x()?;
                 one((x.relu()? - (x.neg()?.relu()? * *alpha as f64)?)?)
             }
             Op::Sigmoid => one(candle_nn::ops::sigmoid(x()?)?),
             Op::Tanh => one(x()?.tanh()?),
-            Op::HardSigmoid { alpha, beta } => {
-                one(x()?.affine(*alpha as f64, *beta as f64)?.clamp(0f32, 1f32)?)
-            }
+            Op::HardSigmoid { alpha, beta } => one(x()?
+                .affine(*alpha as f64, *beta as f64)?
+                .clamp(0f32, 1f32)?),
             Op::HardSwish => {
                 let x = x()?;
                 one((x * x.affine(1.0 / 6.0, 0.5)?.clamp(0f32, 1f32)?)?)
             }
             Op::Clip { min, max } => {
+                let x = x()?;
+                if x.dtype() == DType::I64 {
+                    return one(clip_i64(x, opt(1), opt(2))?);
+                }
                 let lo = match opt(1) {
                     Some(t) => scalar_f32(t)?,
                     None => *min,
@@ -333,10 +437,6 @@ impl Op {
                     Some(t) => scalar_f32(t)?,
                     None => *max,
                 };
-                let x = x()?;
-                if x.dtype() != DType::F32 {
-                    candle_core::bail!("Clip of an integer tensor is not supported")
-                }
                 one(x.clamp(lo, hi)?)
             }
             Op::Add => one(input(0)?.broadcast_add(input(1)?)?),
@@ -411,7 +511,11 @@ impl Op {
                 axes.dedup();
                 let mut y = x.clone();
                 for &a in axes.iter().rev() {
-                    y = if *keepdims { y.mean_keepdim(a)? } else { y.mean(a)? };
+                    y = if *keepdims {
+                        y.mean_keepdim(a)?
+                    } else {
+                        y.mean(a)?
+                    };
                 }
                 one(y)
             }
@@ -542,7 +646,11 @@ impl Op {
                     y = (y * *alpha as f64)?;
                 }
                 if let Some(c) = opt(2) {
-                    let c = if *beta != 1.0 { (c * *beta as f64)? } else { c.clone() };
+                    let c = if *beta != 1.0 {
+                        (c * *beta as f64)?
+                    } else {
+                        c.clone()
+                    };
                     y = y.broadcast_add(&c)?;
                 }
                 one(y)
@@ -584,10 +692,8 @@ impl Op {
                 if let Some(bad) = flat.iter().find(|&&i| i < 0 || i >= n) {
                     candle_core::bail!("Gather index {bad} out of range for a dimension of {n}")
                 }
-                let picked = data.index_select(
-                    &Tensor::from_vec(flat, idx.elem_count(), data.device())?,
-                    a,
-                )?;
+                let picked = data
+                    .index_select(&Tensor::from_vec(flat, idx.elem_count(), data.device())?, a)?;
                 let mut dims = data.dims()[..a].to_vec();
                 dims.extend_from_slice(idx.dims());
                 dims.extend_from_slice(&data.dims()[a + 1..]);
@@ -606,7 +712,10 @@ impl Op {
                 };
                 let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
                 let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
-                if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+                if ends.len() != starts.len()
+                    || axes.len() != starts.len()
+                    || steps.len() != starts.len()
+                {
                     candle_core::bail!("Slice: starts, ends, axes and steps differ in length")
                 }
                 let mut y = x.clone();
@@ -683,6 +792,23 @@ fn scalar_f32(t: &Tensor) -> candle_core::Result<f32> {
     }
 }
 
+/// Integer `Clip` (opset >= 12): shape arithmetic, e.g. PyTorch's TF-"same"
+/// padding clamps its pad amounts at 0. Computed on i64 directly, since an
+/// f32 round trip would round sizes above 2^24.
+fn clip_i64(x: &Tensor, lo: Option<&Tensor>, hi: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let bound = |t: Option<&Tensor>, default: i64| -> candle_core::Result<i64> {
+        match t.map(to_i64s).transpose()?.as_deref() {
+            None => Ok(default),
+            Some([v]) => Ok(*v),
+            Some(v) => candle_core::bail!("Clip bound: expected a scalar, got {} values", v.len()),
+        }
+    };
+    let (lo, hi) = (bound(lo, i64::MIN)?, bound(hi, i64::MAX)?);
+    // ONNX: min(max(x, lo), hi), also when lo > hi.
+    let v: Vec<i64> = to_i64s(x)?.into_iter().map(|v| v.max(lo).min(hi)).collect();
+    Tensor::from_vec(v, x.dims(), x.device())
+}
+
 /// ONNX `Reshape`'s target: `0` copies the input's dimension (unless
 /// `allowzero`), `-1` is inferred.
 fn reshape_dims(input: &[usize], spec: &[i64], allowzero: bool) -> candle_core::Result<Vec<usize>> {
@@ -697,7 +823,9 @@ fn reshape_dims(input: &[usize], spec: &[i64], allowzero: bool) -> candle_core::
             }
             0 if !allowzero => match input.get(i) {
                 Some(&v) => dims.push(v),
-                None => candle_core::bail!("Reshape: 0 at {i} but the input has rank {}", input.len()),
+                None => {
+                    candle_core::bail!("Reshape: 0 at {i} but the input has rank {}", input.len())
+                }
             },
             d if d >= 0 => dims.push(d as usize),
             _ => candle_core::bail!("Reshape: invalid target {spec:?}"),
@@ -705,7 +833,7 @@ fn reshape_dims(input: &[usize], spec: &[i64], allowzero: bool) -> candle_core::
     }
     if let Some(i) = infer {
         let known: usize = dims.iter().product();
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             candle_core::bail!("Reshape: cannot infer -1 in {spec:?} from {input:?}")
         }
         dims[i] = total / known;
@@ -717,7 +845,13 @@ fn reshape_dims(input: &[usize], spec: &[i64], allowzero: bool) -> candle_core::
 }
 
 /// One axis of ONNX `Slice`, with its clamping rules and any step.
-fn slice_axis(x: &Tensor, a: usize, start: i64, end: i64, step: i64) -> candle_core::Result<Tensor> {
+fn slice_axis(
+    x: &Tensor,
+    a: usize,
+    start: i64,
+    end: i64,
+    step: i64,
+) -> candle_core::Result<Tensor> {
     if step == 0 {
         candle_core::bail!("Slice step 0")
     }
@@ -777,7 +911,9 @@ fn pad_axis(
         PadMode::Edge => x.pad_with_same(a, b, e),
         PadMode::Reflect => {
             if n < 2 || b >= n || e >= n {
-                candle_core::bail!("reflect padding of {b}/{e} needs more than that many values (axis has {n})")
+                candle_core::bail!(
+                    "reflect padding of {b}/{e} needs more than that many values (axis has {n})"
+                )
             }
             let idx: Vec<i64> = (-(b as i64)..(n + e) as i64)
                 .map(|i| {
@@ -823,7 +959,10 @@ mod tests {
     fn pad_modes_match_their_definitions() {
         let x = t(&[1., 2., 3.], &[3]);
         let p = |mode, b, e, v| vals(&pad_axis(&x, 0, b, e, &mode, v).unwrap());
-        assert_eq!(p(PadMode::Constant, 1, 2, 0.0), vec![0., 1., 2., 3., 0., 0.]);
+        assert_eq!(
+            p(PadMode::Constant, 1, 2, 0.0),
+            vec![0., 1., 2., 3., 0., 0.]
+        );
         assert_eq!(p(PadMode::Constant, 1, 0, 9.0), vec![9., 1., 2., 3.]);
         assert_eq!(p(PadMode::Edge, 2, 1, 0.0), vec![1., 1., 1., 2., 3., 3.]);
         assert_eq!(p(PadMode::Reflect, 2, 1, 0.0), vec![3., 2., 1., 2., 3., 2.]);
@@ -832,8 +971,14 @@ mod tests {
 
     #[test]
     fn reshape_copies_zeros_and_infers_minus_one() {
-        assert_eq!(reshape_dims(&[2, 3, 4], &[0, -1], false).unwrap(), vec![2, 12]);
-        assert_eq!(reshape_dims(&[2, 3, 4], &[-1, 4], false).unwrap(), vec![6, 4]);
+        assert_eq!(
+            reshape_dims(&[2, 3, 4], &[0, -1], false).unwrap(),
+            vec![2, 12]
+        );
+        assert_eq!(
+            reshape_dims(&[2, 3, 4], &[-1, 4], false).unwrap(),
+            vec![6, 4]
+        );
         assert!(reshape_dims(&[2, 3], &[4, -1], false).is_err());
     }
 
@@ -865,23 +1010,69 @@ mod tests {
 
     #[test]
     fn max_pool_ceil_mode_adds_a_last_partial_window() {
-        let x = t(&(0..25).map(|v| v as f32).collect::<Vec<_>>(), &[1, 1, 5, 5]);
+        let x = t(
+            &(0..25).map(|v| v as f32).collect::<Vec<_>>(),
+            &[1, 1, 5, 5],
+        );
         let window = Window2d {
             kernel: Some((2, 2)),
             stride: 2,
             padding: Padding::Explicit(Pad4::default()),
         };
-        let floor = Op::MaxPool { window, ceil: false }.eval(&[Some(&x)]).unwrap();
-        let ceil = Op::MaxPool { window, ceil: true }.eval(&[Some(&x)]).unwrap();
+        let floor = Op::MaxPool {
+            window,
+            ceil: false,
+        }
+        .eval(&[Some(&x)])
+        .unwrap();
+        let ceil = Op::MaxPool { window, ceil: true }
+            .eval(&[Some(&x)])
+            .unwrap();
         assert_eq!(floor[0].dims(), &[1, 1, 2, 2]);
-        assert_eq!(vals(&ceil[0]), vec![6., 8., 9., 16., 18., 19., 21., 23., 24.]);
+        assert_eq!(
+            vals(&ceil[0]),
+            vec![6., 8., 9., 16., 18., 19., 21., 23., 24.]
+        );
+    }
+
+    #[test]
+    fn integer_clip_keeps_i64_and_takes_integer_bounds() {
+        let cpu = &Device::Cpu;
+        let x = Tensor::new(&[-3i64, 0, 5, 1 << 40], cpu).unwrap();
+        let zero = Tensor::new(0i64, cpu).unwrap();
+        let y = Op::Clip {
+            min: f32::NEG_INFINITY,
+            max: f32::INFINITY,
+        }
+        .eval(&[Some(&x), Some(&zero), None])
+        .unwrap();
+        assert_eq!(y[0].dtype(), DType::I64);
+        assert_eq!(y[0].to_vec1::<i64>().unwrap(), vec![0, 0, 5, 1 << 40]);
+    }
+
+    #[test]
+    fn ceil_and_floor_round_floats_and_keep_integers() {
+        let x = t(&[-1.5, 0.25, 2.0], &[3]);
+        assert_eq!(
+            vals(&Op::Ceil.eval(&[Some(&x)]).unwrap()[0]),
+            vec![-1., 1., 2.]
+        );
+        assert_eq!(
+            vals(&Op::Floor.eval(&[Some(&x)]).unwrap()[0]),
+            vec![-2., 0., 2.]
+        );
+        let i = Tensor::new(&[7i64], &Device::Cpu).unwrap();
+        let y = Op::Ceil.eval(&[Some(&i)]).unwrap();
+        assert_eq!(y[0].to_vec1::<i64>().unwrap(), vec![7]);
     }
 
     #[test]
     fn gather_with_a_scalar_index_drops_the_axis() {
         let shape = Tensor::new(&[8i64, 3, 224, 224], &Device::Cpu).unwrap();
         let idx = Tensor::new(0i64, &Device::Cpu).unwrap();
-        let out = Op::Gather { axis: 0 }.eval(&[Some(&shape), Some(&idx)]).unwrap();
+        let out = Op::Gather { axis: 0 }
+            .eval(&[Some(&shape), Some(&idx)])
+            .unwrap();
         assert_eq!(out[0].rank(), 0);
         assert_eq!(out[0].to_scalar::<i64>().unwrap(), 8);
     }

@@ -29,7 +29,10 @@ use crate::models::layers::{Act, BatchNorm, Conv2d, DepthwiseConv2d, Pad4, Paddi
 enum Kernel {
     /// Dense convolution with fused bias / BatchNorm / activation; with
     /// `residual`, its second input is added to the activated output.
-    Conv { conv: Conv2d, residual: bool },
+    Conv {
+        conv: Conv2d,
+        residual: bool,
+    },
     Depthwise(DepthwiseConv2d),
     /// `group` dense convolutions over channel slices, concatenated.
     Grouped(Vec<Conv2d>),
@@ -99,14 +102,16 @@ pub fn image_input<'a>(
         .collect();
     match inputs.as_slice() {
         [one] => Ok(one),
-        other => Err(OnnxError::Graph {
-            path: path.into(),
-            message: format!(
+        other => {
+            Err(OnnxError::Graph {
+                path: path.into(),
+                message: format!(
                 "the graph has {} non-constant inputs ({}); runner feeds exactly one image tensor",
                 other.len(),
                 other.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
             ),
-        }),
+            })
+        }
     }
 }
 
@@ -224,11 +229,7 @@ impl Program {
                 .iter()
                 .all(|i| i.is_empty() || consts.contains_key(i));
             if all_const && !matches!(op, Op::Conv { .. }) {
-                let ins: Vec<Option<&Tensor>> = proto
-                    .input
-                    .iter()
-                    .map(|i| consts.get(i))
-                    .collect();
+                let ins: Vec<Option<&Tensor>> = proto.input.iter().map(|i| consts.get(i)).collect();
                 let outs = op
                     .eval(&ins)
                     .map_err(|e| node_err(format!("constant folding failed: {e}")))?;
@@ -297,14 +298,22 @@ impl Program {
             };
             let ins: Vec<&str> = n.inputs().collect();
             let Some(w) = ins.get(1).and_then(|w| consts.get(*w)) else {
-                return Err(node_err("the weights are not a constant initializer".into()));
+                return Err(node_err(
+                    "the weights are not a constant initializer".into(),
+                ));
             };
-            let (o, cg, kh, kw) = w
-                .dims4()
-                .map_err(|_| node_err(format!("weights of shape {:?}, expected (O, C/group, kh, kw)", w.dims())))?;
+            let (o, cg, kh, kw) = w.dims4().map_err(|_| {
+                node_err(format!(
+                    "weights of shape {:?}, expected (O, C/group, kh, kw)",
+                    w.dims()
+                ))
+            })?;
             if let Some(k) = window.kernel {
                 if k != (kh, kw) {
-                    return Err(node_err(format!("kernel_shape {k:?} but weights {:?}", w.dims())));
+                    return Err(node_err(format!(
+                        "kernel_shape {k:?} but weights {:?}",
+                        w.dims()
+                    )));
                 }
             }
             let mut weights = ops::to_f32s(w).map_err(|e| node_err(e.to_string()))?;
@@ -316,12 +325,17 @@ impl Program {
                 None => vec![0.0; o],
             };
             if bias.len() != o {
-                return Err(node_err(format!("{} biases for {o} output channels", bias.len())));
+                return Err(node_err(format!(
+                    "{} biases for {o} output channels",
+                    bias.len()
+                )));
             }
             let group = *group;
             let depthwise = group > 1 && group == o && cg == 1;
             if o % group != 0 {
-                return Err(node_err(format!("{o} output channels do not split into {group} groups")));
+                return Err(node_err(format!(
+                    "{o} output channels do not split into {group} groups"
+                )));
             }
 
             // A zero Pad feeding only this convolution becomes its padding.
@@ -352,7 +366,8 @@ impl Program {
                 if let Op::BatchNormalization { eps } = nodes[r].op {
                     let p: Vec<&str> = nodes[r].inputs().collect();
                     if p.len() == 5 && p[1..].iter().all(|s| is_const(s)) {
-                        let v = |s: &str| ops::to_f32s(&consts[s]).map_err(|e| node_err(e.to_string()));
+                        let v =
+                            |s: &str| ops::to_f32s(&consts[s]).map_err(|e| node_err(e.to_string()));
                         let bn = BatchNorm {
                             gamma: Some(v(p[1])?),
                             beta: Some(v(p[2])?),
@@ -376,10 +391,18 @@ impl Program {
                 }
             }
             if group == 1 {
-                if let Some(r) = sole_reader(out) {
+                // When both inputs of the Add are convolutions (a ResNet
+                // block with a downsampling shortcut), the first claims it
+                // and the other stays a plain convolution: two chains ending
+                // at one node would leave one of them never emitted.
+                if let Some(r) = sole_reader(out).filter(|r| !fused_into.contains_key(r)) {
                     if matches!(nodes[r].op, Op::Add) {
                         let ab: Vec<&str> = nodes[r].inputs().collect();
-                        let other = if ab.first() == Some(&out) { ab.get(1) } else { ab.first() };
+                        let other = if ab.first() == Some(&out) {
+                            ab.get(1)
+                        } else {
+                            ab.first()
+                        };
                         if let Some(&other) = other.filter(|s| !is_const(s) && **s != out) {
                             residual = Some(other);
                             fused_into.insert(r, ci);
@@ -392,13 +415,23 @@ impl Program {
             let dev = &Device::Cpu;
             let kernel = if depthwise {
                 Kernel::Depthwise(
-                    DepthwiseConv2d::new(weights, (o, kh, kw), Some(bias), window.stride, padding, Act::None, act)
-                        .map_err(|e| node_err(e.to_string()))?,
+                    DepthwiseConv2d::new(
+                        weights,
+                        (o, kh, kw),
+                        Some(bias),
+                        window.stride,
+                        padding,
+                        Act::None,
+                        act,
+                    )
+                    .map_err(|e| node_err(e.to_string()))?,
                 )
             } else if group == 1 {
-                let w = Tensor::from_vec(weights, (o, cg, kh, kw), dev).map_err(|e| node_err(e.to_string()))?;
+                let w = Tensor::from_vec(weights, (o, cg, kh, kw), dev)
+                    .map_err(|e| node_err(e.to_string()))?;
                 Kernel::Conv {
-                    conv: Conv2d::new(w, bias, window.stride, padding, act).map_err(|e| node_err(e.to_string()))?,
+                    conv: Conv2d::new(w, bias, window.stride, padding, act)
+                        .map_err(|e| node_err(e.to_string()))?,
                     residual: residual.is_some(),
                 }
             } else {
@@ -406,8 +439,18 @@ impl Program {
                 let per = og * cg * kh * kw;
                 let convs = (0..group)
                     .map(|g| {
-                        let w = Tensor::from_vec(weights[g * per..(g + 1) * per].to_vec(), (og, cg, kh, kw), dev)?;
-                        Conv2d::new(w, bias[g * og..(g + 1) * og].to_vec(), window.stride, padding, act)
+                        let w = Tensor::from_vec(
+                            weights[g * per..(g + 1) * per].to_vec(),
+                            (og, cg, kh, kw),
+                            dev,
+                        )?;
+                        Conv2d::new(
+                            w,
+                            bias[g * og..(g + 1) * og].to_vec(),
+                            window.stride,
+                            padding,
+                            act,
+                        )
                     })
                     .collect::<candle_core::Result<Vec<_>>>()
                     .map_err(|e| node_err(e.to_string()))?;
@@ -462,7 +505,11 @@ impl Program {
             lowered.into_values().map(|f| (f.last, f)).collect();
         for (i, n) in nodes.into_iter().enumerate() {
             if let Some(f) = by_last.remove(&i) {
-                let inputs = f.inputs.iter().map(|s| Some(slot(s, &mut program))).collect();
+                let inputs = f
+                    .inputs
+                    .iter()
+                    .map(|s| Some(slot(s, &mut program)))
+                    .collect();
                 let outputs = vec![slot(&f.output, &mut program)];
                 program.steps.push(Step {
                     node: f.node,
@@ -532,7 +579,10 @@ impl Program {
                     .map(|s| s.and_then(|s| slots[s].as_ref()))
                     .collect();
                 step.run(&ins).map_err(|e| {
-                    candle_core::Error::Msg(format!("ONNX node `{}` ({}): {e}", step.node, step.op_type))
+                    candle_core::Error::Msg(format!(
+                        "ONNX node `{}` ({}): {e}",
+                        step.node, step.op_type
+                    ))
                 })?
             };
             for (&s, t) in step.outputs.iter().zip(outs) {
@@ -542,9 +592,9 @@ impl Program {
                 slots[s] = None;
             }
         }
-        slots[self.output]
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg(format!("output `{}` was not computed", self.output_name)))
+        slots[self.output].take().ok_or_else(|| {
+            candle_core::Error::Msg(format!("output `{}` was not computed", self.output_name))
+        })
     }
 
     /// Number of steps after fusion (for `runner inspect`).
@@ -587,8 +637,14 @@ impl Step {
         };
         Ok(vec![match &self.kernel {
             Kernel::Op(op) => return op.eval(ins),
-            Kernel::Conv { conv, residual: false } => conv.forward(first()?)?,
-            Kernel::Conv { conv, residual: true } => {
+            Kernel::Conv {
+                conv,
+                residual: false,
+            } => conv.forward(first()?)?,
+            Kernel::Conv {
+                conv,
+                residual: true,
+            } => {
                 let x = first()?;
                 let Some(Some(r)) = ins.get(1) else {
                     candle_core::bail!("its residual input was not computed")
@@ -626,7 +682,12 @@ impl Step {
 /// The spatial padding of a constant-zero `Pad` on an NCHW tensor, when
 /// that is what `node` is.
 fn zero_spatial_pad(node: &Node, consts: &HashMap<String, Tensor>) -> Option<Pad4> {
-    let Op::Pad { mode: ops::PadMode::Constant, pads, value } = &node.op else {
+    let Op::Pad {
+        mode: ops::PadMode::Constant,
+        pads,
+        value,
+    } = &node.op
+    else {
         return None;
     };
     let ins: Vec<&str> = node.inputs().collect();
@@ -643,9 +704,12 @@ fn zero_spatial_pad(node: &Node, consts: &HashMap<String, Tensor>) -> Option<Pad
     };
     // [n, c, h, w] begins then ends; only h and w may be padded.
     match pads.as_slice() {
-        [0, 0, t, l, 0, 0, b, r] if [t, l, b, r].iter().all(|v| **v >= 0) => {
-            Some(Pad4::new(*t as usize, *b as usize, *l as usize, *r as usize))
-        }
+        [0, 0, t, l, 0, 0, b, r] if [t, l, b, r].iter().all(|v| **v >= 0) => Some(Pad4::new(
+            *t as usize,
+            *b as usize,
+            *l as usize,
+            *r as usize,
+        )),
         _ => None,
     }
 }
@@ -666,5 +730,84 @@ fn fusable_act(node: &Node, consts: &HashMap<String, Tensor>) -> Option<Act> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> onnx::NodeProto {
+        onnx::NodeProto {
+            op_type: op.into(),
+            name: output.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            ..Default::default()
+        }
+    }
+
+    fn init(name: &str, dims: &[i64], values: &[f32]) -> onnx::TensorProto {
+        onnx::TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: onnx::tensor_proto::DataType::Float as i32,
+            float_data: values.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn model(
+        nodes: Vec<onnx::NodeProto>,
+        inits: Vec<onnx::TensorProto>,
+        output: &str,
+    ) -> onnx::ModelProto {
+        let value = |name: &str| onnx::ValueInfoProto {
+            name: name.into(),
+            ..Default::default()
+        };
+        onnx::ModelProto {
+            opset_import: vec![onnx::OperatorSetIdProto {
+                domain: String::new(),
+                version: 13,
+            }],
+            graph: Some(onnx::GraphProto {
+                node: nodes,
+                initializer: inits,
+                input: vec![value("x")],
+                output: vec![value(output)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A ResNet block with a downsampling shortcut: both inputs of the Add
+    /// are convolutions, and both must run (each could fuse the Add).
+    #[test]
+    fn an_add_of_two_convolutions_runs_both() {
+        let m = model(
+            vec![
+                node("Conv", &["x", "w2"], "main"),
+                node("Conv", &["x", "w3"], "shortcut"),
+                node("Add", &["main", "shortcut"], "y"),
+            ],
+            vec![
+                init("w2", &[1, 1, 1, 1], &[2.0]),
+                init("w3", &[1, 1, 1, 1], &[3.0]),
+            ],
+            "y",
+        );
+        let p = Program::lower(&m, None, "block.onnx").unwrap();
+        assert_eq!(p.native_convolutions(), 2);
+        let x = Tensor::new(&[1f32, -2., 3., 4.], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 2, 2))
+            .unwrap();
+        let y = p.run(x).unwrap();
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![5., -10., 15., 20.]
+        );
     }
 }

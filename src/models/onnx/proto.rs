@@ -178,7 +178,10 @@ impl Attrs<'_> {
         if let Some(a) = self.get("value_ints") {
             return wrap(Tensor::new(a.ints.as_slice(), cpu));
         }
-        Err("Constant without a supported value attribute (value, value_float(s), value_int(s))".into())
+        Err(
+            "Constant without a supported value attribute (value, value_float(s), value_int(s))"
+                .into(),
+        )
     }
 }
 

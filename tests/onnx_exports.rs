@@ -1,0 +1,299 @@
+//! Real exports of common CNNs through runner's ONNX executor.
+//!
+//! `tests/data/onnx/` holds small random-weight models exported by Keras 3 +
+//! tf2onnx (NHWC inputs) and PyTorch's `torch.onnx.export` (NCHW), written by
+//! `scripts/export_onnx_fixtures.py`, each beside `NAME.expected.safetensors`
+//! (`input` in the graph's layout, onnxruntime's `output`, metadata
+//! `output_name` and `layout`). Every `.onnx` there must reproduce
+//! onnxruntime to `1e-4 * max|reference|`: a new fixture is tested by being
+//! committed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use candle_onnx::onnx;
+use runner::models::onnx::{read_model, InputLayout, OnnxBackbone, OnnxOptions, Program};
+use runner::models::Backbone;
+
+const REL_TOL: f32 = 1e-4;
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx")
+}
+
+/// One exported model and its reference run.
+struct Fixture {
+    name: String,
+    onnx: PathBuf,
+    input: Tensor,
+    output: Tensor,
+    output_name: String,
+    layout: InputLayout,
+}
+
+impl Fixture {
+    fn load(onnx: PathBuf) -> Fixture {
+        let name = onnx
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("file name")
+            .to_string();
+        let expected = onnx.with_file_name(format!("{name}.expected.safetensors"));
+        let bytes = std::fs::read(&expected)
+            .unwrap_or_else(|e| panic!("{name}: cannot read {}: {e}", expected.display()));
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .unwrap_or_else(|e| panic!("{}: {e}", expected.display()));
+        let meta: HashMap<String, String> = header.metadata().clone().unwrap_or_default();
+        let field = |k: &str| {
+            meta.get(k)
+                .cloned()
+                .unwrap_or_else(|| panic!("{}: metadata lacks `{k}`", expected.display()))
+        };
+        let layout = match field("layout").as_str() {
+            "nchw" => InputLayout::Nchw,
+            "nhwc" => InputLayout::Nhwc,
+            other => panic!("{}: layout {other:?}", expected.display()),
+        };
+        let mut tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{}: {e}", expected.display()));
+        let mut take = |k: &str| {
+            tensors
+                .remove(k)
+                .unwrap_or_else(|| panic!("{}: no tensor `{k}`", expected.display()))
+        };
+        Fixture {
+            input: take("input"),
+            output: take("output"),
+            output_name: field("output_name"),
+            layout,
+            name,
+            onnx,
+        }
+    }
+
+    /// The fixture lowered to its reference output.
+    fn program(&self) -> Result<Program, String> {
+        let model = read_model(&self.onnx).map_err(|e| e.to_string())?;
+        Program::lower(
+            &model,
+            Some(&self.output_name),
+            &self.onnx.display().to_string(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// Images `idx` of the stored input, as a new batch.
+    fn images(&self, idx: &[u32]) -> Tensor {
+        let i = Tensor::new(idx, &Device::Cpu).expect("index");
+        self.input.index_select(&i, 0).expect("select images")
+    }
+
+    fn expected(&self, idx: &[u32]) -> Tensor {
+        let i = Tensor::new(idx, &Device::Cpu).expect("index");
+        self.output.index_select(&i, 0).expect("select outputs")
+    }
+}
+
+/// Every fixture in `tests/data/onnx`, sorted; an empty directory fails (a
+/// lost fixture set must not pass as "nothing to compare").
+fn fixtures() -> Vec<Fixture> {
+    let dir = data_dir();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .collect();
+    paths.sort();
+    assert!(
+        !paths.is_empty(),
+        "no .onnx fixtures in {}: run scripts/export_onnx_fixtures.py",
+        dir.display()
+    );
+    paths.into_iter().map(Fixture::load).collect()
+}
+
+fn fixture(name: &str) -> Fixture {
+    Fixture::load(data_dir().join(format!("{name}.onnx")))
+}
+
+/// `max|ours - want| / max|want|`, or why it cannot be computed.
+fn rel_err(ours: &Tensor, want: &Tensor) -> Result<f32, String> {
+    if ours.dims() != want.dims() {
+        return Err(format!(
+            "shape {:?}, onnxruntime's {:?}",
+            ours.dims(),
+            want.dims()
+        ));
+    }
+    let max_abs = |t: &Tensor| -> candle_core::Result<f32> {
+        t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    };
+    let diff = (ours - want).map_err(|e| e.to_string())?;
+    let e =
+        max_abs(&diff).map_err(|e| e.to_string())? / max_abs(want).map_err(|e| e.to_string())?;
+    if e.is_nan() {
+        return Err("NaN in the output".into());
+    }
+    Ok(e)
+}
+
+/// Runs every check, prints each result, then fails listing all failures
+/// (one broken model does not hide the state of the others).
+fn check_all(label: &str, check: impl Fn(&Fixture) -> Result<f32, String>) {
+    let mut failures = Vec::new();
+    for fx in fixtures() {
+        match check(&fx) {
+            Ok(e) if e <= REL_TOL => println!("{label} {}: max rel err {e:.2e}", fx.name),
+            Ok(e) => failures.push(format!("{}: max rel err {e:.2e} > {REL_TOL:.0e}", fx.name)),
+            Err(m) => failures.push(format!("{}: {m}", fx.name)),
+        }
+    }
+    assert!(failures.is_empty(), "{label}:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn every_export_matches_onnxruntime() {
+    check_all("raw output", |fx| {
+        let y = fx
+            .program()?
+            .run(fx.input.clone())
+            .map_err(|e| e.to_string())?;
+        rel_err(&y, &fx.output)
+    });
+}
+
+/// One loaded program serves any batch size: the exports declare a
+/// symbolic batch axis, and nothing may be specialised to the first batch.
+#[test]
+fn every_export_runs_batch_one_and_three_through_one_program() {
+    check_all("dynamic batch", |fx| {
+        let program = fx.program()?;
+        let mut worst: f32 = 0.0;
+        for idx in [&[1u32][..], &[0, 1, 0]] {
+            let y = program.run(fx.images(idx)).map_err(|e| e.to_string())?;
+            worst = worst.max(
+                rel_err(&y, &fx.expected(idx)).map_err(|m| format!("batch {}: {m}", idx.len()))?,
+            );
+        }
+        Ok(worst)
+    });
+}
+
+/// Through `OnnxBackbone`, as `arch = "onnx"` runs them: the layout is read
+/// from the graph, images arrive NCHW and are transposed for NHWC graphs.
+#[test]
+fn exports_run_as_backbones_in_both_layouts() {
+    for (name, layout) in [
+        ("keras_mobilenet_v2", InputLayout::Nhwc),
+        ("timm_xception", InputLayout::Nchw),
+    ] {
+        let fx = fixture(name);
+        assert_eq!(fx.layout, layout, "{name}: fixture layout");
+        let size = fx.input.dim(2).expect("height");
+        let net = OnnxBackbone::load(&fx.onnx, &OnnxOptions::default(), size)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let x = match layout {
+            InputLayout::Nchw => fx.input.clone(),
+            InputLayout::Nhwc => fx
+                .input
+                .permute((0, 3, 1, 2))
+                .and_then(|t| t.contiguous())
+                .expect("to nchw"),
+        };
+        let size_nchw = x.dim(2).expect("height");
+        assert_eq!(size_nchw, x.dim(3).expect("width"), "{name}: square input");
+        let f = net.forward_features(&x).expect("forward_features");
+        assert_eq!(net.num_features(), fx.output.dim(1).expect("features"));
+        let e = rel_err(&f, &fx.output).unwrap_or_else(|m| panic!("{name}: {m}"));
+        println!("backbone {name}: max rel err {e:.2e}");
+        assert!(
+            e <= REL_TOL,
+            "{name}: relative error {e:.2e} > {REL_TOL:.0e}"
+        );
+    }
+}
+
+/// A value of `dims` f32 elements, for a hand-built graph.
+fn value(name: &str, dims: &[i64]) -> onnx::ValueInfoProto {
+    use onnx::tensor_shape_proto::{dimension::Value, Dimension};
+    onnx::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(onnx::TypeProto {
+            value: Some(onnx::type_proto::Value::TensorType(
+                onnx::type_proto::Tensor {
+                    elem_type: onnx::tensor_proto::DataType::Float as i32,
+                    shape: Some(onnx::TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|&d| Dimension {
+                                value: Some(Value::DimValue(d)),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }),
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `x -> Relu -> GridSample(x, grid)`: an op runner does not implement, in a
+/// model at opset 16.
+fn model_with_unsupported_op() -> onnx::ModelProto {
+    let node = |op: &str, name: &str, inputs: &[&str], output: &str| onnx::NodeProto {
+        op_type: op.into(),
+        name: name.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    };
+    let grid = onnx::TensorProto {
+        name: "grid".into(),
+        dims: vec![1, 8, 8, 2],
+        data_type: onnx::tensor_proto::DataType::Float as i32,
+        float_data: vec![0.0; 128],
+        ..Default::default()
+    };
+    onnx::ModelProto {
+        ir_version: 8,
+        opset_import: vec![onnx::OperatorSetIdProto {
+            domain: String::new(),
+            version: 16,
+        }],
+        graph: Some(onnx::GraphProto {
+            name: "tiny".into(),
+            node: vec![
+                node("Relu", "act", &["x"], "a"),
+                node("GridSample", "warp", &["a", "grid"], "y"),
+            ],
+            initializer: vec![grid],
+            input: vec![value("x", &[1, 3, 8, 8])],
+            output: vec![value("y", &[1, 3, 8, 8])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Lowering, which runs before any image is read, names the op, the node and
+/// the opset, and says what is supported.
+#[test]
+fn an_unsupported_op_is_an_error_naming_op_node_and_opset() {
+    let model = model_with_unsupported_op();
+    let e = match Program::lower(&model, None, "tiny.onnx") {
+        Ok(_) => panic!("GridSample lowered"),
+        Err(e) => e.to_string(),
+    };
+    for want in [
+        "tiny.onnx",
+        "`warp`",
+        "`GridSample`",
+        "opset 16",
+        "supported: ",
+    ] {
+        assert!(e.contains(want), "{want:?} missing from: {e}");
+    }
+}
