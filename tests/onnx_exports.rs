@@ -297,3 +297,34 @@ fn an_unsupported_op_is_an_error_naming_op_node_and_opset() {
         assert!(e.contains(want), "{want:?} missing from: {e}");
     }
 }
+
+/// `output` may name any value; a 4-D one is pooled over its own H, W.
+/// Inside a tf2onnx graph values are NCHW (the exporter transposes right
+/// after the NHWC input), so the input's layout does not say where H, W
+/// are: the Relu before Keras's GlobalAveragePooling2D, pooled, must give
+/// the graph's own output.
+#[test]
+fn a_feature_map_inside_an_nhwc_graph_is_pooled_over_its_own_height_and_width() {
+    let fx = fixture("keras_inception_v3");
+    let model = read_model(&fx.onnx).expect("read");
+    let graph = model.graph.as_ref().expect("graph");
+    let gap = graph
+        .node
+        .iter()
+        .find(|n| n.op_type == "GlobalAveragePool")
+        .expect("a GlobalAveragePool node");
+    let opts = OnnxOptions {
+        output: Some(gap.input[0].clone()),
+        input_layout: None,
+    };
+    let size = fx.input.dim(1).expect("height");
+    let net = OnnxBackbone::load(&fx.onnx, &opts, size).expect("load");
+    let x = fx
+        .input
+        .permute((0, 3, 1, 2))
+        .and_then(|t| t.contiguous())
+        .expect("to nchw");
+    let f = net.forward_features(&x).expect("forward_features");
+    let e = rel_err(&f, &fx.output).unwrap_or_else(|m| panic!("{m}"));
+    assert!(e <= REL_TOL, "relative error {e:.2e} > {REL_TOL:.0e}");
+}

@@ -12,7 +12,7 @@ mod ops;
 mod program;
 mod proto;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::Tensor;
@@ -152,6 +152,8 @@ pub fn summarize(model: &onnx::ModelProto, path: &Path) -> Result<GraphSummary, 
 pub struct OnnxBackbone {
     program: Program,
     layout: InputLayout,
+    /// The H and W axes of the output when it is a 4-D feature map.
+    pool_axes: (usize, usize),
     num_features: usize,
 }
 
@@ -177,9 +179,21 @@ impl OnnxBackbone {
             }
         };
         let program = Program::lower(&model, opts.output.as_deref(), &p)?;
+        // Where the graph does not say, the output is taken to be in the
+        // input's layout.
+        let axes = model
+            .graph
+            .as_ref()
+            .and_then(|g| traced_axes(g, &program.input_name, layout, &program.output_name))
+            .unwrap_or(match layout {
+                InputLayout::Nchw => *b"nchw",
+                InputLayout::Nhwc => *b"nhwc",
+            });
+        let at = |a: u8| axes.iter().position(|&b| b == a).unwrap_or(0);
         let mut net = Self {
             program,
             layout,
+            pool_axes: (at(b'h'), at(b'w')),
             num_features: 0,
         };
         let blank = Tensor::zeros(
@@ -203,6 +217,70 @@ impl OnnxBackbone {
     }
 }
 
+/// Which of N, C, H, W each axis of a 4-D value holds, e.g. `*b"nhwc"`.
+type Axes = [u8; 4];
+
+/// The axis order of the graph value `target`, traced from the input's.
+/// ONNX defines Conv, the pools and BatchNormalization on NCHW, so their
+/// outputs are NCHW whatever the input is: tf2onnx moves a Keras model to
+/// NCHW right after its NHWC input (and back before a 4-D graph output),
+/// so a feature map picked inside it is NCHW. Transpose permutes;
+/// elementwise ops keep their inputs' order. `None` where the graph does
+/// not say (a Reshape, a reduction, inputs that disagree).
+fn traced_axes(
+    graph: &onnx::GraphProto,
+    input: &str,
+    layout: InputLayout,
+    target: &str,
+) -> Option<Axes> {
+    let mut axes: HashMap<&str, Axes> = HashMap::new();
+    axes.insert(
+        input,
+        match layout {
+            InputLayout::Nchw => *b"nchw",
+            InputLayout::Nhwc => *b"nhwc",
+        },
+    );
+    // Nodes are in topological order (the ONNX rule).
+    for n in &graph.node {
+        let known: Vec<Axes> = n
+            .input
+            .iter()
+            .filter_map(|i| axes.get(i.as_str()).copied())
+            .collect();
+        let out = match n.op_type.as_str() {
+            "Conv" | "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool"
+            | "BatchNormalization" => Some(*b"nchw"),
+            "Transpose" => {
+                let perm = proto::Attrs(n)
+                    .ints("perm")
+                    .unwrap_or_else(|| vec![3, 2, 1, 0]);
+                match (known.first(), perm.as_slice()) {
+                    (Some(a), [p0, p1, p2, p3]) => {
+                        let pick = |p: i64| usize::try_from(p).ok().and_then(|p| a.get(p).copied());
+                        match (pick(*p0), pick(*p1), pick(*p2), pick(*p3)) {
+                            (Some(x0), Some(x1), Some(x2), Some(x3)) => Some([x0, x1, x2, x3]),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                }
+            }
+            "Relu" | "LeakyRelu" | "Clip" | "Sigmoid" | "HardSigmoid" | "HardSwish" | "Tanh"
+            | "Add" | "Sub" | "Mul" | "Div" | "Pad" | "Concat" | "Identity" | "Dropout"
+            | "Cast" => match known.split_first() {
+                Some((a, rest)) if rest.iter().all(|b| b == a) => Some(*a),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let (Some(a), Some(o)) = (out, n.output.first()) {
+            axes.insert(o, a);
+        }
+    }
+    axes.get(target).copied()
+}
+
 impl Backbone for OnnxBackbone {
     fn forward_features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = match self.layout {
@@ -212,11 +290,8 @@ impl Backbone for OnnxBackbone {
         let y = self.program.run(x)?;
         match y.rank() {
             2 => Ok(y),
-            // Feature maps are pooled: over H, W of the graph's own layout.
-            4 => match self.layout {
-                InputLayout::Nchw => y.mean((2, 3)),
-                InputLayout::Nhwc => y.mean((1, 2)),
-            },
+            // Feature maps are pooled over their own H, W.
+            4 => y.mean(self.pool_axes),
             r => candle_core::bail!(
                 "output `{}` has shape {:?}; runner needs (N, features) or a 4-D feature map to pool",
                 self.program.output_name,
@@ -227,5 +302,54 @@ impl Backbone for OnnxBackbone {
 
     fn num_features(&self) -> usize {
         self.num_features
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(op: &str, inputs: &[&str], output: &str, perm: Option<&[i64]>) -> onnx::NodeProto {
+        onnx::NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            attribute: perm
+                .map(|p| onnx::AttributeProto {
+                    name: "perm".into(),
+                    ints: p.to_vec(),
+                    ..Default::default()
+                })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// tf2onnx's shape of a Keras graph: NHWC in, NCHW inside, NHWC out.
+    #[test]
+    fn axes_are_traced_through_transposes_and_layout_fixing_ops() {
+        let graph = onnx::GraphProto {
+            node: vec![
+                node("Transpose", &["x"], "t", Some(&[0, 3, 1, 2])),
+                node("Relu", &["t"], "r", None),
+                node("Add", &["r", "bias"], "a", None),
+                node("Transpose", &["a"], "back", Some(&[0, 2, 3, 1])),
+                node("Conv", &["back", "w"], "conv", None),
+                node("Reshape", &["a", "shape"], "flat", None),
+            ],
+            ..Default::default()
+        };
+        let at = |v: &str| traced_axes(&graph, "x", InputLayout::Nhwc, v);
+        assert_eq!(at("x"), Some(*b"nhwc"));
+        assert_eq!(at("r"), Some(*b"nchw"));
+        assert_eq!(at("a"), Some(*b"nchw"), "a constant operand has no say");
+        assert_eq!(at("back"), Some(*b"nhwc"));
+        assert_eq!(
+            at("conv"),
+            Some(*b"nchw"),
+            "ONNX Conv is NCHW by definition"
+        );
+        assert_eq!(at("flat"), None);
     }
 }
