@@ -155,10 +155,14 @@ fn check_all(label: &str, check: impl Fn(&Fixture) -> Result<f32, String>) {
 #[test]
 fn every_export_matches_onnxruntime() {
     check_all("raw output", |fx| {
-        let y = fx
-            .program()?
-            .run(fx.input.clone())
-            .map_err(|e| e.to_string())?;
+        let program = fx.program()?;
+        println!(
+            "{}: {} steps, {} of them native convolutions",
+            fx.name,
+            program.len(),
+            program.native_convolutions()
+        );
+        let y = program.run(fx.input.clone()).map_err(|e| e.to_string())?;
         rel_err(&y, &fx.output)
     });
 }

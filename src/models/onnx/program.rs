@@ -383,6 +383,28 @@ impl Program {
                     }
                 }
             }
+            // Per-channel constant scales and shifts: tf2onnx writes a
+            // BatchNorm it does not fold (Keras MobileNetV2's, after each
+            // depthwise convolution) as Mul + Add; folded, the ReLU6 after
+            // them fuses too.
+            while let Some(r) = sole_reader(out) {
+                let Some((op, per_channel)) = channel_affine(&nodes[r], out, o, &consts) else {
+                    break;
+                };
+                let taps = weights.len() / o;
+                for (c, v) in per_channel.into_iter().enumerate() {
+                    if matches!(op, Op::Mul) {
+                        weights[c * taps..(c + 1) * taps]
+                            .iter_mut()
+                            .for_each(|w| *w *= v);
+                        bias[c] *= v;
+                    } else {
+                        bias[c] += v;
+                    }
+                }
+                fused_into.insert(r, ci);
+                (last, out) = (r, nodes[r].output());
+            }
             if let Some(r) = sole_reader(out) {
                 if let Some(a) = fusable_act(&nodes[r], &consts) {
                     act = a;
@@ -714,6 +736,48 @@ fn zero_spatial_pad(node: &Node, consts: &HashMap<String, Tensor>) -> Option<Pad
     }
 }
 
+/// When `node` multiplies `value` (the output of a convolution with `o`
+/// channels) by, or adds to it, a constant that varies only along the
+/// channel axis: the op and the constant's `o` values. A constant that
+/// would broadcast along N, H or W, or raise the rank, does not qualify.
+fn channel_affine(
+    node: &Node,
+    value: &str,
+    o: usize,
+    consts: &HashMap<String, Tensor>,
+) -> Option<(Op, Vec<f32>)> {
+    let op = match node.op {
+        Op::Mul => Op::Mul,
+        Op::Add => Op::Add,
+        _ => return None,
+    };
+    let ins: Vec<&str> = node.inputs().collect();
+    let other = match ins.as_slice() {
+        [a, b] if *a == value && *b != value => *b,
+        [a, b] if *b == value && *a != value => *a,
+        _ => return None,
+    };
+    let c = consts.get(other)?;
+    if c.dtype() != candle_core::DType::F32 || c.rank() > 4 {
+        return None;
+    }
+    // Right-aligned against (N, C, H, W), as ONNX broadcasts.
+    let mut dims = vec![1; 4 - c.rank()];
+    dims.extend_from_slice(c.dims());
+    if dims[0] != 1 || dims[2] != 1 || dims[3] != 1 || (dims[1] != 1 && dims[1] != o) {
+        return None;
+    }
+    let v = ops::to_f32s(c).ok()?;
+    Some((
+        op,
+        if v.len() == o {
+            v
+        } else {
+            vec![*v.first()?; o]
+        },
+    ))
+}
+
 /// `Relu`, `Clip(0, 6)` or `Clip(0, +inf)` as a fused activation.
 fn fusable_act(node: &Node, consts: &HashMap<String, Tensor>) -> Option<Act> {
     let bound = |i: usize, default: f32| -> Option<f32> {
@@ -780,6 +844,72 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    /// tf2onnx's unfolded BatchNorm after a depthwise convolution: the
+    /// per-channel Mul and Add fold into it, and the Clip after them fuses.
+    #[test]
+    fn per_channel_constant_scale_and_shift_fold_into_the_convolution() {
+        let m = model(
+            vec![
+                node("Conv", &["x", "w"], "dw"),
+                node("Mul", &["dw", "scale"], "scaled"),
+                node("Add", &["shift", "scaled"], "shifted"),
+                node("Relu", &["shifted"], "y"),
+            ],
+            vec![
+                init("w", &[2, 1, 1, 1], &[1.0, 1.0]),
+                init("scale", &[2, 1, 1], &[2.0, -1.0]),
+                init("shift", &[2, 1, 1], &[0.5, 1.0]),
+            ],
+            "y",
+        );
+        let mut m = m;
+        let g = m.graph.as_mut().unwrap();
+        g.node[0].attribute.push(onnx::AttributeProto {
+            name: "group".into(),
+            i: 2,
+            ..Default::default()
+        });
+        let p = Program::lower(&m, None, "dw.onnx").unwrap();
+        assert_eq!(p.len(), 1, "one fused step");
+        let x = Tensor::new(&[1f32, -1., 3., 0.5], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 2, 1, 2))
+            .unwrap();
+        let y = p.run(x).unwrap();
+        // channel 0: relu(2x + 0.5); channel 1: relu(-x + 1)
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![2.5, 0.0, 0.0, 0.5]
+        );
+    }
+
+    /// A constant that varies along W is not a per-channel affine.
+    #[test]
+    fn a_constant_varying_along_width_is_not_folded() {
+        let m = model(
+            vec![
+                node("Conv", &["x", "w"], "c"),
+                node("Mul", &["c", "ramp"], "y"),
+            ],
+            vec![
+                init("w", &[1, 1, 1, 1], &[1.0]),
+                init("ramp", &[1, 1, 1, 2], &[1.0, 10.0]),
+            ],
+            "y",
+        );
+        let p = Program::lower(&m, None, "ramp.onnx").unwrap();
+        assert_eq!(p.len(), 2);
+        let x = Tensor::new(&[1f32, 2.], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 1, 2))
+            .unwrap();
+        let y = p.run(x).unwrap();
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![1.0, 20.0]
+        );
     }
 
     /// A ResNet block with a downsampling shortcut: both inputs of the Add
