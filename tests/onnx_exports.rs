@@ -188,34 +188,35 @@ fn every_export_runs_batch_one_and_three_through_one_program() {
 /// from the graph, images arrive NCHW and are transposed for NHWC graphs.
 #[test]
 fn exports_run_as_backbones_in_both_layouts() {
-    for (name, layout) in [
-        ("keras_mobilenet_v2", InputLayout::Nhwc),
-        ("timm_xception", InputLayout::Nchw),
-    ] {
-        let fx = fixture(name);
-        assert_eq!(fx.layout, layout, "{name}: fixture layout");
-        let size = fx.input.dim(2).expect("height");
-        let net = OnnxBackbone::load(&fx.onnx, &OnnxOptions::default(), size)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let x = match layout {
+    let all = fixtures();
+    for layout in [InputLayout::Nchw, InputLayout::Nhwc] {
+        assert!(
+            all.iter().any(|fx| fx.layout == layout),
+            "no {layout:?} fixture"
+        );
+    }
+    check_all("backbone", |fx| {
+        let x = match fx.layout {
             InputLayout::Nchw => fx.input.clone(),
             InputLayout::Nhwc => fx
                 .input
                 .permute((0, 3, 1, 2))
                 .and_then(|t| t.contiguous())
-                .expect("to nchw"),
+                .map_err(|e| e.to_string())?,
         };
-        let size_nchw = x.dim(2).expect("height");
-        assert_eq!(size_nchw, x.dim(3).expect("width"), "{name}: square input");
-        let f = net.forward_features(&x).expect("forward_features");
-        assert_eq!(net.num_features(), fx.output.dim(1).expect("features"));
-        let e = rel_err(&f, &fx.output).unwrap_or_else(|m| panic!("{name}: {m}"));
-        println!("backbone {name}: max rel err {e:.2e}");
-        assert!(
-            e <= REL_TOL,
-            "{name}: relative error {e:.2e} > {REL_TOL:.0e}"
-        );
-    }
+        let size = x.dim(2).map_err(|e| e.to_string())?;
+        let net = OnnxBackbone::load(&fx.onnx, &OnnxOptions::default(), size)
+            .map_err(|e| e.to_string())?;
+        let f = net.forward_features(&x).map_err(|e| e.to_string())?;
+        if Some(net.num_features()) != fx.output.dims().get(1).copied() {
+            return Err(format!(
+                "num_features {}, output {:?}",
+                net.num_features(),
+                fx.output.dims()
+            ));
+        }
+        rel_err(&f, &fx.output)
+    });
 }
 
 /// A value of `dims` f32 elements, for a hand-built graph.
