@@ -1,0 +1,278 @@
+//! Native backbones loaded from timm / torchvision state-dict names compute
+//! what timm computes, and PyTorch checkpoints (`.pth` / `.pt`) load.
+//!
+//! The full-size weights are not stored: each is a pure function of its
+//! state-dict name and shape (the generator of `scripts/make_timm_fixtures.py`,
+//! reimplemented here bit for bit), so only the names and shapes
+//! (`tests/data/timm/<model>.tensors.txt`) and timm's pooled features for a
+//! generated input (`<model>.safetensors`, computed by timm in f32 on the CPU)
+//! are committed. Regenerate them with
+//! `/tmp/torchenv/bin/python scripts/make_timm_fixtures.py` (venv setup in
+//! the script's docstring).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use runner::models::flavour::Flavour;
+use runner::models::layers::Weights;
+use runner::models::{self, Arch, Backbone, InceptionV3, ResNet, Xception};
+
+/// `max|ours - timm| / max|timm|` must stay below this (as tests/parity.rs).
+const REL_TOL: f32 = 1e-4;
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/timm")
+}
+
+const REGENERATE: &str =
+    "regenerate with `/tmp/torchenv/bin/python scripts/make_timm_fixtures.py` \
+     (venv: python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch timm safetensors numpy)";
+
+// ---------------------------------------------------------------------------
+// The generator of scripts/make_timm_fixtures.py
+// ---------------------------------------------------------------------------
+
+fn fnv1a64(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn splitmix64(z: u64) -> u64 {
+    let z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The deterministic value of every element of tensor `name` (row-major).
+fn generate(name: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let seed = fnv1a64(name);
+    let two_pow_m53 = 1.0 / (1u64 << 53) as f64;
+    let rule: Box<dyn Fn(f64) -> f64> = if name == "input" {
+        Box::new(|u| 2.0 * u - 1.0)
+    } else if shape.len() >= 2 {
+        let fan_in: usize = shape[1..].iter().product();
+        let scale = (6.0 / fan_in as f64).sqrt();
+        Box::new(move |u| (2.0 * u - 1.0) * scale)
+    } else if name.ends_with("running_mean") {
+        Box::new(|u| (2.0 * u - 1.0) * 0.1)
+    } else if name.ends_with("running_var") || name.ends_with("weight") {
+        Box::new(|u| 0.5 + u)
+    } else if name.ends_with("bias") {
+        Box::new(|u| (2.0 * u - 1.0) * 0.1)
+    } else {
+        panic!("no generator rule for `{name}` {shape:?}")
+    };
+    (0..n as u64)
+        .map(|i| {
+            let u = (splitmix64(seed.wrapping_add(i)) >> 11) as f64 * two_pow_m53;
+            rule(u) as f32
+        })
+        .collect()
+}
+
+fn generated_tensor(name: &str, shape: &[usize]) -> Tensor {
+    Tensor::from_vec(generate(name, shape), shape, &Device::Cpu).expect("tensor")
+}
+
+/// The full-size random state dict of `fixture`, from its manifest.
+fn state_dict(fixture: &str) -> HashMap<String, Tensor> {
+    let path = data_dir().join(format!("{fixture}.tensors.txt"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}; {REGENERATE}", path.display()));
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, dims) = l.split_once('\t').expect("name<TAB>dims");
+            let shape: Vec<usize> = if dims.is_empty() {
+                vec![]
+            } else {
+                dims.split(',').map(|d| d.parse().expect("dim")).collect()
+            };
+            (name.to_string(), generated_tensor(name, &shape))
+        })
+        .collect()
+}
+
+/// timm's features for the generated input.
+fn reference(fixture: &str) -> Tensor {
+    let path = data_dir().join(format!("{fixture}.safetensors"));
+    let mut t = candle_core::safetensors::load(&path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}; {REGENERATE}", path.display()));
+    t.remove("features").expect("`features`")
+}
+
+fn rel_err(ours: &Tensor, want: &Tensor) -> f32 {
+    assert_eq!(ours.dims(), want.dims(), "output shape");
+    let max_abs = |t: &Tensor| {
+        t.abs()
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.max(0))
+            .and_then(|t| t.to_scalar::<f32>())
+            .expect("max")
+    };
+    max_abs(&(ours - want).expect("diff")) / max_abs(want)
+}
+
+/// Runs `model` on the generated `(batch, 3, size, size)` input and compares
+/// with timm's features.
+fn check(fixture: &str, model: &dyn Backbone, size: usize) {
+    let want = reference(fixture);
+    let batch = want.dim(0).expect("batch");
+    let x = generated_tensor("input", &[batch, 3, size, size]);
+    let t = Instant::now();
+    let f = model.forward_features(&x).expect("forward");
+    let e = rel_err(&f, &want);
+    println!(
+        "{fixture}: batch {batch} at {size}x{size} in {:.2} s; max|ours - timm| / max|timm| = {e:.3e}",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(f.dims(), &[batch, model.num_features()]);
+    assert!(
+        e <= REL_TOL,
+        "{fixture}: relative error {e:.3e} > {REL_TOL:.0e} against timm"
+    );
+}
+
+#[test]
+fn generator_matches_the_fixture_script() {
+    // Values printed by the script's `generate` (numpy, float64 then float32).
+    assert_eq!(fnv1a64("conv1.weight"), 0x69a2_9a2c_ee47_d254);
+    // f32 values as f64 (exact), as numpy prints them.
+    let as_f64 = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
+    assert_eq!(
+        as_f64(generate("bn1.running_var", &[3])),
+        [1.1423076391220093, 0.9848067164421082, 0.589049756526947]
+    );
+    assert_eq!(
+        as_f64(generate("conv1.weight", &[2, 3, 1, 1])),
+        [
+            0.127491295337677,
+            -1.2026054859161377,
+            1.301129937171936,
+            0.972089409828186,
+            0.5443614721298218,
+            -0.14774969220161438
+        ]
+    );
+}
+
+#[test]
+fn xception_timm_names_match_timm_legacy_xception() {
+    let w = Weights::from_tensors("xception", state_dict("legacy_xception"));
+    let model = Xception::from_weights(&w, &Device::Cpu).expect("load");
+    assert_eq!(model.flavour(), Flavour::Torch);
+    check("legacy_xception", &model, 299);
+}
+
+#[test]
+fn inception_v3_timm_names_match_timm_inception_v3() {
+    let w = Weights::from_tensors("inception_v3", state_dict("inception_v3"));
+    let model = InceptionV3::from_weights(&w, &Device::Cpu).expect("load");
+    assert_eq!(model.flavour(), Flavour::Torch);
+    check("inception_v3", &model, 299);
+}
+
+#[test]
+fn resnet50_matches_timm_and_torchvision_resnet50() {
+    // timm's and torchvision's resnet50 share these names and, on the same
+    // weights, agree exactly (asserted by the fixture script).
+    let w = Weights::from_tensors("resnet50", state_dict("resnet50"));
+    let model = ResNet::from_weights(&w, &Device::Cpu).expect("load");
+    assert_eq!(model.num_blocks(), 16);
+    check("resnet50", &model, 224);
+}
+
+/// With `RUNNER_TIMM_CHECKPOINTS=DIR`, the same full-size weights as timm
+/// training checkpoints (`DIR/<model>.pth`: nested under `state_dict`, keys
+/// prefixed `module.`, ~100 MB each, written by the fixture script with
+/// `--checkpoints DIR`) load through [`models::load`] and give timm's
+/// features. Without the variable this test only says how to run it.
+#[test]
+fn full_size_pth_checkpoints_load_through_the_registry() {
+    let Some(dir) = std::env::var_os("RUNNER_TIMM_CHECKPOINTS") else {
+        println!(
+            "skipped: set RUNNER_TIMM_CHECKPOINTS=DIR after \
+             `/tmp/torchenv/bin/python scripts/make_timm_fixtures.py --checkpoints DIR`"
+        );
+        return;
+    };
+    for (fixture, arch) in [
+        ("legacy_xception", Arch::Xception),
+        ("inception_v3", Arch::InceptionV3),
+        ("resnet50", Arch::Resnet50),
+    ] {
+        let path = Path::new(&dir).join(format!("{fixture}.pth"));
+        assert!(
+            path.exists(),
+            "{} is missing: write it with `/tmp/torchenv/bin/python \
+             scripts/make_timm_fixtures.py --checkpoints {}` ({REGENERATE})",
+            path.display(),
+            Path::new(&dir).display()
+        );
+        let t = Instant::now();
+        let model = models::load(arch, &path, &Device::Cpu).expect("load .pth");
+        println!(
+            "{fixture}: .pth loaded in {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
+        let size = arch.pretrained_cfg().expect("native").input_size;
+        check(fixture, model.as_ref(), size);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// PyTorch checkpoints
+// ---------------------------------------------------------------------------
+
+fn assert_same_tensors(got: &Weights, want_path: &Path) {
+    let want = candle_core::safetensors::load(want_path, &Device::Cpu).expect("expected");
+    for (name, t) in &want {
+        let g = got
+            .get(name, t.dims())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let a = g
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("got");
+        let b = t
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("want");
+        assert_eq!(a, b, "{name}");
+    }
+}
+
+#[test]
+fn pytorch_checkpoints_read_nested_prefixed_strided_and_half() {
+    let dir = data_dir();
+    let expected = dir.join("tiny_expected.safetensors");
+    // {"state_dict": {"module.conv.weight": ..., ...}, "epoch": 3}: nested
+    // under `state_dict`, DataParallel prefix removed, a transposed view, f16,
+    // an int64 buffer.
+    let nested = Weights::read("tiny", &dir.join("tiny_nested.pth")).expect("read .pth");
+    assert!(nested.contains("conv.weight") && !nested.contains("module.conv.weight"));
+    assert_same_tensors(&nested, &expected);
+    // A bare state dict saved as `.pt`.
+    let bare = Weights::read("tiny", &dir.join("tiny_bare.pt")).expect("read .pt");
+    assert_same_tensors(&bare, &expected);
+}
+
+#[test]
+fn a_pth_that_is_not_a_torch_zip_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("weights.pth");
+    std::fs::write(&path, b"not a zip").expect("write");
+    let err = match Weights::read("resnet50", &path) {
+        Ok(_) => panic!("garbage read as a checkpoint"),
+        Err(e) => e,
+    };
+    let chain = format!("{err}: {}", std::error::Error::source(&err).expect("cause"));
+    assert!(chain.contains("weights.pth"), "{chain}");
+    assert!(chain.contains("PyTorch zip checkpoint"), "{chain}");
+}
