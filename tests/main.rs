@@ -2,6 +2,7 @@
 
 mod common;
 mod e2e;
+mod keras_h5;
 mod onnx_exports;
 mod parity;
 mod resize;

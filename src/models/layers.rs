@@ -54,15 +54,30 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// Reads every tensor of `path` (any float dtype; converted to f32 on use).
+    /// Reads every tensor of `path` (any float dtype; converted to f32 on use):
+    /// a Keras-2 `.h5` / `.hdf5` weights file ([`super::h5`]), else safetensors.
     pub fn read(arch: &'static str, path: &Path) -> Result<Self, ModelError> {
-        let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|source| {
-            ModelError::Load {
+        let is_h5 = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("h5") || e.eq_ignore_ascii_case("hdf5"));
+        let tensors = if is_h5 {
+            super::h5::read_keras_weights(path).map_err(|e| ModelError::Load {
                 arch,
                 path: path.display().to_string(),
-                source,
-            }
-        })?;
+                // Not `Error::wrap`: its backtrace would be printed as part of
+                // the message.
+                source: candle_core::Error::Wrapped(Box::new(e.detail)),
+            })?
+        } else {
+            candle_core::safetensors::load(path, &Device::Cpu).map_err(|source| {
+                ModelError::Load {
+                    arch,
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?
+        };
         Ok(Self {
             arch,
             path: path.display().to_string(),

@@ -8,6 +8,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 pub mod efficientnet_lite;
+pub mod h5;
 pub mod inception_v3;
 pub mod layers;
 pub mod onnx;
