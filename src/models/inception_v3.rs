@@ -1,32 +1,138 @@
 //! Inception-v3 (Szegedy et al., "Rethinking the Inception Architecture for
 //! Computer Vision", CVPR 2016), as built by Keras
-//! `applications/inception_v3.py` with `include_top=False, pooling="avg"`:
-//! 299x299 input, 2048 features.
+//! `applications/inception_v3.py` with `include_top=False, pooling="avg"`
+//! and by timm's / torchvision's `inception_v3`: 299x299 input, 2048
+//! features.
 //!
-//! Weights use the Keras-2 names `conv2d_1..94/kernel` (HWIO, no bias) and
-//! `batch_normalization_1..94/{beta,moving_mean,moving_variance}` (no gamma:
-//! Keras builds these BNs with `scale=False`), numbered in the order Keras
-//! creates the layers, i.e. the call order of `conv2d_bn` below. Each
-//! `conv2d_bn` is one [`Conv2d`] with the BN folded in and the ReLU fused.
-//! The branch pools are Keras `AveragePooling2D(3, strides=1, padding="same")`,
-//! which excludes the padding from the mean.
+//! Weights use either the Keras-2 names `conv2d_1..94/kernel` (HWIO, no bias)
+//! and `batch_normalization_1..94/{beta,moving_mean,moving_variance}` (no
+//! gamma: Keras builds these BNs with `scale=False`), numbered in the order
+//! Keras creates the layers, i.e. the call order of `conv2d_bn` below; or the
+//! timm / torchvision state-dict names (`Mixed_5b.branch1x1.conv.weight`,
+//! `Mixed_5b.branch1x1.bn.{weight,bias,running_mean,running_var}`; the map is
+//! [`torch_modules`]). The naming is detected from `conv2d_1/kernel` vs
+//! `Conv2d_1a_3x3.conv.weight`. Each `conv2d_bn` is one [`Conv2d`] with the
+//! BN folded in and the ReLU fused.
+//!
+//! Both frameworks use BatchNorm epsilon 1e-3 and pad every stride-1
+//! convolution symmetrically (stride-2 ones and the max pools not at all).
+//! They differ in the 3x3 stride-1 average pool before each `branch_pool`
+//! convolution: Keras `AveragePooling2D(3, strides=1, padding="same")`
+//! excludes the padding from the mean, PyTorch `F.avg_pool2d(x, 3, 1,
+//! padding=1)` counts it (divides by 9 at the borders too). The model does
+//! what the checkpoint's framework does.
 
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+use super::flavour::{Convention, Flavour};
 use super::layers::{
     avg_pool2d_same_exclude_pad, concat_channels, global_avg_pool, max_pool2d, Act, Conv2d,
-    Padding, Weights,
+    DepthwiseConv2d, Pad4, Padding, Weights,
 };
 use super::{Arch, Backbone, ModelError};
 
 const ARCH: &str = "inception_v3";
 
-/// Hands out `conv2d_N` / `batch_normalization_N` in Keras creation order.
+/// timm's and torchvision's `BasicConv2d` / `ConvNormAct` BatchNorm epsilon
+/// (the same as Keras').
+const TORCH_BN_EPS: f32 = 1e-3;
+
+/// timm / torchvision module names of the stem convolutions (`conv2d_1..5`).
+const TORCH_STEM: [&str; 5] = [
+    "Conv2d_1a_3x3",
+    "Conv2d_2a_3x3",
+    "Conv2d_2b_3x3",
+    "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3",
+];
+/// `InceptionA` (`Mixed_5b..5d`, Keras `mixed0..2`) in Keras creation order.
+const TORCH_A: [&str; 7] = [
+    "branch1x1",
+    "branch5x5_1",
+    "branch5x5_2",
+    "branch3x3dbl_1",
+    "branch3x3dbl_2",
+    "branch3x3dbl_3",
+    "branch_pool",
+];
+/// `InceptionB` (`Mixed_6a`, Keras `mixed3`).
+const TORCH_B: [&str; 4] = [
+    "branch3x3",
+    "branch3x3dbl_1",
+    "branch3x3dbl_2",
+    "branch3x3dbl_3",
+];
+/// `InceptionC` (`Mixed_6b..6e`, Keras `mixed4..7`).
+const TORCH_C: [&str; 10] = [
+    "branch1x1",
+    "branch7x7_1",
+    "branch7x7_2",
+    "branch7x7_3",
+    "branch7x7dbl_1",
+    "branch7x7dbl_2",
+    "branch7x7dbl_3",
+    "branch7x7dbl_4",
+    "branch7x7dbl_5",
+    "branch_pool",
+];
+/// `InceptionD` (`Mixed_7a`, Keras `mixed8`).
+const TORCH_D: [&str; 6] = [
+    "branch3x3_1",
+    "branch3x3_2",
+    "branch7x7x3_1",
+    "branch7x7x3_2",
+    "branch7x7x3_3",
+    "branch7x7x3_4",
+];
+/// `InceptionE` (`Mixed_7b`, `Mixed_7c`, Keras `mixed9`, `mixed10`).
+const TORCH_E: [&str; 9] = [
+    "branch1x1",
+    "branch3x3_1",
+    "branch3x3_2a",
+    "branch3x3_2b",
+    "branch3x3dbl_1",
+    "branch3x3dbl_2",
+    "branch3x3dbl_3a",
+    "branch3x3dbl_3b",
+    "branch_pool",
+];
+
+/// The name map: the timm / torchvision module of Keras `conv2d_{i+1}` /
+/// `batch_normalization_{i+1}` is element `i` (94 in all), e.g. `conv2d_1` is
+/// `Conv2d_1a_3x3`, `conv2d_6` is `Mixed_5b.branch1x1`, `conv2d_94` is
+/// `Mixed_7c.branch_pool`. Its tensors are `MODULE.conv.weight` (OIHW) and
+/// `MODULE.bn.{weight,bias,running_mean,running_var}`; timm's `fc.*` and
+/// torchvision's `AuxLogits.*` are ignored.
+pub fn torch_modules() -> Vec<String> {
+    let blocks: [(&str, &[&str]); 11] = [
+        ("Mixed_5b", &TORCH_A),
+        ("Mixed_5c", &TORCH_A),
+        ("Mixed_5d", &TORCH_A),
+        ("Mixed_6a", &TORCH_B),
+        ("Mixed_6b", &TORCH_C),
+        ("Mixed_6c", &TORCH_C),
+        ("Mixed_6d", &TORCH_C),
+        ("Mixed_6e", &TORCH_C),
+        ("Mixed_7a", &TORCH_D),
+        ("Mixed_7b", &TORCH_E),
+        ("Mixed_7c", &TORCH_E),
+    ];
+    let stem = TORCH_STEM.iter().map(|m| m.to_string());
+    let mixed = blocks
+        .iter()
+        .flat_map(|(block, branches)| branches.iter().map(move |b| format!("{block}.{b}")));
+    stem.chain(mixed).collect()
+}
+
+/// Hands out the `conv2d_bn` layers in Keras creation order.
 struct Seq<'a> {
     w: &'a Weights,
+    conv: Convention,
     device: &'a Device,
+    /// `(kernel tensor, BatchNorm)` of every layer, in order.
+    names: Vec<(String, String)>,
     next: usize,
 }
 
@@ -34,18 +140,16 @@ impl Seq<'_> {
     /// Keras `conv2d_bn(x, filters, kh, kw, padding, strides)`; the kernel
     /// size and filters come from the checkpoint.
     fn conv(&mut self, stride: usize, padding: Padding) -> Result<Conv2d, ModelError> {
-        let i = self.next;
+        let Some((kernel, bn)) = self.names.get(self.next) else {
+            return Err(self.w.candle_err(candle_core::Error::Msg(format!(
+                "layer {} asked for, the network has {}",
+                self.next + 1,
+                self.names.len()
+            ))));
+        };
         self.next += 1;
-        Conv2d::keras_conv_bn(
-            self.w,
-            &format!("conv2d_{i}"),
-            &format!("batch_normalization_{i}"),
-            false,
-            stride,
-            padding,
-            Act::Relu,
-            self.device,
-        )
+        self.conv
+            .conv_bn(self.w, kernel, bn, stride, padding, Act::Relu, self.device)
     }
 
     fn same(&mut self) -> Result<Conv2d, ModelError> {
@@ -54,6 +158,57 @@ impl Seq<'_> {
 
     fn valid(&mut self, stride: usize) -> Result<Conv2d, ModelError> {
         self.conv(stride, Padding::Valid)
+    }
+
+    /// `branch_pool`: the 3x3 stride-1 average pool, then its convolution.
+    fn branch_pool(&mut self) -> Result<BranchPool, ModelError> {
+        let conv = self.same()?;
+        let pool = match self.conv.flavour {
+            Flavour::Keras => AvgPool::ExcludePad,
+            Flavour::Torch => {
+                // Sum of the 9 taps (zero padding counted) / 9: a depthwise
+                // convolution with weights 1/9.
+                let c = conv.in_channels();
+                let dw = DepthwiseConv2d::new(
+                    vec![1.0 / 9.0; c * 9],
+                    (c, 3, 3),
+                    None,
+                    1,
+                    Padding::Explicit(Pad4::new(1, 1, 1, 1)),
+                    Act::None,
+                    Act::None,
+                )
+                .map_err(|e| self.w.candle_err(e))?;
+                AvgPool::IncludePad(dw)
+            }
+        };
+        Ok(BranchPool { pool, conv })
+    }
+}
+
+/// The 3x3 stride-1 average pool before a `branch_pool` convolution.
+enum AvgPool {
+    /// Keras `AveragePooling2D(3, strides=1, padding="same")`: the mean of
+    /// the in-bounds taps.
+    ExcludePad,
+    /// PyTorch `F.avg_pool2d(x, 3, stride=1, padding=1)`
+    /// (`count_include_pad=True`): the sum of the in-bounds taps / 9.
+    IncludePad(DepthwiseConv2d),
+}
+
+/// `conv(avg_pool(x))`.
+struct BranchPool {
+    pool: AvgPool,
+    conv: Conv2d,
+}
+
+impl BranchPool {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let p = match &self.pool {
+            AvgPool::ExcludePad => avg_pool2d_same_exclude_pad(x, 3)?,
+            AvgPool::IncludePad(dw) => dw.forward(x)?,
+        };
+        self.conv.forward(&p)
     }
 }
 
@@ -71,7 +226,7 @@ struct BlockA {
     branch1x1: Conv2d,
     branch5x5: [Conv2d; 2],
     branch3x3dbl: [Conv2d; 3],
-    branch_pool: Conv2d,
+    branch_pool: BranchPool,
 }
 
 impl BlockA {
@@ -80,7 +235,7 @@ impl BlockA {
             branch1x1: s.same()?,
             branch5x5: [s.same()?, s.same()?],
             branch3x3dbl: [s.same()?, s.same()?, s.same()?],
-            branch_pool: s.same()?,
+            branch_pool: s.branch_pool()?,
         })
     }
 
@@ -88,9 +243,7 @@ impl BlockA {
         let b1 = self.branch1x1.forward(x)?; // (N, 64, 35, 35)
         let b5 = chain(&self.branch5x5, x)?; // (N, 64, 35, 35)
         let b3 = chain(&self.branch3x3dbl, x)?; // (N, 96, 35, 35)
-        let bp = self
-            .branch_pool
-            .forward(&avg_pool2d_same_exclude_pad(x, 3)?)?; // (N, 32 | 64, 35, 35)
+        let bp = self.branch_pool.forward(x)?; // (N, 32 | 64, 35, 35)
         concat_channels(&[b1, b5, b3, bp]) // (N, 256 | 288, 35, 35)
     }
 }
@@ -122,7 +275,7 @@ struct BlockC {
     branch1x1: Conv2d,
     branch7x7: [Conv2d; 3],
     branch7x7dbl: [Conv2d; 5],
-    branch_pool: Conv2d,
+    branch_pool: BranchPool,
 }
 
 impl BlockC {
@@ -131,7 +284,7 @@ impl BlockC {
             branch1x1: s.same()?,
             branch7x7: [s.same()?, s.same()?, s.same()?],
             branch7x7dbl: [s.same()?, s.same()?, s.same()?, s.same()?, s.same()?],
-            branch_pool: s.same()?,
+            branch_pool: s.branch_pool()?,
         })
     }
 
@@ -139,9 +292,7 @@ impl BlockC {
         let b1 = self.branch1x1.forward(x)?; // (N, 192, 17, 17)
         let b7 = chain(&self.branch7x7, x)?; // (N, 192, 17, 17)
         let bd = chain(&self.branch7x7dbl, x)?; // (N, 192, 17, 17)
-        let bp = self
-            .branch_pool
-            .forward(&avg_pool2d_same_exclude_pad(x, 3)?)?; // (N, 192, 17, 17)
+        let bp = self.branch_pool.forward(x)?; // (N, 192, 17, 17)
         concat_channels(&[b1, b7, bd, bp]) // (N, 768, 17, 17)
     }
 }
@@ -177,7 +328,7 @@ struct BlockE {
     branch3x3dbl: [Conv2d; 2],
     branch3x3dbl_1: Conv2d,
     branch3x3dbl_2: Conv2d,
-    branch_pool: Conv2d,
+    branch_pool: BranchPool,
 }
 
 impl BlockE {
@@ -190,7 +341,7 @@ impl BlockE {
             branch3x3dbl: [s.same()?, s.same()?],
             branch3x3dbl_1: s.same()?,
             branch3x3dbl_2: s.same()?,
-            branch_pool: s.same()?,
+            branch_pool: s.branch_pool()?,
         })
     }
 
@@ -204,15 +355,14 @@ impl BlockE {
         let bda = self.branch3x3dbl_1.forward(&bd)?; // (N, 384, 8, 8)
         let bdb = self.branch3x3dbl_2.forward(&bd)?; // (N, 384, 8, 8)
         drop(bd);
-        let bp = self
-            .branch_pool
-            .forward(&avg_pool2d_same_exclude_pad(x, 3)?)?; // (N, 192, 8, 8)
+        let bp = self.branch_pool.forward(x)?; // (N, 192, 8, 8)
         concat_channels(&[b1, b3a, b3b, bda, bdb, bp]) // (N, 2048, 8, 8)
     }
 }
 
-/// Keras InceptionV3 without its classifier; `forward_features` returns the
-/// global-average-pooled `(N, 2048)` output of `mixed10`.
+/// InceptionV3 without its classifier; `forward_features` returns the
+/// global-average-pooled `(N, 2048)` output of `mixed10` (timm / torchvision:
+/// `Mixed_7c`).
 pub struct InceptionV3 {
     /// `conv2d_1..5`.
     stem: [Conv2d; 5],
@@ -221,16 +371,45 @@ pub struct InceptionV3 {
     mixed4_7: [BlockC; 4],
     mixed8: BlockD,
     mixed9_10: [BlockE; 2],
+    flavour: Flavour,
 }
 
 impl InceptionV3 {
-    /// Loads Keras-2-named weights (any float dtype) from a safetensors file.
+    /// Loads Keras-2-named or timm / torchvision-named weights (any float
+    /// dtype) from a safetensors file or a PyTorch checkpoint.
     pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
         Self::from_weights(&Weights::read(ARCH, path)?, device)
     }
 
     pub fn from_weights(w: &Weights, device: &Device) -> Result<Self, ModelError> {
-        let mut s = Seq { w, device, next: 1 };
+        let flavour = Flavour::detect(w, "conv2d_1/kernel", "Conv2d_1a_3x3.conv.weight")?;
+        let (conv, names) = match flavour {
+            Flavour::Keras => (
+                Convention::keras(false),
+                (1..=94)
+                    .map(|i| {
+                        (
+                            format!("conv2d_{i}/kernel"),
+                            format!("batch_normalization_{i}"),
+                        )
+                    })
+                    .collect(),
+            ),
+            Flavour::Torch => (
+                Convention::torch(TORCH_BN_EPS),
+                torch_modules()
+                    .into_iter()
+                    .map(|m| (format!("{m}.conv.weight"), format!("{m}.bn")))
+                    .collect(),
+            ),
+        };
+        let mut s = Seq {
+            w,
+            conv,
+            device,
+            names,
+            next: 0,
+        };
         let stem = [
             s.valid(2)?, // conv2d_1: 3x3/2, 32
             s.valid(1)?, // conv2d_2: 3x3, 32
@@ -254,7 +433,13 @@ impl InceptionV3 {
             ],
             mixed8: BlockD::load(&mut s)?,
             mixed9_10: [BlockE::load(&mut s)?, BlockE::load(&mut s)?],
+            flavour,
         })
+    }
+
+    /// Whose names the checkpoint used, hence whose numerics this model follows.
+    pub fn flavour(&self) -> Flavour {
+        self.flavour
     }
 }
 
@@ -282,6 +467,29 @@ impl Backbone for InceptionV3 {
     }
 
     fn num_features(&self) -> usize {
-        Arch::InceptionV3.pretrained_cfg().map_or(0, |c| c.num_features)
+        Arch::InceptionV3
+            .pretrained_cfg()
+            .map_or(0, |c| c.num_features)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torch_name_map_covers_the_94_keras_layers_in_order() {
+        let m = torch_modules();
+        assert_eq!(m.len(), 94);
+        assert_eq!(m[0], "Conv2d_1a_3x3"); // conv2d_1
+        assert_eq!(m[5], "Mixed_5b.branch1x1"); // conv2d_6
+        assert_eq!(m[11], "Mixed_5b.branch_pool"); // conv2d_12
+        assert_eq!(m[26], "Mixed_6a.branch3x3"); // conv2d_27
+        assert_eq!(m[70], "Mixed_7a.branch3x3_1"); // conv2d_71
+        assert_eq!(m[93], "Mixed_7c.branch_pool"); // conv2d_94
+        let mut unique = m.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 94);
     }
 }

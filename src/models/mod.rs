@@ -8,15 +8,19 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 pub mod efficientnet_lite;
+pub mod flavour;
 pub mod h5;
 pub mod inception_v3;
 pub mod layers;
 pub mod onnx;
 pub mod profile;
+pub mod pth;
+pub mod resnet;
 pub mod xception;
 
 pub use efficientnet_lite::EfficientNetLite0;
 pub use inception_v3::InceptionV3;
+pub use resnet::ResNet;
 pub use xception::Xception;
 
 /// The architectures `runner` builds natively.
@@ -26,6 +30,8 @@ pub enum Arch {
     Xception,
     InceptionV3,
     EfficientnetLite0,
+    /// torchvision / timm ResNet-50 (`"resnet50"`).
+    Resnet50,
     /// Any ONNX image model ([`onnx`]): input size and preprocessing come
     /// from the spec or the graph.
     Onnx,
@@ -85,6 +91,11 @@ impl Arch {
                 preprocess: Preprocess::EfficientnetLite,
                 num_features: 1280,
             },
+            Arch::Resnet50 => PretrainedCfg {
+                input_size: 224,
+                preprocess: Preprocess::Imagenet,
+                num_features: 2048,
+            },
             Arch::Onnx => return None,
         })
     }
@@ -94,6 +105,7 @@ impl Arch {
             Arch::Xception => "xception",
             Arch::InceptionV3 => "inception_v3",
             Arch::EfficientnetLite0 => "efficientnet_lite0",
+            Arch::Resnet50 => "resnet50",
             Arch::Onnx => "onnx",
         }
     }
@@ -143,6 +155,7 @@ pub fn load(arch: Arch, weights: &Path, device: &Device) -> Result<Box<dyn Backb
         Arch::Xception => Box::new(Xception::load(weights, device)?),
         Arch::InceptionV3 => Box::new(InceptionV3::load(weights, device)?),
         Arch::EfficientnetLite0 => Box::new(EfficientNetLite0::load(weights, device)?),
+        Arch::Resnet50 => Box::new(ResNet::load(weights, device)?),
         Arch::Onnx => {
             return Err(ModelError::Onnx(onnx::OnnxError::Graph {
                 path: weights.display().to_string(),

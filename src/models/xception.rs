@@ -1,41 +1,173 @@
 //! Xception (Chollet, "Xception: Deep Learning with Depthwise Separable
 //! Convolutions", CVPR 2017), as built by Keras `applications/xception.py`
-//! with `include_top=False, pooling="avg"`: 299x299 input, 2048 features.
+//! with `include_top=False, pooling="avg"` and by timm's `legacy_xception`
+//! (the Cadene / tstandley port of the Keras weights): 299x299 input, 2048
+//! features.
 //!
-//! Weights use the Keras-2 layer names (`block1_conv1/kernel` HWIO,
+//! Weights use either the Keras-2 layer names (`block1_conv1/kernel` HWIO,
 //! `block2_sepconv1/{depthwise,pointwise}_kernel`, `block2_sepconv1_bn/...`;
 //! the four residual 1x1 convolutions are `conv2d_1..4` with
-//! `batch_normalization_1..4`). Every BatchNorm is folded into the preceding
-//! convolution (for a separable convolution, into its pointwise part); each
-//! `relu -> SeparableConv2D` applies the ReLU inside the depthwise kernel, each
-//! `BN -> relu` inside the pointwise bias pass.
+//! `batch_normalization_1..4`) or timm's `legacy_xception` state-dict names
+//! (the map is `Layer::names`); the naming is detected from
+//! `block1_conv1/kernel` vs `conv1.weight`. Every BatchNorm is folded into
+//! the preceding convolution (for a separable convolution, into its pointwise
+//! part); each `relu -> SeparableConv2D` applies the ReLU inside the depthwise
+//! kernel, each `BN -> relu` inside the pointwise bias pass.
+//!
+//! The two sources are not quite the same function, and the model computes
+//! what the checkpoint's framework computes:
+//!
+//! | | Keras | timm `legacy_xception` |
+//! |---|---|---|
+//! | BatchNorm epsilon | 1e-3 | 1e-5 (`nn.BatchNorm2d` default) |
+//! | 3x3/2 max pools | TF "same": on an even input the extra padded row / column is at the bottom / right only (74 -> 37 at 299x299) | `MaxPool2d(3, 2, padding=1)`: one on every side |
+//!
+//! Everything else coincides: the stride-1 3x3 separable convolutions pad
+//! one pixel on every side in both, the stem convolutions are unpadded, and a
+//! 1x1 stride-2 shortcut needs no padding.
 
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+use super::flavour::{Convention, Flavour};
 use super::layers::{global_avg_pool, max_pool2d, Act, Conv2d, DepthwiseConv2d, Padding, Weights};
 use super::{Arch, Backbone, ModelError};
 
 const ARCH: &str = "xception";
 
-/// Keras `SeparableConv2D(3x3, padding="same", use_bias=False)` + its BN:
-/// `out_act(pw(dw(in_act(x))))`.
+/// timm's `legacy_xception` uses PyTorch's default BatchNorm epsilon.
+const TIMM_BN_EPS: f32 = 1e-5;
+
+/// One convolution of Xception (with its BatchNorm), by its place in the
+/// network, Keras numbering.
+#[derive(Debug, Clone, Copy)]
+enum Layer {
+    /// `block1_conv{i}`, i = 1, 2: the unpadded 3x3 stem convolutions.
+    Stem(usize),
+    /// Separable convolution `i` of block `block` (2..=14).
+    Sep { block: usize, i: usize },
+    /// The strided 1x1 shortcut of block `block` (2, 3, 4 or 13).
+    Shortcut { block: usize },
+}
+
+impl Layer {
+    /// `(convolution, BatchNorm)` layer names (Keras) or module paths (timm):
+    /// the name map between the two checkpoints.
+    ///
+    /// | Keras-2 layer, BN | timm `legacy_xception` module, BN |
+    /// |---|---|
+    /// | `block1_conv{i}`, `block1_conv{i}_bn` | `conv{i}`, `bn{i}` |
+    /// | `block2_sepconv{i}`, `..._bn` | `block1.rep.{3i-3}`, `block1.rep.{3i-2}` (no leading ReLU) |
+    /// | `block{b}_sepconv{i}`, `..._bn`, b = 3..=13 | `block{b-1}.rep.{3i-2}`, `block{b-1}.rep.{3i-1}` |
+    /// | `block14_sepconv{i}`, `..._bn` | `conv{i+2}`, `bn{i+2}` |
+    /// | `conv2d_{1,2,3,4}`, `batch_normalization_{1,2,3,4}` (shortcuts of blocks 2, 3, 4, 13) | `block{1,2,3,12}.skip`, `block{1,2,3,12}.skipbn` |
+    ///
+    /// Tensors: Keras `LAYER/kernel` (HWIO), `LAYER/{depthwise,pointwise}_kernel`;
+    /// timm `MODULE.weight` (OIHW), `MODULE.conv1.weight` (depthwise,
+    /// `(C, 1, 3, 3)`), `MODULE.pointwise.weight`. timm's `fc.*` is ignored.
+    fn names(self, flavour: Flavour) -> (String, String) {
+        match (flavour, self) {
+            (Flavour::Keras, Layer::Stem(i)) => {
+                (format!("block1_conv{i}"), format!("block1_conv{i}_bn"))
+            }
+            (Flavour::Keras, Layer::Sep { block, i }) => (
+                format!("block{block}_sepconv{i}"),
+                format!("block{block}_sepconv{i}_bn"),
+            ),
+            (Flavour::Keras, Layer::Shortcut { block }) => {
+                let n = match block {
+                    13 => 4,
+                    b => b - 1,
+                };
+                (format!("conv2d_{n}"), format!("batch_normalization_{n}"))
+            }
+            (Flavour::Torch, Layer::Stem(i)) => (format!("conv{i}"), format!("bn{i}")),
+            (Flavour::Torch, Layer::Sep { block: 14, i }) => {
+                (format!("conv{}", i + 2), format!("bn{}", i + 2))
+            }
+            (Flavour::Torch, Layer::Sep { block, i }) => {
+                // `rep` is [ReLU, SepConv, BN] per convolution, without the
+                // first ReLU in block 2 (timm's block1).
+                let j = 3 * i - 3 + usize::from(block != 2);
+                let m = block - 1;
+                (
+                    format!("block{m}.rep.{j}"),
+                    format!("block{m}.rep.{}", j + 1),
+                )
+            }
+            (Flavour::Torch, Layer::Shortcut { block }) => (
+                format!("block{}.skip", block - 1),
+                format!("block{}.skipbn", block - 1),
+            ),
+        }
+    }
+}
+
+/// A checkpoint and what its naming implies.
+struct Loader<'a> {
+    w: &'a Weights,
+    conv: Convention,
+    device: &'a Device,
+}
+
+impl Loader<'_> {
+    fn flavour(&self) -> Flavour {
+        self.conv.flavour
+    }
+
+    /// A dense convolution `layer` + its BatchNorm.
+    fn conv_bn(
+        &self,
+        layer: Layer,
+        stride: usize,
+        padding: Padding,
+        act: Act,
+    ) -> Result<Conv2d, ModelError> {
+        let (conv, bn) = layer.names(self.flavour());
+        let kernel = match self.flavour() {
+            Flavour::Keras => format!("{conv}/kernel"),
+            Flavour::Torch => format!("{conv}.weight"),
+        };
+        self.conv
+            .conv_bn(self.w, &kernel, &bn, stride, padding, act, self.device)
+    }
+
+    /// The 3x3/2 max pool of the entry-flow blocks and block 13.
+    fn pool_padding(&self) -> Padding {
+        self.flavour().padding(Padding::Same, 1)
+    }
+}
+
+/// Keras `SeparableConv2D(3x3, padding="same", use_bias=False)` (timm
+/// `SeparableConv2d(3, padding=1)`) + its BN: `out_act(pw(dw(in_act(x))))`.
 struct SepConv {
     dw: DepthwiseConv2d,
     pw: Conv2d,
 }
 
 impl SepConv {
-    /// Layer `name` (and BN `{name}_bn`).
+    /// Separable convolution `i` of block `block` and its BatchNorm.
     fn load(
-        w: &Weights,
-        name: &str,
+        l: &Loader<'_>,
+        block: usize,
+        i: usize,
         in_act: Act,
         out_act: Act,
-        device: &Device,
     ) -> Result<Self, ModelError> {
-        let (dk, dshape) = w.keras_depthwise_kernel(&format!("{name}/depthwise_kernel"))?;
+        let (w, device) = (l.w, l.device);
+        let (name, bn) = Layer::Sep { block, i }.names(l.flavour());
+        let (dw_name, pw_name) = match l.flavour() {
+            Flavour::Keras => (
+                format!("{name}/depthwise_kernel"),
+                format!("{name}/pointwise_kernel"),
+            ),
+            Flavour::Torch => (
+                format!("{name}.conv1.weight"),
+                format!("{name}.pointwise.weight"),
+            ),
+        };
+        let (dk, dshape) = l.conv.depthwise_kernel(w, &dw_name)?;
         let dw = DepthwiseConv2d::new(
             dk,
             (dshape[0], dshape[1], dshape[2]),
@@ -46,17 +178,11 @@ impl SepConv {
             Act::None,
         )
         .map_err(|e| w.candle_err(e))?;
-        let (mut pk, pshape) = w.keras_conv_kernel(&format!("{name}/pointwise_kernel"))?;
-        if pshape[1] != dshape[0] {
-            return Err(w.shape_err(
-                &format!("{name}/pointwise_kernel"),
-                vec![1, 1, dshape[0], pshape[0]],
-                vec![pshape[2], pshape[3], pshape[1], pshape[0]],
-            ));
+        let (mut pk, pshape) = l.conv.conv_kernel(w, &pw_name)?;
+        if pshape[1] != dshape[0] || pshape[2..] != [1, 1] {
+            return Err(w.shape_err(&pw_name, vec![pshape[0], dshape[0], 1, 1], pshape.to_vec()));
         }
-        let bias = w
-            .keras_bn(&format!("{name}_bn"), pshape[0], true)?
-            .fold_into(&mut pk, None);
+        let bias = l.conv.bn(w, &bn, pshape[0])?.fold_into(&mut pk, None);
         let pw = Conv2d::new(
             w.tensor(pk, &pshape, device)?,
             bias,
@@ -83,45 +209,20 @@ impl SepConv {
 struct DownBlock {
     sep1: SepConv,
     sep2: SepConv,
+    pool_padding: Padding,
     residual: Conv2d,
 }
 
 impl DownBlock {
-    /// `block`: Keras block number; `res`: index of its `conv2d_N` shortcut;
-    /// `pre_relu`: whether the block starts with a ReLU (all but block 2).
-    fn load(
-        w: &Weights,
-        block: usize,
-        res: usize,
-        pre_relu: bool,
-        device: &Device,
-    ) -> Result<Self, ModelError> {
+    /// `block`: Keras block number; `pre_relu`: whether the block starts with
+    /// a ReLU (all but block 2).
+    fn load(l: &Loader<'_>, block: usize, pre_relu: bool) -> Result<Self, ModelError> {
         let in_act = if pre_relu { Act::Relu } else { Act::None };
         Ok(Self {
-            sep1: SepConv::load(
-                w,
-                &format!("block{block}_sepconv1"),
-                in_act,
-                Act::Relu,
-                device,
-            )?,
-            sep2: SepConv::load(
-                w,
-                &format!("block{block}_sepconv2"),
-                Act::None,
-                Act::None,
-                device,
-            )?,
-            residual: Conv2d::keras_conv_bn(
-                w,
-                &format!("conv2d_{res}"),
-                &format!("batch_normalization_{res}"),
-                true,
-                2,
-                Padding::Same,
-                Act::None,
-                device,
-            )?,
+            sep1: SepConv::load(l, block, 1, in_act, Act::Relu)?,
+            sep2: SepConv::load(l, block, 2, Act::None, Act::None)?,
+            pool_padding: l.pool_padding(),
+            residual: l.conv_bn(Layer::Shortcut { block }, 2, Padding::Same, Act::None)?,
         })
     }
 
@@ -130,7 +231,7 @@ impl DownBlock {
         let residual = self.residual.forward(x)?; // (N, C_out, ceil(H/2), ceil(W/2))
         let y = self.sep1.forward(x)?; // (N, C_mid, H, W)
         let y = self.sep2.forward(&y)?; // (N, C_out, H, W)
-        let y = max_pool2d(&y, 3, 2, Padding::Same)?; // (N, C_out, ceil(H/2), ceil(W/2))
+        let y = max_pool2d(&y, 3, 2, self.pool_padding)?; // (N, C_out, ceil(H/2), ceil(W/2))
         y + residual
     }
 }
@@ -141,16 +242,8 @@ struct MiddleBlock {
 }
 
 impl MiddleBlock {
-    fn load(w: &Weights, block: usize, device: &Device) -> Result<Self, ModelError> {
-        let s = |i: usize, in_act: Act, out_act: Act| {
-            SepConv::load(
-                w,
-                &format!("block{block}_sepconv{i}"),
-                in_act,
-                out_act,
-                device,
-            )
-        };
+    fn load(l: &Loader<'_>, block: usize) -> Result<Self, ModelError> {
+        let s = |i: usize, in_act: Act, out_act: Act| SepConv::load(l, block, i, in_act, out_act);
         Ok(Self {
             sep: [
                 s(1, Act::Relu, Act::Relu)?,
@@ -167,8 +260,9 @@ impl MiddleBlock {
     }
 }
 
-/// Keras Xception without its classifier; `forward_features` returns the
-/// global-average-pooled `(N, 2048)` output of `block14_sepconv2_act`.
+/// Xception without its classifier; `forward_features` returns the
+/// global-average-pooled `(N, 2048)` output of `block14_sepconv2_act` (timm:
+/// `act4`).
 pub struct Xception {
     block1_conv1: Conv2d,
     block1_conv2: Conv2d,
@@ -180,42 +274,46 @@ pub struct Xception {
     block13: DownBlock,
     block14_sepconv1: SepConv,
     block14_sepconv2: SepConv,
+    flavour: Flavour,
 }
 
 impl Xception {
-    /// Loads Keras-2-named weights (any float dtype) from a safetensors file.
+    /// Loads Keras-2-named or timm-named weights (any float dtype) from a
+    /// safetensors file or a PyTorch checkpoint.
     pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
         Self::from_weights(&Weights::read(ARCH, path)?, device)
     }
 
     pub fn from_weights(w: &Weights, device: &Device) -> Result<Self, ModelError> {
-        let conv = |name: &str, stride: usize| {
-            Conv2d::keras_conv_bn(
-                w,
-                name,
-                &format!("{name}_bn"),
-                true,
-                stride,
-                Padding::Valid,
-                Act::Relu,
-                device,
-            )
+        let flavour = Flavour::detect(w, "block1_conv1/kernel", "conv1.weight")?;
+        let conv = match flavour {
+            Flavour::Keras => Convention::keras(true),
+            Flavour::Torch => Convention::torch(TIMM_BN_EPS),
         };
+        let l = Loader { w, conv, device };
+        let stem =
+            |i: usize, stride: usize| l.conv_bn(Layer::Stem(i), stride, Padding::Valid, Act::Relu);
         Ok(Self {
-            block1_conv1: conv("block1_conv1", 2)?,
-            block1_conv2: conv("block1_conv2", 1)?,
+            block1_conv1: stem(1, 2)?,
+            block1_conv2: stem(2, 1)?,
             entry: vec![
-                DownBlock::load(w, 2, 1, false, device)?,
-                DownBlock::load(w, 3, 2, true, device)?,
-                DownBlock::load(w, 4, 3, true, device)?,
+                DownBlock::load(&l, 2, false)?,
+                DownBlock::load(&l, 3, true)?,
+                DownBlock::load(&l, 4, true)?,
             ],
             middle: (5..=12)
-                .map(|b| MiddleBlock::load(w, b, device))
+                .map(|b| MiddleBlock::load(&l, b))
                 .collect::<Result<_, _>>()?,
-            block13: DownBlock::load(w, 13, 4, true, device)?,
-            block14_sepconv1: SepConv::load(w, "block14_sepconv1", Act::None, Act::Relu, device)?,
-            block14_sepconv2: SepConv::load(w, "block14_sepconv2", Act::None, Act::Relu, device)?,
+            block13: DownBlock::load(&l, 13, true)?,
+            block14_sepconv1: SepConv::load(&l, 14, 1, Act::None, Act::Relu)?,
+            block14_sepconv2: SepConv::load(&l, 14, 2, Act::None, Act::Relu)?,
+            flavour,
         })
+    }
+
+    /// Whose names the checkpoint used, hence whose numerics this model follows.
+    pub fn flavour(&self) -> Flavour {
+        self.flavour
     }
 }
 
@@ -236,6 +334,51 @@ impl Backbone for Xception {
     }
 
     fn num_features(&self) -> usize {
-        Arch::Xception.pretrained_cfg().map_or(0, |c| c.num_features)
+        Arch::Xception
+            .pretrained_cfg()
+            .map_or(0, |c| c.num_features)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_map_keras_to_timm() {
+        let both = |l: Layer| (l.names(Flavour::Keras), l.names(Flavour::Torch));
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            both(Layer::Stem(2)),
+            (s("block1_conv2", "block1_conv2_bn"), s("conv2", "bn2"))
+        );
+        assert_eq!(
+            both(Layer::Sep { block: 2, i: 2 }),
+            (
+                s("block2_sepconv2", "block2_sepconv2_bn"),
+                s("block1.rep.3", "block1.rep.4")
+            )
+        );
+        assert_eq!(
+            both(Layer::Sep { block: 12, i: 3 }),
+            (
+                s("block12_sepconv3", "block12_sepconv3_bn"),
+                s("block11.rep.7", "block11.rep.8")
+            )
+        );
+        assert_eq!(
+            both(Layer::Sep { block: 14, i: 1 }),
+            (
+                s("block14_sepconv1", "block14_sepconv1_bn"),
+                s("conv3", "bn3")
+            )
+        );
+        assert_eq!(
+            both(Layer::Shortcut { block: 13 }),
+            (
+                s("conv2d_4", "batch_normalization_4"),
+                s("block12.skip", "block12.skipbn")
+            )
+        );
     }
 }
