@@ -23,7 +23,8 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
-use runner::kernels::{self, DenseB, MatRef, Output, PackedA};
+use runner::kernels::window::Clamp;
+use runner::kernels::{self, nchwc, DenseB, MatRef, Output, PackedA};
 use runner::models::layers::{Act, Conv2d, Padding};
 use runner::train::rng::uniform_vec as rand_vec;
 
@@ -292,7 +293,9 @@ fn main() {
             .flat_map(|xi| to_nchwc(xi, c, hw))
             .collect();
         let mut yn = vec![0f32; n * o * hw];
-        let (mut t_ref, mut t_n) = (f64::INFINITY, f64::INFINITY);
+        let (mut t_ref, mut t_n, mut t_p) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
+        let xb = nchwc::Blocked::from_nchw(&x, (n, c, side, side));
+        let pk = nchwc::Packed1x1::new(&w, &vec![0.0; o], o, c);
         for _ in 0..5 {
             let t = Instant::now();
             for _ in 0..reps {
@@ -310,6 +313,11 @@ fn main() {
                 conv1x1_nchwc(&wn, &xn, (n, c, o, hw), &mut yn);
             }
             t_n = t_n.min(t.elapsed().as_secs_f64() / reps as f64);
+            let t = Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(nchwc::conv1x1(&xb, &pk, Clamp::NONE, None));
+            }
+            t_p = t_p.min(t.elapsed().as_secs_f64() / reps as f64);
         }
         // Same numbers? Compare image 0, channel by channel.
         let mut max_diff = 0f32;
@@ -321,8 +329,9 @@ fn main() {
             }
         }
         let (g_ref, g_n) = (flop / t_ref / 1e9, flop / t_n / 1e9);
+        let g_p = flop / t_p / 1e9;
         println!(
-            "{:<30} {g_ref:>10.1} {g_n:>10.1} {:>6.2}x  (max |diff| {max_diff:.1e})",
+            "{:<30} {g_ref:>10.1} {g_n:>10.1} {:>6.2}x  (max |diff| {max_diff:.1e}); kernels::nchwc::conv1x1 {g_p:.1}",
             format!("{c} -> {o} @ {side}x{side}"),
             g_n / g_ref
         );

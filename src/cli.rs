@@ -1,5 +1,5 @@
 //! Command line: `runner SPEC.toml`, `runner run`, `runner report`,
-//! `runner extract`. Glue only: parse, set up threads and device, call
+//! `runner extract`, `runner inspect`. Glue only: parse, set up threads and device, call
 //! `pipeline` / `report` / `features`.
 
 use std::path::{Path, PathBuf};
@@ -69,6 +69,17 @@ enum Command {
         spec: PathBuf,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Show what a weights file holds and what runner would run from it:
+    /// format, architecture, tensors or graph nodes, input size, features.
+    Inspect {
+        weights: PathBuf,
+        /// List every tensor / node.
+        #[arg(long)]
+        all: bool,
+        /// ONNX: the value to take features from (the spec's `output`).
+        #[arg(long)]
+        output: Option<String>,
     },
 }
 
@@ -154,6 +165,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let device = device(&g.device, &log)?;
             extract(&spec, &out, &cache, &device, &log)
         }
+        Some(Command::Inspect {
+            weights,
+            all,
+            output,
+        }) => {
+            init_threads(g.threads)?;
+            print!(
+                "{}",
+                crate::inspect::inspect(&weights, all, output.as_deref())?
+            );
+            Ok(())
+        }
         Some(Command::Run { specs }) => run_specs(&specs, g, &cache, &log),
         None => run_specs(&cli.specs, g, &cache, &log),
     }
@@ -205,6 +228,17 @@ fn preflight(path: &Path) -> anyhow::Result<spec::Spec> {
                 path.display(),
                 b.weights.display()
             );
+        }
+        if b.arch == crate::models::Arch::Onnx {
+            // Parse and lower the graph now: an unsupported op or a missing
+            // output is reported before any image is read.
+            let model = crate::models::onnx::read_model(&b.weights)?;
+            crate::models::onnx::Program::lower(
+                &model,
+                b.output.as_deref(),
+                &b.weights.display().to_string(),
+            )
+            .with_context(|| format!("{}: backbone[{i}]", path.display()))?;
         }
     }
     Dataset::load(&spec.data).with_context(|| format!("{}: [data]", path.display()))?;

@@ -17,6 +17,7 @@ pub mod cache;
 pub mod cli;
 pub mod data;
 pub mod features;
+pub mod inspect;
 pub mod kernels;
 pub mod log;
 pub mod metrics;

@@ -18,6 +18,9 @@ use crate::spec::{BackboneSpec, Resize, Spec, View};
 /// Bump when a change to decoding, resizing or a backbone's code changes
 /// feature values: every cached feature is then recomputed.
 pub const FEATURE_CODE_VERSION: u32 = 2;
+// Weights are keyed by their tensors' contents since session 3 (before: the
+// file's bytes), so keys from earlier versions no longer match: features
+// cached by them are recomputed once.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -74,6 +77,23 @@ pub fn hash_file(path: &Path) -> Result<String, HashError> {
     Ok(hasher.finalize().to_hex().to_string())
 }
 
+/// What identifies a backbone's weights in the stage key: for the native
+/// architectures the checkpoint's tensors whatever the container
+/// ([`crate::models::layers::Weights::fingerprint`]: safetensors and Keras
+/// `.h5` share features); for an ONNX graph, the file's bytes (its structure
+/// is part of what computes the features).
+pub fn weights_fingerprint(b: &BackboneSpec) -> Result<String, HashError> {
+    if b.arch == Arch::Onnx {
+        return hash_file(&b.weights);
+    }
+    crate::models::layers::Weights::read(b.arch.name(), &b.weights)
+        .and_then(|w| w.fingerprint())
+        .map_err(|e| HashError {
+            path: b.weights.display().to_string(),
+            source: std::io::Error::other(e),
+        })
+}
+
 /// One hash over the ordered contents of a list of images.
 fn hash_images(items: &[Item]) -> Result<String, HashError> {
     let hashes = items
@@ -93,7 +113,7 @@ fn hash_images(items: &[Item]) -> Result<String, HashError> {
 struct FeatureKey<'a> {
     feature_code_version: u32,
     arch: Arch,
-    weights_blake3: &'a str,
+    weights_fingerprint: &'a str,
     input_size: usize,
     preprocess: Preprocess,
     resize: Resize,
@@ -112,7 +132,7 @@ impl Plan {
         let mut weights_hashes = std::collections::HashMap::<PathBuf, String>::new();
         for b in &spec.backbones {
             if !weights_hashes.contains_key(&b.weights) {
-                weights_hashes.insert(b.weights.clone(), hash_file(&b.weights)?);
+                weights_hashes.insert(b.weights.clone(), weights_fingerprint(b)?);
             }
         }
         let splits: Vec<(Split, String)> = [(Split::Train, &data.train), (Split::Test, &data.test)]
@@ -149,7 +169,7 @@ fn stage_key(b: &BackboneSpec, weights_hash: &str, view: View, images_hash: &str
     let doc = FeatureKey {
         feature_code_version: FEATURE_CODE_VERSION,
         arch: b.arch,
-        weights_blake3: weights_hash,
+        weights_fingerprint: weights_hash,
         input_size: b.input_size,
         preprocess: b.preprocess,
         resize: b.resize,
@@ -192,5 +212,35 @@ mod tests {
         let mut moved = backbone();
         moved.weights = "elsewhere/w".into();
         assert_eq!(base, stage_key(&moved, "w1", View::Original, "i1"));
+    }
+
+    #[test]
+    fn the_same_weights_in_f16_and_f32_files_share_a_fingerprint() {
+        use candle_core::{DType, Device, Tensor};
+        let dir = tempfile::tempdir().unwrap();
+        let w = Tensor::new(&[[0.5f32, -1.25], [3.0, 0.0]], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[1.0f32, 2.0], &Device::Cpu).unwrap();
+        let save = |name: &str, dtype: DType, bias: &Tensor| {
+            let path = dir.path().join(name);
+            let map = std::collections::HashMap::from([
+                ("conv/kernel".to_string(), w.to_dtype(dtype).unwrap()),
+                ("conv/bias".to_string(), bias.to_dtype(dtype).unwrap()),
+            ]);
+            candle_core::safetensors::save(&map, &path).unwrap();
+            BackboneSpec {
+                weights: path,
+                ..backbone()
+            }
+        };
+        let f32_file = save("a.safetensors", DType::F32, &b);
+        let f16_file = save("b.safetensors", DType::F16, &b);
+        let other = save("c.safetensors", DType::F32, &(&b + 1.0).unwrap());
+        assert_ne!(
+            hash_file(&f32_file.weights).unwrap(),
+            hash_file(&f16_file.weights).unwrap()
+        );
+        let fp = |b: &BackboneSpec| weights_fingerprint(b).unwrap();
+        assert_eq!(fp(&f32_file), fp(&f16_file));
+        assert_ne!(fp(&f32_file), fp(&other));
     }
 }

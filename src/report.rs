@@ -53,7 +53,14 @@ fn read_row(dir: &Path) -> Row {
         row.backbones = Some(
             spec.backbones
                 .iter()
-                .map(|b| b.arch.name())
+                .map(|b| match b.arch {
+                    // Which graph, not just "onnx".
+                    crate::models::Arch::Onnx => format!(
+                        "onnx:{}",
+                        b.weights.file_stem().unwrap_or_default().to_string_lossy()
+                    ),
+                    arch => arch.name().to_string(),
+                })
                 .collect::<Vec<_>>()
                 .join("+"),
         );

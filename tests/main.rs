@@ -7,3 +7,4 @@ mod onnx_exports;
 mod parity;
 mod resize;
 mod spec_errors;
+mod timm;

@@ -68,3 +68,38 @@ fn missing_spec_file_is_named() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("nope.toml"), "{}", stderr(&out));
 }
+
+fn onnx_backbone(extra: &str) -> String {
+    let onnx = crate::common::model("efficientnet_lite0_imagenet.onnx");
+    format!(
+        "name = \"x\"\n{GOOD_DATA}[[backbone]]\narch = \"onnx\"\nweights = \"{}\"\n{extra}",
+        onnx.display()
+    )
+}
+
+#[test]
+fn onnx_backbone_without_preprocess_says_which_to_set() {
+    fails_with(
+        &onnx_backbone("output = \"features\"\n"),
+        &["backbone[0].preprocess", "imagenet", "inception"],
+    );
+}
+
+#[test]
+fn onnx_output_that_the_graph_lacks_lists_the_graph_outputs() {
+    // The data folder does not exist either: the graph is checked first.
+    fails_with(
+        &onnx_backbone("output = \"pooled\"\npreprocess = \"efficientnet_lite\"\n"),
+        &[
+            "output = \"pooled\"",
+            "`features` [?, 1280]",
+            "`logits` [?, 1000]",
+        ],
+    );
+}
+
+#[test]
+fn onnx_only_keys_on_a_native_backbone_are_errors() {
+    let spec = format!("name = \"x\"\n{GOOD_DATA}{GOOD_BACKBONE}output = \"features\"\n");
+    fails_with(&spec, &["backbone[0].output", "onnx"]);
+}

@@ -41,6 +41,7 @@ pub use im2col::Im2Col;
 
 pub mod generic;
 pub mod im2col;
+pub mod nchwc;
 pub mod window;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
@@ -315,6 +316,23 @@ impl PackedA {
 
     pub fn rows(&self) -> usize {
         self.m
+    }
+
+    /// The `m x k` row-major matrix this was packed from (to re-pack the
+    /// same weights for another layout, e.g. [`nchwc::Packed1x1`]).
+    pub fn to_row_major(&self) -> Vec<f32> {
+        let (mr, kc, k) = (self.kern.mr, self.kc, self.k);
+        let m_pad = self.m.div_ceil(mr) * mr;
+        let mut a = vec![0f32; self.m * k];
+        for i in 0..self.m {
+            let (ir, r) = (i / mr, i % mr);
+            for (p, v) in a[i * k..(i + 1) * k].iter_mut().enumerate() {
+                let (s, q) = (p / kc, p % kc);
+                let kb = kc.min(k - s * kc);
+                *v = self.data[s * kc * m_pad + ir * kb * mr + q * mr + r];
+            }
+        }
+        a
     }
 
     pub fn depth(&self) -> usize {
@@ -615,6 +633,17 @@ mod tests {
             // Padding columns of C are never written.
             for j in s.n..ldc {
                 assert_eq!(got[i * ldc + j], c0[i * ldc + j], "{}: padding", kern.name);
+            }
+        }
+    }
+
+    #[test]
+    fn packed_a_unpacks_to_what_it_was_packed_from() {
+        for kern in available() {
+            for (m, k) in [(1, 1), (15, 3), (40, 1300), (728, 728)] {
+                let a = rand_vec(m * k, (m * k) as u64);
+                let p = PackedA::new(kern, MatRef { data: &a, ld: k }, m, k).unwrap();
+                assert_eq!(p.to_row_major(), a, "{} {m}x{k}", kern.name);
             }
         }
     }

@@ -34,6 +34,7 @@ use candle_core::{CpuStorage, DType, Device, Layout, Shape, Tensor};
 
 use super::profile;
 use super::ModelError;
+use crate::kernels::nchwc;
 use crate::kernels::window::{Clamp, Window, WindowKind};
 use crate::kernels::{self, Im2Col, MatRef, Output, PackedA};
 
@@ -55,7 +56,8 @@ pub struct Weights {
 
 impl Weights {
     /// Reads every tensor of `path` (any float dtype; converted to f32 on use):
-    /// a Keras-2 `.h5` / `.hdf5` weights file ([`super::h5`]), else safetensors.
+    /// a Keras-2 `.h5` / `.hdf5` weights file ([`super::h5`]), a PyTorch
+    /// `.pth` / `.pt` / `.bin` checkpoint ([`super::pth`]), else safetensors.
     pub fn read(arch: &'static str, path: &Path) -> Result<Self, ModelError> {
         let is_h5 = path
             .extension()
@@ -68,6 +70,13 @@ impl Weights {
                 // Not `Error::wrap`: its backtrace would be printed as part of
                 // the message.
                 source: candle_core::Error::Wrapped(Box::new(e.detail)),
+            })?
+        } else if super::pth::is_pytorch_checkpoint(path) {
+            // `.pth` / `.pt` / `.bin`: a `torch.save` zip (state dict).
+            super::pth::read(path).map_err(|source| ModelError::Load {
+                arch,
+                path: path.display().to_string(),
+                source,
             })?
         } else {
             candle_core::safetensors::load(path, &Device::Cpu).map_err(|source| {
@@ -83,6 +92,42 @@ impl Weights {
             path: path.display().to_string(),
             tensors,
         })
+    }
+
+    /// `(name, dims, dtype)` of every tensor (`runner inspect`).
+    pub fn summary(&self) -> Vec<(String, Vec<usize>, String)> {
+        self.tensors
+            .iter()
+            .map(|(n, t)| {
+                let dtype = format!("{:?}", t.dtype()).to_lowercase();
+                (n.clone(), t.dims().to_vec(), dtype)
+            })
+            .collect()
+    }
+
+    /// BLAKE3 of the checkpoint's contents, independent of its container:
+    /// names in sorted order, each with its dims and its values as f32
+    /// (exact for f16 / bf16 sources). The same weights as safetensors or
+    /// Keras `.h5` give the same fingerprint and so share cached features.
+    pub fn fingerprint(&self) -> Result<String, ModelError> {
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        let mut hasher = blake3::Hasher::new();
+        for name in names {
+            let t = &self.tensors[name];
+            hasher.update(name.as_bytes());
+            hasher.update(format!("{:?}", t.dims()).as_bytes());
+            let values = t
+                .to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| self.candle_err(e))?;
+            for chunk in values.chunks(1 << 16) {
+                let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+                hasher.update(&bytes);
+            }
+        }
+        Ok(hasher.finalize().to_hex().to_string())
     }
 
     /// Wraps an already-loaded map (tests, other containers).
@@ -996,6 +1041,113 @@ pub fn global_avg_pool(x: &Tensor) -> candle_core::Result<Tensor> {
 /// Concatenation along channels (InceptionV3's branches).
 pub fn concat_channels(xs: &[Tensor]) -> candle_core::Result<Tensor> {
     profile::time(|| ("concat".into(), 0.0), || Tensor::cat(xs, 1))
+}
+
+// ---------------------------------------------------------------------------
+// The same layers in NCHW16c (kernels::nchwc), built from the NCHW ones
+// ---------------------------------------------------------------------------
+
+/// A 1x1 convolution (any stride, no padding) for [`nchwc::Blocked`] maps.
+pub struct BlockedConv1x1 {
+    packed: nchwc::Packed1x1,
+    stride: usize,
+    act: Clamp,
+}
+
+impl BlockedConv1x1 {
+    /// `act(conv(x) + b) (+ residual)`.
+    pub fn forward(&self, x: &nchwc::Blocked, residual: Option<&nchwc::Blocked>) -> nchwc::Blocked {
+        let flops = || {
+            let (h, w) = (x.h.div_ceil(self.stride), x.w.div_ceil(self.stride));
+            2.0 * (x.n * h * w * self.packed.c * self.packed.o) as f64
+        };
+        let label = if residual.is_some() {
+            "nchwc conv 1x1 +res"
+        } else {
+            "nchwc conv 1x1"
+        };
+        profile::time(
+            || (format!("{label}/{}", self.stride), flops()),
+            || match self.stride {
+                1 => nchwc::conv1x1(x, &self.packed, self.act, residual),
+                _ => nchwc::conv1x1(&x.subsample2(), &self.packed, self.act, residual),
+            },
+        )
+    }
+}
+
+impl Conv2d {
+    /// This convolution for NCHW16c maps, when it is 1x1 without padding
+    /// (stride 1 or 2).
+    pub fn blocked_1x1(&self) -> Option<BlockedConv1x1> {
+        // "same" never pads a 1x1 window, whatever the stride.
+        let unpadded = match self.padding {
+            Padding::Explicit(p) => p.is_zero(),
+            Padding::Valid | Padding::Same | Padding::SameLower => true,
+        };
+        if self.k != (1, 1) || !unpadded || self.stride > 2 {
+            return None;
+        }
+        let w = self.weight.to_row_major();
+        Some(BlockedConv1x1 {
+            packed: nchwc::Packed1x1::new(&w, &self.bias, self.out_channels(), self.in_channels),
+            stride: self.stride,
+            act: self.act.clamp(),
+        })
+    }
+}
+
+/// A depthwise convolution for [`nchwc::Blocked`] maps.
+pub struct BlockedDepthwise {
+    packed: nchwc::PackedDepthwise,
+    stride: usize,
+    padding: Padding,
+    in_act: Clamp,
+    out_act: Clamp,
+}
+
+impl BlockedDepthwise {
+    pub fn forward(&self, x: &nchwc::Blocked) -> nchwc::Blocked {
+        let (kh, kw) = self.packed.k;
+        let pad = self
+            .padding
+            .resolve((x.h, x.w), (kh, kw), self.stride)
+            .tblr();
+        profile::time(
+            || {
+                let s = self.stride;
+                let flops = 2.0 * (x.n * x.c * x.h * x.w / s / s * kh * kw) as f64;
+                (format!("nchwc depthwise {kh}x{kw}/{s}"), flops)
+            },
+            || nchwc::depthwise(x, &self.packed, self.stride, pad, self.in_act, self.out_act),
+        )
+    }
+}
+
+impl DepthwiseConv2d {
+    pub fn blocked(&self) -> BlockedDepthwise {
+        BlockedDepthwise {
+            packed: nchwc::PackedDepthwise::new(&self.weight, &self.bias, self.channels, self.k),
+            stride: self.stride,
+            padding: self.padding,
+            in_act: self.in_act.clamp(),
+            out_act: self.out_act.clamp(),
+        }
+    }
+}
+
+/// Max pooling `k x k` of an NCHW16c map; padded positions never win.
+pub fn blocked_max_pool(
+    x: &nchwc::Blocked,
+    k: usize,
+    stride: usize,
+    padding: Padding,
+) -> nchwc::Blocked {
+    let pad = padding.resolve((x.h, x.w), (k, k), stride).tblr();
+    profile::time(
+        || (format!("nchwc max pool {k}x{k}/{stride}"), 0.0),
+        || nchwc::max_pool(x, (k, k), stride, pad),
+    )
 }
 
 #[cfg(test)]

@@ -1,0 +1,216 @@
+//! `runner inspect WEIGHTS`: what a weights file is and what runner would
+//! run from it (format, architecture, tensors or graph nodes, input size,
+//! feature width), before anyone writes a spec around it.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::models::onnx::{self, dims_text, OnnxBackbone, OnnxOptions};
+use crate::models::{self, Arch};
+
+/// The report for `path`; `all` lists every tensor / node instead of the
+/// first few; `output` is passed to the ONNX loader as the spec's key.
+pub fn inspect(path: &Path, all: bool, output: Option<&str>) -> anyhow::Result<String> {
+    if !path.is_file() {
+        anyhow::bail!("{} does not exist or is not a file", path.display());
+    }
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "onnx" => inspect_onnx(path, all, output),
+        _ => inspect_checkpoint(path, all),
+    }
+}
+
+fn inspect_onnx(path: &Path, all: bool, output: Option<&str>) -> anyhow::Result<String> {
+    let model = onnx::read_model(path)?;
+    let s = onnx::summarize(&model, path)?;
+    let mut out = String::new();
+    let w = &mut out;
+    writeln!(w, "file:        {}", path.display())?;
+    writeln!(
+        w,
+        "format:      ONNX (opset {}, producer {})",
+        s.opset, s.producer
+    )?;
+    writeln!(w, "arch:        onnx (run by runner's executor)")?;
+    writeln!(
+        w,
+        "input:       `{}` {} {}",
+        s.input_name,
+        s.input_dims
+            .as_deref()
+            .map_or("(no declared shape)".into(), dims_text),
+        match s.input_layout {
+            Some(onnx::InputLayout::Nchw) => "-> input_layout = \"nchw\"",
+            Some(onnx::InputLayout::Nhwc) => "-> input_layout = \"nhwc\"",
+            None => "-> layout unknown: set input_layout",
+        }
+    )?;
+    writeln!(
+        w,
+        "input size:  {}",
+        s.input_size
+            .map_or("not fixed by the graph: set input_size".into(), |v| v
+                .to_string())
+    )?;
+    for (name, dims) in &s.outputs {
+        let d = dims
+            .as_deref()
+            .map_or("(no declared shape)".into(), dims_text);
+        writeln!(w, "output:      `{name}` {d}")?;
+    }
+    writeln!(w, "parameters:  {}", s.parameters)?;
+    let total: usize = s.op_counts.values().sum();
+    let ops: Vec<String> = s
+        .op_counts
+        .iter()
+        .map(|(op, n)| format!("{op} {n}"))
+        .collect();
+    writeln!(w, "nodes:       {total}: {}", ops.join(", "))?;
+    if all {
+        if let Some(g) = model.graph.as_ref() {
+            for n in &g.node {
+                writeln!(
+                    w,
+                    "  {} {} {:?} -> {:?}",
+                    n.op_type, n.name, n.input, n.output
+                )?;
+            }
+        }
+    }
+    let size = s.input_size.unwrap_or(224);
+    let opts = OnnxOptions {
+        output: output.map(str::to_string),
+        input_layout: s.input_layout,
+    };
+    match OnnxBackbone::load(path, &opts, size) {
+        Ok(net) => {
+            use crate::models::Backbone;
+            writeln!(
+                w,
+                "runner:      `{}` -> {} features per image ({} steps after folding and fusion, {} native convolutions; trial run at {size}x{size})",
+                net.program().output_name,
+                net.num_features(),
+                net.program().len(),
+                net.program().native_convolutions()
+            )?;
+        }
+        Err(e) => writeln!(w, "runner:      cannot run it as it is: {e}")?,
+    }
+    Ok(out)
+}
+
+/// The native architecture whose checkpoint names these are.
+fn guess_arch(names: &[&str]) -> Option<(Arch, &'static str)> {
+    let has = |n: &str| names.contains(&n);
+    let has_prefix = |p: &str| names.iter().any(|n| n.starts_with(p));
+    if has("block14_sepconv2/pointwise_kernel") {
+        Some((Arch::Xception, "Keras-2 names"))
+    } else if has("block12.skip.weight") && has("conv4.pointwise.weight") {
+        Some((Arch::Xception, "timm legacy_xception names"))
+    } else if has_prefix("conv2d_94/") || has_prefix("mixed10") {
+        Some((Arch::InceptionV3, "Keras-2 names"))
+    } else if has_prefix("Mixed_7c.branch_pool.conv.") {
+        Some((Arch::InceptionV3, "timm / torchvision inception_v3 names"))
+    } else if has_prefix("layer4.") && has_prefix("layer1.0.downsample.0.") {
+        Some((Arch::Resnet50, "torchvision / timm resnet names"))
+    } else if has_prefix("_conv_stem.") && has_prefix("_blocks.") {
+        Some((Arch::EfficientnetLite0, "efficientnet-lite-pytorch names"))
+    } else {
+        None
+    }
+}
+
+fn inspect_checkpoint(path: &Path, all: bool) -> anyhow::Result<String> {
+    let (format, mut tensors) = match safetensors_header(path) {
+        Some(t) => ("safetensors", t),
+        None => {
+            // Other containers go through the loader the backbones use.
+            let w = models::layers::Weights::read("inspect", path)
+                .with_context(|| format!("{}: not a weights file runner reads", path.display()))?;
+            ("checkpoint", w.summary())
+        }
+    };
+    tensors.sort();
+    let names: Vec<&str> = tensors.iter().map(|(n, _, _)| n.as_str()).collect();
+    let params: usize = tensors
+        .iter()
+        .map(|(_, d, _)| d.iter().product::<usize>())
+        .sum();
+    let mut dtypes: Vec<&str> = tensors.iter().map(|(_, _, t)| t.as_str()).collect();
+    dtypes.sort_unstable();
+    dtypes.dedup();
+    let mut out = String::new();
+    let w = &mut out;
+    writeln!(w, "file:        {}", path.display())?;
+    writeln!(w, "format:      {format} ({})", dtypes.join(", "))?;
+    match guess_arch(&names) {
+        Some((arch, naming)) => {
+            let cfg = arch.pretrained_cfg().expect("native");
+            writeln!(w, "arch:        {} ({naming}) -> arch = \"{}\"", arch.name(), arch.name())?;
+            writeln!(w, "input size:  {}", cfg.input_size)?;
+            writeln!(w, "features:    {}", cfg.num_features)?;
+        }
+        None => writeln!(
+            w,
+            "arch:        not recognised (runner knows Keras-2 and timm xception / inception_v3, torchvision resnet50 and efficientnet_lite0 names)"
+        )?,
+    }
+    writeln!(w, "tensors:     {} ({params} parameters)", tensors.len())?;
+    let shown = if all {
+        tensors.len()
+    } else {
+        tensors.len().min(12)
+    };
+    for (n, d, t) in &tensors[..shown] {
+        writeln!(w, "  {n} {d:?} {t}")?;
+    }
+    if shown < tensors.len() {
+        writeln!(
+            w,
+            "  ... {} more (--all lists every tensor)",
+            tensors.len() - shown
+        )?;
+    }
+    Ok(out)
+}
+
+/// `(name, dims, dtype)` from a safetensors header (8-byte length, JSON),
+/// without reading the tensor data; `None` if `path` is not safetensors.
+fn safetensors_header(path: &Path) -> Option<Vec<(String, Vec<usize>, String)>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 || len > f.metadata().ok()?.len() {
+        return None;
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).ok()?;
+    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header).ok()?;
+    Some(
+        json.into_iter()
+            .filter(|(name, _)| name != "__metadata__")
+            .map(|(name, v)| {
+                let dims = v["shape"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|d| d.as_u64())
+                            .map(|d| d as usize)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let dtype = v["dtype"].as_str().unwrap_or("?").to_lowercase();
+                (name, dims, dtype)
+            })
+            .collect(),
+    )
+}
