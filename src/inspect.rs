@@ -134,7 +134,11 @@ fn inspect_checkpoint(path: &Path, all: bool) -> anyhow::Result<String> {
             // Other containers go through the loader the backbones use.
             let w = models::layers::Weights::read("inspect", path)
                 .with_context(|| format!("{}: not a weights file runner reads", path.display()))?;
-            ("checkpoint", w.summary())
+            let kind = match path.extension().and_then(|e| e.to_str()) {
+                Some("h5" | "hdf5") => "Keras-2 HDF5 weights",
+                _ => "PyTorch checkpoint",
+            };
+            (kind, w.summary())
         }
     };
     tensors.sort();

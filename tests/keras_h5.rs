@@ -264,6 +264,28 @@ fn check_full(arch: Arch, stem: &str) {
         "{}: features from .h5 differ from safetensors",
         arch.name()
     );
+    // And they share cached features: the stage key's weights fingerprint
+    // does not depend on the container.
+    let spec = |weights: PathBuf| {
+        let cfg = arch.pretrained_cfg().expect("native");
+        runner::spec::BackboneSpec {
+            arch,
+            weights,
+            input_size: cfg.input_size,
+            preprocess: cfg.preprocess,
+            resize: runner::spec::Resize::Box,
+            output: None,
+            input_layout: None,
+        }
+    };
+    let fp =
+        |weights: PathBuf| runner::plan::weights_fingerprint(&spec(weights)).expect("fingerprint");
+    assert_eq!(
+        fp(h5),
+        fp(st),
+        "{}: .h5 and safetensors fingerprints",
+        arch.name()
+    );
 }
 
 #[test]

@@ -215,6 +215,8 @@ impl Backbone for EfficientNetLite0 {
     }
 
     fn num_features(&self) -> usize {
-        Arch::EfficientnetLite0.pretrained_cfg().map_or(0, |c| c.num_features)
+        Arch::EfficientnetLite0
+            .pretrained_cfg()
+            .map_or(0, |c| c.num_features)
     }
 }
