@@ -45,6 +45,8 @@ pub enum FeatureError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start the decoding threads: {0}")]
+    DecodePool(String),
 }
 
 /// Features of every planned stage, by stage key.
@@ -237,19 +239,45 @@ struct Prepared {
     seconds: f64,
 }
 
-/// Decodes `chunk` and resizes it to `sizes` (on the decoder thread: one
-/// core's worth, beside the backbones on the rayon pool).
-fn prepare(chunk: &[Item], sizes: &BTreeSet<(usize, Resize)>) -> Result<Prepared, FeatureError> {
+/// How many threads decode and resize: `[extract] decode_threads`, else one
+/// beside CPU backbones (which use every core) and every core for a GPU,
+/// which needs all of them to keep it fed.
+pub fn decode_threads(spec: &Spec, device: &Device) -> usize {
+    spec.extract.decode_threads.unwrap_or_else(|| {
+        if device.is_cpu() {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    })
+}
+
+/// Decodes `chunk` and resizes it to `sizes`: on the decoder thread alone,
+/// or spread over `pool` (images in their order either way).
+fn prepare(
+    chunk: &[Item],
+    sizes: &BTreeSet<(usize, Resize)>,
+    pool: Option<&rayon::ThreadPool>,
+) -> Result<Prepared, FeatureError> {
     let started = Instant::now();
+    let one = |item: &Item| -> Result<Vec<RgbImage>, FeatureError> {
+        let img = decode_rgb(&item.path)?;
+        Ok(sizes
+            .iter()
+            .map(|&(size, filter)| resize(&img, size, size, filter))
+            .collect())
+    };
+    let per_image: Vec<Vec<RgbImage>> = match pool {
+        Some(pool) => pool.install(|| chunk.par_iter().map(one).collect::<Result<_, _>>())?,
+        None => chunk.iter().map(one).collect::<Result<_, _>>()?,
+    };
     let mut images: HashMap<(usize, Resize), Vec<RgbImage>> = sizes
         .iter()
         .map(|&k| (k, Vec::with_capacity(chunk.len())))
         .collect();
-    for item in chunk {
-        let img = decode_rgb(&item.path)?;
-        for &(size, filter) in sizes {
-            let v = images.get_mut(&(size, filter)).expect("one entry per size");
-            v.push(resize(&img, size, size, filter));
+    for resized in per_image {
+        for (&key, img) in sizes.iter().zip(resized) {
+            images.get_mut(&key).expect("one entry per size").push(img);
         }
     }
     Ok(Prepared {
@@ -326,15 +354,36 @@ fn extract_split(
     // Two-stage pipeline: a decoder thread decodes and resizes the next chunk
     // while the backbones run on this one (on the rayon pool). The channel
     // holds one chunk, so at most two are in memory.
+    // With more than one decode thread they get a pool of their own, so
+    // decoding never waits behind the backbones' tasks on the global pool.
+    let threads = decode_threads(spec, device);
+    let pool = if threads > 1 {
+        Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("decode-{i}"))
+                .build()
+                .map_err(|e| FeatureError::DecodePool(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let images_to_decode: usize = chunks
+        .iter()
+        .zip(&sizes)
+        .filter(|(_, s)| !s.is_empty())
+        .map(|(c, _)| c.len())
+        .sum();
+    let (decode_before, forward_before) = (out.decode_seconds, out.forward_seconds);
     std::thread::scope(|scope| -> Result<(), FeatureError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared, FeatureError>>(1);
-        let (chunks_ref, sizes_ref) = (&chunks, &sizes);
+        let (chunks_ref, sizes_ref, pool_ref) = (&chunks, &sizes, pool.as_ref());
         scope.spawn(move || {
             for (chunk, sizes) in chunks_ref.iter().zip(sizes_ref) {
                 if sizes.is_empty() {
                     continue;
                 }
-                let prepared = prepare(chunk, sizes);
+                let prepared = prepare(chunk, sizes, pool_ref);
                 let failed = prepared.is_err();
                 // A closed channel means the consumer stopped (it failed).
                 if tx.send(prepared).is_err() || failed {
@@ -403,6 +452,18 @@ fn extract_split(
         }
     }
     progress.finish();
+    if images_to_decode > 0 {
+        // Both rates, so it shows which side is the bottleneck.
+        let decode = out.decode_seconds - decode_before;
+        let forward = out.forward_seconds - forward_before;
+        log.info(format!(
+            "features {}: decoding + resizing {:.0} images/s on {threads} thread(s); backbones {:.1} images/s ({} stage(s))",
+            split.name(),
+            images_to_decode as f64 / decode.max(1e-9),
+            images_to_decode as f64 / forward.max(1e-9),
+            stages.len()
+        ));
+    }
     if resumed > 0 {
         log.info(format!(
             "features {}: resumed {resumed} chunk(s) of {CHUNK_IMAGES} images left by an interrupted run",
@@ -413,4 +474,45 @@ fn extract_split(
         .iter()
         .map(|parts| Matrix::vconcat(parts))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_decoding_keeps_every_image_in_its_place() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/woof-dev/train");
+        let mut paths: Vec<_> = std::fs::read_dir(&dir)
+            .expect("woof-dev")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        paths.sort();
+        let chunk: Vec<Item> = paths[..12]
+            .iter()
+            .map(|p| Item {
+                id: p.file_stem().unwrap().to_string_lossy().into_owned(),
+                path: p.clone(),
+            })
+            .collect();
+        let sizes = BTreeSet::from([(32, Resize::Box), (48, Resize::Area)]);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let serial = prepare(&chunk, &sizes, None).unwrap();
+        let parallel = prepare(&chunk, &sizes, Some(&pool)).unwrap();
+        for key in &sizes {
+            let (a, b) = (&serial.images[key], &parallel.images[key]);
+            assert_eq!(a.len(), 12);
+            for (x, y) in a.iter().zip(b) {
+                assert_eq!((x.width, x.height), (key.0, key.0));
+                assert_eq!(x.pixels, y.pixels);
+            }
+        }
+        // And the images differ from each other (the check above is not vacuous).
+        let first = &serial.images[&(32, Resize::Box)];
+        assert_ne!(first[0].pixels, first[1].pixels);
+    }
 }

@@ -149,6 +149,12 @@ impl BackboneSpec {
 pub struct ExtractSpec {
     /// Images per forward pass.
     pub batch_size: usize,
+    /// Threads decoding and resizing JPEGs ahead of the backbones; default
+    /// ([`crate::features::decode_threads`]): one beside the CPU backbones,
+    /// every core when the backbones run on a GPU. Absent when not set, so
+    /// specs that do not set it hash as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

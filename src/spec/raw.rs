@@ -56,6 +56,7 @@ pub struct RawBackbone {
 #[serde(deny_unknown_fields)]
 pub struct RawExtract {
     pub batch_size: Option<usize>,
+    pub decode_threads: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -136,6 +136,9 @@ impl Resolver<'_> {
         let extract = raw.extract.unwrap_or_default();
         let batch_size = extract.batch_size.unwrap_or(DEFAULT_EXTRACT_BATCH);
         self.at_least_one("extract.batch_size", batch_size)?;
+        if let Some(t) = extract.decode_threads {
+            self.at_least_one("extract.decode_threads", t)?;
+        }
 
         let cv = raw.cv.unwrap_or_default();
         let folds = cv.folds.unwrap_or(DEFAULT_FOLDS);
@@ -184,7 +187,10 @@ impl Resolver<'_> {
             views,
             data: self.data(raw.data)?,
             backbones,
-            extract: ExtractSpec { batch_size },
+            extract: ExtractSpec {
+                batch_size,
+                decode_threads: extract.decode_threads,
+            },
             cv: CvSpec {
                 folds,
                 stratified: cv.stratified.unwrap_or(true),
