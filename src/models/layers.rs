@@ -29,9 +29,11 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, DType, Device, Layout, Shape, Tensor};
 
+use super::portable;
 use super::profile;
 use super::ModelError;
 use crate::kernels::nchwc;
@@ -562,6 +564,8 @@ pub struct Conv2d {
     stride: usize,
     padding: Padding,
     act: Act,
+    /// Copies for the portable path ([`portable`]), made on first use.
+    device_weights: OnceLock<portable::ConvWeights>,
 }
 
 impl Conv2d {
@@ -602,7 +606,33 @@ impl Conv2d {
             stride,
             padding,
             act,
+            device_weights: OnceLock::new(),
         })
+    }
+
+    /// The weights on `device` for the portable path.
+    fn portable_weights(&self, device: &Device) -> candle_core::Result<portable::ConvWeights> {
+        if let Some(w) = self.device_weights.get() {
+            if w.weight.device().same_device(device) {
+                return Ok(w.clone());
+            }
+        }
+        let dims = (self.out_channels(), self.in_channels, self.k.0, self.k.1);
+        let w = portable::ConvWeights::new(self.weight.to_row_major(), dims, &self.bias, device)?;
+        let _ = self.device_weights.set(w.clone());
+        Ok(w)
+    }
+
+    /// `forward` / `forward_add` with candle's ops, on `x`'s device.
+    fn forward_portable(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let pad = self.padding.resolve((h, w), self.k, self.stride);
+        let weights = self.portable_weights(x.device())?;
+        portable::conv2d(x, &weights, self.stride, pad, self.act, residual)
     }
 
     /// Keras `Conv2D(use_bias=False)` named `conv` followed by the
@@ -645,6 +675,9 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if portable::wanted(x) {
+            return self.forward_portable(x, None);
+        }
         let (_, _, h, w) = x.dims4()?;
         let pad = self.padding.resolve((h, w), self.k, self.stride);
         let x = x.contiguous()?;
@@ -673,6 +706,9 @@ impl Conv2d {
 
     /// `act(conv(x) + b) + residual`.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        if portable::wanted(x) {
+            return self.forward_portable(x, Some(residual));
+        }
         let (_, _, h, w) = x.dims4()?;
         let pad = self.padding.resolve((h, w), self.k, self.stride);
         let x = x.contiguous()?;
@@ -810,6 +846,8 @@ pub struct DepthwiseConv2d {
     /// padding, so `dw(relu(x)) == dw_in_relu(x)`.
     in_act: Act,
     out_act: Act,
+    /// Copies for the portable path ([`portable`]), made on first use.
+    device_weights: OnceLock<portable::DepthwiseWeights>,
 }
 
 impl DepthwiseConv2d {
@@ -849,6 +887,7 @@ impl DepthwiseConv2d {
             padding,
             in_act,
             out_act,
+            device_weights: OnceLock::new(),
         })
     }
 
@@ -856,9 +895,28 @@ impl DepthwiseConv2d {
         self.channels
     }
 
+    /// The weights on `device` for the portable path.
+    fn portable_weights(&self, device: &Device) -> candle_core::Result<portable::DepthwiseWeights> {
+        if let Some(w) = self.device_weights.get() {
+            if w.bias.device().same_device(device) {
+                return Ok(w.clone());
+            }
+        }
+        let taps = self.k.0 * self.k.1;
+        let w =
+            portable::DepthwiseWeights::new(&self.weight, self.channels, taps, &self.bias, device)?;
+        let _ = self.device_weights.set(w.clone());
+        Ok(w)
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let pad = self.padding.resolve((h, w), self.k, self.stride);
+        if portable::wanted(x) {
+            let weights = self.portable_weights(x.device())?;
+            let (k, s) = (self.k, self.stride);
+            return portable::depthwise(x, &weights, k, s, pad, self.in_act, self.out_act);
+        }
         profile::time(
             || {
                 let (s, (kh, kw)) = (self.stride, self.k);
@@ -969,6 +1027,9 @@ pub fn max_pool2d_rect(
 ) -> candle_core::Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let pad = padding.resolve((h, w), k, stride);
+    if portable::wanted(x) {
+        return portable::max_pool(x, k, stride, pad);
+    }
     profile::time(
         || (format!("max pool {}x{}/{stride}", k.0, k.1), 0.0),
         || {
@@ -1024,6 +1085,9 @@ pub fn avg_pool2d_exclude_pad(
 ) -> candle_core::Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let pad = padding.resolve((h, w), k, stride);
+    if portable::wanted(x) {
+        return portable::avg_pool_exclude_pad(x, k, stride, pad);
+    }
     profile::time(
         || (format!("avg pool {}x{}/{stride}", k.0, k.1), 0.0),
         || {

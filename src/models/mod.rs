@@ -13,6 +13,7 @@ pub mod h5;
 pub mod inception_v3;
 pub mod layers;
 pub mod onnx;
+pub mod portable;
 pub mod profile;
 pub mod pth;
 pub mod resnet;

@@ -445,7 +445,10 @@ impl Backbone for Xception {
         let x = self.block1_conv1.forward(x)?; // (N, 32, 149, 149)
         let mut x = self.block1_conv2.forward(&x)?; // (N, 64, 147, 147)
         if let Some(flow) = &self.blocked {
-            return flow.forward(&x);
+            // The NCHW16c kernels are CPU kernels.
+            if !super::portable::wanted(&x) {
+                return flow.forward(&x);
+            }
         }
         for b in &self.entry {
             x = b.forward(&x)?; // (N, 128, 74, 74) -> (N, 256, 37, 37) -> (N, 728, 19, 19)
