@@ -40,9 +40,9 @@ struct Global {
     /// Feature cache folder [default: <runs>/.cache].
     #[arg(long, global = true)]
     cache: Option<PathBuf>,
-    /// auto | cpu | cuda | cuda:N
-    #[arg(long, global = true, default_value = "auto")]
-    device: String,
+    /// auto | cpu | cuda | cuda:N [default: the spec's `device`, else auto]
+    #[arg(long, global = true)]
+    device: Option<String>,
     /// Worker threads [default: all cores].
     #[arg(long, global = true)]
     threads: Option<usize>,
@@ -108,12 +108,20 @@ pub fn device(choice: &str, log: &Log) -> anyhow::Result<Device> {
         },
     };
     if !candle_core::utils::cuda_is_available() {
-        bail!("--device cuda:{cuda_index}: this build of runner has no CUDA support yet; use --device cpu (or auto)");
+        bail!("device cuda:{cuda_index}: this build of runner has no CUDA support; build it with `--features cuda` (scripts/cuda-toolchain.sh installs the toolkit) or use --device cpu (or auto)");
     }
     let d =
         Device::new_cuda(cuda_index).with_context(|| format!("cannot open cuda:{cuda_index}"))?;
     log.info(format!("device: cuda:{cuda_index}"));
     Ok(d)
+}
+
+/// `--device` if given, else the spec's `device`, else `auto`.
+fn device_choice(g: &Global, spec_device: Option<&str>) -> String {
+    g.device
+        .clone()
+        .or_else(|| spec_device.map(str::to_string))
+        .unwrap_or_else(|| "auto".into())
 }
 
 /// Sets up the thread pools before anything touches rayon or candle: one
@@ -162,7 +170,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 "threads: {threads}, GEMM kernel: {}",
                 crate::kernels::best().name
             ));
-            let device = device(&g.device, &log)?;
+            let spec_device = spec::load(&spec).ok().and_then(|s| s.device);
+            let device = device(&device_choice(g, spec_device.as_deref()), &log)?;
             extract(&spec, &out, &cache, &device, &log)
         }
         Some(Command::Inspect {
@@ -197,10 +206,16 @@ fn run_specs(paths: &[PathBuf], g: &Global, cache: &FeatureCache, log: &Log) -> 
         "threads: {threads}, GEMM kernel: {}",
         crate::kernels::best().name
     ));
-    let device = device(&g.device, log)?;
     let mut failed = Vec::new();
     for (path, spec) in paths.iter().zip(&specs) {
         log.info(format!("spec {}", path.display()));
+        let device = match device(&device_choice(g, spec.device.as_deref()), log) {
+            Ok(d) => d,
+            Err(e) => {
+                failed.push(format!("{}: {e:#}", path.display()));
+                continue;
+            }
+        };
         match pipeline::run(spec, &g.runs, cache, &device, log) {
             Ok(outcome) => log.info(format!("wrote {}", outcome.dir.display())),
             Err(e) => failed.push(format!("{}: {e:#}", path.display())),

@@ -103,3 +103,9 @@ fn onnx_only_keys_on_a_native_backbone_are_errors() {
     let spec = format!("name = \"x\"\n{GOOD_DATA}{GOOD_BACKBONE}output = \"features\"\n");
     fails_with(&spec, &["backbone[0].output", "onnx"]);
 }
+
+#[test]
+fn unknown_device_in_the_spec_lists_the_devices() {
+    let spec = format!("name = \"x\"\ndevice = \"tpu\"\n{GOOD_DATA}{GOOD_BACKBONE}");
+    fails_with(&spec, &["device", "tpu", "cuda:N"]);
+}

@@ -93,6 +93,10 @@ pub struct Spec {
     pub name: String,
     pub seed: u64,
     pub views: Vec<View>,
+    /// `auto | cpu | cuda | cuda:N`; `--device` overrides it. Absent when not
+    /// set, so specs without it hash as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     pub data: DataSpec,
     #[serde(rename = "backbone")]
     pub backbones: Vec<BackboneSpec>,

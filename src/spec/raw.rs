@@ -15,6 +15,7 @@ pub struct RawSpec {
     pub name: String,
     pub seed: Option<u64>,
     pub views: Option<Vec<View>>,
+    pub device: Option<String>,
     pub data: RawData,
     #[serde(rename = "backbone")]
     pub backbones: Option<Vec<RawBackbone>>,

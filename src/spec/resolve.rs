@@ -181,10 +181,25 @@ impl Resolver<'_> {
             ));
         }
 
+        if let Some(d) = &raw.device {
+            let known = d == "auto"
+                || d == "cpu"
+                || d == "cuda"
+                || d.strip_prefix("cuda:")
+                    .is_some_and(|n| n.parse::<usize>().is_ok());
+            if !known {
+                return Err(self.invalid(
+                    "device",
+                    format!("= {d:?} is not a device"),
+                    "allowed: \"auto\", \"cpu\", \"cuda\", \"cuda:N\"",
+                ));
+            }
+        }
         Ok(Spec {
             name,
             seed: raw.seed.unwrap_or(DEFAULT_SEED),
             views,
+            device: raw.device,
             data: self.data(raw.data)?,
             backbones,
             extract: ExtractSpec {
