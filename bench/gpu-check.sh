@@ -15,7 +15,8 @@
 #
 # Environment: SHARED (default ../shared, else ./shared), BIN_DIR (default
 # target-cuda/release), CUDA_LIBS (prepended to LD_LIBRARY_PATH), DEVICE
-# (default cuda), TRAIN / TEST (default 10222 / 10357 images).
+# (default cuda), PRECISIONS (default "f32 bf16"), TRAIN / TEST (default
+# 10222 / 10357 images).
 # Writes OUT_DIR/results.md (the table) and one log per step beside it; a
 # failing step is recorded and the next one still runs.
 set -uo pipefail
@@ -69,12 +70,14 @@ else
   say "nvidia-smi: not found (no NVIDIA driver on this machine)"
 fi
 
-# 1. Parity and images/s per backbone (f32; bf16/f16 are not built yet).
-say ""
-say "## Backbones on $device"
-step backbones "$bin/examples/backbone_check" "$shared/models" --device "$device" \
-  --batches 32,64,128 --seconds 4
-grep '^|' "$out/backbones.log" >>"$results" || tail -3 "$out/backbones.log" >>"$results"
+# 1. Parity and images/s per backbone, in each precision.
+for precision in ${PRECISIONS:-f32 bf16}; do
+  say ""
+  say "## Backbones on $device, $precision"
+  step "backbones-$precision" "$bin/examples/backbone_check" "$shared/models" --device "$device" \
+    --precision "$precision" --batches 32,64,128 --seconds 3
+  grep '^|' "$out/backbones-$precision.log" >>"$results" || tail -3 "$out/backbones-$precision.log" >>"$results"
+done
 
 # 2. A Kaggle-sized dataset from the woof-dev photos.
 say ""

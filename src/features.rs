@@ -47,6 +47,8 @@ pub enum FeatureError {
     },
     #[error("cannot start the decoding threads: {0}")]
     DecodePool(String),
+    #[error("[extract] precision = \"{0}\" needs a GPU (the CPU kernels compute in f32); use precision = \"f32\" or --device cuda")]
+    PrecisionOnCpu(&'static str),
 }
 
 /// Features of every planned stage, by stage key.
@@ -130,6 +132,13 @@ pub fn ensure(
     device: &Device,
     log: &Log,
 ) -> Result<Features, FeatureError> {
+    let precision = spec.extract.precision();
+    if device.is_cpu() && precision != crate::spec::Precision::F32 {
+        return Err(FeatureError::PrecisionOnCpu(match precision {
+            crate::spec::Precision::Bf16 => "bf16",
+            _ => "f16",
+        }));
+    }
     let mut out = Features {
         by_key: HashMap::new(),
         cached: 0,
@@ -418,8 +427,12 @@ fn extract_split(
                         .iter()
                         .collect();
                     let forward = || -> candle_core::Result<Vec<f32>> {
-                        let x = input_tensor(&batch, bb, stage.view, device)?;
-                        net.forward_features(&x)?.flatten_all()?.to_vec1::<f32>()
+                        let x = input_tensor(&batch, bb, stage.view, device)?
+                            .to_dtype(spec.extract.precision().dtype())?;
+                        net.forward_features(&x)?
+                            .to_dtype(candle_core::DType::F32)?
+                            .flatten_all()?
+                            .to_vec1::<f32>()
                     };
                     let feats = forward().map_err(|source| FeatureError::Forward {
                         arch: bb.arch.name(),

@@ -124,6 +124,9 @@ struct FeatureKey<'a> {
     output: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     input_layout: Option<crate::models::onnx::InputLayout>,
+    /// Absent for f32, so f32 keys are unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    precision: Option<crate::spec::Precision>,
 }
 
 impl Plan {
@@ -144,7 +147,13 @@ impl Plan {
         for (split, images_hash) in &splits {
             for (i, b) in spec.backbones.iter().enumerate() {
                 for &view in &spec.views {
-                    let key = stage_key(b, &weights_hashes[&b.weights], view, images_hash);
+                    let key = stage_key(
+                        b,
+                        &weights_hashes[&b.weights],
+                        view,
+                        images_hash,
+                        spec.extract.precision,
+                    );
                     stages.push(FeatureStage {
                         backbone: i,
                         view,
@@ -165,7 +174,13 @@ impl Plan {
     }
 }
 
-fn stage_key(b: &BackboneSpec, weights_hash: &str, view: View, images_hash: &str) -> String {
+fn stage_key(
+    b: &BackboneSpec,
+    weights_hash: &str,
+    view: View,
+    images_hash: &str,
+    precision: Option<crate::spec::Precision>,
+) -> String {
     let doc = FeatureKey {
         feature_code_version: FEATURE_CODE_VERSION,
         arch: b.arch,
@@ -177,6 +192,7 @@ fn stage_key(b: &BackboneSpec, weights_hash: &str, view: View, images_hash: &str
         images_blake3: images_hash,
         output: b.output.as_deref(),
         input_layout: b.input_layout,
+        precision: precision.filter(|p| *p != crate::spec::Precision::F32),
     };
     let json = serde_json::to_vec(&doc).expect("key serialises");
     blake3::hash(&json).to_hex().to_string()
@@ -200,18 +216,38 @@ mod tests {
 
     #[test]
     fn key_changes_with_what_changes_features_only() {
-        let base = stage_key(&backbone(), "w1", View::Original, "i1");
-        assert_eq!(base, stage_key(&backbone(), "w1", View::Original, "i1"));
-        assert_ne!(base, stage_key(&backbone(), "w2", View::Original, "i1"));
-        assert_ne!(base, stage_key(&backbone(), "w1", View::Hflip, "i1"));
-        assert_ne!(base, stage_key(&backbone(), "w1", View::Original, "i2"));
+        let base = stage_key(&backbone(), "w1", View::Original, "i1", None);
+        assert_eq!(
+            base,
+            stage_key(&backbone(), "w1", View::Original, "i1", None)
+        );
+        assert_ne!(
+            base,
+            stage_key(&backbone(), "w2", View::Original, "i1", None)
+        );
+        assert_ne!(base, stage_key(&backbone(), "w1", View::Hflip, "i1", None));
+        assert_ne!(
+            base,
+            stage_key(&backbone(), "w1", View::Original, "i2", None)
+        );
         let mut smaller = backbone();
         smaller.input_size = 224;
-        assert_ne!(base, stage_key(&smaller, "w1", View::Original, "i1"));
+        assert_ne!(base, stage_key(&smaller, "w1", View::Original, "i1", None));
         // The weights' path is not part of the key: a copy shares the cache.
         let mut moved = backbone();
         moved.weights = "elsewhere/w".into();
-        assert_eq!(base, stage_key(&moved, "w1", View::Original, "i1"));
+        assert_eq!(base, stage_key(&moved, "w1", View::Original, "i1", None));
+        // Computing in bf16 changes the numbers, so the key.
+        let bf16 = Some(crate::spec::Precision::Bf16);
+        assert_ne!(
+            base,
+            stage_key(&backbone(), "w1", View::Original, "i1", bf16)
+        );
+        let f32 = Some(crate::spec::Precision::F32);
+        assert_eq!(
+            base,
+            stage_key(&backbone(), "w1", View::Original, "i1", f32)
+        );
     }
 
     #[test]

@@ -206,3 +206,29 @@ fn portable_ops_path_matches_the_references() {
         );
     }
 }
+
+/// A GPU precision on the portable path (run on the CPU here: a non-f32
+/// input takes it on its own): EfficientNet-Lite0 in f16 against the f32
+/// reference, within the 3e-2 x max|reference|. (bf16 cannot run
+/// here: candle's CPU matmul has no bf16; `bench/gpu-check.sh` checks it on
+/// a GPU.)
+#[test]
+fn portable_ops_in_f16_stay_within_3e_2() {
+    use candle_core::DType;
+    let stem = "efficientnet_lite0_imagenet";
+    let fx = fixture(stem);
+    let model = models::load(
+        Arch::EfficientnetLite0,
+        &models_dir().join(format!("{stem}.safetensors")),
+        &Device::Cpu,
+    )
+    .expect("load backbone");
+    let (x, _) = inputs(&fx);
+    let f = model
+        .forward_features(&x.to_dtype(DType::F16).expect("cast"))
+        .and_then(|f| f.to_dtype(DType::F32))
+        .expect("forward");
+    let e = rel_err(&f, get(&fx, "features"));
+    println!("efficientnet_lite0 portable f16: {e:.3e}");
+    assert!(e <= 3e-2, "f16: relative error {e:.3e} > 3e-2");
+}

@@ -611,14 +611,19 @@ impl Conv2d {
     }
 
     /// The weights on `device` for the portable path.
-    fn portable_weights(&self, device: &Device) -> candle_core::Result<portable::ConvWeights> {
+    fn portable_weights(
+        &self,
+        device: &Device,
+        dtype: DType,
+    ) -> candle_core::Result<portable::ConvWeights> {
         if let Some(w) = self.device_weights.get() {
-            if w.weight.device().same_device(device) {
+            if w.weight.device().same_device(device) && w.weight.dtype() == dtype {
                 return Ok(w.clone());
             }
         }
         let dims = (self.out_channels(), self.in_channels, self.k.0, self.k.1);
-        let w = portable::ConvWeights::new(self.weight.to_row_major(), dims, &self.bias, device)?;
+        let w = portable::ConvWeights::new(self.weight.to_row_major(), dims, &self.bias, device)?
+            .to_dtype(dtype)?;
         let _ = self.device_weights.set(w.clone());
         Ok(w)
     }
@@ -631,7 +636,7 @@ impl Conv2d {
     ) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let pad = self.padding.resolve((h, w), self.k, self.stride);
-        let weights = self.portable_weights(x.device())?;
+        let weights = self.portable_weights(x.device(), x.dtype())?;
         portable::conv2d(x, &weights, self.stride, pad, self.act, residual)
     }
 
@@ -896,15 +901,20 @@ impl DepthwiseConv2d {
     }
 
     /// The weights on `device` for the portable path.
-    fn portable_weights(&self, device: &Device) -> candle_core::Result<portable::DepthwiseWeights> {
+    fn portable_weights(
+        &self,
+        device: &Device,
+        dtype: DType,
+    ) -> candle_core::Result<portable::DepthwiseWeights> {
         if let Some(w) = self.device_weights.get() {
-            if w.bias.device().same_device(device) {
+            if w.bias.device().same_device(device) && w.bias.dtype() == dtype {
                 return Ok(w.clone());
             }
         }
         let taps = self.k.0 * self.k.1;
         let w =
-            portable::DepthwiseWeights::new(&self.weight, self.channels, taps, &self.bias, device)?;
+            portable::DepthwiseWeights::new(&self.weight, self.channels, taps, &self.bias, device)?
+                .to_dtype(dtype)?;
         let _ = self.device_weights.set(w.clone());
         Ok(w)
     }
@@ -913,7 +923,7 @@ impl DepthwiseConv2d {
         let (_, _, h, w) = x.dims4()?;
         let pad = self.padding.resolve((h, w), self.k, self.stride);
         if portable::wanted(x) {
-            let weights = self.portable_weights(x.device())?;
+            let weights = self.portable_weights(x.device(), x.dtype())?;
             let (k, s) = (self.k, self.stride);
             return portable::depthwise(x, &weights, k, s, pad, self.in_act, self.out_act);
         }

@@ -28,9 +28,10 @@ pub fn with_portable_ops<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// Whether a layer given `x` takes the portable path.
+/// Whether a layer given `x` takes the portable path: off the CPU, in a
+/// precision other than f32 (the CPU kernels are f32), or when forced.
 pub fn wanted(x: &Tensor) -> bool {
-    !x.device().is_cpu() || FORCED.with(Cell::get)
+    !x.device().is_cpu() || x.dtype() != DType::F32 || FORCED.with(Cell::get)
 }
 
 /// `act(x)` with candle ops.
@@ -100,6 +101,13 @@ pub struct ConvWeights {
 }
 
 impl ConvWeights {
+    pub fn to_dtype(self, dtype: DType) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: self.weight.to_dtype(dtype)?,
+            bias: self.bias.to_dtype(dtype)?,
+        })
+    }
+
     pub fn new(
         oihw: Vec<f32>,
         dims: (usize, usize, usize, usize),
@@ -140,6 +148,17 @@ pub struct DepthwiseWeights {
 }
 
 impl DepthwiseWeights {
+    pub fn to_dtype(self, dtype: DType) -> candle_core::Result<Self> {
+        Ok(Self {
+            taps: self
+                .taps
+                .iter()
+                .map(|t| t.to_dtype(dtype))
+                .collect::<candle_core::Result<_>>()?,
+            bias: self.bias.to_dtype(dtype)?,
+        })
+    }
+
     /// From `(C, kh, kw)` row-major weights.
     pub fn new(
         w: &[f32],
@@ -228,6 +247,6 @@ pub fn avg_pool_exclude_pad(
             scale.push((kh * kw) as f32 / taps.max(1) as f32);
         }
     }
-    let scale = Tensor::from_vec(scale, (1, 1, oh, ow), x.device())?.to_dtype(DType::F32)?;
+    let scale = Tensor::from_vec(scale, (1, 1, oh, ow), x.device())?.to_dtype(x.dtype())?;
     mean_all.broadcast_mul(&scale)
 }

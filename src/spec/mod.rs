@@ -77,6 +77,28 @@ pub enum Resize {
     Area,
 }
 
+/// Floating-point format the backbones compute in (features are stored as
+/// f32 either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    F32,
+    /// bfloat16: GPUs only (the CPU kernels are f32).
+    Bf16,
+    /// float16: GPUs only.
+    F16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+            Precision::F16 => candle_core::DType::F16,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Optimizer {
@@ -159,6 +181,16 @@ pub struct ExtractSpec {
     /// specs that do not set it hash as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decode_threads: Option<usize>,
+    /// Default f32; `bf16` / `f16` on GPUs only. Absent when f32, so specs
+    /// that do not set it hash as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
+}
+
+impl ExtractSpec {
+    pub fn precision(&self) -> Precision {
+        self.precision.unwrap_or(Precision::F32)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

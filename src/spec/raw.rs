@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{Layout, Optimizer, Resize, View};
+use super::{Layout, Optimizer, Precision, Resize, View};
 use crate::models::onnx::InputLayout;
 use crate::models::{Arch, Preprocess};
 
@@ -58,6 +58,7 @@ pub struct RawBackbone {
 pub struct RawExtract {
     pub batch_size: Option<usize>,
     pub decode_threads: Option<usize>,
+    pub precision: Option<Precision>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -205,6 +205,8 @@ impl Resolver<'_> {
             extract: ExtractSpec {
                 batch_size,
                 decode_threads: extract.decode_threads,
+                // f32 is the default and is not written out.
+                precision: extract.precision.filter(|p| *p != super::Precision::F32),
             },
             cv: CvSpec {
                 folds,
