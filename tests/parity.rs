@@ -232,3 +232,27 @@ fn portable_ops_in_f16_stay_within_3e_2() {
     println!("efficientnet_lite0 portable f16: {e:.3e}");
     assert!(e <= 3e-2, "f16: relative error {e:.3e} > 3e-2");
 }
+
+/// The ONNX executor in f16 (the portable path, as on a GPU): its float
+/// constants follow the input's precision.
+#[test]
+fn efficientnet_lite0_onnx_export_runs_in_f16() {
+    use candle_core::DType;
+    use runner::models::onnx::{OnnxBackbone, OnnxOptions};
+    let stem = "efficientnet_lite0_imagenet";
+    let fx = fixture(stem);
+    let opts = OnnxOptions {
+        output: Some("features".into()),
+        input_layout: None,
+    };
+    let net = OnnxBackbone::load(&models_dir().join(format!("{stem}.onnx")), &opts, 224)
+        .expect("load ONNX backbone");
+    let (x, _) = inputs(&fx);
+    let f = net
+        .forward_features(&x.to_dtype(DType::F16).expect("cast"))
+        .and_then(|f| f.to_dtype(DType::F32))
+        .expect("forward");
+    let e = rel_err(&f, get(&fx, "features"));
+    println!("onnx efficientnet_lite0 f16: {e:.3e}");
+    assert!(e <= 3e-2, "relative error {e:.3e} > 3e-2");
+}

@@ -57,6 +57,10 @@ pub struct Program {
     /// Constants that runtime steps read (shape targets, biases of unfused
     /// ops), put in their slots at the start of each run.
     constants: Vec<(usize, Tensor)>,
+    /// The float constants copied to the device of the first non-CPU input
+    /// (integer ones, shape arithmetic, stay on the CPU where `Shape` puts
+    /// its results).
+    device_constants: std::sync::OnceLock<Vec<(usize, Tensor)>>,
     input: usize,
     output: usize,
     /// Names of the graph input and of the chosen output.
@@ -504,6 +508,7 @@ impl Program {
             steps: Vec::new(),
             slots: 0,
             constants: Vec::new(),
+            device_constants: std::sync::OnceLock::new(),
             input: 0,
             output: 0,
             input_name,
@@ -589,7 +594,44 @@ impl Program {
     /// Runs the program on `x` (the graph input) and returns the output.
     pub fn run(&self, x: Tensor) -> candle_core::Result<Tensor> {
         let mut slots: Vec<Option<Tensor>> = vec![None; self.slots];
-        for (s, t) in &self.constants {
+        let device = x.device().clone();
+        let uncached;
+        let on_device = |t: &Tensor| -> candle_core::Result<Tensor> {
+            match t.dtype() {
+                candle_core::DType::I64 => Ok(t.clone()),
+                _ => t.to_device(&device)?.to_dtype(x.dtype()),
+            }
+        };
+        let constants = if device.is_cpu() && x.dtype() == candle_core::DType::F32 {
+            &self.constants
+        } else {
+            let cached = self.device_constants.get().filter(|c| {
+                c.iter().all(|(_, t)| {
+                    t.dtype() == candle_core::DType::I64
+                        || (t.device().same_device(&device) && t.dtype() == x.dtype())
+                })
+            });
+            match cached {
+                Some(c) => c,
+                None => {
+                    let moved = self
+                        .constants
+                        .iter()
+                        .map(|(s, t)| Ok((*s, on_device(t)?)))
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    // Kept for the next runs unless another device or
+                    // precision was cached first.
+                    match self.device_constants.set(moved) {
+                        Ok(()) => self.device_constants.get().expect("just set"),
+                        Err(moved) => {
+                            uncached = moved;
+                            &uncached
+                        }
+                    }
+                }
+            }
+        };
+        for (s, t) in constants {
             slots[*s] = Some(t.clone());
         }
         slots[self.input] = Some(x);
