@@ -132,7 +132,7 @@ fn inspect_checkpoint(path: &Path, all: bool) -> anyhow::Result<String> {
         Some(t) => ("safetensors", t),
         None => {
             // Other containers go through the loader the backbones use.
-            let w = models::layers::Weights::read("inspect", path)
+            let w = models::layers::Weights::read("the", path)
                 .with_context(|| format!("{}: not a weights file runner reads", path.display()))?;
             let kind = match path.extension().and_then(|e| e.to_str()) {
                 Some("h5" | "hdf5") => "Keras-2 HDF5 weights",

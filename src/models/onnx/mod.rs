@@ -77,7 +77,11 @@ pub fn read_model(path: &Path) -> Result<onnx::ModelProto, OnnxError> {
     }
     candle_onnx::read_file(path).map_err(|e| OnnxError::Read {
         path: path.display().to_string(),
-        message: format!("not an ONNX model ({e})"),
+        // First line only: candle appends a backtrace when RUST_BACKTRACE is set.
+        message: format!(
+            "not an ONNX model ({})",
+            e.to_string().lines().next().unwrap_or_default()
+        ),
     })
 }
 
