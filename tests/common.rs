@@ -93,3 +93,16 @@ pub fn woof_subset(dir: &Path, classes: usize, per_class_train: usize, per_class
     std::fs::write(dir.join("test_labels.csv"), key).unwrap();
     std::fs::write(dir.join("sample_submission.csv"), sample).unwrap();
 }
+
+/// `max|ours - want| / max|want|`, the parity tests' measure.
+pub fn rel_err(ours: &candle_core::Tensor, want: &candle_core::Tensor) -> f32 {
+    assert_eq!(ours.dims(), want.dims(), "output shape");
+    let max_abs = |t: &candle_core::Tensor| {
+        t.abs()
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.max(0))
+            .and_then(|t| t.to_scalar::<f32>())
+            .expect("max")
+    };
+    max_abs(&(ours - want).expect("diff")) / max_abs(want)
+}

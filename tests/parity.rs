@@ -10,6 +10,8 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use runner::models::{self, Arch, Backbone, EfficientNetLite0};
 
+use crate::common::rel_err;
+
 const REL_TOL: f32 = 1e-4;
 
 fn models_dir() -> PathBuf {
@@ -38,20 +40,6 @@ fn inputs(fx: &HashMap<String, Tensor>) -> (Tensor, Tensor) {
         Tensor::from_vec((0..w as u32).rev().collect::<Vec<_>>(), w, &Device::Cpu).expect("index");
     let flipped = x.index_select(&idx, 3).expect("flip");
     (x, flipped)
-}
-
-/// `max|ours - want| / max|want|`.
-fn rel_err(ours: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(ours.dims(), want.dims(), "output shape");
-    let max_abs = |t: &Tensor| {
-        t.abs()
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.max(0))
-            .and_then(|t| t.to_scalar::<f32>())
-            .expect("max")
-    };
-    let diff = (ours - want).expect("diff");
-    max_abs(&diff) / max_abs(want)
 }
 
 fn check(label: &str, ours: &Tensor, want: &Tensor) {

@@ -16,6 +16,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use runner::models::flavour::Flavour;
+
+use crate::common::rel_err;
 use runner::models::layers::Weights;
 use runner::models::{self, Arch, Backbone, InceptionV3, ResNet, Xception};
 
@@ -104,18 +106,6 @@ fn reference(fixture: &str) -> Tensor {
     let mut t = candle_core::safetensors::load(&path, &Device::Cpu)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}; {REGENERATE}", path.display()));
     t.remove("features").expect("`features`")
-}
-
-fn rel_err(ours: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(ours.dims(), want.dims(), "output shape");
-    let max_abs = |t: &Tensor| {
-        t.abs()
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.max(0))
-            .and_then(|t| t.to_scalar::<f32>())
-            .expect("max")
-    };
-    max_abs(&(ours - want).expect("diff")) / max_abs(want)
 }
 
 /// Runs `model` on the generated `(batch, 3, size, size)` input and compares

@@ -1085,8 +1085,9 @@ pub fn avg_pool2d_same_exclude_pad(x: &Tensor, k: usize) -> candle_core::Result<
 }
 
 /// Average pooling that divides by the number of in-bounds taps (ONNX
-/// `AveragePool` with `count_include_pad = 0`). With `count_include_pad = 1`
-/// the mean is a depthwise convolution with weights `1 / (kh * kw)`.
+/// `AveragePool` with `count_include_pad = 0`; the ONNX op rescales this
+/// for `count_include_pad = 1`, PyTorch InceptionV3 runs a depthwise
+/// convolution with weights `1 / (kh * kw)`).
 pub fn avg_pool2d_exclude_pad(
     x: &Tensor,
     k: (usize, usize),
