@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use runner::models::{self, Arch};
+use runner::models::{self, Arch, Backbone};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -95,14 +95,18 @@ fn max_abs(t: &Tensor) -> candle_core::Result<f32> {
 }
 
 /// `max|ours - ref| / max|ref|` on the fixture images.
-fn parity(dir: &Path, arch: Arch, stem: &str, dev: &Device, dtype: DType) -> Result<f32, String> {
+fn parity(
+    dir: &Path,
+    stem: &str,
+    net: &dyn Backbone,
+    dev: &Device,
+    dtype: DType,
+) -> Result<f32, String> {
     let fx = candle_core::safetensors::load(
         dir.join(format!("{stem}.fixture.safetensors")),
         &Device::Cpu,
     )
     .map_err(|e| format!("fixture: {e}"))?;
-    let net = models::load(arch, &dir.join(format!("{stem}.safetensors")), dev)
-        .map_err(|e| e.to_string())?;
     let run = || -> candle_core::Result<f32> {
         let x = fx["input_nhwc"]
             .permute((0, 3, 1, 2))?
@@ -120,16 +124,13 @@ fn parity(dir: &Path, arch: Arch, stem: &str, dev: &Device, dtype: DType) -> Res
 }
 
 fn rate(
-    dir: &Path,
-    (arch, stem): (Arch, &str),
+    net: &dyn Backbone,
+    size: usize,
     dev: &Device,
     dtype: DType,
     batch: usize,
     seconds: f64,
 ) -> Result<f64, String> {
-    let net = models::load(arch, &dir.join(format!("{stem}.safetensors")), dev)
-        .map_err(|e| e.to_string())?;
-    let size = arch.pretrained_cfg().map_or(224, |c| c.input_size);
     let x = Tensor::randn(0f32, 1.0, (batch, 3, size, size), dev)
         .and_then(|x| x.to_dtype(dtype))
         .map_err(|e| e.to_string())?;
@@ -175,12 +176,20 @@ fn main() {
         .map(|b| format!("images/s @ {b}"))
         .collect();
     println!(
-        "| backbone | device | parity (max rel err, f32) | {} |",
+        "| backbone | device | parity (max rel err, {:?}) | {} |",
+        a.dtype,
         head.join(" | ")
     );
     println!("|---|---|---|{}", "---|".repeat(a.batches.len()));
     for (arch, stem) in BACKBONES {
-        let p = match parity(&a.models, arch, stem, &dev, a.dtype) {
+        // Loaded once for the parity check and every batch size.
+        let net = models::load(arch, &a.models.join(format!("{stem}.safetensors")), &dev)
+            .map_err(|e| e.to_string());
+        let checked = net
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|net| parity(&a.models, stem, net.as_ref(), &dev, a.dtype));
+        let p = match checked {
             Ok(e) if e <= tol => format!("{e:.2e} ok"),
             Ok(e) => {
                 failed = true;
@@ -193,15 +202,17 @@ fn main() {
                 format!("error: {first}")
             }
         };
+        let size = arch.pretrained_cfg().map_or(224, |c| c.input_size);
         let rates: Vec<String> = a
             .batches
             .iter()
-            .map(
-                |&b| match rate(&a.models, (arch, stem), &dev, a.dtype, b, a.seconds) {
+            .map(|&b| match &net {
+                Ok(net) => match rate(net.as_ref(), size, &dev, a.dtype, b, a.seconds) {
                     Ok(r) => format!("{r:.1}"),
                     Err(_) => "-".into(),
                 },
-            )
+                Err(_) => "-".into(),
+            })
             .collect();
         println!(
             "| {} | {} | {p} | {} |",
