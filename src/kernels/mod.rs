@@ -39,6 +39,7 @@ use rayon::prelude::*;
 
 pub use im2col::Im2Col;
 
+pub mod device;
 pub mod generic;
 pub mod im2col;
 pub mod nchwc;

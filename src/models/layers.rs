@@ -911,10 +911,14 @@ impl DepthwiseConv2d {
                 return Ok(w.clone());
             }
         }
-        let taps = self.k.0 * self.k.1;
-        let w =
-            portable::DepthwiseWeights::new(&self.weight, self.channels, taps, &self.bias, device)?
-                .to_dtype(dtype)?;
+        let w = portable::DepthwiseWeights::new(
+            &self.weight,
+            self.channels,
+            self.k,
+            &self.bias,
+            device,
+        )?
+        .to_dtype(dtype)?;
         let _ = self.device_weights.set(w.clone());
         Ok(w)
     }
@@ -924,8 +928,8 @@ impl DepthwiseConv2d {
         let pad = self.padding.resolve((h, w), self.k, self.stride);
         if portable::wanted(x) {
             let weights = self.portable_weights(x.device(), x.dtype())?;
-            let (k, s) = (self.k, self.stride);
-            return portable::depthwise(x, &weights, k, s, pad, self.in_act, self.out_act);
+            let s = self.stride;
+            return portable::depthwise(x, &weights, s, pad, self.in_act, self.out_act);
         }
         profile::time(
             || {

@@ -1,7 +1,9 @@
-//! The layers computed with candle's own tensor ops, on any device: what
-//! the backbones run on a GPU (issue 5) until kernels of the project's own
-//! exist there. The CPU path ([`super::layers`]) uses custom kernels that
-//! only have CPU implementations; on another device each layer comes here.
+//! The layers on any device: candle's tensor ops plus the project's own
+//! device kernels ([`crate::kernels::device`]: depthwise convolution and the
+//! convolutions' bias + activation + residual epilogue). This is what the
+//! backbones run on a GPU (issue 5). The CPU path ([`super::layers`]) uses
+//! custom kernels that only have CPU implementations; on another device each
+//! layer comes here.
 //!
 //! The same ops run on the CPU when a thread asks for them
 //! ([`with_portable_ops`]), which is how the tests check this path against
@@ -15,6 +17,7 @@ use std::cell::Cell;
 use candle_core::{DType, Device, Tensor};
 
 use super::layers::{Act, Pad4};
+use crate::kernels::device;
 
 thread_local! {
     static FORCED: Cell<bool> = const { Cell::new(false) };
@@ -82,18 +85,7 @@ fn pad_neg_inf(x: &Tensor, p: Pad4) -> candle_core::Result<Tensor> {
     Tensor::cat(&parts, 3)
 }
 
-/// Every `s`-th element of axis `dim`, from the first (`len` kept).
-fn every(x: &Tensor, dim: usize, s: usize, len: usize) -> candle_core::Result<Tensor> {
-    if s == 1 {
-        return x.narrow(dim, 0, len);
-    }
-    let idx: Vec<u32> = (0..len as u32).map(|i| i * s as u32).collect();
-    // index_select reads contiguous tensors only.
-    x.contiguous()?
-        .index_select(&Tensor::new(idx.as_slice(), x.device())?, dim)
-}
-
-/// Device copies of a convolution's weights: OIHW and a `(1, O, 1, 1)` bias.
+/// Device copies of a convolution's weights: OIHW and a `(O,)` bias.
 #[derive(Clone)]
 pub struct ConvWeights {
     pub weight: Tensor,
@@ -116,12 +108,15 @@ impl ConvWeights {
     ) -> candle_core::Result<Self> {
         Ok(Self {
             weight: Tensor::from_vec(oihw, dims, device)?,
-            bias: Tensor::from_slice(bias, (1, bias.len(), 1, 1), device)?,
+            bias: Tensor::from_slice(bias, bias.len(), device)?,
         })
     }
 }
 
-/// `act(conv(pad(x), w) + b) (+ residual)`.
+/// `act(conv(pad(x), w) + b) (+ residual)`: candle's convolution, then one
+/// pass for the epilogue ([`device::bias_act`]). A 1x1 stride-1 convolution
+/// is one batched matrix product on the NCHW input (no im2col copy, no
+/// transpose back), which is most of Xception's FLOPs.
 pub fn conv2d(
     x: &Tensor,
     w: &ConvWeights,
@@ -130,31 +125,31 @@ pub fn conv2d(
     a: Act,
     residual: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
-    let y = pad_zeros(x, pad)?
-        .conv2d(&w.weight, 0, stride, 1, 1)?
-        .broadcast_add(&w.bias)?;
-    let y = act(y, a)?;
-    match residual {
-        Some(r) => y + r,
-        None => Ok(y),
-    }
+    let (o, c, kh, kw) = w.weight.dims4()?;
+    let y = if (kh, kw, stride) == (1, 1, 1) && pad.is_zero() {
+        let (n, _, h, wd) = x.dims4()?;
+        w.weight
+            .reshape((o, c))?
+            .broadcast_left(n)?
+            .matmul(&x.contiguous()?.reshape((n, c, h * wd))?)?
+            .reshape((n, o, h, wd))?
+    } else {
+        pad_zeros(x, pad)?.conv2d(&w.weight, 0, stride, 1, 1)?
+    };
+    device::bias_act(&y, &w.bias, a, residual)
 }
 
-/// Depthwise weights on a device: one `(1, C, 1, 1)` tensor per tap.
+/// Depthwise weights on a device: `(C, kh, kw)` and a `(C,)` bias.
 #[derive(Clone)]
 pub struct DepthwiseWeights {
-    taps: Vec<Tensor>,
+    weight: Tensor,
     pub bias: Tensor,
 }
 
 impl DepthwiseWeights {
     pub fn to_dtype(self, dtype: DType) -> candle_core::Result<Self> {
         Ok(Self {
-            taps: self
-                .taps
-                .iter()
-                .map(|t| t.to_dtype(dtype))
-                .collect::<candle_core::Result<_>>()?,
+            weight: self.weight.to_dtype(dtype)?,
             bias: self.bias.to_dtype(dtype)?,
         })
     }
@@ -163,56 +158,44 @@ impl DepthwiseWeights {
     pub fn new(
         w: &[f32],
         c: usize,
-        taps: usize,
+        (kh, kw): (usize, usize),
         bias: &[f32],
         device: &Device,
     ) -> candle_core::Result<Self> {
-        let taps = (0..taps)
-            .map(|t| {
-                let v: Vec<f32> = (0..c).map(|ch| w[ch * taps + t]).collect();
-                Tensor::from_vec(v, (1, c, 1, 1), device)
-            })
-            .collect::<candle_core::Result<_>>()?;
         Ok(Self {
-            taps,
-            bias: Tensor::from_slice(bias, (1, c, 1, 1), device)?,
+            weight: Tensor::from_slice(w, (c, kh, kw), device)?,
+            bias: Tensor::from_slice(bias, c, device)?,
         })
     }
 }
 
-/// `out_act(sum_taps w_tap * in_act(x) shifted + b)`: one broadcast
-/// multiply-add per tap over the whole batch (candle's grouped convolution
-/// would launch one convolution per channel).
-#[allow(clippy::too_many_arguments)]
+/// `out_act(depthwise(in_act(x)) + b)` with the project's own kernel
+/// ([`device::Depthwise`]): candle's grouped convolution would launch one
+/// convolution per channel. Padding is implicit (no padded copy).
 pub fn depthwise(
     x: &Tensor,
     w: &DepthwiseWeights,
-    (kh, kw): (usize, usize),
     stride: usize,
     pad: Pad4,
     in_act: Act,
     out_act: Act,
 ) -> candle_core::Result<Tensor> {
-    let x = pad_zeros(&act(x.clone(), in_act)?, pad)?;
-    let (_, _, hp, wp) = x.dims4()?;
+    let (_, _, h, wd) = x.dims4()?;
+    let (_, kh, kw) = w.weight.dims3()?;
+    let (hp, wp) = (h + pad.top + pad.bottom, wd + pad.left + pad.right);
     if hp < kh || wp < kw {
         candle_core::bail!("depthwise {kh}x{kw} larger than the padded {hp}x{wp} input")
     }
-    let (oh, ow) = ((hp - kh) / stride + 1, (wp - kw) / stride + 1);
-    let mut acc: Option<Tensor> = None;
-    for ky in 0..kh {
-        let rows = every(&x.narrow(2, ky, hp - ky)?, 2, stride, oh)?;
-        for kx in 0..kw {
-            let win = every(&rows.narrow(3, kx, wp - kx)?, 3, stride, ow)?;
-            let term = win.broadcast_mul(&w.taps[ky * kw + kx])?;
-            acc = Some(match acc {
-                Some(a) => (a + term)?,
-                None => term,
-            });
-        }
+    device::Depthwise {
+        kernel: (kh, kw),
+        stride,
+        pad_top: pad.top,
+        pad_left: pad.left,
+        out: ((hp - kh) / stride + 1, (wp - kw) / stride + 1),
+        in_act,
+        out_act,
     }
-    let y = acc.expect("at least one tap").broadcast_add(&w.bias)?;
-    act(y, out_act)
+    .forward(x, &w.weight, &w.bias)
 }
 
 /// Max pooling with `-inf` padding.

@@ -1,0 +1,54 @@
+//! With the `cuda` feature: compiles `src/kernels/device.cu` to PTX
+//! (`$OUT_DIR/device.ptx`, embedded by `src/kernels/device.rs`). Without it,
+//! nothing: CPU builds need no CUDA toolkit.
+//!
+//! nvcc is `$NVCC`, else `$CUDA_HOME/bin/nvcc`, else `nvcc` on the PATH
+//! (scripts/cuda-toolchain.sh sets up all three on machines without CUDA).
+//! The PTX targets compute_75, the oldest architecture CUDA 13 supports;
+//! the driver JIT-compiles it for the GPU at hand (the kernels use nothing
+//! newer).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/kernels/device.cu");
+    println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
+    }
+    let nvcc = std::env::var_os("NVCC")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("CUDA_HOME")
+                .map(|home| PathBuf::from(home).join("bin/nvcc"))
+                .filter(|p| p.exists())
+        })
+        .unwrap_or_else(|| PathBuf::from("nvcc"));
+    let out =
+        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("device.ptx");
+    let status = Command::new(&nvcc)
+        .args([
+            "--ptx",
+            "-arch=compute_75",
+            "-O3",
+            "src/kernels/device.cu",
+            "-o",
+        ])
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} to compile src/kernels/device.cu ({e}); set NVCC or CUDA_HOME, \
+                 or run scripts/cuda-toolchain.sh (see its header)",
+                nvcc.display()
+            )
+        });
+    assert!(
+        status.success(),
+        "{} failed on src/kernels/device.cu",
+        nvcc.display()
+    );
+}
