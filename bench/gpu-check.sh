@@ -5,18 +5,23 @@
 # Kaggle-sized set of 20,579 JPEGs, timed per stage. Meant for a GPU machine
 # with no network and no Rust toolchain, in under 8 minutes.
 #
-# Build here (a machine with the toolchain), into target-cuda/:
+# Everything runs from one binary, the CUDA build of `runner` (the checks
+# besides the recipe are its hidden `runner dev` subcommands). Build it here
+# (a machine with the toolchain), into target-cuda/:
 #   scripts/cuda-toolchain.sh            # see its header for the environment
-#   CARGO_TARGET_DIR=target-cuda cargo build --release --features cuda \
-#       --bin runner --example backbone_check --example make_big_woof
-# Ship the repository (with target-cuda/release/{runner,examples/*} and the
-# CUDA libraries the toolchain script lists) and ../shared; then, there:
+#   CARGO_TARGET_DIR=target-cuda cargo build --release --features cuda --bin runner
+# then ship it with the shared models and data: bench/gpu-pack.sh does that
+# in pieces small enough for the device tool; on a machine with everything:
 #   bench/gpu-check.sh [OUT_DIR]          # default /tmp/gpu-check
 #
-# Environment: SHARED (default ../shared, else ./shared), BIN_DIR (default
-# target-cuda/release), CUDA_LIBS (prepended to LD_LIBRARY_PATH), DEVICE
-# (default cuda), PRECISIONS (default "f32 bf16"), TRAIN / TEST (default
-# 10222 / 10357 images).
+# Environment: SHARED (default ../shared, else /tmp/gpu as staged by
+# bench/gpu-stage.sh, else ./shared), BIN_DIR (default target-cuda/release,
+# else /tmp/gpu/bin), CUDA_LIBS (prepended to LD_LIBRARY_PATH; default:
+# the nvidia/cu13/lib folder of python3's CUDA 13 wheels, if there is one),
+# DEVICE (default cuda), PRECISIONS (default "f32 bf16"), RECIPE_PRECISIONS
+# (default "bf16 f32": the recipe once per precision, features recomputed),
+# BATCH (recipe extraction batch, default 128), TRAIN / TEST (default
+# 10222 / 10357 images), WORK (dataset, caches, runs; default OUT_DIR/work).
 # Writes OUT_DIR/results.md (the table) and one log per step beside it; a
 # failing step is recorded and the next one still runs.
 set -uo pipefail
@@ -25,12 +30,32 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 shared="${SHARED:-}"
 if [ -z "$shared" ]; then
-  if [ -d ../shared/models ]; then shared="$(cd ../shared && pwd)"; else shared="$root/shared"; fi
+  if [ -d ../shared/models ]; then
+    shared="$(cd ../shared && pwd)"
+  elif [ -d /tmp/gpu/models ]; then
+    shared=/tmp/gpu # staged by bench/gpu-stage.sh
+  else
+    shared="$root/shared"
+  fi
 fi
-bin="${BIN_DIR:-$root/target-cuda/release}"
+bin="${BIN_DIR:-}"
+if [ -z "$bin" ]; then
+  if [ ! -x "$root/target-cuda/release/runner" ] && [ -x /tmp/gpu/bin/runner ]; then
+    bin=/tmp/gpu/bin
+  else
+    bin="$root/target-cuda/release"
+  fi
+fi
 out="${1:-/tmp/gpu-check}"
+# The generated dataset, caches and run directories (large): not in OUT_DIR,
+# which holds only the table and the logs.
+work="${WORK:-$out/work}"
 device="${DEVICE:-cuda}"
-mkdir -p "$out"
+mkdir -p "$out" "$work"
+if [ -z "${CUDA_LIBS:-}" ] && command -v python3 >/dev/null 2>&1; then
+  # cuBLAS, cuRAND and cudart 13 from the PyTorch wheels of the GPU machine.
+  CUDA_LIBS="$(python3 -c 'import nvidia, os; p = os.path.join(list(nvidia.__path__)[0], "cu13", "lib"); print(p if os.path.isdir(p) else "")' 2>/dev/null || true)"
+fi
 if [ -n "${CUDA_LIBS:-}" ]; then
   export LD_LIBRARY_PATH="$CUDA_LIBS:${LD_LIBRARY_PATH:-}"
 fi
@@ -48,19 +73,19 @@ step() {
   "$@" >"$out/$name.log" 2>&1
   rc=$?
   t1=$(date +%s.%N)
-  printf -- "- step %s: exit %d in %.1f s (log: %s)\n" "$name" "$rc" "$(echo "$t1 - $t0" | bc)" "$out/$name.log" | tee -a "$results"
+  printf -- "- step %s: exit %d in %.1f s (log: %s)\n" "$name" "$rc" "$(awk "BEGIN { print $t1 - $t0 }")" "$out/$name.log" | tee -a "$results"
   return $rc
 }
 
 say "# GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 say ""
 say "binaries: $bin; shared: $shared; device: $device"
-for b in runner examples/backbone_check examples/make_big_woof; do
-  if [ ! -x "$bin/$b" ]; then
-    say "missing $bin/$b: build it first (see the header of this script)"
-    exit 1
-  fi
-done
+if [ ! -x "$bin/runner" ]; then
+  say "missing $bin/runner: build it first (see the header of this script)"
+  exit 1
+fi
+say "libraries: ${CUDA_LIBS:-none added}"
+ldd "$bin/runner" 2>&1 | grep -E "cuda|cublas|curand|not found" | tee -a "$results"
 if command -v nvidia-smi >/dev/null 2>&1; then
   say ""
   say '```'
@@ -74,23 +99,25 @@ fi
 for precision in ${PRECISIONS:-f32 bf16}; do
   say ""
   say "## Backbones on $device, $precision"
-  step "backbones-$precision" "$bin/examples/backbone_check" "$shared/models" --device "$device" \
-    --precision "$precision" --batches 32,64,128 --seconds 3
+  step "backbones-$precision" "$bin/runner" --device "$device" dev backbones "$shared/models" \
+    --precision "$precision" --batches 32,64,128,256 --seconds 3
   grep '^|' "$out/backbones-$precision.log" >>"$results" || tail -3 "$out/backbones-$precision.log" >>"$results"
 done
 
 # 2. A Kaggle-sized dataset from the woof-dev photos.
 say ""
 say "## The 2017 recipe on generated data"
-big="$out/big-woof"
-step dataset "$bin/examples/make_big_woof" "$shared/data/woof-dev" "$big" \
+big="$work/big-woof"
+step dataset "$bin/runner" dev big-woof "$shared/data/woof-dev" "$big" \
   --train "${TRAIN:-10222}" --test "${TEST:-10357}"
 tail -1 "$out/dataset.log" >>"$results"
 
-# 3. The recipe end to end, timed per stage (run.json).
-spec="$out/recipe.toml"
-cat >"$spec" <<EOF
-name = "gpu_check_recipe"
+# 3. The recipe end to end, timed per stage (run.json), once per precision
+# (each its own feature cache, so each computes its features).
+for precision in ${RECIPE_PRECISIONS:-bf16 f32}; do
+  spec="$work/recipe-$precision.toml"
+  cat >"$spec" <<EOF
+name = "gpu_check_recipe_$precision"
 views = ["original", "hflip"]
 [data]
 layout = "kaggle"
@@ -102,21 +129,25 @@ weights = "$shared/models/xception_imagenet_notop.safetensors"
 arch = "inception_v3"
 weights = "$shared/models/inception_v3_nsfwjs_notop.safetensors"
 [extract]
-batch_size = 64
+batch_size = ${BATCH:-128}
+precision = "$precision"
 [cv]
 folds = 5
 EOF
-step recipe "$bin/runner" --quiet --device "$device" --runs "$out/runs" "$spec"
-grep -E "device|decoding|propagation|folds" "$out/recipe.log" >>"$results" || true
-run_json=$(ls -d "$out"/runs/*/run.json 2>/dev/null | tail -1)
-if [ -n "$run_json" ]; then
   say ""
-  say '```'
-  tee -a "$results" <"$run_json"
-  say ""
-  say '```'
-fi
-"$bin/runner" report --runs "$out/runs" --format markdown >>"$results" 2>&1 || true
+  say "### recipe, $precision"
+  step "recipe-$precision" "$bin/runner" --quiet --device "$device" --runs "$work/runs" \
+    --cache "$work/cache-$precision" "$spec"
+  grep -E "device|decoding|propagation|folds|error" "$out/recipe-$precision.log" >>"$results" || true
+  run_json=$(ls -d "$work"/runs/*"gpu_check_recipe_$precision"*/run.json 2>/dev/null | tail -1)
+  if [ -n "$run_json" ]; then
+    say '```'
+    tee -a "$results" <"$run_json"
+    say ""
+    say '```'
+  fi
+done
+"$bin/runner" report --runs "$work/runs" --format markdown >>"$results" 2>&1 || true
 
 say ""
 say "total: $(( $(date +%s) - started )) s"

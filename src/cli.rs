@@ -1,5 +1,5 @@
 //! Command line: `runner SPEC.toml`, `runner run`, `runner report`,
-//! `runner extract`, `runner inspect`. Glue only: parse, set up threads and device, call
+//! `runner extract`, `runner inspect` (and the hidden `runner dev` checks). Glue only: parse, set up threads and device, call
 //! `pipeline` / `report` / `features`.
 
 use std::path::{Path, PathBuf};
@@ -80,6 +80,35 @@ enum Command {
         /// ONNX: the value to take features from (the spec's `output`).
         #[arg(long)]
         output: Option<String>,
+    },
+    /// Developer checks that `bench/gpu-check.sh` runs (not for users).
+    #[command(hide = true, subcommand)]
+    Dev(DevCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DevCommand {
+    /// Parity with the fixtures and images/s of the shared backbones.
+    Backbones {
+        /// Folder with the shared models and their fixtures.
+        models: PathBuf,
+        #[arg(long, default_value = "f32")]
+        precision: String,
+        /// Batch sizes to time, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "8,32")]
+        batches: Vec<usize>,
+        /// Seconds of timing per batch size.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
+    /// A Kaggle-sized dataset from the woof-dev photos.
+    BigWoof {
+        woof_dev: PathBuf,
+        out: PathBuf,
+        #[arg(long, default_value_t = 10_222)]
+        train: usize,
+        #[arg(long, default_value_t = 10_357)]
+        test: usize,
     },
 }
 
@@ -186,8 +215,42 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Some(Command::Dev(dev)) => {
+            init_threads(g.threads)?;
+            run_dev(dev, g, &log)
+        }
         Some(Command::Run { specs }) => run_specs(&specs, g, &cache, &log),
         None => run_specs(&cli.specs, g, &cache, &log),
+    }
+}
+
+fn run_dev(command: DevCommand, g: &Global, log: &Log) -> anyhow::Result<()> {
+    match command {
+        DevCommand::Backbones {
+            models,
+            precision,
+            batches,
+            seconds,
+        } => {
+            let choice = device_choice(g, None);
+            let device = device(&choice, log)?;
+            let dtype = match precision.as_str() {
+                "f32" => candle_core::DType::F32,
+                "bf16" => candle_core::DType::BF16,
+                "f16" => candle_core::DType::F16,
+                p => bail!("--precision {p}: f32, bf16 or f16"),
+            };
+            if !crate::devcheck::backbones(&models, &device, &choice, dtype, &batches, seconds) {
+                bail!("a backbone failed its parity check or could not run (see the table)");
+            }
+            Ok(())
+        }
+        DevCommand::BigWoof {
+            woof_dev,
+            out,
+            train,
+            test,
+        } => crate::devcheck::big_woof(&woof_dev, &out, train, test).map_err(anyhow::Error::msg),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod alloc;
 pub mod cache;
 pub mod cli;
 pub mod data;
+pub mod devcheck;
 pub mod features;
 pub mod inspect;
 pub mod kernels;

@@ -17,8 +17,7 @@ use crate::npy::Matrix;
 use crate::plan::{Plan, Split};
 use crate::rundir::{RunDir, Status};
 use crate::spec::{Spec, View};
-use crate::train::rng::Rng;
-use crate::train::{train_head, FoldPlan, HeadReport};
+use crate::train::{train_fold_heads, FoldPlan, HeadReport, ViewFeatures};
 
 /// Scores of one stage of the score propagation.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -193,65 +192,78 @@ fn train_heads(
     log: &Log,
 ) -> anyhow::Result<Predictions> {
     let k = data.classes.len();
-    let n_heads = (folds.folds.len() * spec.views.len()) as u64;
-    let mut progress = log.progress("heads", n_heads, "heads");
+    let n_folds = folds.folds.len();
+    let n_backbones = spec.backbones.len();
+    let train: Vec<Matrix> = spec
+        .views
+        .iter()
+        .map(|&view| feats.concat(plan, n_backbones, view, Split::Train))
+        .collect();
+    let test: Vec<Option<Matrix>> = spec
+        .views
+        .iter()
+        .map(|&view| {
+            (!data.test.is_empty()).then(|| feats.concat(plan, n_backbones, view, Split::Test))
+        })
+        .collect();
+    let views: Vec<ViewFeatures<'_>> = train
+        .iter()
+        .zip(&test)
+        .map(|(train, test)| ViewFeatures {
+            train,
+            test: test.as_ref(),
+        })
+        .collect();
+    let progress =
+        std::sync::Mutex::new(log.progress("heads", (n_folds * spec.views.len()) as u64, "heads"));
+    let label = |f: usize, v: usize| format!("fold {}/{n_folds} {}", f + 1, spec.views[v].name());
+    let heads = train_fold_heads(
+        &views,
+        &data.labels,
+        k,
+        folds,
+        &spec.head,
+        spec.seed,
+        device,
+        |f, v, epoch, loss| {
+            let msg = format!("{} epoch {epoch} val_loss {loss:.4}", label(f, v));
+            progress.lock().expect("not poisoned").set_message(msg);
+        },
+        |_| progress.lock().expect("not poisoned").inc(1),
+    )?;
+    progress.into_inner().expect("not poisoned").finish();
+
     let mut preds = Predictions {
-        oof: Vec::new(),
-        test: Vec::new(),
+        oof: vec![
+            Matrix::new(data.train.len(), k, vec![0.0; data.train.len() * k]);
+            spec.views.len()
+        ],
+        test: vec![Vec::new(); spec.views.len()],
         heads: Vec::new(),
     };
-    for (v, &view) in spec.views.iter().enumerate() {
-        let x = feats.concat(plan, spec.backbones.len(), view, Split::Train);
-        let x_test = (!data.test.is_empty())
-            .then(|| feats.concat(plan, spec.backbones.len(), view, Split::Test));
-        let mut oof = Matrix::new(x.rows, k, vec![0.0; x.rows * k]);
-        let mut tests = Vec::new();
-        for (f, fold) in folds.folds.iter().enumerate() {
-            let mut rng = Rng::derive(spec.seed, &[f as u64, v as u64]);
-            let label = format!("fold {}/{} {}", f + 1, folds.folds.len(), view.name());
-            let head = train_head(
-                &x,
-                &data.labels,
-                k,
-                &fold.train,
-                &fold.valid,
-                &spec.head,
-                &mut rng,
-                device,
-                |epoch, loss| {
-                    progress.set_message(format!("{label} epoch {epoch} val_loss {loss:.4}"));
-                },
-            )?;
-            log.info(format!(
-                "{label}: {} epochs, best {} val log loss {:.4} acc {:.3}",
-                head.report.epochs_run,
-                head.report.best_epoch,
-                head.report.valid_log_loss,
-                head.report.valid_accuracy
-            ));
-            let valid_rows = Matrix::new(
-                fold.valid.len(),
-                x.cols,
-                fold.valid.iter().flat_map(|&i| x.row(i).to_vec()).collect(),
-            );
-            let p = head.predict(&valid_rows, device)?;
-            for (r, &i) in fold.valid.iter().enumerate() {
-                oof.data[i * k..(i + 1) * k].copy_from_slice(p.row(r));
-            }
-            if let Some(xt) = &x_test {
-                tests.push(head.predict(xt, device)?);
-            }
-            preds.heads.push(HeadRow {
-                fold: f + 1,
-                view,
-                report: head.report,
-            });
-            progress.inc(1);
+    for head in heads {
+        let r = &head.report;
+        log.info(format!(
+            "{}: {} epochs, best {} val log loss {:.4} acc {:.3}",
+            label(head.fold, head.view),
+            r.epochs_run,
+            r.best_epoch,
+            r.valid_log_loss,
+            r.valid_accuracy
+        ));
+        let oof = &mut preds.oof[head.view];
+        for (row, &i) in folds.folds[head.fold].valid.iter().enumerate() {
+            oof.data[i * k..(i + 1) * k].copy_from_slice(head.valid.row(row));
         }
-        preds.oof.push(oof);
-        preds.test.push(tests);
+        if let Some(t) = head.test {
+            preds.test[head.view].push(t);
+        }
+        preds.heads.push(HeadRow {
+            fold: head.fold + 1,
+            view: spec.views[head.view],
+            report: head.report,
+        });
     }
-    progress.finish();
     Ok(preds)
 }
 

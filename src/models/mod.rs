@@ -148,9 +148,10 @@ pub enum ModelError {
 
 /// Loads `arch` from a safetensors file onto `device` (weights kept in f32).
 ///
-/// BatchNorms are folded into the convolutions here. The layers run on the
-/// CPU only for now: on another device `forward_features` fails with an error
-/// naming the first CPU-only operation.
+/// BatchNorms are folded into the convolutions here. On the CPU the layers
+/// run the project's CPU kernels; on another device (or in f16 / bf16) they
+/// take the portable path ([`portable`]), with device copies of the weights
+/// made on first use.
 pub fn load(arch: Arch, weights: &Path, device: &Device) -> Result<Box<dyn Backbone>, ModelError> {
     Ok(match arch {
         Arch::Xception => Box::new(Xception::load(weights, device)?),

@@ -105,21 +105,24 @@ pub fn train_head(
         epochs_run = epoch;
         rng.shuffle(&mut order);
         for batch in order.chunks(cfg.batch_size) {
-            let xs = gather(x, batch, device)?;
             let xs = if cfg.dropout > 0.0 {
                 // Inverted dropout, as Keras: kept units scaled by 1 / keep.
-                let mask: Vec<f32> = (0..batch.len() * d)
-                    .map(|_| {
-                        if rng.next_f32() < keep {
+                // Drawn and applied while gathering the rows: one pass, the
+                // same draws and products as a separate mask tensor.
+                let mut data = Vec::with_capacity(batch.len() * d);
+                for &i in batch {
+                    data.extend(x.row(i).iter().map(|&v| {
+                        let scale = if rng.next_f32() < keep {
                             1.0 / keep
                         } else {
                             0.0
-                        }
-                    })
-                    .collect();
-                (xs * Tensor::from_vec(mask, (batch.len(), d), device)?)?
+                        };
+                        v * scale
+                    }));
+                }
+                Tensor::from_vec(data, (batch.len(), d), device)?
             } else {
-                xs
+                gather(x, batch, device)?
             };
             let logits = xs
                 .matmul(weight.as_tensor())?

@@ -1,9 +1,11 @@
 //! Heads on frozen features: fold plans, the dense softmax head, optimisers.
 
+pub mod cv;
 pub mod folds;
 pub mod head;
 pub mod optim;
 pub mod rng;
 
+pub use cv::{train_fold_heads, FoldHead, ViewFeatures};
 pub use folds::{Fold, FoldPlan};
 pub use head::{train_head, HeadReport, TrainedHead};

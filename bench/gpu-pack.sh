@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Packs what bench/gpu-check.sh needs on a GPU machine into pieces that the
+# device tool can carry (64 MiB per call, the working tree included):
+#   .gpu/a  the CUDA runner, Xception weights and fixture
+#   .gpu/b  InceptionV3 and EfficientNet-Lite0 weights and fixtures, woof-dev
+#   .gpu/c  the EfficientNet-Lite0 ONNX export
+# Weights and the binary are xz-compressed (InceptionV3's f16 weights shrink
+# 44 -> 15 MB: they were 8-bit quantised once). bench/gpu-stage.sh unpacks
+# each piece into /tmp/gpu on the device machine; the last call runs the
+# check. The device-tool calls, in order (back to back: the machine stays
+# warm only ~30 s between calls):
+#   run carry=[".gpu/a"]  command="bash bench/gpu-stage.sh a"
+#   run carry=[".gpu/b"]  command="bash bench/gpu-stage.sh b"
+#   run carry=[".gpu/c"]  command="bash bench/gpu-stage.sh c && bash bench/gpu-check.sh $OUT/check"
+#
+# Usage: bench/gpu-pack.sh   (after building target-cuda/release/runner; see
+# bench/gpu-check.sh). Environment: SHARED (default ../shared), BIN (default
+# target-cuda/release/runner). Adds /.gpu/ to .git/info/exclude.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+shared="${SHARED:-$root/../shared}"
+bin="${BIN:-$root/target-cuda/release/runner}"
+if [ ! -x "$bin" ]; then
+  echo "no CUDA build at $bin; build it first (see bench/gpu-check.sh)" >&2
+  exit 1
+fi
+if ! grep -qx '/.gpu/' .git/info/exclude 2>/dev/null; then
+  echo '/.gpu/' >>.git/info/exclude
+fi
+rm -rf .gpu
+mkdir -p .gpu/a .gpu/b .gpu/c
+pack() { # SRC DEST_DIR: xz-compressed copy
+  xz -9 -T0 -c "$1" >"$2/$(basename "$1").xz"
+}
+m="$shared/models"
+pack "$bin" .gpu/a
+pack "$m/xception_imagenet_notop.safetensors" .gpu/a
+cp "$m/xception_imagenet_notop.fixture.safetensors" .gpu/a/
+pack "$m/inception_v3_nsfwjs_notop.safetensors" .gpu/b
+pack "$m/efficientnet_lite0_imagenet.safetensors" .gpu/b
+cp "$m/inception_v3_nsfwjs_notop.fixture.safetensors" "$m/efficientnet_lite0_imagenet.fixture.safetensors" .gpu/b/
+tar -C "$shared/data" -cf .gpu/b/woof-dev.tar woof-dev
+pack "$m/efficientnet_lite0_imagenet.onnx" .gpu/c
+
+# Each call carries the tracked tree too; keep every piece under the limit.
+tree=$(git ls-files -z | xargs -0 stat -c %s | awk '{ s += $1 } END { print s }')
+limit=$((64 * 1024 * 1024))
+status=0
+for part in a b c; do
+  size=$(du -sb ".gpu/$part" | cut -f1)
+  total=$((size + tree))
+  printf '.gpu/%s: %.1f MiB + tree %.1f MiB = %.1f MiB of 64\n' "$part" \
+    "$(awk "BEGIN { print $size / 1048576 }")" "$(awk "BEGIN { print $tree / 1048576 }")" \
+    "$(awk "BEGIN { print $total / 1048576 }")"
+  if [ "$total" -ge "$limit" ]; then
+    echo "  over the device tool's 64 MiB" >&2
+    status=1
+  fi
+done
+exit $status
