@@ -6,6 +6,7 @@
 //! <cache>/features/ab/<key>.npy          finished stage: rows in image order
 //! <cache>/features/ab/<key>.json         what produced it (arch, view, rows)
 //! <cache>/features/ab/<key>.partial/     chunks of an unfinished stage
+//! <cache>/memo/<hash>.json               a weights file's fingerprint
 //! ```
 //!
 //! Every write goes to a temporary file that is renamed into place, so an
@@ -37,6 +38,40 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })
 }
 
+/// What says a file is unchanged: its absolute path, size and modification
+/// time (nanoseconds).
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct FileStamp {
+    path: String,
+    size: u64,
+    modified_ns: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        let path = std::fs::canonicalize(path).ok()?;
+        let meta = std::fs::metadata(&path).ok()?;
+        let modified = meta
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
+        Some(FileStamp {
+            path: path.to_str()?.to_string(),
+            size: meta.len(),
+            modified_ns: u64::try_from(modified.as_nanos()).ok()?,
+        })
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Memo {
+    kind: String,
+    #[serde(flatten)]
+    stamp: FileStamp,
+    value: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct FeatureCache {
     root: PathBuf,
@@ -49,6 +84,45 @@ impl FeatureCache {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// `compute()`'s value for the file at `path`, remembered under `kind`
+    /// while the file's size and modification time stay the same (what DVC's
+    /// state database does for its hashes): a backbone's weights
+    /// fingerprint reads and hashes every tensor, ~0.25 s per file and run.
+    /// A memo that cannot be read or written is ignored (recomputed).
+    pub fn memoised<E>(
+        &self,
+        kind: &str,
+        path: &Path,
+        compute: impl FnOnce() -> Result<String, E>,
+    ) -> Result<String, E> {
+        let Some(stamp) = FileStamp::of(path) else {
+            return compute();
+        };
+        let memo_path = self.root.join("memo").join(format!(
+            "{}.json",
+            &blake3::hash(format!("{kind}\n{}", stamp.path).as_bytes()).to_hex()[..32]
+        ));
+        if let Some(value) = std::fs::read(&memo_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Memo>(&bytes).ok())
+            .filter(|m| m.kind == kind && m.stamp == stamp)
+            .map(|m| m.value)
+        {
+            return Ok(value);
+        }
+        let value = compute()?;
+        let memo = Memo {
+            kind: kind.to_string(),
+            stamp,
+            value: value.clone(),
+        };
+        let _ = write_atomic(
+            &memo_path,
+            &serde_json::to_vec_pretty(&memo).expect("memo serialises"),
+        );
+        Ok(value)
     }
 
     fn stem(&self, key: &str) -> PathBuf {
@@ -132,6 +206,37 @@ impl FeatureCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memo_is_reused_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FeatureCache::new(dir.path().join("cache"));
+        let file = dir.path().join("weights.bin");
+        std::fs::write(&file, b"first").unwrap();
+        let calls = std::cell::Cell::new(0);
+        let fingerprint = |kind: &str| {
+            cache
+                .memoised::<()>(kind, &file, || {
+                    calls.set(calls.get() + 1);
+                    Ok(format!("{}", std::fs::read(&file).unwrap().len()))
+                })
+                .unwrap()
+        };
+        assert_eq!(fingerprint("a"), "5");
+        assert_eq!(fingerprint("a"), "5");
+        assert_eq!(calls.get(), 1, "second call served from the memo");
+        assert_eq!(fingerprint("b"), "5");
+        assert_eq!(calls.get(), 2, "another kind is another memo");
+        std::fs::write(&file, b"second!").unwrap();
+        assert_eq!(fingerprint("a"), "7");
+        assert_eq!(calls.get(), 3, "a changed file is fingerprinted again");
+        // A corrupt memo is ignored.
+        for entry in std::fs::read_dir(dir.path().join("cache/memo")).unwrap() {
+            std::fs::write(entry.unwrap().path(), b"{not json").unwrap();
+        }
+        assert_eq!(fingerprint("a"), "7");
+        assert_eq!(calls.get(), 4);
+    }
 
     #[test]
     fn corrupt_entry_is_removed_and_reported_as_a_miss() {

@@ -332,7 +332,7 @@ fn extract(
 ) -> anyhow::Result<()> {
     let spec = preflight(spec_path)?;
     let data = Dataset::load(&spec.data)?;
-    let plan = Plan::new(&spec, &data)?;
+    let plan = Plan::new(&spec, &data, Some(cache))?;
     let feats = features::ensure(&spec, &data, &plan, cache, device, log)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     for (split, items) in [(Split::Train, &data.train), (Split::Test, &data.test)] {

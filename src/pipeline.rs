@@ -139,7 +139,7 @@ fn run_in(
     }
 
     let t = Instant::now();
-    let plan = Plan::new(spec, &data)?;
+    let plan = Plan::new(spec, &data, Some(cache))?;
     dir.manifest.timings.hash_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();

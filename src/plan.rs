@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::cache::FeatureCache;
 use crate::data::{Dataset, Item};
 use crate::models::{Arch, Preprocess};
 use crate::spec::{BackboneSpec, Resize, Spec, View};
@@ -131,11 +132,31 @@ struct FeatureKey<'a> {
 
 impl Plan {
     /// Hashes weights and images and derives every feature stage's key.
-    pub fn new(spec: &Spec, data: &Dataset) -> Result<Plan, HashError> {
+    /// With a cache, weights fingerprints are remembered there while the
+    /// files' size and modification time stay the same
+    /// ([`FeatureCache::memoised`]); images are always hashed (fast).
+    pub fn new(
+        spec: &Spec,
+        data: &Dataset,
+        memo: Option<&FeatureCache>,
+    ) -> Result<Plan, HashError> {
         let mut weights_hashes = std::collections::HashMap::<PathBuf, String>::new();
         for b in &spec.backbones {
             if !weights_hashes.contains_key(&b.weights) {
-                weights_hashes.insert(b.weights.clone(), weights_fingerprint(b)?);
+                let fingerprint = match memo {
+                    // The kind names what the fingerprint depends on besides
+                    // the file: the architecture's reader and this version.
+                    Some(cache) => cache.memoised(
+                        &format!(
+                            "weights-fingerprint/{}/v{FEATURE_CODE_VERSION}",
+                            b.arch.name()
+                        ),
+                        &b.weights,
+                        || weights_fingerprint(b),
+                    )?,
+                    None => weights_fingerprint(b)?,
+                };
+                weights_hashes.insert(b.weights.clone(), fingerprint);
             }
         }
         let splits: Vec<(Split, String)> = [(Split::Train, &data.train), (Split::Test, &data.test)]

@@ -205,7 +205,7 @@ fn resumes_after_interrupted_extraction() {
     woof_subset(&dir.join("data"), 2, 3, 1);
     let spec = runner::spec::load(&write_spec(dir, "resume", 2, 0.5)).unwrap();
     let data = Dataset::load(&spec.data).unwrap();
-    let plan = Plan::new(&spec, &data).unwrap();
+    let plan = Plan::new(&spec, &data, None).unwrap();
     let cache = FeatureCache::new(dir.join("cache"));
     // An interrupted run finished the first chunk of the training images
     // for both views; marker values prove they are reused, not recomputed.
@@ -282,7 +282,7 @@ fn changing_an_image_changes_only_its_splits_feature_keys() {
     let spec = runner::spec::load(&write_spec(dir, "keys", 2, 0.5)).unwrap();
     let keys = || {
         let data = Dataset::load(&spec.data).unwrap();
-        let plan = Plan::new(&spec, &data).unwrap();
+        let plan = Plan::new(&spec, &data, None).unwrap();
         plan.stages
             .iter()
             .map(|s| (s.split, s.key.clone()))
@@ -430,7 +430,7 @@ epochs = 5
     let spec = runner::spec::load(&path).unwrap();
     assert_eq!(spec.backbones[1].input_size, 224, "read from the graph");
     let data = Dataset::load(&spec.data).unwrap();
-    let plan = Plan::new(&spec, &data).unwrap();
+    let plan = Plan::new(&spec, &data, None).unwrap();
     let cache = FeatureCache::new(dir.join("cache"));
     let feats =
         runner::features::ensure(&spec, &data, &plan, &cache, &Device::Cpu, &Log::new(true))
