@@ -312,7 +312,7 @@ fn changing_an_image_changes_only_its_splits_feature_keys() {
     other.head.dropout = 0.1;
     other.cv.folds = 3;
     let data = Dataset::load(&other.data).unwrap();
-    let plan = Plan::new(&other, &data).unwrap();
+    let plan = Plan::new(&other, &data, None).unwrap();
     assert_eq!(
         plan.stages
             .iter()
