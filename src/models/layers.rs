@@ -1112,9 +1112,14 @@ pub fn avg_pool2d_exclude_pad(
     )
 }
 
-/// Global average pooling `(N, C, H, W) -> (N, C)`.
+/// Global average pooling `(N, C, H, W) -> (N, C)`, summed in f32 whatever
+/// the input's precision (features are stored as f32; a bf16 sum of 64+
+/// values would lose what the network computed).
 pub fn global_avg_pool(x: &Tensor) -> candle_core::Result<Tensor> {
-    profile::time(|| ("global avg pool".into(), 0.0), || x.mean((2, 3)))
+    profile::time(
+        || ("global avg pool".into(), 0.0),
+        || x.to_dtype(DType::F32)?.mean((2, 3)),
+    )
 }
 
 /// Concatenation along channels (InceptionV3's branches).

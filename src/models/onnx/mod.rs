@@ -294,8 +294,9 @@ impl Backbone for OnnxBackbone {
         let y = self.program.run(x)?;
         match y.rank() {
             2 => Ok(y),
-            // Feature maps are pooled over their own H, W.
-            4 => y.mean(self.pool_axes),
+            // Feature maps are pooled over their own H, W, in f32 (see
+            // layers::global_avg_pool).
+            4 => y.to_dtype(candle_core::DType::F32)?.mean(self.pool_axes),
             r => candle_core::bail!(
                 "output `{}` has shape {:?}; runner needs (N, features) or a 4-D feature map to pool",
                 self.program.output_name,
