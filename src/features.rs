@@ -478,8 +478,21 @@ fn extract_split(
             // Batch by batch, every stage that still needs this chunk, so the
             // progress bar moves per batch.
             let todo: Vec<usize> = (0..stages.len()).filter(|&i| have[i].is_none()).collect();
-            let mut data: Vec<Vec<f32>> = todo.iter().map(|_| Vec::new()).collect();
+            // Each batch's features stay on the device until the chunk is
+            // done: one copy back (and one wait for the GPU) per stage and
+            // chunk, not per batch, so the GPU has the next batch's work
+            // queued while the host prepares more.
+            let mut parts: Vec<Vec<Tensor>> = todo.iter().map(|_| Vec::new()).collect();
             let batch_size = spec.extract.batch_size;
+            let forward_error = |arch: &'static str, first: usize, last: usize| {
+                let (first, last) = (chunk[first].id.clone(), chunk[last - 1].id.clone());
+                move |source| FeatureError::Forward {
+                    arch,
+                    first,
+                    last,
+                    source: Box::new(source),
+                }
+            };
             for first in (0..chunk.len()).step_by(batch_size) {
                 let last = (first + batch_size).min(chunk.len());
                 for (slot, &i) in todo.iter().enumerate() {
@@ -487,7 +500,7 @@ fn extract_split(
                     let bb = &spec.backbones[stage.backbone];
                     let net = &nets[&stage.backbone];
                     let key = (bb.input_size, bb.resize);
-                    let forward = || -> candle_core::Result<Vec<f32>> {
+                    let forward = || -> candle_core::Result<Tensor> {
                         let dtype = spec.extract.precision().dtype();
                         let x = match uploaded.get(&key) {
                             Some(images) => device_input_tensor(
@@ -502,23 +515,19 @@ fn extract_split(
                                 input_tensor(&batch, bb, stage.view, device)?.to_dtype(dtype)?
                             }
                         };
-                        net.forward_features(&x)?
-                            .to_dtype(candle_core::DType::F32)?
-                            .flatten_all()?
-                            .to_vec1::<f32>()
+                        net.forward_features(&x)?.to_dtype(candle_core::DType::F32)
                     };
-                    let feats = forward().map_err(|source| FeatureError::Forward {
-                        arch: bb.arch.name(),
-                        first: chunk[first].id.clone(),
-                        last: chunk[last - 1].id.clone(),
-                        source: Box::new(source),
-                    })?;
-                    data[slot].extend(feats);
+                    let feats = forward().map_err(forward_error(bb.arch.name(), first, last))?;
+                    parts[slot].push(feats);
                 }
                 progress.inc((last - first) as u64);
             }
-            for (&i, data) in todo.iter().zip(data) {
+            for (&i, parts) in todo.iter().zip(parts) {
                 let stage = stages[i];
+                let arch = spec.backbones[stage.backbone].arch.name();
+                let data = Tensor::cat(&parts, 0)
+                    .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                    .map_err(forward_error(arch, 0, chunk.len()))?;
                 let m = Matrix::new(chunk.len(), nets[&stage.backbone].num_features(), data);
                 cache
                     .put_chunk(&stage.key, c * chunk_len, &m)
