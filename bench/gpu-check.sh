@@ -100,7 +100,7 @@ for precision in ${PRECISIONS:-f32 bf16}; do
   say ""
   say "## Backbones on $device, $precision"
   step "backbones-$precision" "$bin/runner" --device "$device" dev backbones "$shared/models" \
-    --precision "$precision" --batches 32,64,128,256 --seconds 3
+    --precision "$precision" --batches 32,64,128,256 --seconds 2
   grep '^|' "$out/backbones-$precision.log" >>"$results" || tail -3 "$out/backbones-$precision.log" >>"$results"
 done
 
@@ -147,6 +147,18 @@ EOF
     say '```'
   fi
 done
+
+# 4. Heads on the CPU for comparison: the f32 recipe again with every
+# feature from its cache, so only hashing and the 10 heads run (on the
+# machine's cores instead of the GPU).
+if [ -d "$work/cache-f32" ]; then
+  say ""
+  say "### recipe, f32, features cached, heads on the CPU"
+  step "heads-cpu" "$bin/runner" --quiet --device cpu --runs "$work/runs" \
+    --cache "$work/cache-f32" "$work/recipe-f32.toml"
+  run_json=$(ls -d "$work"/runs/*"gpu_check_recipe_f32"*/run.json 2>/dev/null | tail -1)
+  [ -n "$run_json" ] && grep -E '"(seconds|hash_seconds|heads_seconds)"' "$run_json" | tee -a "$results"
+fi
 "$bin/runner" report --runs "$work/runs" --format markdown >>"$results" 2>&1 || true
 
 say ""
