@@ -575,8 +575,8 @@ fn extract_split(
 mod tests {
     use super::*;
 
-    #[test]
-    fn parallel_decoding_keeps_every_image_in_its_place() {
+    /// The woof-dev training photos, sorted by name.
+    fn woof_train_photos() -> Vec<std::path::PathBuf> {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/woof-dev/train");
         let mut paths: Vec<_> = std::fs::read_dir(&dir)
@@ -584,6 +584,12 @@ mod tests {
             .map(|e| e.expect("entry").path())
             .collect();
         paths.sort();
+        paths
+    }
+
+    #[test]
+    fn parallel_decoding_keeps_every_image_in_its_place() {
+        let paths = woof_train_photos();
         let chunk: Vec<Item> = paths[..12]
             .iter()
             .map(|p| Item {
@@ -613,13 +619,7 @@ mod tests {
 
     #[test]
     fn device_preprocessing_gives_the_same_inputs_as_the_host_loop() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/woof-dev/train");
-        let mut paths: Vec<_> = std::fs::read_dir(&dir)
-            .expect("woof-dev")
-            .map(|e| e.expect("entry").path())
-            .collect();
-        paths.sort();
+        let paths = woof_train_photos();
         let images: Vec<RgbImage> = paths[..3]
             .iter()
             .map(|p| resize(&decode_rgb(p).unwrap(), 40, 40, Resize::Box))

@@ -207,14 +207,39 @@ struct BiasAct {
 }
 
 impl BiasAct {
-    fn reference(&self, x: &[f32], c: usize, b: &[f32], r: Option<&[f32]>) -> Vec<f32> {
-        x.iter()
+    /// `(x, bias[, residual])` on the CPU: the kernel's loop.
+    fn cpu(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let (x, l1) = inputs[0];
+        let c = inputs[1].1.shape().elem_count();
+        let b = cpu::to_f32(inputs[1].0, inputs[1].1)?;
+        let r = inputs.get(2).map(|(s, l)| cpu::to_f32(s, l)).transpose()?;
+        let y: Vec<f32> = cpu::to_f32(x, l1)?
+            .iter()
             .enumerate()
             .map(|(i, &v)| {
                 let v = activate(v + b[(i / self.plane) % c], self.act);
-                r.map_or(v, |r| v + r[i])
+                r.as_ref().map_or(v, |r| v + r[i])
             })
-            .collect()
+            .collect();
+        Ok((cpu::from_f32(x, y)?, l1.shape().clone()))
+    }
+
+    /// The same on the GPU: `bias_act` or, with a residual, `bias_act_residual`.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        &self,
+        inputs: &[(&candle_core::CudaStorage, &Layout)],
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let shape = inputs[0].1.shape().clone();
+        let kernel = if inputs.len() == 3 {
+            "bias_act_residual"
+        } else {
+            "bias_act"
+        };
+        let c = cuda::int(inputs[1].1.shape().elem_count())?;
+        let wide = [(self.plane as i64, act_code(self.act))];
+        let y = cuda::launch(kernel, inputs, shape.elem_count(), &[c], &wide)?;
+        Ok((y, shape))
     }
 }
 
@@ -230,9 +255,7 @@ impl CustomOp2 for BiasAct {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let c = l2.shape().elem_count();
-        let y = self.reference(&cpu::to_f32(s1, l1)?, c, &cpu::to_f32(s2, l2)?, None);
-        Ok((cpu::from_f32(s1, y)?, l1.shape().clone()))
+        self.cpu(&[(s1, l1), (s2, l2)])
     }
 
     #[cfg(feature = "cuda")]
@@ -243,15 +266,7 @@ impl CustomOp2 for BiasAct {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (total, c) = (l1.shape().elem_count(), l2.shape().elem_count());
-        let y = cuda::launch(
-            "bias_act",
-            &[(s1, l1), (s2, l2)],
-            total,
-            &[cuda::int(c)?],
-            &[(self.plane as i64, act_code(self.act))],
-        )?;
-        Ok((y, l1.shape().clone()))
+        self.cuda(&[(s1, l1), (s2, l2)])
     }
 }
 
@@ -269,10 +284,7 @@ impl CustomOp3 for BiasAct {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let c = l2.shape().elem_count();
-        let r = cpu::to_f32(s3, l3)?;
-        let y = self.reference(&cpu::to_f32(s1, l1)?, c, &cpu::to_f32(s2, l2)?, Some(&r));
-        Ok((cpu::from_f32(s1, y)?, l1.shape().clone()))
+        self.cpu(&[(s1, l1), (s2, l2), (s3, l3)])
     }
 
     #[cfg(feature = "cuda")]
@@ -285,15 +297,7 @@ impl CustomOp3 for BiasAct {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (total, c) = (l1.shape().elem_count(), l2.shape().elem_count());
-        let y = cuda::launch(
-            "bias_act_residual",
-            &[(s1, l1), (s2, l2), (s3, l3)],
-            total,
-            &[cuda::int(c)?],
-            &[(self.plane as i64, act_code(self.act))],
-        )?;
-        Ok((y, l1.shape().clone()))
+        self.cuda(&[(s1, l1), (s2, l2), (s3, l3)])
     }
 }
 
