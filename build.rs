@@ -4,9 +4,12 @@
 //!
 //! nvcc is `$NVCC`, else `$CUDA_HOME/bin/nvcc`, else `nvcc` on the PATH
 //! (scripts/cuda-toolchain.sh sets up all three on machines without CUDA).
-//! The PTX targets compute_75, the oldest architecture CUDA 13 supports;
-//! the driver JIT-compiles it for the GPU at hand (the kernels use nothing
-//! newer).
+//! The PTX targets `compute_$CUDA_COMPUTE_CAP` like candle's own kernels
+//! (scripts/cuda-toolchain.sh sets 90: H100/H200, native bf16 conversions),
+//! else compute_75, the oldest architecture CUDA 13 supports; the driver
+//! JIT-compiles it for the GPU at hand. PTX from nvcc 13.0 is ISA 9.0,
+//! which needs a CUDA 13.0 driver (580) or newer: a newer toolkit makes PTX
+//! an older driver refuses, hence the 13.0 pin in the toolchain script.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,6 +19,7 @@ fn main() {
     println!("cargo:rerun-if-changed=src/kernels/device.cu");
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }

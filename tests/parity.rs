@@ -155,12 +155,13 @@ fn efficientnet_lite0_onnx_export_matches_pytorch_reference() {
     check("onnx efficientnet_lite0 logits", &l, get(&fx, "logits"));
 }
 
-/// The portable path (candle's ops, what the layers run on a GPU) checked
-/// on the CPU against the same references: every native backbone, image
-/// and flip.
+/// The portable path (what the layers run on a GPU) checked on the CPU
+/// against the same references: every native backbone, image and flip,
+/// with the project's device kernels (their CPU twins) and with candle's
+/// ops alone (the `RUNNER_DEVICE_KERNELS=0` escape hatch).
 #[test]
 fn portable_ops_path_matches_the_references() {
-    use runner::models::portable::with_portable_ops;
+    use runner::models::portable::{with_candle_ops_only, with_portable_ops};
     for (arch, stem) in [
         (Arch::Xception, "xception_imagenet_notop"),
         (Arch::InceptionV3, "inception_v3_nsfwjs_notop"),
@@ -170,28 +171,42 @@ fn portable_ops_path_matches_the_references() {
         let weights = models_dir().join(format!("{stem}.safetensors"));
         let model = models::load(arch, &weights, &Device::Cpu).expect("load backbone");
         let (x, xf) = inputs(&fx);
-        let t = Instant::now();
-        let (f, ff) = with_portable_ops(|| {
-            (
-                model.forward_features(&x).expect("forward"),
-                model.forward_features(&xf).expect("forward flipped"),
-            )
-        });
-        println!(
-            "{} (portable ops): 2 batches of 4 in {:.2} s",
-            arch.name(),
-            t.elapsed().as_secs_f64()
-        );
-        check(
-            &format!("{} portable features", arch.name()),
-            &f,
-            get(&fx, "features"),
-        );
-        check(
-            &format!("{} portable features_hflip", arch.name()),
-            &ff,
-            get(&fx, "features_hflip"),
-        );
+        for candle_only in [false, true] {
+            let mode = if candle_only {
+                "candle ops only"
+            } else {
+                "device kernels"
+            };
+            let t = Instant::now();
+            let run = || {
+                with_portable_ops(|| {
+                    (
+                        model.forward_features(&x).expect("forward"),
+                        model.forward_features(&xf).expect("forward flipped"),
+                    )
+                })
+            };
+            let (f, ff) = if candle_only {
+                with_candle_ops_only(run)
+            } else {
+                run()
+            };
+            println!(
+                "{} (portable, {mode}): 2 batches of 4 in {:.2} s",
+                arch.name(),
+                t.elapsed().as_secs_f64()
+            );
+            check(
+                &format!("{} portable ({mode}) features", arch.name()),
+                &f,
+                get(&fx, "features"),
+            );
+            check(
+                &format!("{} portable ({mode}) features_hflip", arch.name()),
+                &ff,
+                get(&fx, "features_hflip"),
+            );
+        }
     }
 }
 

@@ -9,8 +9,8 @@
 //
 // Layout: NCHW, contiguous. Arithmetic in f32 whatever the storage type
 // (f32, f16, bf16). One thread per output element, grid-stride loops.
-// Targets compute_75 PTX, which every later GPU JIT-compiles: nothing here
-// needs newer instructions.
+// PTX for compute_$CUDA_COMPUTE_CAP (else compute_75; see build.rs), which
+// the driver JIT-compiles: nothing here needs newer instructions.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -89,7 +89,9 @@ impl Depthwise {
         Ok(Shape::from((n, c, self.out.0, self.out.1)))
     }
 
-    /// The CPU reference: the kernel's loop, one output element at a time.
+    /// The CPU reference: the kernel's loop body for every output element
+    /// (planes in parallel; within a plane, element `i` is `(oy, ox)` as in
+    /// the kernel's decomposition of its flat index).
     fn reference(
         &self,
         x: &[f32],
@@ -97,37 +99,39 @@ impl Depthwise {
         w: &[f32],
         b: &[f32],
     ) -> Vec<f32> {
+        use rayon::prelude::*;
         let (n, c, h, wd) = dims;
         let (oh, ow) = self.out;
         let (kh, kw) = self.kernel;
         let mut y = vec![0f32; n * c * oh * ow];
-        for (i, out) in y.iter_mut().enumerate() {
-            let ox = i % ow;
-            let rest = i / ow;
-            let oy = rest % oh;
-            let plane = rest / oh;
-            let ch = plane % c;
-            let src = &x[plane * h * wd..(plane + 1) * h * wd];
-            let taps = &w[ch * kh * kw..(ch + 1) * kh * kw];
-            let iy0 = (oy * self.stride) as isize - self.pad_top as isize;
-            let ix0 = (ox * self.stride) as isize - self.pad_left as isize;
-            let mut acc = 0f32;
-            for ky in 0..kh {
-                let iy = iy0 + ky as isize;
-                if iy < 0 || iy >= h as isize {
-                    continue;
-                }
-                for kx in 0..kw {
-                    let ix = ix0 + kx as isize;
-                    if ix < 0 || ix >= wd as isize {
-                        continue;
+        y.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(plane, out)| {
+                let ch = plane % c;
+                let src = &x[plane * h * wd..(plane + 1) * h * wd];
+                let taps = &w[ch * kh * kw..(ch + 1) * kh * kw];
+                for (i, out) in out.iter_mut().enumerate() {
+                    let (oy, ox) = (i / ow, i % ow);
+                    let iy0 = (oy * self.stride) as isize - self.pad_top as isize;
+                    let ix0 = (ox * self.stride) as isize - self.pad_left as isize;
+                    let mut acc = 0f32;
+                    for ky in 0..kh {
+                        let iy = iy0 + ky as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..kw {
+                            let ix = ix0 + kx as isize;
+                            if ix < 0 || ix >= wd as isize {
+                                continue;
+                            }
+                            acc += activate(src[iy as usize * wd + ix as usize], self.in_act)
+                                * taps[ky * kw + kx];
+                        }
                     }
-                    acc += activate(src[iy as usize * wd + ix as usize], self.in_act)
-                        * taps[ky * kw + kx];
+                    *out = activate(acc + b[ch], self.out_act);
                 }
-            }
-            *out = activate(acc + b[ch], self.out_act);
-        }
+            });
         y
     }
 }
@@ -384,13 +388,14 @@ mod cuda {
                 let func =
                     dev.get_or_load_custom_func(&format!("{kernel}_{}", $suffix), MODULE, PTX)?;
                 // SAFETY: the kernel writes every one of the `total` elements.
-                let out = unsafe { dev.alloc::<$t>(total)? };
+                let mut out = unsafe { dev.alloc::<$t>(total)? };
                 let total = total as i64;
                 let mut b = func.builder();
                 for v in &views {
                     b.arg(v);
                 }
-                b.arg(&out);
+                // `&mut`: cudarc records the kernel's write (event tracking).
+                b.arg(&mut out);
                 b.arg(&total);
                 for v in ints {
                     b.arg(v);

@@ -21,6 +21,31 @@ use crate::kernels::device;
 
 thread_local! {
     static FORCED: Cell<bool> = const { Cell::new(false) };
+    static CANDLE_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether depthwise convolution and the convolution epilogue use the
+/// project's kernels ([`device`], the default) or candle's ops alone:
+/// `RUNNER_DEVICE_KERNELS=0` (or [`with_candle_ops_only`]) is the escape
+/// hatch should a kernel misbehave on some GPU: slower (a 3x3 depthwise is
+/// 9 broadcast multiply-adds over the tensor), same results.
+fn own_kernels() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let env = *ENV.get_or_init(|| {
+        !matches!(
+            std::env::var("RUNNER_DEVICE_KERNELS").as_deref(),
+            Ok("0" | "off" | "false")
+        )
+    });
+    env && !CANDLE_ONLY.with(Cell::get)
+}
+
+/// Runs `f` with this thread's portable path on candle's ops alone.
+pub fn with_candle_ops_only<T>(f: impl FnOnce() -> T) -> T {
+    let before = CANDLE_ONLY.with(|c| c.replace(true));
+    let out = f();
+    CANDLE_ONLY.with(|c| c.set(before));
+    out
 }
 
 /// Runs `f` with this thread's layers on the portable path, CPU included.
@@ -136,7 +161,14 @@ pub fn conv2d(
     } else {
         pad_zeros(x, pad)?.conv2d(&w.weight, 0, stride, 1, 1)?
     };
-    device::bias_act(&y, &w.bias, a, residual)
+    if own_kernels() {
+        return device::bias_act(&y, &w.bias, a, residual);
+    }
+    let y = act(y.broadcast_add(&w.bias.reshape((1, o, 1, 1))?)?, a)?;
+    match residual {
+        Some(r) => y + r,
+        None => Ok(y),
+    }
 }
 
 /// Depthwise weights on a device: `(C, kh, kw)` and a `(C,)` bias.
@@ -186,7 +218,7 @@ pub fn depthwise(
     if hp < kh || wp < kw {
         candle_core::bail!("depthwise {kh}x{kw} larger than the padded {hp}x{wp} input")
     }
-    device::Depthwise {
+    let op = device::Depthwise {
         kernel: (kh, kw),
         stride,
         pad_top: pad.top,
@@ -194,8 +226,54 @@ pub fn depthwise(
         out: ((hp - kh) / stride + 1, (wp - kw) / stride + 1),
         in_act,
         out_act,
+    };
+    if own_kernels() {
+        return op.forward(x, &w.weight, &w.bias);
     }
-    .forward(x, &w.weight, &w.bias)
+    depthwise_per_tap(x, w, &op, pad)
+}
+
+/// [`depthwise`] with candle's ops alone: one broadcast multiply-add per tap
+/// over the whole batch.
+fn depthwise_per_tap(
+    x: &Tensor,
+    w: &DepthwiseWeights,
+    op: &device::Depthwise,
+    pad: Pad4,
+) -> candle_core::Result<Tensor> {
+    let ((kh, kw), (oh, ow), s) = (op.kernel, op.out, op.stride);
+    let x = pad_zeros(&act(x.clone(), op.in_act)?, pad)?;
+    let (_, c, hp, wp) = x.dims4()?;
+    let taps = w.weight.reshape((c, kh * kw))?;
+    let mut acc: Option<Tensor> = None;
+    for ky in 0..kh {
+        let rows = every(&x.narrow(2, ky, hp - ky)?, 2, s, oh)?;
+        for kx in 0..kw {
+            let win = every(&rows.narrow(3, kx, wp - kx)?, 3, s, ow)?;
+            let tap = taps.narrow(1, ky * kw + kx, 1)?.reshape((1, c, 1, 1))?;
+            let term = win.broadcast_mul(&tap)?;
+            acc = Some(match acc {
+                Some(a) => (a + term)?,
+                None => term,
+            });
+        }
+    }
+    let bias = w.bias.reshape((1, c, 1, 1))?;
+    act(
+        acc.expect("at least one tap").broadcast_add(&bias)?,
+        op.out_act,
+    )
+}
+
+/// Every `s`-th element of axis `dim`, from the first (`len` kept).
+fn every(x: &Tensor, dim: usize, s: usize, len: usize) -> candle_core::Result<Tensor> {
+    if s == 1 {
+        return x.narrow(dim, 0, len);
+    }
+    let idx: Vec<u32> = (0..len as u32).map(|i| i * s as u32).collect();
+    // index_select reads contiguous tensors only.
+    x.contiguous()?
+        .index_select(&Tensor::new(idx.as_slice(), x.device())?, dim)
 }
 
 /// Max pooling with `-inf` padding.

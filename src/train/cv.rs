@@ -2,13 +2,15 @@
 //!
 //! The heads are independent (each draws from its own generator, derived
 //! from the seed, the fold and the view), so they train at once on the
-//! rayon pool and give exactly what training them one after the other
-//! gives. This matters on large sets: a head's host work per step (gather,
-//! dropout mask) is single-threaded, and the 2017 recipe has 10 heads.
+//! rayon pool and, on the CPU, give exactly what training them one after
+//! the other gives. This matters on large sets: a head's host work per step
+//! (gather, dropout mask) is single-threaded, and the 2017 recipe has 10
+//! heads. On a GPU each head gets a CUDA stream and cuBLAS handle of its
+//! own ([`head_device`]).
 
 use std::sync::Mutex;
 
-use candle_core::{Device, Result};
+use candle_core::{Device, DeviceLocation, Result};
 use rayon::prelude::*;
 
 use super::head::{train_head, HeadReport};
@@ -33,6 +35,18 @@ pub struct FoldHead {
     pub valid: Matrix,
     /// Probabilities for every test row.
     pub test: Option<Matrix>,
+}
+
+/// The device one head trains on: the CPU as it is; on a GPU the same GPU
+/// through a stream, cuBLAS handle and allocator queue of the head's own.
+/// candle's default CUDA device gives each host thread its own stream but
+/// shares one cuBLAS handle, which cuBLAS advises against across threads
+/// (workspace shared between streams).
+fn head_device(device: &Device) -> Result<Device> {
+    match device.location() {
+        DeviceLocation::Cuda { gpu_id } => Device::new_cuda_with_stream(gpu_id),
+        _ => Ok(device.clone()),
+    }
 }
 
 /// Trains a head for every view x fold (view-major order in the result, as
@@ -60,6 +74,7 @@ pub fn train_fold_heads(
         .par_iter()
         .map(|&(v, f)| {
             let run = || -> Result<FoldHead> {
+                let device = &head_device(device)?;
                 let (x, fold) = (views[v].train, &folds.folds[f]);
                 let mut rng = Rng::derive(seed, &[f as u64, v as u64]);
                 let head = train_head(
