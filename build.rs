@@ -33,14 +33,14 @@ fn main() {
         .unwrap_or_else(|| PathBuf::from("nvcc"));
     let out =
         PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("device.ptx");
+    let cap = std::env::var("CUDA_COMPUTE_CAP")
+        .ok()
+        .and_then(|c| c.trim().parse::<u32>().ok())
+        .filter(|&c| c >= 75)
+        .unwrap_or(75);
+    let arch = format!("-arch=compute_{cap}");
     let status = Command::new(&nvcc)
-        .args([
-            "--ptx",
-            "-arch=compute_75",
-            "-O3",
-            "src/kernels/device.cu",
-            "-o",
-        ])
+        .args(["--ptx", &arch, "-O3", "src/kernels/device.cu", "-o"])
         .arg(&out)
         .status()
         .unwrap_or_else(|e| {
