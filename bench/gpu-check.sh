@@ -95,13 +95,32 @@ else
   say "nvidia-smi: not found (no NVIDIA driver on this machine)"
 fi
 
-# 1. Parity and images/s per backbone, in each precision.
+# 1. Parity and images/s per backbone, in each precision. Should the first
+# precision fail with the project's device kernels, it runs again with
+# candle's ops alone (RUNNER_DEVICE_KERNELS=0); if that passes, the rest of
+# the check uses them, so one GPU session still gets its numbers.
+first=1
 for precision in ${PRECISIONS:-f32 bf16}; do
   say ""
-  say "## Backbones on $device, $precision"
-  step "backbones-$precision" "$bin/runner" --device "$device" dev backbones "$shared/models" \
-    --precision "$precision" --batches 32,64,128,256 --seconds 2
-  grep '^|' "$out/backbones-$precision.log" >>"$results" || tail -3 "$out/backbones-$precision.log" >>"$results"
+  say "## Backbones on $device, $precision${RUNNER_DEVICE_KERNELS:+ (RUNNER_DEVICE_KERNELS=$RUNNER_DEVICE_KERNELS)}"
+  log="$out/backbones-$precision.log"
+  if ! step "backbones-$precision" "$bin/runner" --device "$device" dev backbones "$shared/models" \
+    --precision "$precision" --batches 32,64,128,256 --seconds 2; then
+    if [ "$first" = 1 ] && [ -z "${RUNNER_DEVICE_KERNELS:-}" ]; then
+      grep '^|' "$log" >>"$results" || tail -3 "$log" >>"$results"
+      say ""
+      say "### again with candle's ops alone (RUNNER_DEVICE_KERNELS=0)"
+      if step "backbones-$precision-candle-ops" env RUNNER_DEVICE_KERNELS=0 "$bin/runner" \
+        --device "$device" dev backbones "$shared/models" --precision "$precision" \
+        --batches 32,64,128,256 --seconds 2; then
+        export RUNNER_DEVICE_KERNELS=0
+        say "the rest of the check runs with RUNNER_DEVICE_KERNELS=0"
+      fi
+      log="$out/backbones-$precision-candle-ops.log"
+    fi
+  fi
+  grep '^|' "$log" >>"$results" || tail -3 "$log" >>"$results"
+  first=0
 done
 
 # 2. A Kaggle-sized dataset from the woof-dev photos.
