@@ -296,6 +296,17 @@ struct Prepared {
     seconds: f64,
 }
 
+/// Images per forward pass: `[extract] batch_size`, else 16 on the CPU
+/// (the CPU kernels gain little from more) and 128 on a GPU (which needs
+/// large batches to be busy).
+pub fn batch_size(spec: &Spec, device: &Device) -> usize {
+    spec.extract.batch_size.unwrap_or(if device.is_cpu() {
+        crate::spec::DEFAULT_EXTRACT_BATCH
+    } else {
+        crate::spec::DEFAULT_GPU_EXTRACT_BATCH
+    })
+}
+
 /// How many threads decode and resize: `[extract] decode_threads`, else one
 /// beside CPU backbones (which use every core) and every core for a GPU,
 /// which needs all of them to keep it fed.
@@ -377,7 +388,8 @@ fn extract_split(
             .join(" "),
     );
     // What earlier runs already finished of each chunk.
-    let chunk_len = chunk_images(spec.extract.batch_size);
+    let batch_size = batch_size(spec, device);
+    let chunk_len = chunk_images(batch_size);
     let chunks: Vec<&[Item]> = items.chunks(chunk_len).collect();
     let mut haves: Vec<Vec<Option<Matrix>>> = chunks
         .iter()
@@ -483,7 +495,6 @@ fn extract_split(
             // chunk, not per batch, so the GPU has the next batch's work
             // queued while the host prepares more.
             let mut parts: Vec<Vec<Tensor>> = todo.iter().map(|_| Vec::new()).collect();
-            let batch_size = spec.extract.batch_size;
             let forward_error = |arch: &'static str, first: usize, last: usize| {
                 let (first, last) = (chunk[first].id.clone(), chunk[last - 1].id.clone());
                 move |source| FeatureError::Forward {
@@ -552,7 +563,7 @@ fn extract_split(
         let decode = out.decode_seconds - decode_before;
         let forward = out.forward_seconds - forward_before;
         log.info(format!(
-            "features {}: decoding + resizing {:.0} images/s on {threads} thread(s); backbones {:.1} images/s ({} stage(s))",
+            "features {}: decoding + resizing {:.0} images/s on {threads} thread(s); backbones {:.1} images/s ({} stage(s), batches of {batch_size})",
             split.name(),
             images_to_decode as f64 / decode.max(1e-9),
             images_to_decode as f64 / forward.max(1e-9),

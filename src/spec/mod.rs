@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::models::onnx::{InputLayout, OnnxOptions};
 use crate::models::{Arch, Preprocess};
 
-pub use resolve::{load, parse};
+pub use resolve::{load, parse, DEFAULT_EXTRACT_BATCH, DEFAULT_GPU_EXTRACT_BATCH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -173,8 +173,10 @@ impl BackboneSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExtractSpec {
-    /// Images per forward pass.
-    pub batch_size: usize,
+    /// Images per forward pass; default ([`crate::features::batch_size`]):
+    /// 16 on the CPU, 128 on a GPU. Absent when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
     /// Threads decoding and resizing JPEGs ahead of the backbones; default
     /// ([`crate::features::decode_threads`]): one beside the CPU backbones,
     /// every core when the backbones run on a GPU. Absent when not set, so

@@ -10,7 +10,9 @@ use super::{
 
 /// Defaults, in one place so README and code agree.
 pub const DEFAULT_SEED: u64 = 2017;
+/// Extraction batch on the CPU; on a GPU, [`DEFAULT_GPU_EXTRACT_BATCH`].
 pub const DEFAULT_EXTRACT_BATCH: usize = 16;
+pub const DEFAULT_GPU_EXTRACT_BATCH: usize = 128;
 pub const DEFAULT_FOLDS: usize = 5;
 pub const DEFAULT_DROPOUT: f64 = 0.5;
 pub const DEFAULT_EPOCHS: usize = 50;
@@ -134,8 +136,9 @@ impl Resolver<'_> {
             .collect::<Result<Vec<_>, _>>()?;
 
         let extract = raw.extract.unwrap_or_default();
-        let batch_size = extract.batch_size.unwrap_or(DEFAULT_EXTRACT_BATCH);
-        self.at_least_one("extract.batch_size", batch_size)?;
+        if let Some(b) = extract.batch_size {
+            self.at_least_one("extract.batch_size", b)?;
+        }
         if let Some(t) = extract.decode_threads {
             self.at_least_one("extract.decode_threads", t)?;
         }
@@ -203,7 +206,7 @@ impl Resolver<'_> {
             data: self.data(raw.data)?,
             backbones,
             extract: ExtractSpec {
-                batch_size,
+                batch_size: extract.batch_size,
                 decode_threads: extract.decode_threads,
                 // f32 is the default and is not written out.
                 precision: extract.precision.filter(|p| *p != super::Precision::F32),
@@ -401,6 +404,12 @@ weights = "w.safetensors"
     fn defaults_fill_every_key() {
         let spec = parse(MINIMAL, "t.toml", Path::new("/specs")).unwrap();
         assert_eq!(spec.seed, DEFAULT_SEED);
+        // Device-dependent: 16 on the CPU (crate::features::batch_size).
+        assert_eq!(spec.extract.batch_size, None);
+        assert_eq!(
+            crate::features::batch_size(&spec, &candle_core::Device::Cpu),
+            DEFAULT_EXTRACT_BATCH
+        );
         assert_eq!(spec.cv.folds, 5);
         assert!(spec.cv.stratified);
         assert_eq!(spec.head.lr, 0.01);
