@@ -21,7 +21,9 @@
 # DEVICE (default cuda), PRECISIONS (default "f32 bf16"), RECIPE_PRECISIONS
 # (default "bf16 f32": the recipe once per precision, features recomputed),
 # BATCH (recipe extraction batch, default 128), TRAIN / TEST (default
-# 10222 / 10357 images), WORK (dataset, caches, runs; default OUT_DIR/work).
+# 10222 / 10357 images), WORK (dataset, caches, runs; default OUT_DIR/work),
+# BACKBONES_TIMEOUT / RECIPE_TIMEOUT (seconds per step, default 150 / 200:
+# a typical run is ~5 min, the device tool allows 10 per call).
 # Writes OUT_DIR/results.md (the table) and one log per step beside it; a
 # failing step is recorded and the next one still runs.
 set -uo pipefail
@@ -65,12 +67,19 @@ say() { echo "$*" | tee -a "$results"; }
 started=$(date +%s)
 
 # Runs one step with its output in $out/<name>.log; records status and time.
+# A step that runs past $limit seconds (when set) is stopped (exit 124), so
+# one slow step cannot eat the device call and the steps after it.
+limit=""
 step() {
   local name="$1"
   shift
   local t0 t1 rc
   t0=$(date +%s.%N)
-  "$@" >"$out/$name.log" 2>&1
+  if [ -n "$limit" ] && command -v timeout >/dev/null 2>&1; then
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  else
+    "$@" >"$out/$name.log" 2>&1
+  fi
   rc=$?
   t1=$(date +%s.%N)
   printf -- "- step %s: exit %d in %.1f s (log: %s)\n" "$name" "$rc" "$(awk "BEGIN { print $t1 - $t0 }")" "$out/$name.log" | tee -a "$results"
@@ -100,6 +109,7 @@ fi
 # candle's ops alone (RUNNER_DEVICE_KERNELS=0); if that passes, the rest of
 # the check uses them, so one GPU session still gets its numbers.
 first=1
+limit="${BACKBONES_TIMEOUT:-150}"
 for precision in ${PRECISIONS:-f32 bf16}; do
   say ""
   say "## Backbones on $device, $precision${RUNNER_DEVICE_KERNELS:+ (RUNNER_DEVICE_KERNELS=$RUNNER_DEVICE_KERNELS)}"
@@ -127,12 +137,14 @@ done
 say ""
 say "## The 2017 recipe on generated data"
 big="$work/big-woof"
+limit=120
 step dataset "$bin/runner" dev big-woof "$shared/data/woof-dev" "$big" \
   --train "${TRAIN:-10222}" --test "${TEST:-10357}"
 tail -1 "$out/dataset.log" >>"$results"
 
 # 3. The recipe end to end, timed per stage (run.json), once per precision
 # (each its own feature cache, so each computes its features).
+limit="${RECIPE_TIMEOUT:-200}"
 for precision in ${RECIPE_PRECISIONS:-bf16 f32}; do
   spec="$work/recipe-$precision.toml"
   cat >"$spec" <<EOF
