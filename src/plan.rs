@@ -132,9 +132,9 @@ struct FeatureKey<'a> {
 
 impl Plan {
     /// Hashes weights and images and derives every feature stage's key.
-    /// With a cache, weights fingerprints are remembered there while the
-    /// files' size and modification time stay the same
-    /// ([`FeatureCache::memoised`]); images are always hashed (fast).
+    /// With a cache, weights fingerprints and image-set hashes are
+    /// remembered there while the files' sizes and modification times stay
+    /// the same ([`FeatureCache::memoised`]).
     pub fn new(
         spec: &Spec,
         data: &Dataset,
@@ -151,7 +151,7 @@ impl Plan {
                             "weights-fingerprint/{}/v{FEATURE_CODE_VERSION}",
                             b.arch.name()
                         ),
-                        &b.weights,
+                        &[&b.weights],
                         || weights_fingerprint(b),
                     )?,
                     None => weights_fingerprint(b)?,
@@ -162,7 +162,16 @@ impl Plan {
         let splits: Vec<(Split, String)> = [(Split::Train, &data.train), (Split::Test, &data.test)]
             .into_iter()
             .filter(|(_, items)| !items.is_empty())
-            .map(|(split, items)| Ok((split, hash_images(items)?)))
+            .map(|(split, items)| {
+                let hash = match memo {
+                    Some(cache) => {
+                        let paths: Vec<&Path> = items.iter().map(|i| i.path.as_path()).collect();
+                        cache.memoised("images-blake3", &paths, || hash_images(items))?
+                    }
+                    None => hash_images(items)?,
+                };
+                Ok((split, hash))
+            })
             .collect::<Result<_, HashError>>()?;
         let mut stages = Vec::new();
         for (split, images_hash) in &splits {

@@ -280,13 +280,21 @@ fn changing_an_image_changes_only_its_splits_feature_keys() {
     let dir = tmp.path();
     woof_subset(&dir.join("data"), 2, 3, 1);
     let spec = runner::spec::load(&write_spec(dir, "keys", 2, 0.5)).unwrap();
+    // Keys hashed afresh and through the cache's memo (which must notice
+    // the change) agree every time.
+    let memo = FeatureCache::new(dir.join("cache"));
     let keys = || {
         let data = Dataset::load(&spec.data).unwrap();
-        let plan = Plan::new(&spec, &data, None).unwrap();
-        plan.stages
-            .iter()
-            .map(|s| (s.split, s.key.clone()))
-            .collect::<Vec<_>>()
+        let of = |plan: Plan| {
+            plan.stages
+                .iter()
+                .map(|s| (s.split, s.key.clone()))
+                .collect::<Vec<_>>()
+        };
+        let fresh = of(Plan::new(&spec, &data, None).unwrap());
+        let memoised = of(Plan::new(&spec, &data, Some(&memo)).unwrap());
+        assert_eq!(fresh, memoised);
+        fresh
     };
     let before = keys();
     assert_eq!(before, keys(), "keys are stable");
