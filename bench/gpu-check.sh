@@ -21,11 +21,15 @@
 # DEVICE (default cuda), PRECISIONS (default "f32 bf16"), RECIPE_PRECISIONS
 # (default "bf16 f32": the recipe once per precision, features recomputed),
 # BATCH (recipe extraction batch, default 128), TRAIN / TEST (default
-# 10222 / 10357 images), WORK (dataset, caches, runs; default OUT_DIR/work),
+# 10222 / 10357 images), WORK (dataset, caches, runs, step logs; default
+# /tmp/gpu-check-work, never under OUT_DIR: the device tool returns OUT),
 # BACKBONES_TIMEOUT / RECIPE_TIMEOUT (seconds per step, default 150 / 200:
 # a typical run is ~5 min, the device tool allows 10 per call).
-# Writes OUT_DIR/results.md (the table) and one log per step beside it; a
-# failing step is recorded and the next one still runs.
+# Writes OUT_DIR/results.md (the table) and OUT_DIR/steps.log (every step's
+# output); a failing step is recorded and the next one still runs. With a
+# cuDNN build beside the runner (BIN_DIR/runner-cudnn, `--features cudnn`),
+# its bf16 parity and speed are checked too, and its bf16 recipe runs if
+# the check is still under CUDNN_RECIPE_BEFORE seconds (default 330).
 set -uo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -51,12 +55,15 @@ fi
 out="${1:-/tmp/gpu-check}"
 # The generated dataset, caches and run directories (large): not in OUT_DIR,
 # which holds only the table and the logs.
-work="${WORK:-$out/work}"
+work="${WORK:-/tmp/gpu-check-work}"
 device="${DEVICE:-cuda}"
-mkdir -p "$out" "$work"
+logs="$work/logs"
+mkdir -p "$out" "$work" "$logs"
+: >"$out/steps.log"
 if [ -z "${CUDA_LIBS:-}" ] && command -v python3 >/dev/null 2>&1; then
   # cuBLAS, cuRAND and cudart 13 from the PyTorch wheels of the GPU machine.
-  CUDA_LIBS="$(python3 -c 'import nvidia, os; p = os.path.join(list(nvidia.__path__)[0], "cu13", "lib"); print(p if os.path.isdir(p) else "")' 2>/dev/null || true)"
+  # (and cuDNN 9 for a cuDNN build), from the PyTorch wheels.
+  CUDA_LIBS="$(python3 -c 'import nvidia, os; r = list(nvidia.__path__)[0]; print(":".join(p for p in (os.path.join(r, "cu13", "lib"), os.path.join(r, "cudnn", "lib")) if os.path.isdir(p)))' 2>/dev/null || true)"
 fi
 if [ -n "${CUDA_LIBS:-}" ]; then
   export LD_LIBRARY_PATH="$CUDA_LIBS:${LD_LIBRARY_PATH:-}"
@@ -66,7 +73,9 @@ results="$out/results.md"
 say() { echo "$*" | tee -a "$results"; }
 started=$(date +%s)
 
-# Runs one step with its output in $out/<name>.log; records status and time.
+# Runs one step with its output in $logs/<name>.log, appended to
+# $out/steps.log as well (the device tool brings back at most 8 files: the
+# results and one log); records status and time.
 # A step that runs past $limit seconds (when set) is stopped (exit 124), so
 # one slow step cannot eat the device call and the steps after it.
 limit=""
@@ -76,13 +85,14 @@ step() {
   local t0 t1 rc
   t0=$(date +%s.%N)
   if [ -n "$limit" ] && command -v timeout >/dev/null 2>&1; then
-    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    timeout "$limit" "$@" >"$logs/$name.log" 2>&1
   else
-    "$@" >"$out/$name.log" 2>&1
+    "$@" >"$logs/$name.log" 2>&1
   fi
   rc=$?
   t1=$(date +%s.%N)
-  printf -- "- step %s: exit %d in %.1f s (log: %s)\n" "$name" "$rc" "$(awk "BEGIN { print $t1 - $t0 }")" "$out/$name.log" | tee -a "$results"
+  { echo "==== $name: exit $rc"; cat "$logs/$name.log"; } >>"$out/steps.log"
+  printf -- "- step %s: exit %d in %.1f s\n" "$name" "$rc" "$(awk "BEGIN { print $t1 - $t0 }")" | tee -a "$results"
   return $rc
 }
 
@@ -113,7 +123,7 @@ limit="${BACKBONES_TIMEOUT:-150}"
 for precision in ${PRECISIONS:-f32 bf16}; do
   say ""
   say "## Backbones on $device, $precision${RUNNER_DEVICE_KERNELS:+ (RUNNER_DEVICE_KERNELS=$RUNNER_DEVICE_KERNELS)}"
-  log="$out/backbones-$precision.log"
+  log="$logs/backbones-$precision.log"
   rc=0
   step "backbones-$precision" "$bin/runner" --device "$device" dev backbones "$shared/models" \
     --precision "$precision" --batches 32,64,128,256 --seconds 2 || rc=$?
@@ -129,7 +139,7 @@ for precision in ${PRECISIONS:-f32 bf16}; do
         export RUNNER_DEVICE_KERNELS=0
         say "the rest of the check runs with RUNNER_DEVICE_KERNELS=0"
       fi
-      log="$out/backbones-$precision-candle-ops.log"
+      log="$logs/backbones-$precision-candle-ops.log"
     fi
   fi
   grep '^|' "$log" >>"$results" || tail -3 "$log" >>"$results"
@@ -143,7 +153,7 @@ big="$work/big-woof"
 limit=120
 step dataset "$bin/runner" dev big-woof "$shared/data/woof-dev" "$big" \
   --train "${TRAIN:-10222}" --test "${TEST:-10357}"
-tail -1 "$out/dataset.log" >>"$results"
+tail -1 "$logs/dataset.log" >>"$results"
 
 # 3. The recipe end to end, timed per stage (run.json), once per precision
 # (each its own feature cache, so each computes its features).
@@ -172,7 +182,7 @@ EOF
   say "### recipe, $precision"
   step "recipe-$precision" "$bin/runner" --quiet --device "$device" --runs "$work/runs" \
     --cache "$work/cache-$precision" "$spec"
-  grep -E "device|decoding|propagation|folds|error" "$out/recipe-$precision.log" >>"$results" || true
+  grep -E "device|decoding|propagation|folds|error" "$logs/recipe-$precision.log" >>"$results" || true
   run_json=$(ls -d "$work"/runs/*"gpu_check_recipe_$precision"*/run.json 2>/dev/null | tail -1)
   if [ -n "$run_json" ]; then
     say '```'
@@ -193,6 +203,30 @@ if [ -d "$work/cache-f32" ]; then
   run_json=$(ls -d "$work"/runs/*"gpu_check_recipe_f32"*/run.json 2>/dev/null | tail -1)
   [ -n "$run_json" ] && grep -E '"(seconds|hash_seconds|heads_seconds)"' "$run_json" | tee -a "$results"
 fi
+# 5. The cuDNN build, if shipped: bf16 parity and speed, then (time
+# allowing) the bf16 recipe, to compare candle's im2col convolutions with
+# cuDNN's.
+if [ -x "$bin/runner-cudnn" ]; then
+  say ""
+  say "## cuDNN build (runner-cudnn)"
+  limit="${BACKBONES_TIMEOUT:-150}"
+  step "backbones-bf16-cudnn" "$bin/runner-cudnn" --device "$device" dev backbones "$shared/models" \
+    --precision bf16 --batches 64,128,256 --seconds 2
+  grep '^|' "$logs/backbones-bf16-cudnn.log" >>"$results" || tail -3 "$logs/backbones-bf16-cudnn.log" >>"$results"
+  if [ -f "$work/recipe-bf16.toml" ] && [ $(( $(date +%s) - started )) -lt "${CUDNN_RECIPE_BEFORE:-330}" ]; then
+    limit="${RECIPE_TIMEOUT:-200}"
+    say ""
+    say "### recipe, bf16, cuDNN build"
+    step "recipe-bf16-cudnn" "$bin/runner-cudnn" --quiet --device "$device" --runs "$work/runs-cudnn" \
+      --cache "$work/cache-bf16-cudnn" "$work/recipe-bf16.toml"
+    grep -E "decoding|propagation|folds|error" "$logs/recipe-bf16-cudnn.log" >>"$results" || true
+    run_json=$(ls -d "$work"/runs-cudnn/*/run.json 2>/dev/null | tail -1)
+    [ -n "$run_json" ] && grep -E '"(seconds|hash_seconds|decode_seconds|features_seconds|heads_seconds)"' "$run_json" | tee -a "$results"
+  else
+    say "(recipe with cuDNN skipped: past ${CUDNN_RECIPE_BEFORE:-330} s)"
+  fi
+fi
+
 "$bin/runner" report --runs "$work/runs" --format markdown >>"$results" 2>&1 || true
 
 say ""

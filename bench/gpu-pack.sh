@@ -3,7 +3,7 @@
 # device tool can carry (64 MiB per call, the working tree included):
 #   .gpu/a  the CUDA runner, Xception weights and fixture
 #   .gpu/b  InceptionV3 and EfficientNet-Lite0 weights and fixtures, woof-dev
-#   .gpu/c  the EfficientNet-Lite0 ONNX export
+#   .gpu/c  the EfficientNet-Lite0 ONNX export and the cuDNN build
 # Weights and the binary are xz-compressed (InceptionV3's f16 weights shrink
 # 44 -> 15 MB: they were 8-bit quantised once). bench/gpu-stage.sh unpacks
 # each piece into /tmp/gpu on the device machine; the last call runs the
@@ -13,15 +13,30 @@
 #   run carry=[".gpu/b"]  command="bash bench/gpu-stage.sh b"
 #   run carry=[".gpu/c"]  command="bash bench/gpu-stage.sh c && bash bench/gpu-check.sh $OUT/check"
 #
-# Usage: bench/gpu-pack.sh   (after building target-cuda/release/runner; see
-# bench/gpu-check.sh). Environment: SHARED (default ../shared), BIN (default
-# target-cuda/release/runner). Adds /.gpu/ to .git/info/exclude.
+# Usage: bench/gpu-pack.sh. It builds both CUDA binaries first (`--features
+# cuda`, then `--features cudnn`, in target-cuda/; ~2 min each once built
+# before), which needs `scripts/cuda-toolchain.sh --cudnn` run once.
+# Environment: SHARED (default ../shared), NO_BUILD=1 (pack what
+# target-cuda/release/runner is, no cuDNN build). Adds /.gpu/ to
+# .git/info/exclude.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 shared="${SHARED:-$root/../shared}"
-bin="${BIN:-$root/target-cuda/release/runner}"
+bin="$root/target-cuda/release/runner"
+mkdir -p .gpu
+if [ "${NO_BUILD:-0}" != 1 ]; then
+  env_sh="${RUNNER_CUDA_TOOLCHAIN:-$HOME/.cache/runner-cuda-13.0}/env.sh"
+  [ -f "$env_sh" ] || { echo "no $env_sh: run scripts/cuda-toolchain.sh --cudnn first" >&2; exit 1; }
+  # shellcheck disable=SC1090
+  source "$env_sh"
+  CARGO_TARGET_DIR=target-cuda cargo build --release --features cudnn --bin runner
+  cp "$bin" .gpu/runner-cudnn
+  CARGO_TARGET_DIR=target-cuda cargo build --release --features cuda --bin runner
+else
+  rm -f .gpu/runner-cudnn
+fi
 if [ ! -x "$bin" ]; then
   echo "no CUDA build at $bin; build it first (see bench/gpu-check.sh)" >&2
   exit 1
@@ -29,7 +44,7 @@ fi
 if ! grep -qx '/.gpu/' .git/info/exclude 2>/dev/null; then
   echo '/.gpu/' >>.git/info/exclude
 fi
-rm -rf .gpu
+rm -rf .gpu/a .gpu/b .gpu/c
 mkdir -p .gpu/a .gpu/b .gpu/c
 pack() { # SRC DEST_DIR: xz-compressed copy
   xz -9 -T0 -c "$1" >"$2/$(basename "$1").xz"
@@ -43,6 +58,9 @@ pack "$m/efficientnet_lite0_imagenet.safetensors" .gpu/b
 cp "$m/inception_v3_nsfwjs_notop.fixture.safetensors" "$m/efficientnet_lite0_imagenet.fixture.safetensors" .gpu/b/
 tar -C "$shared/data" -cf .gpu/b/woof-dev.tar woof-dev
 pack "$m/efficientnet_lite0_imagenet.onnx" .gpu/c
+if [ -x .gpu/runner-cudnn ]; then
+  pack .gpu/runner-cudnn .gpu/c
+fi
 
 # Each call carries the tracked tree too; keep every piece under the limit.
 tree=$(git ls-files -z | xargs -0 stat -c %s | awk '{ s += $1 } END { print s }')

@@ -26,7 +26,8 @@ unxz_to() { # FILE.xz DEST: xz if installed, else Python's lzma
 for f in "$src"/*; do
   name="$(basename "$f")"
   case "$name" in
-    runner.xz) unxz_to "$f" "$dest/bin/runner" && chmod +x "$dest/bin/runner" ;;
+    runner.xz | runner-cudnn.xz)
+      unxz_to "$f" "$dest/bin/${name%.xz}" && chmod +x "$dest/bin/${name%.xz}" ;;
     *.xz) unxz_to "$f" "$dest/models/${name%.xz}" ;;
     *.tar) tar -C "$dest/data" -xf "$f" ;;
     *) cp "$f" "$dest/models/" ;;

@@ -14,6 +14,8 @@
 #
 # Options / environment:
 #   --env                  print the environment (export lines) on stdout
+#   --cudnn                also cuDNN 9.21 (for `--features cudnn`: candle's
+#                          convolutions through cuDNN; +0.9 GB)
 #   --help                 this text
 #   RUNNER_CUDA_TOOLCHAIN  install prefix (default ~/.cache/runner-cuda-13.0);
 #                          cache this directory in CI (1.2 GB installed)
@@ -47,9 +49,11 @@ set -euo pipefail
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 mode=install
+cudnn=0
 for arg in "$@"; do
   case "$arg" in
     --env) mode=env ;;
+    --cudnn) cudnn=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
@@ -69,6 +73,11 @@ wheels=(
   nvidia-cuda-nvrtc==13.0.88
   "nvidia-curand==10.4.0.*"
 )
+# --cudnn (for --features cudnn): cuDNN 9.21, the version whose bindings
+# cudarc's `cudnn` feature uses; at run time any libcudnn.so.9 serves.
+if [ "$cudnn" = 1 ]; then
+  wheels+=("nvidia-cudnn-cu13==9.21.*")
+fi
 
 log() { echo "cuda-toolchain: $*" >&2; }
 # Progress only ever goes to stderr: stdout is the environment in --env mode.
@@ -110,6 +119,16 @@ for name in cudart curand cublas cublasLt nvrtc; do
   ln -s "$target" "$lib/lib$name.so"
 done
 
+cudnn_lib="$site/nvidia/cudnn/lib"
+if [ -e "$cudnn_lib/libcudnn.so.9" ] && [ ! -e "$cudnn_lib/libcudnn.so" ]; then
+  log "symlink $cudnn_lib/libcudnn.so -> libcudnn.so.9"
+  ln -s libcudnn.so.9 "$cudnn_lib/libcudnn.so"
+fi
+link_path="$lib:$lib/stubs"
+if [ -e "$cudnn_lib/libcudnn.so" ]; then
+  link_path="$link_path:$cudnn_lib"
+fi
+
 # 3. stub libcuda.so from the driver API names cudarc declares. Find the
 # cudarc that Cargo.lock resolves for --features cuda (downloads it if needed).
 cudarc_dir="$(cd "$repo" && cargo metadata --format-version 1 --locked --features cuda 2>/dev/null \
@@ -143,7 +162,7 @@ export CUDA_PATH='$cuda'
 export CUDA_ROOT='$cuda'
 case \":\$PATH:\" in *':$cuda/bin:'*) ;; *) export PATH='$cuda/bin':\"\$PATH\" ;; esac
 export CUDA_COMPUTE_CAP='$cap'
-case \":\${LIBRARY_PATH:-}:\" in *':$stubs:'*) ;; *) export LIBRARY_PATH='$lib:$stubs'\"\${LIBRARY_PATH:+:\$LIBRARY_PATH}\" ;; esac"
+case \":\${LIBRARY_PATH:-}:\" in *':$stubs:'*) ;; *) export LIBRARY_PATH='$link_path'\"\${LIBRARY_PATH:+:\$LIBRARY_PATH}\" ;; esac"
 if [ "$(cat "$envfile" 2>/dev/null)" != "$env_text" ]; then
   printf '%s\n' "$env_text" > "$envfile"
   log "wrote $envfile"
