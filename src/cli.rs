@@ -272,7 +272,12 @@ fn run_specs(paths: &[PathBuf], g: &Global, cache: &FeatureCache, log: &Log) -> 
     let mut failed = Vec::new();
     for (path, spec) in paths.iter().zip(&specs) {
         log.info(format!("spec {}", path.display()));
-        let device = match device(&device_choice(g, spec.device.as_deref()), log) {
+        // A spec that cannot run on its device fails before its run
+        // directory exists.
+        let device = match device(&device_choice(g, spec.device.as_deref()), log).and_then(|d| {
+            features::check_precision(spec, &d)?;
+            Ok(d)
+        }) {
             Ok(d) => d,
             Err(e) => {
                 failed.push(format!("{}: {e:#}", path.display()));

@@ -170,6 +170,17 @@ pub fn device_input_tensor(
     x.permute((0, 3, 1, 2))?.contiguous()?.to_dtype(dtype)
 }
 
+/// `[extract] precision` other than f32 needs a GPU: the CPU kernels are
+/// f32 (checked before a run starts, and again here for other callers).
+pub fn check_precision(spec: &Spec, device: &Device) -> Result<(), FeatureError> {
+    match spec.extract.precision() {
+        crate::spec::Precision::F32 => Ok(()),
+        _ if !device.is_cpu() => Ok(()),
+        crate::spec::Precision::Bf16 => Err(FeatureError::PrecisionOnCpu("bf16")),
+        crate::spec::Precision::F16 => Err(FeatureError::PrecisionOnCpu("f16")),
+    }
+}
+
 /// Makes sure every stage of `plan` is in the cache, computing what is
 /// missing, and returns all features.
 pub fn ensure(
@@ -180,13 +191,7 @@ pub fn ensure(
     device: &Device,
     log: &Log,
 ) -> Result<Features, FeatureError> {
-    let precision = spec.extract.precision();
-    if device.is_cpu() && precision != crate::spec::Precision::F32 {
-        return Err(FeatureError::PrecisionOnCpu(match precision {
-            crate::spec::Precision::Bf16 => "bf16",
-            _ => "f16",
-        }));
-    }
+    check_precision(spec, device)?;
     let mut out = Features {
         by_key: HashMap::new(),
         cached: 0,

@@ -109,3 +109,26 @@ fn unknown_device_in_the_spec_lists_the_devices() {
     let spec = format!("name = \"x\"\ndevice = \"tpu\"\n{GOOD_DATA}{GOOD_BACKBONE}");
     fails_with(&spec, &["device", "tpu", "cuda:N"]);
 }
+
+#[test]
+fn a_gpu_precision_on_the_cpu_fails_before_any_run_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!(
+        "name = \"x\"\n[data]\nlayout = \"kaggle\"\nroot = {:?}\n[[backbone]]\narch = \"efficientnet_lite0\"\nweights = {:?}\n[extract]\nprecision = \"bf16\"\n",
+        crate::common::woof(),
+        crate::common::model("efficientnet_lite0_imagenet.safetensors"),
+    );
+    std::fs::write(dir.path().join("bf16.toml"), spec).unwrap();
+    let out = runner(dir.path(), &["--quiet", "--device", "cpu", "bf16.toml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for e in [
+        "bf16.toml",
+        "precision = \"bf16\"",
+        "needs a GPU",
+        "--device cuda",
+    ] {
+        assert!(err.contains(e), "expected {e:?} in:\n{err}");
+    }
+    assert!(!dir.path().join("runs").exists(), "no run directory");
+}
