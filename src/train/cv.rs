@@ -8,8 +8,6 @@
 //! heads. On a GPU each head gets a CUDA stream and cuBLAS handle of its
 //! own ([`head_device`]).
 
-use std::sync::Mutex;
-
 use candle_core::{Device, DeviceLocation, Result};
 use rayon::prelude::*;
 
@@ -68,57 +66,39 @@ pub fn train_fold_heads(
     let tasks: Vec<(usize, usize)> = (0..views.len())
         .flat_map(|v| (0..folds.folds.len()).map(move |f| (v, f)))
         .collect();
-    // The first error wins; the other heads still finish their epoch.
-    let first_error = Mutex::new(None);
-    let heads: Vec<Option<FoldHead>> = tasks
+    // In task order; on an error no further head starts and the first
+    // error is returned.
+    tasks
         .par_iter()
         .map(|&(v, f)| {
-            let run = || -> Result<FoldHead> {
-                let device = &head_device(device)?;
-                let (x, fold) = (views[v].train, &folds.folds[f]);
-                let mut rng = Rng::derive(seed, &[f as u64, v as u64]);
-                let head = train_head(
-                    x,
-                    labels,
-                    n_classes,
-                    &fold.train,
-                    &fold.valid,
-                    cfg,
-                    &mut rng,
-                    device,
-                    |epoch, loss| on_epoch(f, v, epoch, loss),
-                )?;
-                let valid_rows = Matrix::new(
-                    fold.valid.len(),
-                    x.cols,
-                    fold.valid.iter().flat_map(|&i| x.row(i).to_vec()).collect(),
-                );
-                let out = FoldHead {
-                    fold: f,
-                    view: v,
-                    valid: head.predict(&valid_rows, device)?,
-                    test: views[v]
-                        .test
-                        .map(|xt| head.predict(xt, device))
-                        .transpose()?,
-                    report: head.report,
-                };
-                on_head(&out);
-                Ok(out)
+            let device = &head_device(device)?;
+            let fold = &folds.folds[f];
+            let mut rng = Rng::derive(seed, &[f as u64, v as u64]);
+            let head = train_head(
+                views[v].train,
+                labels,
+                n_classes,
+                &fold.train,
+                &fold.valid,
+                cfg,
+                &mut rng,
+                device,
+                |epoch, loss| on_epoch(f, v, epoch, loss),
+            )?;
+            let out = FoldHead {
+                fold: f,
+                view: v,
+                test: views[v]
+                    .test
+                    .map(|xt| head.predict(xt, device))
+                    .transpose()?,
+                valid: head.valid_probs,
+                report: head.report,
             };
-            match run() {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    first_error.lock().expect("not poisoned").get_or_insert(e);
-                    None
-                }
-            }
+            on_head(&out);
+            Ok(out)
         })
-        .collect();
-    if let Some(e) = first_error.into_inner().expect("not poisoned") {
-        return Err(e);
-    }
-    Ok(heads.into_iter().map(|h| h.expect("no error")).collect())
+        .collect()
 }
 
 #[cfg(test)]

@@ -20,6 +20,9 @@ pub struct TrainedHead {
     pub weight: Tensor,
     pub bias: Tensor,
     pub report: HeadReport,
+    /// Class probabilities of the kept weights for the validation rows, in
+    /// their order (the out-of-fold predictions).
+    pub valid_probs: Matrix,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -48,19 +51,24 @@ fn one_hot(labels: &[usize], idx: &[usize], k: usize, device: &Device) -> Result
     Tensor::from_vec(data, (idx.len(), k), device)
 }
 
+/// Class probabilities of the head `weight`, `bias` for every row of `x`.
+fn probabilities(weight: &Tensor, bias: &Tensor, x: &Matrix, device: &Device) -> Result<Matrix> {
+    let k = bias.dim(0)?;
+    let mut data = Vec::with_capacity(x.rows * k);
+    let rows: Vec<usize> = (0..x.rows).collect();
+    for chunk in rows.chunks(4096) {
+        let xs = gather(x, chunk, device)?;
+        let logits = xs.matmul(weight)?.broadcast_add(bias)?;
+        let p = candle_nn::ops::softmax(&logits, D::Minus1)?;
+        data.extend(p.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(Matrix::new(x.rows, k, data))
+}
+
 impl TrainedHead {
     /// Class probabilities for every row of `x`.
     pub fn predict(&self, x: &Matrix, device: &Device) -> Result<Matrix> {
-        let k = self.bias.dim(0)?;
-        let mut data = Vec::with_capacity(x.rows * k);
-        let rows: Vec<usize> = (0..x.rows).collect();
-        for chunk in rows.chunks(4096) {
-            let xs = gather(x, chunk, device)?;
-            let logits = xs.matmul(&self.weight)?.broadcast_add(&self.bias)?;
-            let p = candle_nn::ops::softmax(&logits, D::Minus1)?;
-            data.extend(p.flatten_all()?.to_vec1::<f32>()?);
-        }
-        Ok(Matrix::new(x.rows, k, data))
+        probabilities(&self.weight, &self.bias, x, device)
     }
 }
 
@@ -133,21 +141,13 @@ pub fn train_head(
             opt.step(&loss.backward()?)?;
         }
 
-        let current = TrainedHead {
-            weight: weight.as_tensor().copy()?,
-            bias: bias.as_tensor().copy()?,
-            report: HeadReport {
-                epochs_run: 0,
-                best_epoch: 0,
-                valid_log_loss: 0.0,
-                valid_accuracy: 0.0,
-            },
-        };
-        let val_loss = metrics::log_loss(&current.predict(&valid_x, device)?, &valid_y);
+        let (w_now, b_now) = (weight.as_tensor().copy()?, bias.as_tensor().copy()?);
+        let val_loss =
+            metrics::log_loss(&probabilities(&w_now, &b_now, &valid_x, device)?, &valid_y);
         on_epoch(epoch, val_loss);
         let improved = best.as_ref().is_none_or(|b| val_loss < b.0);
         if improved {
-            best = Some((val_loss, epoch, current.weight, current.bias));
+            best = Some((val_loss, epoch, w_now, b_now));
             since_best = 0;
         } else {
             since_best += 1;
@@ -163,20 +163,18 @@ pub fn train_head(
     } else {
         (weight.as_tensor().copy()?, bias.as_tensor().copy()?)
     };
-    let mut head = TrainedHead {
-        weight,
-        bias,
+    let valid_probs = probabilities(&weight, &bias, &valid_x, device)?;
+    Ok(TrainedHead {
         report: HeadReport {
             epochs_run,
             best_epoch,
-            valid_log_loss: 0.0,
-            valid_accuracy: 0.0,
+            valid_log_loss: metrics::log_loss(&valid_probs, &valid_y),
+            valid_accuracy: metrics::accuracy(&valid_probs, &valid_y),
         },
-    };
-    let p = head.predict(&valid_x, device)?;
-    head.report.valid_log_loss = metrics::log_loss(&p, &valid_y);
-    head.report.valid_accuracy = metrics::accuracy(&p, &valid_y);
-    Ok(head)
+        weight,
+        bias,
+        valid_probs,
+    })
 }
 
 #[cfg(test)]
