@@ -565,7 +565,7 @@ pub struct Conv2d {
     padding: Padding,
     act: Act,
     /// Copies for the portable path ([`portable`]), made on first use.
-    device_weights: OnceLock<portable::ConvWeights>,
+    device_weights: OnceLock<portable::DeviceWeights>,
 }
 
 impl Conv2d {
@@ -615,17 +615,17 @@ impl Conv2d {
         &self,
         device: &Device,
         dtype: DType,
-    ) -> candle_core::Result<portable::ConvWeights> {
-        if let Some(w) = self.device_weights.get() {
-            if w.weight.device().same_device(device) && w.weight.dtype() == dtype {
-                return Ok(w.clone());
-            }
-        }
-        let dims = (self.out_channels(), self.in_channels, self.k.0, self.k.1);
-        let w = portable::ConvWeights::new(self.weight.to_row_major(), dims, &self.bias, device)?
-            .to_dtype(dtype)?;
-        let _ = self.device_weights.set(w.clone());
-        Ok(w)
+    ) -> candle_core::Result<portable::DeviceWeights> {
+        let dims = [self.out_channels(), self.in_channels, self.k.0, self.k.1];
+        let oihw = || self.weight.to_row_major();
+        portable::DeviceWeights::cached(
+            &self.device_weights,
+            oihw,
+            &dims,
+            &self.bias,
+            device,
+            dtype,
+        )
     }
 
     /// `forward` / `forward_add` with candle's ops, on `x`'s device.
@@ -852,7 +852,7 @@ pub struct DepthwiseConv2d {
     in_act: Act,
     out_act: Act,
     /// Copies for the portable path ([`portable`]), made on first use.
-    device_weights: OnceLock<portable::DepthwiseWeights>,
+    device_weights: OnceLock<portable::DeviceWeights>,
 }
 
 impl DepthwiseConv2d {
@@ -905,22 +905,10 @@ impl DepthwiseConv2d {
         &self,
         device: &Device,
         dtype: DType,
-    ) -> candle_core::Result<portable::DepthwiseWeights> {
-        if let Some(w) = self.device_weights.get() {
-            if w.bias.device().same_device(device) && w.bias.dtype() == dtype {
-                return Ok(w.clone());
-            }
-        }
-        let w = portable::DepthwiseWeights::new(
-            &self.weight,
-            self.channels,
-            self.k,
-            &self.bias,
-            device,
-        )?
-        .to_dtype(dtype)?;
-        let _ = self.device_weights.set(w.clone());
-        Ok(w)
+    ) -> candle_core::Result<portable::DeviceWeights> {
+        let dims = [self.channels, self.k.0, self.k.1];
+        let w = || self.weight.clone();
+        portable::DeviceWeights::cached(&self.device_weights, w, &dims, &self.bias, device, dtype)
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {

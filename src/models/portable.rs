@@ -10,9 +10,10 @@
 //! the reference fixtures on machines without a GPU.
 //!
 //! Device weights are built on first use from the CPU-held ones and kept
-//! (one device per model in practice).
+//! ([`DeviceWeights::cached`]).
 
 use std::cell::Cell;
+use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -110,31 +111,38 @@ fn pad_neg_inf(x: &Tensor, p: Pad4) -> candle_core::Result<Tensor> {
     Tensor::cat(&parts, 3)
 }
 
-/// Device copies of a convolution's weights: OIHW and a `(O,)` bias.
+/// A layer's weights on a device, in the precision the input has: the
+/// kernel (OIHW for a convolution, `(C, kh, kw)` for a depthwise one) and a
+/// bias per output channel.
 #[derive(Clone)]
-pub struct ConvWeights {
+pub struct DeviceWeights {
     pub weight: Tensor,
     pub bias: Tensor,
 }
 
-impl ConvWeights {
-    pub fn to_dtype(self, dtype: DType) -> candle_core::Result<Self> {
-        Ok(Self {
-            weight: self.weight.to_dtype(dtype)?,
-            bias: self.bias.to_dtype(dtype)?,
-        })
-    }
-
-    pub fn new(
-        oihw: Vec<f32>,
-        dims: (usize, usize, usize, usize),
+impl DeviceWeights {
+    /// `cell`'s copy if it is on `device` in `dtype`, else a new one from
+    /// the row-major f32 `weight` of shape `dims` and `bias`, kept in `cell`
+    /// when it is empty (one device and precision per model in practice).
+    pub fn cached(
+        cell: &OnceLock<DeviceWeights>,
+        weight: impl FnOnce() -> Vec<f32>,
+        dims: &[usize],
         bias: &[f32],
         device: &Device,
-    ) -> candle_core::Result<Self> {
-        Ok(Self {
-            weight: Tensor::from_vec(oihw, dims, device)?,
-            bias: Tensor::from_slice(bias, bias.len(), device)?,
-        })
+        dtype: DType,
+    ) -> candle_core::Result<DeviceWeights> {
+        if let Some(w) = cell.get() {
+            if w.weight.device().same_device(device) && w.weight.dtype() == dtype {
+                return Ok(w.clone());
+            }
+        }
+        let w = DeviceWeights {
+            weight: Tensor::from_vec(weight(), dims, device)?.to_dtype(dtype)?,
+            bias: Tensor::from_slice(bias, bias.len(), device)?.to_dtype(dtype)?,
+        };
+        let _ = cell.set(w.clone());
+        Ok(w)
     }
 }
 
@@ -144,7 +152,7 @@ impl ConvWeights {
 /// transpose back), which is most of Xception's FLOPs.
 pub fn conv2d(
     x: &Tensor,
-    w: &ConvWeights,
+    w: &DeviceWeights,
     stride: usize,
     pad: Pad4,
     a: Act,
@@ -171,42 +179,12 @@ pub fn conv2d(
     }
 }
 
-/// Depthwise weights on a device: `(C, kh, kw)` and a `(C,)` bias.
-#[derive(Clone)]
-pub struct DepthwiseWeights {
-    weight: Tensor,
-    pub bias: Tensor,
-}
-
-impl DepthwiseWeights {
-    pub fn to_dtype(self, dtype: DType) -> candle_core::Result<Self> {
-        Ok(Self {
-            weight: self.weight.to_dtype(dtype)?,
-            bias: self.bias.to_dtype(dtype)?,
-        })
-    }
-
-    /// From `(C, kh, kw)` row-major weights.
-    pub fn new(
-        w: &[f32],
-        c: usize,
-        (kh, kw): (usize, usize),
-        bias: &[f32],
-        device: &Device,
-    ) -> candle_core::Result<Self> {
-        Ok(Self {
-            weight: Tensor::from_slice(w, (c, kh, kw), device)?,
-            bias: Tensor::from_slice(bias, c, device)?,
-        })
-    }
-}
-
 /// `out_act(depthwise(in_act(x)) + b)` with the project's own kernel
 /// ([`device::Depthwise`]): candle's grouped convolution would launch one
 /// convolution per channel. Padding is implicit (no padded copy).
 pub fn depthwise(
     x: &Tensor,
-    w: &DepthwiseWeights,
+    w: &DeviceWeights,
     stride: usize,
     pad: Pad4,
     in_act: Act,
@@ -237,7 +215,7 @@ pub fn depthwise(
 /// over the whole batch.
 fn depthwise_per_tap(
     x: &Tensor,
-    w: &DepthwiseWeights,
+    w: &DeviceWeights,
     op: &device::Depthwise,
     pad: Pad4,
 ) -> candle_core::Result<Tensor> {
