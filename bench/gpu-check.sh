@@ -24,7 +24,7 @@
 # 10222 / 10357 images), WORK (dataset, caches, runs, step logs; default
 # /tmp/gpu-check-work, never under OUT_DIR: the device tool returns OUT),
 # BACKBONES_TIMEOUT / RECIPE_TIMEOUT (seconds per step, default 150 / 200:
-# a typical run is ~5 min, the device tool allows 10 per call).
+# expected, not yet measured, ~5-6 min; the device tool allows 10 per call).
 # Writes OUT_DIR/results.md (the table) and OUT_DIR/steps.log (every step's
 # output); a failing step is recorded and the next one still runs. With a
 # cuDNN build beside the runner (BIN_DIR/runner-cudnn, `--features cudnn`),

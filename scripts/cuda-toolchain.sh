@@ -15,7 +15,7 @@
 # Options / environment:
 #   --env                  print the environment (export lines) on stdout
 #   --cudnn                also cuDNN 9.21 (for `--features cudnn`: candle's
-#                          convolutions through cuDNN; +0.9 GB)
+#                          convolutions through cuDNN; 1.2 -> 2.0 GB)
 #   --help                 this text
 #   RUNNER_CUDA_TOOLCHAIN  install prefix (default ~/.cache/runner-cuda-13.0);
 #                          cache this directory in CI (1.2 GB installed)
