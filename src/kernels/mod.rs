@@ -290,15 +290,51 @@ impl PackedA {
         check("A", a.data.len(), m, k, a.ld)?;
         let (mr, kc) = (kern.mr, tuning().kc.unwrap_or(kern.kc).max(1));
         let m_pad = m.div_ceil(mr) * mr;
-        let mut data = vec![0f32; m_pad * k];
-        for i in 0..m {
-            let (ir, r) = (i / mr, i % mr);
-            for (p, &v) in a.data[i * a.ld..i * a.ld + k].iter().enumerate() {
-                // Slice p / kc starts at (p / kc) * kc * m_pad; inside it,
-                // panel ir is kb x mr, p-major.
-                let (s, q) = (p / kc, p % kc);
-                let kb = kc.min(k - s * kc);
-                data[s * kc * m_pad + ir * kb * mr + q * mr + r] = v;
+        // Written in storage order (k slice, panel, p, row): sequential
+        // stores, mr read streams, no zero-fill pass.
+        let mut data = Vec::with_capacity(m_pad * k);
+        for s0 in (0..k).step_by(kc) {
+            let kb = kc.min(k - s0);
+            for i0 in (0..m).step_by(mr) {
+                let rows = mr.min(m - i0);
+                for p in s0..s0 + kb {
+                    data.extend((i0..i0 + rows).map(|i| a.data[i * a.ld + p]));
+                    data.extend(std::iter::repeat_n(0.0, mr - rows));
+                }
+            }
+        }
+        Ok(Self {
+            kern,
+            m,
+            k,
+            kc,
+            data,
+        })
+    }
+
+    /// Packs the `m x k` matrix `A` given as its transpose `at` (`k x m`,
+    /// row-major): the same panels as [`PackedA::new`] on `A`. Reading `Aᵀ`
+    /// is the cheap direction for the panels (row `p` of `at` fills `mr`
+    /// consecutive floats of each panel), so a GEMM with `Aᵀ` as its left
+    /// operand (`Xᵀ G`, a dense layer's weight gradient) needs no transpose.
+    pub fn new_transposed(
+        kern: &'static MicroKernel,
+        at: MatRef<'_>,
+        m: usize,
+        k: usize,
+    ) -> Result<Self, KernelError> {
+        check("A^T", at.data.len(), k, m, at.ld)?;
+        let (mr, kc) = (kern.mr, tuning().kc.unwrap_or(kern.kc).max(1));
+        let m_pad = m.div_ceil(mr) * mr;
+        let mut data = Vec::with_capacity(m_pad * k);
+        for s0 in (0..k).step_by(kc) {
+            let kb = kc.min(k - s0);
+            for i0 in (0..m).step_by(mr) {
+                let rows = mr.min(m - i0);
+                for p in s0..s0 + kb {
+                    data.extend_from_slice(&at.data[p * at.ld + i0..][..rows]);
+                    data.extend(std::iter::repeat_n(0.0, mr - rows));
+                }
             }
         }
         Ok(Self {
@@ -645,6 +681,20 @@ mod tests {
                 let a = rand_vec(m * k, (m * k) as u64);
                 let p = PackedA::new(kern, MatRef { data: &a, ld: k }, m, k).unwrap();
                 assert_eq!(p.to_row_major(), a, "{} {m}x{k}", kern.name);
+            }
+        }
+    }
+
+    #[test]
+    fn packing_a_transpose_gives_the_panels_of_a() {
+        for kern in available() {
+            // Edges: one row, rows not a multiple of mr, k across kc slices.
+            for (m, k) in [(1, 1), (15, 3), (40, 1300), (4096, 7)] {
+                let a = rand_vec(m * k, (m + k) as u64);
+                let at: Vec<f32> = (0..k * m).map(|j| a[(j % m) * k + j / m]).collect();
+                let want = PackedA::new(kern, MatRef { data: &a, ld: k }, m, k).unwrap();
+                let got = PackedA::new_transposed(kern, MatRef { data: &at, ld: m }, m, k);
+                assert_eq!(got.unwrap().data, want.data, "{} {m}x{k}", kern.name);
             }
         }
     }

@@ -11,6 +11,7 @@
 use candle_core::{Device, DeviceLocation, Result};
 use rayon::prelude::*;
 
+use super::dense::Engine;
 use super::head::{train_head, HeadReport};
 use super::rng::Rng;
 use super::FoldPlan;
@@ -71,7 +72,7 @@ pub fn train_fold_heads(
     tasks
         .par_iter()
         .map(|&(v, f)| {
-            let device = &head_device(device)?;
+            let engine = &Engine::for_device(&head_device(device)?);
             let fold = &folds.folds[f];
             let mut rng = Rng::derive(seed, &[f as u64, v as u64]);
             let head = train_head(
@@ -82,7 +83,7 @@ pub fn train_fold_heads(
                 &fold.valid,
                 cfg,
                 &mut rng,
-                device,
+                engine,
                 |epoch, loss| on_epoch(f, v, epoch, loss),
             )?;
             let out = FoldHead {
@@ -90,7 +91,7 @@ pub fn train_fold_heads(
                 view: v,
                 test: views[v]
                     .test
-                    .map(|xt| head.predict(xt, device))
+                    .map(|xt| head.predict(xt, engine))
                     .transpose()?,
                 valid: head.valid_probs,
                 report: head.report,

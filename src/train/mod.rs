@@ -1,6 +1,8 @@
-//! Heads on frozen features: fold plans, the dense softmax head, optimisers.
+//! Heads on frozen features: fold plans, the dense softmax head (its
+//! training loop in `head`, its arithmetic in `dense`), optimisers.
 
 pub mod cv;
+pub mod dense;
 pub mod folds;
 pub mod head;
 pub mod optim;
