@@ -93,14 +93,14 @@ pub enum Trainer {
 impl Trainer {
     /// One optimiser step of mean cross-entropy on the rows `xs`
     /// (`labels.len() x features`, row-major) of classes `labels`.
-    pub fn step(&mut self, xs: Vec<f32>, labels: &[usize]) -> Result<()> {
+    pub fn step(&mut self, xs: &[f32], labels: &[usize]) -> Result<()> {
         match self {
-            Trainer::Host(t) => t.step(&xs, labels),
+            Trainer::Host(t) => t.step(xs, labels),
             Trainer::Candle { device, opt } => {
                 let (weight, bias) = (&opt.params()[0], &opt.params()[1]);
                 let (d, k) = weight.dims2()?;
                 let rows = labels.len();
-                let xs = Tensor::from_vec(xs, (rows, d), device)?;
+                let xs = Tensor::from_slice(xs, (rows, d), device)?;
                 let logits = xs.matmul(weight)?.broadcast_add(bias)?;
                 let p = candle_nn::ops::softmax(&logits, D::Minus1)?;
                 let mut one_hot = vec![0f32; rows * k];
@@ -324,8 +324,8 @@ mod tests {
                 let rows = 1 + (step as usize * 7) % 40;
                 let xs = uniform_vec(rows * d, 50 + step);
                 let labels: Vec<usize> = (0..rows).map(|r| (r * 5 + step as usize) % k).collect();
-                host.step(xs.clone(), &labels).unwrap();
-                candle.step(xs, &labels).unwrap();
+                host.step(&xs, &labels).unwrap();
+                candle.step(&xs, &labels).unwrap();
             }
             let (h, c) = (host.weights().unwrap(), candle.weights().unwrap());
             assert_ne!(h.weight, init.weight, "{kind:?}: the weights moved");
@@ -350,7 +350,7 @@ mod tests {
         let mut t = Engine::Host
             .trainer(init.clone(), Kind::Adagrad, 0.001)
             .unwrap();
-        t.step(xs, &labels).unwrap();
+        t.step(&xs, &labels).unwrap();
         assert!(loss(&t.weights().unwrap()) < loss(&init));
     }
 }

@@ -116,6 +116,7 @@ pub fn train_head(
     let valid_x = Matrix::new(valid.len(), d, gather(x, valid));
     let dropout = (cfg.dropout > 0.0).then(|| Dropout::new(cfg.dropout));
     let mut order = train.to_vec();
+    let mut xs = Vec::with_capacity(cfg.batch_size.min(train.len()) * d);
     let mut best: Option<(f64, usize, DenseWeights)> = None;
     let mut since_best = 0usize;
     let mut epochs_run = 0usize;
@@ -124,18 +125,16 @@ pub fn train_head(
         epochs_run = epoch;
         rng.shuffle(&mut order);
         for batch in order.chunks(cfg.batch_size) {
-            let xs = match &dropout {
-                Some(dropout) => {
-                    let mut data = Vec::with_capacity(batch.len() * d);
-                    for &i in batch {
-                        dropout.push_row(x.row(i), rng, &mut data);
-                    }
-                    data
+            // One batch buffer for the whole run: refilled, never reallocated.
+            xs.clear();
+            for &i in batch {
+                match &dropout {
+                    Some(dropout) => dropout.push_row(x.row(i), rng, &mut xs),
+                    None => xs.extend_from_slice(x.row(i)),
                 }
-                None => gather(x, batch),
-            };
+            }
             let batch_labels: Vec<usize> = batch.iter().map(|&i| labels[i]).collect();
-            trainer.step(xs, &batch_labels)?;
+            trainer.step(&xs, &batch_labels)?;
         }
 
         let now = trainer.weights()?;
