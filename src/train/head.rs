@@ -46,19 +46,21 @@ fn gather(x: &Matrix, idx: &[usize]) -> Vec<f32> {
 /// scaled by `1 / keep`, drawn while a batch's rows are gathered (one pass
 /// over the rows). A unit is kept when a 16-bit uniform draw is below
 /// `keep * 2^16`, so one 64-bit draw decides four units: one draw per unit
-/// was a third of a head's step time at 10 classes.
+/// was a third of a head's step time at 10 classes. The rate is thereby
+/// rounded to a multiple of 2^-16, and the scale follows the rounded one.
 struct Dropout {
-    /// `keep * 2^16`, rounded.
+    /// `keep * 2^16`, rounded, at least 1 (a rate the spec allows, below 1,
+    /// never drops everything).
     threshold: u64,
     scale: f32,
 }
 
 impl Dropout {
     fn new(rate: f64) -> Dropout {
-        let keep = 1.0 - rate;
+        let threshold = ((1.0 - rate) * 65536.0).round().clamp(1.0, 65536.0) as u64;
         Dropout {
-            threshold: (keep * 65536.0).round() as u64,
-            scale: (1.0 / keep) as f32,
+            threshold,
+            scale: (65536.0 / threshold as f64) as f32,
         }
     }
 
@@ -189,8 +191,16 @@ mod tests {
                 "rate {rate}: kept {kept}"
             );
             let want = (2.0 / (1.0 - rate)) as f32;
-            assert!(out.iter().all(|&v| v == 0.0 || v == want), "rate {rate}");
+            assert!(
+                out.iter().all(|&v| v == 0.0 || (v - want).abs() < 1e-3 * want),
+                "rate {rate}"
+            );
         }
+        // Rates at the ends of what a spec allows: the rounded rate's scale.
+        let tiny = Dropout::new(1e-6);
+        assert_eq!((tiny.threshold, tiny.scale), (65536, 1.0));
+        let huge = Dropout::new(0.999_999);
+        assert_eq!((huge.threshold, huge.scale), (1, 65536.0));
     }
 
     /// Two well-separated Gaussian blobs: the head must learn them, and
