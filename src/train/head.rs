@@ -192,7 +192,8 @@ mod tests {
             );
             let want = (2.0 / (1.0 - rate)) as f32;
             assert!(
-                out.iter().all(|&v| v == 0.0 || (v - want).abs() < 1e-3 * want),
+                out.iter()
+                    .all(|&v| v == 0.0 || (v - want).abs() < 1e-3 * want),
                 "rate {rate}"
             );
         }
