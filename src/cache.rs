@@ -167,7 +167,8 @@ impl FeatureCache {
     }
 
     /// Loads a finished stage; `Ok(None)` on a miss. A corrupt file (bad
-    /// header, truncated, wrong row count) is removed and reported as a miss
+    /// header, truncated, wrong row count, values that are not finite) is
+    /// removed and reported as a miss
     /// with the reason, so the stage is recomputed.
     pub fn get(&self, key: &str, rows: usize) -> Result<Option<Matrix>, String> {
         let path = self.path(key);
@@ -175,7 +176,14 @@ impl FeatureCache {
             return Ok(None);
         }
         match npy::read(&path) {
-            Ok(m) if m.rows == rows => Ok(Some(m)),
+            Ok(m) if m.rows == rows && m.data.iter().all(|v| v.is_finite()) => Ok(Some(m)),
+            Ok(m) if m.rows == rows => {
+                let _ = std::fs::remove_file(&path);
+                Err(format!(
+                    "{} holds NaN or infinite values (damaged on disk?); removed, recomputing",
+                    path.display()
+                ))
+            }
             Ok(m) => {
                 let _ = std::fs::remove_file(&path);
                 Err(format!(
@@ -278,6 +286,18 @@ mod tests {
         assert!(cache.get(key, 2).is_err());
         assert!(!cache.contains(key));
         assert_eq!(cache.get(key, 2).unwrap(), None);
+    }
+
+    #[test]
+    fn entry_with_nan_is_removed_and_reported_as_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FeatureCache::new(dir.path());
+        let key = "abcdef0124";
+        let m = Matrix::new(2, 3, vec![1.0, 2.0, f32::NAN, 4.0, 5.0, 6.0]);
+        cache.put(key, &m, &serde_json::json!({})).unwrap();
+        let why = cache.get(key, 2).unwrap_err();
+        assert!(why.contains("NaN"), "{why}");
+        assert!(!cache.contains(key));
     }
 
     #[test]

@@ -186,9 +186,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let cache = FeatureCache::new(cache_dir);
     match cli.command {
         Some(Command::Report { format }) => {
-            let mut df = report::load(&g.runs)?;
+            if g.runs.exists() && !g.runs.is_dir() {
+                bail!(
+                    "--runs {} is a file, not a folder of runs",
+                    g.runs.display()
+                );
+            }
+            let (mut df, warnings) = report::load(&g.runs)?;
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
             if df.height() == 0 {
-                eprintln!("no runs under {}", g.runs.display());
+                let why = if g.runs.exists() {
+                    ""
+                } else {
+                    " (no such folder; pass --runs DIR)"
+                };
+                eprintln!("no runs under {}{why}", g.runs.display());
             }
             print!("{}", report::render(&mut df, format)?);
             Ok(())
@@ -324,7 +338,20 @@ fn preflight(path: &Path) -> anyhow::Result<spec::Spec> {
             .with_context(|| format!("{}: backbone[{i}]", path.display()))?;
         }
     }
-    Dataset::load(&spec.data).with_context(|| format!("{}: [data]", path.display()))?;
+    let data = &spec.data;
+    for (key, given) in [
+        ("labels", data.labels.as_ref()),
+        ("train_dir", Some(&data.train_dir)),
+    ] {
+        if let Some(p) = given.filter(|p| !p.exists()) {
+            bail!(
+                "{}: [data] {key} = {} does not exist; set data.root to the folder holding labels.csv, train/ and test/ (or data.{key} itself); relative paths are relative to the spec file",
+                path.display(),
+                p.display()
+            );
+        }
+    }
+    Dataset::load(data).with_context(|| format!("{}: [data]", path.display()))?;
     Ok(spec)
 }
 

@@ -117,6 +117,17 @@ fn run_in(
         }
     ));
 
+    let unseen = data.classes_without_images();
+    if !unseen.is_empty() {
+        log.info(format!(
+            "warning: {} of {} classes have no training image ({}); their probabilities will stay near 0: check labels.csv against the sample submission's columns",
+            unseen.len(),
+            data.classes.len(),
+            unseen.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+                + if unseen.len() > 5 { ", ..." } else { "" }
+        ));
+    }
+
     // Folds before features: a bad fold count fails in seconds, not after
     // an hour of extraction.
     let folds = FoldPlan::new(&data.labels, spec.cv.folds, spec.cv.stratified, spec.seed);
@@ -153,6 +164,7 @@ fn run_in(
     let t = Instant::now();
     let preds = train_heads(spec, &data, &plan, &feats, &folds, device, log)?;
     dir.manifest.timings.heads_seconds = t.elapsed().as_secs_f64();
+    check_finite(&preds, &feats)?;
 
     let propagation = score_propagation(spec, &data, &folds, &preds);
     log.info(propagation_table(&propagation));
@@ -180,6 +192,36 @@ fn run_in(
         )?;
     }
     Ok(metrics)
+}
+
+/// No NaN or infinity reaches the scores or the submission: the run fails
+/// and says which input is to blame.
+fn check_finite(preds: &Predictions, feats: &features::Features) -> anyhow::Result<()> {
+    let finite = |m: &Matrix| m.data.iter().all(|v| v.is_finite());
+    if preds
+        .oof
+        .iter()
+        .chain(preds.test.iter().flatten())
+        .all(finite)
+    {
+        return Ok(());
+    }
+    let mut bad: Vec<&str> = feats
+        .by_key
+        .iter()
+        .filter(|(_, m)| !finite(m))
+        .map(|(key, _)| key.as_str())
+        .collect();
+    bad.sort();
+    if bad.is_empty() {
+        anyhow::bail!(
+            "the heads diverged (NaN or infinite predictions) on finite features: lower [head] lr"
+        );
+    }
+    anyhow::bail!(
+        "features of stage(s) {} contain NaN or infinite values: check the backbone weights (`runner inspect`), then delete those stages from the cache to recompute",
+        bad.join(", ")
+    )
 }
 
 fn train_heads(

@@ -36,7 +36,26 @@ struct Row {
     status: String,
 }
 
-fn read_row(dir: &Path) -> Row {
+/// Parses `dir/file` if it exists; a file that exists but does not parse is
+/// reported in `warnings` (the report still shows the run).
+fn read_file<T>(
+    dir: &Path,
+    file: &str,
+    parse: impl FnOnce(&[u8]) -> Result<T, String>,
+    warnings: &mut Vec<String>,
+) -> Option<T> {
+    let path = dir.join(file);
+    let bytes = std::fs::read(&path).ok()?;
+    parse(&bytes)
+        .map_err(|e| warnings.push(format!("{}: cannot parse ({e})", path.display())))
+        .ok()
+}
+
+fn json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+fn read_row(dir: &Path, warnings: &mut Vec<String>) -> Row {
     let mut row = Row {
         run: dir
             .file_name()
@@ -45,9 +64,15 @@ fn read_row(dir: &Path) -> Row {
             .into_owned(),
         ..Row::default()
     };
-    let spec: Option<Spec> = std::fs::read_to_string(dir.join("spec.toml"))
-        .ok()
-        .and_then(|t| toml::from_str(&t).ok());
+    let spec: Option<Spec> = read_file(
+        dir,
+        "spec.toml",
+        |b| {
+            let text = std::str::from_utf8(b).map_err(|e| e.to_string())?;
+            toml::from_str(text).map_err(|e| e.to_string())
+        },
+        warnings,
+    );
     if let Some(spec) = spec {
         row.name = Some(spec.name.clone());
         row.backbones = Some(
@@ -76,9 +101,7 @@ fn read_row(dir: &Path) -> Row {
         row.epochs = Some(spec.head.epochs as u32);
         row.optimizer = Some(format!("{:?}", spec.head.optimizer).to_lowercase());
     }
-    let manifest: Option<Manifest> = std::fs::read(dir.join("run.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let manifest: Option<Manifest> = read_file(dir, "run.json", json, warnings);
     row.status = match &manifest {
         Some(m) => match m.status {
             Status::Complete => "complete",
@@ -100,10 +123,15 @@ fn read_row(dir: &Path) -> Row {
             .to_string()
         });
     }
-    let metrics: Option<serde_json::Value> = std::fs::read(dir.join("metrics.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    if let Some(fin) = metrics.as_ref().and_then(|m| m.get("final")) {
+    let metrics: Option<serde_json::Value> = read_file(dir, "metrics.json", json, warnings);
+    let fin = metrics.as_ref().and_then(|m| m.get("final"));
+    if row.status == "complete" && fin.is_none() {
+        warnings.push(format!(
+            "{}: the run is complete but metrics.json has no final scores",
+            dir.display()
+        ));
+    }
+    if let Some(fin) = fin {
         let num = |k: &str| fin.get(k).and_then(serde_json::Value::as_f64);
         row.oof_log_loss = num("oof_log_loss");
         row.oof_accuracy = num("oof_accuracy");
@@ -114,9 +142,11 @@ fn read_row(dir: &Path) -> Row {
 }
 
 /// Loads every run directory under `runs_root` (folders holding `run.json`
-/// or `spec.toml`; the cache folder is skipped) into a DataFrame.
-pub fn load(runs_root: &Path) -> anyhow::Result<DataFrame> {
+/// or `spec.toml`; the cache folder is skipped) into a DataFrame, with a
+/// warning for every file of a run that exists but cannot be read.
+pub fn load(runs_root: &Path) -> anyhow::Result<(DataFrame, Vec<String>)> {
     let mut rows = Vec::new();
+    let mut warnings = Vec::new();
     if runs_root.is_dir() {
         for entry in std::fs::read_dir(runs_root)? {
             let path = entry?.path();
@@ -127,7 +157,7 @@ pub fn load(runs_root: &Path) -> anyhow::Result<DataFrame> {
                 && !hidden
                 && (path.join("run.json").exists() || path.join("spec.toml").exists())
             {
-                rows.push(read_row(&path));
+                rows.push(read_row(&path, &mut warnings));
             }
         }
     }
@@ -189,12 +219,13 @@ pub fn load(runs_root: &Path) -> anyhow::Result<DataFrame> {
             rows.iter().map(|r| r.status.clone()).collect::<Vec<_>>(),
         ),
     ])?;
-    Ok(df.sort(
+    let df = df.sort(
         ["oof_log_loss"],
         SortMultipleOptions::default()
             .with_nulls_last(true)
             .with_maintain_order(true),
-    )?)
+    )?;
+    Ok((df, warnings))
 }
 
 /// Renders the report in `format`.

@@ -91,7 +91,17 @@ impl RunDir {
     /// Creates a fresh run directory holding the resolved spec and a
     /// `running` manifest.
     pub fn create(runs_root: &Path, spec: &Spec) -> std::io::Result<RunDir> {
-        std::fs::create_dir_all(runs_root)?;
+        // The caller's message names the spec; this one names the folder.
+        let named = |e: std::io::Error, what: &Path| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create the run directory {}: {e} (check --runs)",
+                    what.display()
+                ),
+            )
+        };
+        std::fs::create_dir_all(runs_root).map_err(|e| named(e, runs_root))?;
         let now = now_secs();
         let base = format!(
             "{}-{}-{}",
@@ -103,8 +113,8 @@ impl RunDir {
         let mut n = 2;
         // Two runs of one spec in the same second get distinct folders.
         while let Err(e) = std::fs::create_dir(&path) {
-            if e.kind() != std::io::ErrorKind::AlreadyExists {
-                return Err(e);
+            if e.kind() != std::io::ErrorKind::AlreadyExists || !runs_root.is_dir() {
+                return Err(named(e, &path));
             }
             path = runs_root.join(format!("{base}.{n}"));
             n += 1;

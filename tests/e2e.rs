@@ -470,3 +470,113 @@ epochs = 5
     assert_eq!(runs.len(), 1);
     assert!(runs[0].join("submission.csv").is_file());
 }
+
+/// Rewrites one CSV of the dataset line by line.
+fn edit_lines(path: &Path, edit: impl Fn(usize, &str) -> Option<String>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .enumerate()
+        .filter_map(|(i, l)| edit(i, l))
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn labels_without_a_header_are_refused_not_shortened() {
+    let (code, err) = run_edited(2, |data, _| {
+        edit_lines(&data.join("labels.csv"), |i, l| (i > 0).then(|| l.into()));
+    });
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("labels.csv line 1") && err.contains("add a header line"),
+        "{err}"
+    );
+}
+
+#[test]
+fn labels_with_a_third_column_are_refused() {
+    let (code, err) = run_edited(2, |data, _| {
+        edit_lines(&data.join("labels.csv"), |i, l| {
+            let (id, label) = l.split_once(',').unwrap();
+            Some(if i == 0 {
+                format!("{id},split,{label}")
+            } else {
+                format!("{id},val,{label}")
+            })
+        });
+    });
+    assert_eq!(code, Some(1));
+    assert!(err.contains("expected 2") && err.contains("split"), "{err}");
+}
+
+#[test]
+fn a_test_id_labelled_twice_is_refused() {
+    let (code, err) = run_edited(2, |data, _| {
+        let path = data.join("test_labels.csv");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (id, _) = text.lines().nth(1).unwrap().split_once(',').unwrap();
+        std::fs::write(&path, format!("{text}{id},samoyed\n")).unwrap();
+    });
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("test_labels.csv") && err.contains("appears twice"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_sample_submission_class_without_training_images_is_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    woof_subset(&dir.join("data"), 2, 3, 1);
+    write_spec(dir, "unseen", 2, 0.5);
+    edit_lines(&dir.join("data/sample_submission.csv"), |i, l| {
+        Some(format!("{l},{}", if i == 0 { "pug" } else { "0.3" }))
+    });
+    let out = runner(dir, &["--quiet", "unseen.toml"]);
+    let log = stderr(&out) + &stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("warning: 1 of 3 classes have no training image (pug)"),
+        "{log}"
+    );
+}
+
+/// A JPEG whose frame header claims 65,500 x 65,500 pixels (a few hundred
+/// bytes on disk, 12.9 GB decoded).
+fn claim_huge_dimensions(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let sof = (0..bytes.len() - 9)
+        .find(|&i| bytes[i] == 0xFF && matches!(bytes[i + 1], 0xC0..=0xC2))
+        .expect("a JPEG frame header");
+    // Marker, length (2), precision (1), height (2), width (2).
+    bytes[sof + 5..sof + 9].copy_from_slice(&[0xFF, 0xDC, 0xFF, 0xDC]);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn an_image_claiming_huge_dimensions_fails_the_run_with_its_name() {
+    let (name, err, run, _tmp) = run_with_damaged_image(claim_huge_dimensions);
+    assert!(
+        err.contains(&name) && err.contains("65500 x 65500"),
+        "{err}"
+    );
+    assert_eq!(json(&run.unwrap().join("run.json"))["status"], "failed");
+}
+
+#[test]
+fn report_warns_about_a_run_file_it_cannot_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("runs/20260101T000000Z-x-00000000");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("run.json"), "{not json").unwrap();
+    let out = runner(tmp.path(), &["--runs", "runs", "report"]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning:") && err.contains("run.json: cannot parse"),
+        "{err}"
+    );
+    assert!(stdout(&out).contains("unreadable"));
+}

@@ -39,6 +39,31 @@ pub enum ImageError {
         #[source]
         source: image::ImageError,
     },
+    #[error("image {path} is {width} x {height} pixels; runner decodes images of up to {} megapixels: resize it first (a header claiming this much is often a damaged file)", MAX_PIXELS / 1_000_000)]
+    TooLarge {
+        path: String,
+        width: u32,
+        height: u32,
+    },
+}
+
+/// Most pixels one image may have (750 MB as RGB). The decoders allocate
+/// the whole picture up front, and with one image per decoding thread an
+/// absurd header (65,500 x 65,500 in 600 bytes) would abort the process
+/// instead of failing the run with the file's name. Phone cameras' largest
+/// photos are ~200 megapixels.
+pub const MAX_PIXELS: u64 = 250_000_000;
+
+/// Why an image did not decode.
+enum Failure {
+    TooLarge(u32, u32),
+    Image(image::ImageError),
+}
+
+impl From<image::ImageError> for Failure {
+    fn from(e: image::ImageError) -> Failure {
+        Failure::Image(e)
+    }
 }
 
 /// Decodes a JPEG or PNG of any colour type into RGB, applying the EXIF
@@ -48,17 +73,28 @@ pub fn decode_rgb(path: &Path) -> Result<RgbImage, ImageError> {
         path: path.display().to_string(),
         source,
     })?;
-    decode_rgb_bytes(&bytes).map_err(|source| ImageError::Decode {
-        path: path.display().to_string(),
-        source,
+    let path = path.display().to_string();
+    decode_rgb_bytes(&bytes).map_err(|failure| match failure {
+        Failure::TooLarge(width, height) => ImageError::TooLarge {
+            path,
+            width,
+            height,
+        },
+        Failure::Image(source) => ImageError::Decode { path, source },
     })
 }
 
-/// Decodes an in-memory JPEG or PNG into RGB.
-pub fn decode_rgb_bytes(bytes: &[u8]) -> Result<RgbImage, image::ImageError> {
+/// Decodes an in-memory JPEG or PNG into RGB, refusing more than
+/// [`MAX_PIXELS`] before anything is allocated.
+fn decode_rgb_bytes(bytes: &[u8]) -> Result<RgbImage, Failure> {
     let mut decoder = ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()?
+        .with_guessed_format()
+        .map_err(image::ImageError::IoError)?
         .into_decoder()?;
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > MAX_PIXELS {
+        return Err(Failure::TooLarge(width, height));
+    }
     let orientation = decoder.orientation()?;
     let mut img = image::DynamicImage::from_decoder(decoder)?;
     img.apply_orientation(orientation);

@@ -56,23 +56,40 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
     }
 }
 
-/// Reads an `id,label` CSV (header row first, names free) into pairs.
-fn read_id_label_csv(path: &Path) -> Result<Vec<(String, String)>, DataError> {
+/// An `id,label` CSV: its header and its rows, in file order.
+struct IdLabelCsv {
+    header: Vec<String>,
+    rows: Vec<(String, String)>,
+}
+
+/// Reads an `id,label` CSV (header row first, names free). Exactly two
+/// columns: with more, which one holds the label would be a guess.
+fn read_id_label_csv(path: &Path) -> Result<IdLabelCsv, DataError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_path(path)
         .map_err(|e| csv_err(path, e))?;
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| csv_err(path, e))?
+        .iter()
+        .map(|h| h.trim().to_string())
+        .collect();
+    if header.len() != 2 {
+        return Err(DataError::Csv {
+            path: path.display().to_string(),
+            line: 1,
+            problem: format!(
+                "the header has {} column(s) ({}); expected 2, `id,label`: keep only the id and label columns",
+                header.len(),
+                header.join(", ")
+            ),
+        });
+    }
     let mut rows = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| csv_err(path, e))?;
         let line = record.position().map_or(0, |p| p.line());
-        if record.len() < 2 {
-            return Err(DataError::Csv {
-                path: path.display().to_string(),
-                line,
-                problem: format!("expected `id,label`, found {} column(s)", record.len()),
-            });
-        }
         let (id, label) = (record[0].trim(), record[1].trim());
         if id.is_empty() || label.is_empty() {
             return Err(DataError::Csv {
@@ -83,21 +100,55 @@ fn read_id_label_csv(path: &Path) -> Result<Vec<(String, String)>, DataError> {
         }
         rows.push((id.to_string(), label.to_string()));
     }
-    Ok(rows)
+    Ok(IdLabelCsv { header, rows })
+}
+
+/// An `id,label` file whose header row names an existing image was written
+/// without a header: its first row would silently be lost.
+fn check_header_is_not_data(
+    path: &Path,
+    header: &[String],
+    image_dir: &Path,
+    ext: &str,
+) -> Result<(), DataError> {
+    let image = image_dir.join(format!("{}.{ext}", header[0]));
+    if image.is_file() {
+        return Err(DataError::Csv {
+            path: path.display().to_string(),
+            line: 1,
+            problem: format!(
+                "the first line `{}` looks like a row, not a header ({} exists): add a header line such as `id,label` first",
+                header.join(","),
+                image.display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn csv_err(path: &Path, e: csv::Error) -> DataError {
     let line = e.position().map_or(0, |p| p.line());
-    match e.into_kind() {
-        csv::ErrorKind::Io(source) => DataError::Io {
-            path: path.display().to_string(),
-            source,
-        },
-        kind => DataError::Csv {
-            path: path.display().to_string(),
-            line,
-            problem: format!("{kind:?}"),
-        },
+    let problem = match e.into_kind() {
+        csv::ErrorKind::Io(source) => {
+            return DataError::Io {
+                path: path.display().to_string(),
+                source,
+            }
+        }
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!(
+            "{len} field(s) where the header has {expected_len}: every row needs one value per header column (check for stray commas or missing values)"
+        ),
+        csv::ErrorKind::Utf8 { .. } => {
+            "is not valid UTF-8: save the file as UTF-8".to_string()
+        }
+        kind => format!("cannot parse as CSV ({kind:?})"),
+    };
+    DataError::Csv {
+        path: path.display().to_string(),
+        line,
+        problem,
     }
 }
 
@@ -170,6 +221,19 @@ fn class_index(classes: &[String]) -> HashMap<&str, usize> {
 }
 
 impl Dataset {
+    /// Classes (columns of the sample submission) with no training image:
+    /// a head can never learn them, so their probabilities stay near 0.
+    pub fn classes_without_images(&self) -> Vec<&str> {
+        let mut seen = vec![false; self.classes.len()];
+        self.labels.iter().for_each(|&l| seen[l] = true);
+        self.classes
+            .iter()
+            .zip(seen)
+            .filter(|(_, seen)| !seen)
+            .map(|(c, _)| c.as_str())
+            .collect()
+    }
+
     /// Loads and checks a dataset: every listed image must exist, every label
     /// must be a known class.
     pub fn load(spec: &DataSpec) -> Result<Dataset, DataError> {
@@ -177,7 +241,14 @@ impl Dataset {
         let (train, train_label_names): (Vec<Item>, Vec<String>) = match spec.layout {
             Layout::Kaggle => {
                 let labels_path = spec.labels.as_deref().expect("kaggle layout has labels");
-                read_id_label_csv(labels_path)?
+                let csv = read_id_label_csv(labels_path)?;
+                check_header_is_not_data(
+                    labels_path,
+                    &csv.header,
+                    &spec.train_dir,
+                    &spec.image_ext,
+                )?;
+                csv.rows
                     .into_iter()
                     .map(|(id, label)| {
                         let path = spec.train_dir.join(format!("{id}.{}", spec.image_ext));
@@ -268,6 +339,16 @@ impl Dataset {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let trained: BTreeSet<usize> = labels.iter().copied().collect();
+        if trained.len() < 2 {
+            return Err(DataError::Invalid {
+                path: train_source.display().to_string(),
+                problem: format!(
+                    "has training images of {} class(es); a classifier needs at least 2",
+                    trained.len()
+                ),
+            });
+        }
 
         let test = match (&sample, &spec.test_dir) {
             (Some((_, ids)), Some(dir)) => ids
@@ -316,7 +397,17 @@ impl Dataset {
 
         let test_labels = match &spec.test_labels {
             Some(path) if !test.is_empty() => {
-                let key: HashMap<String, String> = read_id_label_csv(path)?.into_iter().collect();
+                let csv = read_id_label_csv(path)?;
+                if let Some(dir) = &spec.test_dir {
+                    check_header_is_not_data(path, &csv.header, dir, &spec.image_ext)?;
+                }
+                if let Some(id) = first_duplicate(csv.rows.iter().map(|(id, _)| id.as_str())) {
+                    return Err(DataError::Invalid {
+                        path: path.display().to_string(),
+                        problem: format!("test id {id:?} appears twice: keep one label per id"),
+                    });
+                }
+                let key: HashMap<String, String> = csv.rows.into_iter().collect();
                 let labels = test
                     .iter()
                     .map(|item| {
