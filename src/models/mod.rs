@@ -121,7 +121,7 @@ pub trait Backbone: Send + Sync {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot load {arch} weights from {path}")]
+    #[error("cannot load {arch} weights from {path} (safetensors, Keras .h5 or PyTorch .pth expected; an ONNX graph needs arch = \"onnx\"; `runner inspect {path}` says what the file holds)")]
     Load {
         arch: &'static str,
         path: String,
