@@ -117,7 +117,14 @@ impl Resolver<'_> {
         if seen.len() != views.len() {
             return Err(self.invalid(
                 "views",
-                format!("= {views:?} lists a view twice"),
+                format!(
+                    "= [{}] lists a view twice",
+                    views
+                        .iter()
+                        .map(|v| format!("\"{}\"", v.name()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 "list each of \"original\", \"hflip\" at most once",
             ));
         }
