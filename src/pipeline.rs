@@ -149,6 +149,27 @@ fn run_in(
         );
     }
 
+    if spec.cv.folds > 1 {
+        let mut counts = vec![0usize; data.classes.len()];
+        data.labels.iter().for_each(|&l| counts[l] += 1);
+        let small: Vec<String> = data
+            .classes
+            .iter()
+            .zip(&counts)
+            .filter(|(_, &n)| n > 0 && n < spec.cv.folds)
+            .map(|(c, n)| format!("{c} ({n})"))
+            .collect();
+        if !small.is_empty() {
+            log.info(format!(
+                "warning: {} class(es) have fewer training images than cv.folds = {}: {}{}; their out-of-fold scores are noisy, and an image alone in its class is scored by a head that never saw the class",
+                small.len(),
+                spec.cv.folds,
+                small.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                if small.len() > 5 { ", ..." } else { "" }
+            ));
+        }
+    }
+
     let t = Instant::now();
     let plan = Plan::new(spec, &data, Some(cache))?;
     dir.manifest.timings.hash_seconds = t.elapsed().as_secs_f64();
