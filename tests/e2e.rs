@@ -580,3 +580,14 @@ fn report_warns_about_a_run_file_it_cannot_read() {
     );
     assert!(stdout(&out).contains("unreadable"));
 }
+
+#[test]
+fn classes_smaller_than_the_fold_count_are_warned_about() {
+    // 3 training images per class, 5 folds.
+    let (code, err) = run_edited(5, |_, _| {});
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("warning: 2 class(es) have fewer training images than cv.folds = 5"),
+        "{err}"
+    );
+}
