@@ -16,7 +16,7 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::cache::FeatureCache;
-use crate::data::image::{decode_rgb, resize, ImageError, RgbImage};
+use crate::data::image::{decode_rgb, jpeg_looks_truncated, resize, ImageError, RgbImage};
 use crate::data::{Dataset, Item};
 use crate::log::Log;
 use crate::models::{self, Backbone, ModelError};
@@ -299,6 +299,8 @@ fn split_items(data: &Dataset, split: Split) -> &[Item] {
 struct Prepared {
     images: HashMap<(usize, Resize), Vec<RgbImage>>,
     seconds: f64,
+    /// Images that decoded but look damaged, to warn about.
+    suspicious: Vec<String>,
 }
 
 /// Images per forward pass: `[extract] batch_size`, else 16 on the CPU
@@ -333,14 +335,15 @@ fn prepare(
     pool: Option<&rayon::ThreadPool>,
 ) -> Result<Prepared, FeatureError> {
     let started = Instant::now();
-    let one = |item: &Item| -> Result<Vec<RgbImage>, FeatureError> {
+    let one = |item: &Item| -> Result<(Vec<RgbImage>, bool), FeatureError> {
         let img = decode_rgb(&item.path)?;
-        Ok(sizes
+        let resized = sizes
             .iter()
             .map(|&(size, filter)| resize(&img, size, size, filter))
-            .collect())
+            .collect();
+        Ok((resized, jpeg_looks_truncated(&item.path)))
     };
-    let per_image: Vec<Vec<RgbImage>> = match pool {
+    let per_image: Vec<(Vec<RgbImage>, bool)> = match pool {
         Some(pool) => pool.install(|| chunk.par_iter().map(one).collect::<Result<_, _>>())?,
         None => chunk.iter().map(one).collect::<Result<_, _>>()?,
     };
@@ -348,14 +351,19 @@ fn prepare(
         .iter()
         .map(|&k| (k, Vec::with_capacity(chunk.len())))
         .collect();
-    for resized in per_image {
+    let mut suspicious = Vec::new();
+    for (item, (resized, truncated)) in chunk.iter().zip(per_image) {
         for (&key, img) in sizes.iter().zip(resized) {
             images.get_mut(&key).expect("one entry per size").push(img);
+        }
+        if truncated {
+            suspicious.push(item.path.display().to_string());
         }
     }
     Ok(Prepared {
         images,
         seconds: started.elapsed().as_secs_f64(),
+        suspicious,
     })
 }
 
@@ -476,6 +484,11 @@ fn extract_split(
                 .recv()
                 .expect("the decoder sends every chunk or an error")?;
             out.decode_seconds += prepared.seconds;
+            for path in &prepared.suspicious {
+                log.info(format!(
+                    "warning: {path} has no JPEG end marker (truncated?); decoded anyway, with what is missing filled in: replace it and rerun"
+                ));
+            }
             let resized = prepared.images;
             let started = Instant::now();
             let uploaded: HashMap<(usize, Resize), Tensor> = if device.is_cpu() {

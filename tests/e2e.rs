@@ -591,3 +591,25 @@ fn classes_smaller_than_the_fold_count_are_warned_about() {
         "{err}"
     );
 }
+
+#[test]
+fn a_truncated_jpeg_is_warned_about_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    woof_subset(&dir.join("data"), 2, 3, 1);
+    let mut train: Vec<PathBuf> = std::fs::read_dir(dir.join("data/train"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    train.sort();
+    let bytes = std::fs::read(&train[0]).unwrap();
+    std::fs::write(&train[0], &bytes[..bytes.len() / 2]).unwrap();
+    write_spec(dir, "truncated", 2, 0.5);
+    let out = runner(dir, &["--quiet", "truncated.toml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let name = train[0].file_name().unwrap().to_string_lossy().into_owned();
+    let warning = err.lines().find(|l| l.contains("no JPEG end marker"));
+    assert!(warning.is_some_and(|w| w.contains(&name)), "{err}");
+    assert_eq!(err.matches("no JPEG end marker").count(), 1, "{err}");
+}

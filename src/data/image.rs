@@ -106,6 +106,33 @@ fn decode_rgb_bytes(bytes: &[u8]) -> Result<RgbImage, Failure> {
     })
 }
 
+/// Whether the JPEG at `path` looks cut short: its last bytes (trailing
+/// padding aside) are not the end-of-image marker. The decoder fills what a
+/// truncated file lacks with grey instead of failing, so this is the only
+/// sign that the features come from half a picture. `false` for anything
+/// that is not a JPEG. A few cameras append data after the marker, so this
+/// is a warning, not an error.
+pub fn jpeg_looks_truncated(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut head = [0u8; 2];
+    if f.read_exact(&mut head).is_err() || head != [0xFF, 0xD8] {
+        return false;
+    }
+    let mut tail = Vec::with_capacity(64);
+    let back = f.seek(SeekFrom::End(0)).unwrap_or(0).min(64);
+    if f.seek(SeekFrom::End(-(back as i64))).is_err() || f.read_to_end(&mut tail).is_err() {
+        return false;
+    }
+    let end = tail
+        .iter()
+        .rposition(|&b| !matches!(b, 0x00 | b'\r' | b'\n' | b' '))
+        .map_or(0, |i| i + 1);
+    !tail[..end].ends_with(&[0xFF, 0xD9])
+}
+
 /// Pillow's fixed-point precision for 8-bit resampling.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
