@@ -288,28 +288,9 @@ impl PackedA {
         k: usize,
     ) -> Result<Self, KernelError> {
         check("A", a.data.len(), m, k, a.ld)?;
-        let (mr, kc) = (kern.mr, tuning().kc.unwrap_or(kern.kc).max(1));
-        let m_pad = m.div_ceil(mr) * mr;
-        // Written in storage order (k slice, panel, p, row): sequential
-        // stores, mr read streams, no zero-fill pass.
-        let mut data = Vec::with_capacity(m_pad * k);
-        for s0 in (0..k).step_by(kc) {
-            let kb = kc.min(k - s0);
-            for i0 in (0..m).step_by(mr) {
-                let rows = mr.min(m - i0);
-                for p in s0..s0 + kb {
-                    data.extend((i0..i0 + rows).map(|i| a.data[i * a.ld + p]));
-                    data.extend(std::iter::repeat_n(0.0, mr - rows));
-                }
-            }
-        }
-        Ok(Self {
-            kern,
-            m,
-            k,
-            kc,
-            data,
-        })
+        Ok(Self::pack(kern, m, k, |p, rows, out| {
+            out.extend(rows.map(|i| a.data[i * a.ld + p]));
+        }))
     }
 
     /// Packs the `m x k` matrix `A` given as its transpose `at` (`k x m`,
@@ -324,6 +305,21 @@ impl PackedA {
         k: usize,
     ) -> Result<Self, KernelError> {
         check("A^T", at.data.len(), k, m, at.ld)?;
+        Ok(Self::pack(kern, m, k, |p, rows, out| {
+            out.extend_from_slice(&at.data[p * at.ld + rows.start..p * at.ld + rows.end]);
+        }))
+    }
+
+    /// Writes the panels in storage order (k slice, panel, p, row):
+    /// sequential stores and no zero-fill pass. `column(p, rows, out)`
+    /// appends `A[i][p]` for `i` in `rows` (at most `mr` of them); the
+    /// panel's padding rows are zeroed here.
+    fn pack(
+        kern: &'static MicroKernel,
+        m: usize,
+        k: usize,
+        mut column: impl FnMut(usize, std::ops::Range<usize>, &mut Vec<f32>),
+    ) -> Self {
         let (mr, kc) = (kern.mr, tuning().kc.unwrap_or(kern.kc).max(1));
         let m_pad = m.div_ceil(mr) * mr;
         let mut data = Vec::with_capacity(m_pad * k);
@@ -332,18 +328,18 @@ impl PackedA {
             for i0 in (0..m).step_by(mr) {
                 let rows = mr.min(m - i0);
                 for p in s0..s0 + kb {
-                    data.extend_from_slice(&at.data[p * at.ld + i0..][..rows]);
+                    column(p, i0..i0 + rows, &mut data);
                     data.extend(std::iter::repeat_n(0.0, mr - rows));
                 }
             }
         }
-        Ok(Self {
+        Self {
             kern,
             m,
             k,
             kc,
             data,
-        })
+        }
     }
 
     /// With the best kernel for this CPU.
