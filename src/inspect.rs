@@ -129,7 +129,12 @@ fn guess_arch(names: &[&str]) -> Option<(Arch, &'static str)> {
 
 fn inspect_checkpoint(path: &Path, all: bool) -> anyhow::Result<String> {
     let (format, mut tensors) = match safetensors_header(path) {
-        Some(t) => ("safetensors", t),
+        Some((t, Some(missing))) => anyhow::bail!(
+            "{}: a safetensors file cut short: its header lists {} tensor(s) whose data needs {missing} more bytes than the file holds; download or copy it again",
+            path.display(),
+            t.len()
+        ),
+        Some((t, None)) => ("safetensors", t),
         None => {
             // Other containers go through the loader the backbones use.
             let w = models::layers::Weights::read("the", path)
@@ -185,9 +190,14 @@ fn inspect_checkpoint(path: &Path, all: bool) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// A safetensors header's tensors and, if the file is shorter than the
+/// data the header describes, how many bytes are missing.
+type SafetensorsHeader = (Vec<(String, Vec<usize>, String)>, Option<u64>);
+
 /// `(name, dims, dtype)` from a safetensors header (8-byte length, JSON),
-/// without reading the tensor data; `None` if `path` is not safetensors.
-fn safetensors_header(path: &Path) -> Option<Vec<(String, Vec<usize>, String)>> {
+/// without reading the tensor data, and whether the file holds all the
+/// data the header describes; `None` if `path` is not safetensors.
+fn safetensors_header(path: &Path) -> Option<SafetensorsHeader> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).ok()?;
     let mut len = [0u8; 8];
@@ -199,22 +209,66 @@ fn safetensors_header(path: &Path) -> Option<Vec<(String, Vec<usize>, String)>> 
     let mut header = vec![0u8; len as usize];
     f.read_exact(&mut header).ok()?;
     let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header).ok()?;
-    Some(
-        json.into_iter()
-            .filter(|(name, _)| name != "__metadata__")
-            .map(|(name, v)| {
-                let dims = v["shape"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|d| d.as_u64())
-                            .map(|d| d as usize)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let dtype = v["dtype"].as_str().unwrap_or("?").to_lowercase();
-                (name, dims, dtype)
-            })
-            .collect(),
-    )
+    let data_end = json
+        .values()
+        .filter_map(|v| v["data_offsets"].as_array()?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    let file_len = f.metadata().ok()?.len();
+    let missing = (8 + len + data_end)
+        .checked_sub(file_len)
+        .filter(|&m| m > 0);
+    let tensors = json
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .map(|(name, v)| {
+            let dims = v["shape"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|d| d.as_u64())
+                        .map(|d| d as usize)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let dtype = v["dtype"].as_str().unwrap_or("?").to_lowercase();
+            (name, dims, dtype)
+        })
+        .collect();
+    Some((tensors, missing))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared_model(file: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/models")
+            .join(file)
+    }
+
+    #[test]
+    fn names_the_architecture_of_a_weights_file() {
+        let out = inspect(
+            &shared_model("efficientnet_lite0_imagenet.safetensors"),
+            false,
+            None,
+        );
+        let out = out.unwrap();
+        assert!(out.contains("arch = \"efficientnet_lite0\""), "{out}");
+    }
+
+    #[test]
+    fn a_truncated_safetensors_file_is_an_error_not_a_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let cut = dir.path().join("cut.safetensors");
+        let bytes = std::fs::read(shared_model("efficientnet_lite0_imagenet.safetensors")).unwrap();
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let err = inspect(&cut, false, None).unwrap_err().to_string();
+        assert!(
+            err.contains("cut short") && err.contains("cut.safetensors"),
+            "{err}"
+        );
+    }
 }

@@ -369,6 +369,17 @@ impl Dataset {
                 problem: format!("test id {id:?} appears twice"),
             });
         }
+        if let (Some(path), Some((_, ids)), Some(_)) =
+            (&spec.sample_submission, &sample, &spec.test_dir)
+        {
+            if ids.is_empty() {
+                return Err(DataError::Invalid {
+                    path: path.display().to_string(),
+                    problem: "has a header but no rows: it must list every test id, one per row"
+                        .into(),
+                });
+            }
+        }
         // Files that only make sense with test images must not be ignored.
         if test.is_empty() {
             for (key, path) in [
