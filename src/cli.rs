@@ -165,6 +165,13 @@ fn init_threads(threads: Option<usize>) -> anyhow::Result<usize> {
         })
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
+    // The work is CPU-bound: far more threads than cores only costs memory
+    // and start-up time (5,000 took over 30 s to start doing anything).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let most = (4 * cores).max(64);
+    if n > most {
+        bail!("--threads {n} (or RAYON_NUM_THREADS) is far more than the {cores} cores here: use at most {most}");
+    }
     // SAFETY: main thread, before any other thread exists.
     unsafe_set_env("RAYON_NUM_THREADS", &n.to_string());
     unsafe_set_env("CANDLE_NUM_THREADS", "1");
