@@ -49,6 +49,15 @@ pub enum FeatureError {
         #[source]
         source: Box<candle_core::Error>,
     },
+    #[error("{arch} ran out of device memory on a batch of {batch} images ({first}..{last}): set [extract] batch_size lower, e.g. {}", (batch / 2).max(1))]
+    OutOfMemory {
+        arch: &'static str,
+        batch: usize,
+        first: String,
+        last: String,
+        #[source]
+        source: Box<candle_core::Error>,
+    },
     #[error("cannot write to the feature cache {path}")]
     CacheWrite {
         path: String,
@@ -327,6 +336,15 @@ pub fn decode_threads(spec: &Spec, device: &Device) -> usize {
     })
 }
 
+/// Whether a backbone failed for want of device memory (the CUDA driver's
+/// and cuBLAS's words for it; candle passes them through as text).
+fn is_out_of_memory(e: &candle_core::Error) -> bool {
+    let text = format!("{e:?}");
+    ["OUT_OF_MEMORY", "ALLOC_FAILED", "out of memory"]
+        .iter()
+        .any(|needle| text.contains(needle))
+}
+
 /// Decodes `chunk` and resizes it to `sizes`: on the decoder thread alone,
 /// or spread over `pool` (images in their order either way).
 fn prepare(
@@ -514,12 +532,26 @@ fn extract_split(
             // queued while the host prepares more.
             let mut parts: Vec<Vec<Tensor>> = todo.iter().map(|_| Vec::new()).collect();
             let forward_error = |arch: &'static str, first: usize, last: usize| {
+                let batch = last - first;
                 let (first, last) = (chunk[first].id.clone(), chunk[last - 1].id.clone());
-                move |source| FeatureError::Forward {
-                    arch,
-                    first,
-                    last,
-                    source: Box::new(source),
+                move |source: candle_core::Error| {
+                    let source = Box::new(source);
+                    if is_out_of_memory(&source) {
+                        FeatureError::OutOfMemory {
+                            arch,
+                            batch,
+                            first,
+                            last,
+                            source,
+                        }
+                    } else {
+                        FeatureError::Forward {
+                            arch,
+                            first,
+                            last,
+                            source,
+                        }
+                    }
                 }
             };
             for first in (0..chunk.len()).step_by(batch_size) {
@@ -603,6 +635,17 @@ fn extract_split(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_out_of_memory_is_recognised_from_the_drivers_words() {
+        let oom = candle_core::Error::Msg(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        );
+        assert!(is_out_of_memory(&oom));
+        assert!(!is_out_of_memory(&candle_core::Error::Msg(
+            "shape mismatch".into()
+        )));
+    }
 
     /// The woof-dev training photos, sorted by name.
     fn woof_train_photos() -> Vec<std::path::PathBuf> {
