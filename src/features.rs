@@ -16,7 +16,7 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::cache::FeatureCache;
-use crate::data::image::{decode_rgb, jpeg_looks_truncated, resize, ImageError, RgbImage};
+use crate::data::image::{decode_file, resize, ImageError, RgbImage};
 use crate::data::{Dataset, Item};
 use crate::log::Log;
 use crate::models::{self, Backbone, ModelError};
@@ -354,12 +354,12 @@ fn prepare(
 ) -> Result<Prepared, FeatureError> {
     let started = Instant::now();
     let one = |item: &Item| -> Result<(Vec<RgbImage>, bool), FeatureError> {
-        let img = decode_rgb(&item.path)?;
+        let decoded = decode_file(&item.path)?;
         let resized = sizes
             .iter()
-            .map(|&(size, filter)| resize(&img, size, size, filter))
+            .map(|&(size, filter)| resize(&decoded.image, size, size, filter))
             .collect();
-        Ok((resized, jpeg_looks_truncated(&item.path)))
+        Ok((resized, decoded.truncated))
     };
     let per_image: Vec<(Vec<RgbImage>, bool)> = match pool {
         Some(pool) => pool.install(|| chunk.par_iter().map(one).collect::<Result<_, _>>())?,
@@ -694,7 +694,14 @@ mod tests {
         let paths = woof_train_photos();
         let images: Vec<RgbImage> = paths[..3]
             .iter()
-            .map(|p| resize(&decode_rgb(p).unwrap(), 40, 40, Resize::Box))
+            .map(|p| {
+                resize(
+                    &crate::data::image::decode_rgb(p).unwrap(),
+                    40,
+                    40,
+                    Resize::Box,
+                )
+            })
             .collect();
         let refs: Vec<&RgbImage> = images.iter().collect();
         let uploaded = upload_images(&images, &Device::Cpu).unwrap();

@@ -69,18 +69,35 @@ impl From<image::ImageError> for Failure {
 /// Decodes a JPEG or PNG of any colour type into RGB, applying the EXIF
 /// orientation (as `cv2.imread` does).
 pub fn decode_rgb(path: &Path) -> Result<RgbImage, ImageError> {
+    decode_file(path).map(|d| d.image)
+}
+
+/// A decoded image and what its bytes say about the file.
+pub struct Decoded {
+    pub image: RgbImage,
+    /// A JPEG without its end-of-image marker ([`jpeg_looks_truncated`]).
+    pub truncated: bool,
+}
+
+/// [`decode_rgb`], also telling whether the file looks cut short (from the
+/// bytes already read: no second read of the file).
+pub fn decode_file(path: &Path) -> Result<Decoded, ImageError> {
     let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
         path: path.display().to_string(),
         source,
     })?;
     let path = path.display().to_string();
-    decode_rgb_bytes(&bytes).map_err(|failure| match failure {
+    let image = decode_rgb_bytes(&bytes).map_err(|failure| match failure {
         Failure::TooLarge(width, height) => ImageError::TooLarge {
             path,
             width,
             height,
         },
         Failure::Image(source) => ImageError::Decode { path, source },
+    })?;
+    Ok(Decoded {
+        image,
+        truncated: jpeg_looks_truncated(&bytes),
     })
 }
 
@@ -106,31 +123,21 @@ fn decode_rgb_bytes(bytes: &[u8]) -> Result<RgbImage, Failure> {
     })
 }
 
-/// Whether the JPEG at `path` looks cut short: its last bytes (trailing
+/// Whether a JPEG file's bytes look cut short: its last bytes (trailing
 /// padding aside) are not the end-of-image marker. The decoder fills what a
 /// truncated file lacks with grey instead of failing, so this is the only
 /// sign that the features come from half a picture. `false` for anything
 /// that is not a JPEG. A few cameras append data after the marker, so this
 /// is a warning, not an error.
-pub fn jpeg_looks_truncated(path: &Path) -> bool {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut head = [0u8; 2];
-    if f.read_exact(&mut head).is_err() || head != [0xFF, 0xD8] {
+fn jpeg_looks_truncated(bytes: &[u8]) -> bool {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
         return false;
     }
-    let mut tail = Vec::with_capacity(64);
-    let back = f.seek(SeekFrom::End(0)).unwrap_or(0).min(64);
-    if f.seek(SeekFrom::End(-(back as i64))).is_err() || f.read_to_end(&mut tail).is_err() {
-        return false;
-    }
-    let end = tail
+    let end = bytes
         .iter()
         .rposition(|&b| !matches!(b, 0x00 | b'\r' | b'\n' | b' '))
         .map_or(0, |i| i + 1);
-    !tail[..end].ends_with(&[0xFF, 0xD9])
+    !bytes[..end].ends_with(&[0xFF, 0xD9])
 }
 
 /// Pillow's fixed-point precision for 8-bit resampling.
