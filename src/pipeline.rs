@@ -117,16 +117,7 @@ fn run_in(
         }
     ));
 
-    let unseen = data.classes_without_images();
-    if !unseen.is_empty() {
-        log.info(format!(
-            "warning: {} of {} classes have no training image ({}); their probabilities will stay near 0: check labels.csv against the sample submission's columns",
-            unseen.len(),
-            data.classes.len(),
-            unseen.iter().take(5).copied().collect::<Vec<_>>().join(", ")
-                + if unseen.len() > 5 { ", ..." } else { "" }
-        ));
-    }
+    warn_about_class_sizes(spec, &data, log);
 
     // Folds before features: a bad fold count fails in seconds, not after
     // an hour of extraction.
@@ -147,27 +138,6 @@ fn run_in(
             f + 1,
             data.train.len()
         );
-    }
-
-    if spec.cv.folds > 1 {
-        let mut counts = vec![0usize; data.classes.len()];
-        data.labels.iter().for_each(|&l| counts[l] += 1);
-        let small: Vec<String> = data
-            .classes
-            .iter()
-            .zip(&counts)
-            .filter(|(_, &n)| n > 0 && n < spec.cv.folds)
-            .map(|(c, n)| format!("{c} ({n})"))
-            .collect();
-        if !small.is_empty() {
-            log.info(format!(
-                "warning: {} class(es) have fewer training images than cv.folds = {}: {}{}; their out-of-fold scores are noisy, and an image alone in its class is scored by a head that never saw the class",
-                small.len(),
-                spec.cv.folds,
-                small.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
-                if small.len() > 5 { ", ..." } else { "" }
-            ));
-        }
     }
 
     let t = Instant::now();
@@ -213,6 +183,47 @@ fn run_in(
         )?;
     }
     Ok(metrics)
+}
+
+/// Warns about classes a head cannot learn (no training image: their
+/// probabilities stay near 0) or cannot score well (fewer images than folds:
+/// an image alone in its class is scored by a head that never saw it).
+fn warn_about_class_sizes(spec: &Spec, data: &Dataset, log: &Log) {
+    let counts = data.class_counts();
+    let classes_where = |keep: &dyn Fn(usize) -> bool| -> Vec<(&str, usize)> {
+        data.classes
+            .iter()
+            .zip(&counts)
+            .filter(|(_, &n)| keep(n))
+            .map(|(c, &n)| (c.as_str(), n))
+            .collect()
+    };
+    let first_few = |names: Vec<String>| {
+        let shown = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        if names.len() > 5 {
+            shown + ", ..."
+        } else {
+            shown
+        }
+    };
+    let unseen = classes_where(&|n| n == 0);
+    if !unseen.is_empty() {
+        log.info(format!(
+            "warning: {} of {} classes have no training image ({}); their probabilities will stay near 0: check labels.csv against the sample submission's columns",
+            unseen.len(),
+            data.classes.len(),
+            first_few(unseen.iter().map(|(c, _)| c.to_string()).collect())
+        ));
+    }
+    let small = classes_where(&|n| n > 0 && n < spec.cv.folds);
+    if !small.is_empty() {
+        log.info(format!(
+            "warning: {} class(es) have fewer training images than cv.folds = {}: {}; their out-of-fold scores are noisy, and an image alone in its class is scored by a head that never saw the class",
+            small.len(),
+            spec.cv.folds,
+            first_few(small.iter().map(|(c, n)| format!("{c} ({n})")).collect())
+        ));
+    }
 }
 
 /// No NaN or infinity reaches the scores or the submission: the run fails

@@ -221,17 +221,12 @@ fn class_index(classes: &[String]) -> HashMap<&str, usize> {
 }
 
 impl Dataset {
-    /// Classes (columns of the sample submission) with no training image:
-    /// a head can never learn them, so their probabilities stay near 0.
-    pub fn classes_without_images(&self) -> Vec<&str> {
-        let mut seen = vec![false; self.classes.len()];
-        self.labels.iter().for_each(|&l| seen[l] = true);
-        self.classes
-            .iter()
-            .zip(seen)
-            .filter(|(_, seen)| !seen)
-            .map(|(c, _)| c.as_str())
-            .collect()
+    /// Training images per class, in class order (a class of the sample
+    /// submission may have none).
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0usize; self.classes.len()];
+        self.labels.iter().for_each(|&l| counts[l] += 1);
+        counts
     }
 
     /// Loads and checks a dataset: every listed image must exist, every label
