@@ -364,17 +364,6 @@ impl Dataset {
                 problem: format!("test id {id:?} appears twice"),
             });
         }
-        if let (Some(path), Some((_, ids)), Some(_)) =
-            (&spec.sample_submission, &sample, &spec.test_dir)
-        {
-            if ids.is_empty() {
-                return Err(DataError::Invalid {
-                    path: path.display().to_string(),
-                    problem: "has a header but no rows: it must list every test id, one per row"
-                        .into(),
-                });
-            }
-        }
         // Files that only make sense with test images must not be ignored.
         if test.is_empty() {
             for (key, path) in [
@@ -382,11 +371,19 @@ impl Dataset {
                 ("test_labels", &spec.test_labels),
             ] {
                 if let Some(path) = path {
-                    return Err(DataError::Invalid {
-                        path: path.display().to_string(),
-                        problem: format!(
+                    // With a test folder, the test ids come from the sample
+                    // submission: it is the file that is empty.
+                    let problem = match (&spec.test_dir, &spec.sample_submission) {
+                        (Some(_), Some(_)) if key == "sample_submission" => {
+                            "has a header but no rows: it must list every test id, one per row".into()
+                        }
+                        _ => format!(
                             "data.{key} is given but there are no test images; set data.test_dir to the folder holding them"
                         ),
+                    };
+                    return Err(DataError::Invalid {
+                        path: path.display().to_string(),
+                        problem,
                     });
                 }
             }
