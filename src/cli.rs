@@ -157,17 +157,17 @@ fn device_choice(g: &Global, spec_device: Option<&str>) -> String {
 /// rayon pool of `threads` workers, and candle's separate elementwise pool
 /// kept at one thread so the two never spin against each other (DESIGN.md).
 fn init_threads(threads: Option<usize>) -> anyhow::Result<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let n = threads
         .or_else(|| {
             std::env::var("RAYON_NUM_THREADS")
                 .ok()
                 .and_then(|s| s.parse().ok())
         })
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .unwrap_or(cores)
         .max(1);
     // The work is CPU-bound: far more threads than cores only costs memory
     // and start-up time (5,000 took over 30 s to start doing anything).
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let most = (4 * cores).max(64);
     if n > most {
         bail!("--threads {n} (or RAYON_NUM_THREADS) is far more than the {cores} cores here: use at most {most}");

@@ -125,7 +125,10 @@ fn read_row(dir: &Path, warnings: &mut Vec<String>) -> Row {
     }
     let metrics: Option<serde_json::Value> = read_file(dir, "metrics.json", json, warnings);
     let fin = metrics.as_ref().and_then(|m| m.get("final"));
-    if row.status == "complete" && fin.is_none() {
+    let complete = manifest
+        .as_ref()
+        .is_some_and(|m| m.status == Status::Complete);
+    if complete && fin.is_none() {
         warnings.push(format!(
             "{}: the run is complete but metrics.json has no final scores",
             dir.display()

@@ -113,7 +113,7 @@ impl RunDir {
         let mut n = 2;
         // Two runs of one spec in the same second get distinct folders.
         while let Err(e) = std::fs::create_dir(&path) {
-            if e.kind() != std::io::ErrorKind::AlreadyExists || !runs_root.is_dir() {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
                 return Err(named(e, &path));
             }
             path = runs_root.join(format!("{base}.{n}"));
