@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use runner::kernels::{self, DenseB, MatRef, Output, PackedA};
-use runner::models::{self, profile, Arch};
+use runner_kernels::{self as kernels, DenseB, MatRef, Output, PackedA};
+use runner_models::{self as models, profile, Arch};
 
 // As in the binary: mimalloc reuses freed buffers instead of re-faulting them.
 #[global_allocator]
@@ -66,7 +66,7 @@ fn main() {
     }
 }
 
-use runner::train::rng::uniform_vec as rand_vec;
+use runner_kernels::rng::uniform_vec as rand_vec;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -301,7 +301,7 @@ fn tune() {
 /// 19x19, one image (input in L2) vs eight (8.4 MB in and out), in ns per
 /// plane: tells whether the op is bound by its own work or by memory.
 fn window() {
-    use runner::kernels::window::{Clamp, Window, WindowKind};
+    use runner_kernels::window::{Clamp, Window, WindowKind};
     let c = 728;
     let weights = rand_vec(c * 9, 1);
     let bias = rand_vec(c, 2);

@@ -17,7 +17,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use runner::data::image::{decode_rgb, resize};
 use runner::features::{input_tensor, load_backbone};
-use runner::models::{profile, Arch, Preprocess};
+use runner_models::{profile, Arch, Preprocess};
 use runner::spec::{BackboneSpec, Resize, View};
 
 #[global_allocator]

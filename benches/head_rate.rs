@@ -13,7 +13,7 @@ use std::time::Instant;
 use candle_core::Device;
 use runner::npy::Matrix;
 use runner::spec::{HeadSpec, Optimizer};
-use runner::train::rng::Rng;
+use runner_kernels::rng::Rng;
 use runner::train::{train_fold_heads, FoldPlan, ViewFeatures};
 
 #[global_allocator]

@@ -3,10 +3,17 @@
 weights, for tests/timm.rs.
 
     python3 -m venv /tmp/torchenv
-    /tmp/torchenv/bin/pip install torch timm safetensors numpy
-    /tmp/torchenv/bin/python scripts/make_timm_fixtures.py [--out tests/data/timm]
+    /tmp/torchenv/bin/pip install torch timm torchvision safetensors numpy
+    /tmp/torchenv/bin/python scripts/make_timm_fixtures.py [--out tests/data/timm] [--only resnet18,resnet34]
 
-Full-size random checkpoints are ~90 MB each, so none is stored. Every weight
+Models (timm names; input size, batch 2): legacy_xception (299),
+inception_v3 (299), resnet18, resnet34, resnet50 (224). The ResNets and
+inception_v3 are checked against their torchvision twin (same state-dict
+names: conv1.weight, bn1.*, layer1.0.conv1.weight, ..., fc.*) on the same
+weights. --only takes a comma-separated list of fixture names (and `tiny`),
+so new fixtures can be added without rewriting the committed ones.
+
+Full-size random checkpoints are ~45-100 MB each, so none is stored. Every weight
 (and the input) is instead a pure function of its state-dict name and shape,
 computed in float64 from a counter-based generator that tests/timm.rs
 reimplements bit for bit:
@@ -35,7 +42,7 @@ and tiny PyTorch checkpoints for the .pth reader (committed, ~7 KB):
 
 With --checkpoints DIR it also writes the full-size random checkpoints as
 timm training checkpoints, DIR/<model>.pth = {"state_dict": {"module.<name>":
-...}, "epoch": 0} (~90-100 MB each, never committed), for the optional
+...}, "epoch": 0} (~45-100 MB each, never committed), for the optional
 full-size file test in tests/timm.rs:
 
     /tmp/torchenv/bin/python scripts/make_timm_fixtures.py --checkpoints /tmp/timm_ckpt
@@ -58,6 +65,8 @@ MODELS = [
     ("legacy_xception", "legacy_xception", 299, 2),
     ("inception_v3", "inception_v3", 299, 2),
     ("resnet50", "resnet50", 224, 2),
+    ("resnet18", "resnet18", 224, 2),
+    ("resnet34", "resnet34", 224, 2),
 ]
 
 
@@ -110,8 +119,8 @@ def randomised_state_dict(model):
 
 def torchvision_twin(name):
     """The torchvision model with the same state-dict names, if any."""
-    if name == "resnet50":
-        return torchvision.models.resnet50()
+    if name in ("resnet18", "resnet34", "resnet50"):
+        return getattr(torchvision.models, name)()
     if name == "inception_v3":
         return torchvision.models.inception_v3(aux_logits=False, init_weights=False)
     return None
@@ -193,17 +202,21 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     here = os.path.dirname(os.path.abspath(__file__))
     p.add_argument("--out", default=os.path.join(here, "..", "tests", "data", "timm"))
-    p.add_argument("--only", help="one fixture name")
+    p.add_argument("--only", help="comma-separated fixture names (e.g. resnet18,resnet34 or tiny)")
     p.add_argument("--checkpoints", help="also write full-size DIR/<model>.pth (not for committing)")
     a = p.parse_args()
+    only = None if a.only is None else {n.strip() for n in a.only.split(",") if n.strip()}
+    known = {m[0] for m in MODELS} | {"tiny"}
+    if only is not None and not only <= known:
+        p.error(f"unknown fixture(s) {sorted(only - known)}; known: {sorted(known)}")
     os.makedirs(a.out, exist_ok=True)
     if a.checkpoints:
         os.makedirs(a.checkpoints, exist_ok=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     for fixture, timm_name, size, batch in MODELS:
-        if a.only in (None, fixture):
+        if only is None or fixture in only:
             make_model(a.out, fixture, timm_name, size, batch, a.checkpoints)
-    if a.only in (None, "tiny"):
+    if only is None or "tiny" in only:
         make_tiny(a.out)
 
 

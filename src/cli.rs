@@ -218,7 +218,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let threads = init_threads(g.threads)?;
             log.info(format!(
                 "threads: {threads}, GEMM kernel: {}",
-                crate::kernels::best().name
+                runner_kernels::best().name
             ));
             let spec_device = spec::load(&spec).ok().and_then(|s| s.device);
             let device = device(&device_choice(g, spec_device.as_deref()), &log)?;
@@ -288,7 +288,7 @@ fn run_specs(paths: &[PathBuf], g: &Global, cache: &FeatureCache, log: &Log) -> 
     let threads = init_threads(g.threads)?;
     log.info(format!(
         "threads: {threads}, GEMM kernel: {}",
-        crate::kernels::best().name
+        runner_kernels::best().name
     ));
     let mut failed = Vec::new();
     for (path, spec) in paths.iter().zip(&specs) {
@@ -333,11 +333,11 @@ fn preflight(path: &Path) -> anyhow::Result<spec::Spec> {
                 b.weights.display()
             );
         }
-        if b.arch == crate::models::Arch::Onnx {
+        if b.arch == runner_models::Arch::Onnx {
             // Parse and lower the graph now: an unsupported op or a missing
             // output is reported before any image is read.
-            let model = crate::models::onnx::read_model(&b.weights)?;
-            crate::models::onnx::Program::lower(
+            let model = runner_models::onnx::read_model(&b.weights)?;
+            runner_models::onnx::Program::lower(
                 &model,
                 b.output.as_deref(),
                 &b.weights.display().to_string(),

@@ -13,7 +13,7 @@ use image::codecs::jpeg::JpegEncoder;
 use image::imageops;
 use rayon::prelude::*;
 
-use crate::models::{self, Arch, Backbone};
+use runner_models::{self as models, Arch, Backbone};
 
 /// The shared backbones (`../shared/models`): architecture and file stem.
 const BACKBONES: [(Arch, &str); 4] = [

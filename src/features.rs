@@ -19,7 +19,7 @@ use crate::cache::FeatureCache;
 use crate::data::image::{decode_file, resize, ImageError, RgbImage};
 use crate::data::{Dataset, Item};
 use crate::log::Log;
-use crate::models::{self, Backbone, ModelError};
+use runner_models::{self as models, Backbone, ModelError};
 use crate::npy::Matrix;
 use crate::plan::{FeatureStage, Plan, Split};
 use crate::spec::{BackboneSpec, Resize, Spec, View};

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::models::onnx::{self, dims_text, OnnxBackbone, OnnxOptions};
-use crate::models::{self, Arch};
+use runner_models::onnx::{self, dims_text, OnnxBackbone, OnnxOptions};
+use runner_models::{self as models, Arch};
 
 /// The report for `path`; `all` lists every tensor / node instead of the
 /// first few; `output` is passed to the ONNX loader as the spec's key.
@@ -91,7 +91,7 @@ fn inspect_onnx(path: &Path, all: bool, output: Option<&str>) -> anyhow::Result<
     };
     match OnnxBackbone::load(path, &opts, size) {
         Ok(net) => {
-            use crate::models::Backbone;
+            use runner_models::Backbone;
             writeln!(
                 w,
                 "runner:      `{}` -> {} features per image ({} steps after folding and fusion, {} native convolutions; trial run at {size}x{size})",

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::cache::FeatureCache;
 use crate::data::{Dataset, Item};
-use crate::models::{Arch, Preprocess};
+use runner_models::{Arch, Preprocess};
 use crate::spec::{BackboneSpec, Resize, Spec, View};
 
 /// Bump when a change to decoding, resizing or a backbone's code changes
@@ -80,14 +80,14 @@ pub fn hash_file(path: &Path) -> Result<String, HashError> {
 
 /// What identifies a backbone's weights in the stage key: for the native
 /// architectures the checkpoint's tensors whatever the container
-/// ([`crate::models::layers::Weights::fingerprint`]: safetensors and Keras
+/// ([`runner_models::layers::Weights::fingerprint`]: safetensors and Keras
 /// `.h5` share features); for an ONNX graph, the file's bytes (its structure
 /// is part of what computes the features).
 pub fn weights_fingerprint(b: &BackboneSpec) -> Result<String, HashError> {
     if b.arch == Arch::Onnx {
         return hash_file(&b.weights);
     }
-    crate::models::layers::Weights::read(b.arch.name(), &b.weights)
+    runner_models::layers::Weights::read(b.arch.name(), &b.weights)
         .and_then(|w| w.fingerprint())
         .map_err(|e| HashError {
             path: b.weights.display().to_string(),
@@ -124,7 +124,7 @@ struct FeatureKey<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     output: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    input_layout: Option<crate::models::onnx::InputLayout>,
+    input_layout: Option<runner_models::onnx::InputLayout>,
     /// Absent for f32, so f32 keys are unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
     precision: Option<crate::spec::Precision>,

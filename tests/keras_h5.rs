@@ -15,9 +15,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use runner::models::h5::read_keras_weights;
-use runner::models::layers::Weights;
-use runner::models::{self, Arch};
+use runner_models::h5::read_keras_weights;
+use runner_models::layers::Weights;
+use runner_models::{self as models, Arch};
 
 use crate::common;
 

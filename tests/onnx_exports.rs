@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use candle_onnx::onnx;
-use runner::models::onnx::{read_model, InputLayout, OnnxBackbone, OnnxOptions, Program};
-use runner::models::Backbone;
+use runner_models::onnx::{read_model, InputLayout, OnnxBackbone, OnnxOptions, Program};
+use runner_models::Backbone;
 
 const REL_TOL: f32 = 1e-4;
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use runner::models::{self, Arch, Backbone, EfficientNetLite0};
+use runner_models::{self as models, Arch, Backbone, EfficientNetLite0};
 
 use crate::common::rel_err;
 
@@ -121,7 +121,7 @@ fn efficientnet_lite0_features_and_logits_match_pytorch_reference() {
 /// PyTorch reference like the native network does.
 #[test]
 fn efficientnet_lite0_onnx_export_matches_pytorch_reference() {
-    use runner::models::onnx::{OnnxBackbone, OnnxOptions};
+    use runner_models::onnx::{OnnxBackbone, OnnxOptions};
     let stem = "efficientnet_lite0_imagenet";
     let fx = fixture(stem);
     let path = models_dir().join(format!("{stem}.onnx"));
@@ -161,7 +161,7 @@ fn efficientnet_lite0_onnx_export_matches_pytorch_reference() {
 /// ops alone (the `RUNNER_DEVICE_KERNELS=0` escape hatch).
 #[test]
 fn portable_ops_path_matches_the_references() {
-    use runner::models::portable::{with_candle_ops_only, with_portable_ops};
+    use runner_models::portable::{with_candle_ops_only, with_portable_ops};
     for (arch, stem) in [
         (Arch::Xception, "xception_imagenet_notop"),
         (Arch::InceptionV3, "inception_v3_nsfwjs_notop"),
@@ -241,7 +241,7 @@ fn portable_ops_in_f16_stay_within_3e_2() {
 #[test]
 fn efficientnet_lite0_onnx_export_runs_in_f16() {
     use candle_core::DType;
-    use runner::models::onnx::{OnnxBackbone, OnnxOptions};
+    use runner_models::onnx::{OnnxBackbone, OnnxOptions};
     let stem = "efficientnet_lite0_imagenet";
     let fx = fixture(stem);
     let opts = OnnxOptions {

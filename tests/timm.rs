@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use runner::models::flavour::Flavour;
+use runner_models::flavour::Flavour;
 
 use crate::common::rel_err;
-use runner::models::layers::Weights;
-use runner::models::{self, Arch, Backbone, InceptionV3, ResNet, Xception};
+use runner_models::layers::Weights;
+use runner_models::{self as models, Arch, Backbone, InceptionV3, ResNet, Xception};
 
 /// `max|ours - timm| / max|timm|` must stay below this (as tests/parity.rs).
 const REL_TOL: f32 = 1e-4;

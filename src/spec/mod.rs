@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::models::onnx::{InputLayout, OnnxOptions};
-use crate::models::{Arch, Preprocess};
+use runner_models::onnx::{InputLayout, OnnxOptions};
+use runner_models::{Arch, Preprocess};
 
 pub use resolve::{load, parse, DEFAULT_EXTRACT_BATCH, DEFAULT_GPU_EXTRACT_BATCH};
 

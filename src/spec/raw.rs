@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{Layout, Optimizer, Precision, Resize, View};
-use crate::models::onnx::InputLayout;
-use crate::models::{Arch, Preprocess};
+use runner_models::onnx::InputLayout;
+use runner_models::{Arch, Preprocess};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -349,7 +349,7 @@ impl Resolver<'_> {
         i: usize,
         raw: &RawBackbone,
         weights: &Path,
-    ) -> Result<(usize, crate::models::Preprocess), SpecError> {
+    ) -> Result<(usize, runner_models::Preprocess), SpecError> {
         let Some(preprocess) = raw.preprocess else {
             return Err(self.invalid(
                 &format!("backbone[{i}].preprocess"),
@@ -360,8 +360,8 @@ impl Resolver<'_> {
         if let Some(size) = raw.input_size {
             return Ok((size, preprocess));
         }
-        let summary = crate::models::onnx::read_model(weights)
-            .and_then(|m| crate::models::onnx::summarize(&m, weights));
+        let summary = runner_models::onnx::read_model(weights)
+            .and_then(|m| runner_models::onnx::summarize(&m, weights));
         match summary {
             Ok(s) => match s.input_size {
                 Some(size) => Ok((size, preprocess)),

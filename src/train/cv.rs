@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::dense::Engine;
 use super::head::{train_head, HeadReport};
-use super::rng::Rng;
+use runner_kernels::rng::Rng;
 use super::FoldPlan;
 use crate::npy::Matrix;
 use crate::spec::HeadSpec;

@@ -7,7 +7,7 @@
 //! so the gradient for `X` (as large a product as the forward pass) is never
 //! needed; autograd computed it anyway.
 //!
-//! - [`Engine::Host`], for the CPU: our GEMM ([`crate::kernels`]; `Xᵀ` is
+//! - [`Engine::Host`], for the CPU: our GEMM ([`runner_kernels`]; `Xᵀ` is
 //!   packed straight from `X`'s rows) and a fused optimiser pass
 //!   ([`HostOptimizer`]). Results do not depend on the thread count.
 //! - [`Engine::Candle`], for a GPU: the same arithmetic in candle tensor ops.
@@ -17,7 +17,7 @@
 use candle_core::{Device, Result, Tensor, D};
 
 use super::optim::{HostOptimizer, Optimizer};
-use crate::kernels::{self, DenseB, GemmShape, MatMut, MatRef, Output, PackedA};
+use runner_kernels::{self as kernels, DenseB, GemmShape, MatMut, MatRef, Output, PackedA};
 use crate::npy::Matrix;
 use crate::spec::Optimizer as Kind;
 
@@ -296,7 +296,7 @@ fn candle_probabilities(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::rng::uniform_vec;
+    use runner_kernels::rng::uniform_vec;
 
     fn weights(d: usize, k: usize, seed: u64) -> DenseWeights {
         DenseWeights {

@@ -8,7 +8,7 @@
 //! notebook's `KFold` without shuffling); `true` deals each class's rows,
 //! shuffled by the seed, round-robin over the folds.
 
-use super::rng::Rng;
+use runner_kernels::rng::Rng;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fold {

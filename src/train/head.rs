@@ -10,7 +10,7 @@
 use candle_core::Result;
 
 use super::dense::{DenseWeights, Engine};
-use super::rng::Rng;
+use runner_kernels::rng::Rng;
 use crate::metrics;
 use crate::npy::Matrix;
 use crate::spec::HeadSpec;

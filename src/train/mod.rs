@@ -6,7 +6,6 @@ pub mod dense;
 pub mod folds;
 pub mod head;
 pub mod optim;
-pub mod rng;
 
 pub use cv::{train_fold_heads, FoldHead, ViewFeatures};
 pub use folds::{Fold, FoldPlan};

@@ -133,7 +133,7 @@ impl HostOptimizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::rng::uniform_vec;
+    use runner_kernels::rng::uniform_vec;
     use candle_core::Device;
 
     /// One Keras-2 Adagrad step from zero accumulators moves each parameter

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+pub mod cuda;
 pub mod efficientnet_lite;
 pub mod flavour;
 pub mod h5;

@@ -196,7 +196,7 @@ impl PackB for Im2Col<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::rng::uniform_vec as rand_vec;
+    use crate::rng::uniform_vec as rand_vec;
 
     /// The implicit matrix, element by element.
     fn explicit(m: &Im2Col<'_>) -> Vec<f32> {

@@ -10,7 +10,7 @@
 //!
 //! Kernels of our own (contiguous f32 NCHW):
 //! - [`Conv2d`]: every dense convolution is one GEMM per image with
-//!   [`crate::kernels`] (AVX-512 / AVX2 micro-kernels), `W (O, C*kh*kw) @
+//!   [`runner_kernels`] (AVX-512 / AVX2 micro-kernels), `W (O, C*kh*kw) @
 //!   im2col(x)`, or `W @ x` for 1x1 stride-1 kernels; 1.3-3x candle 0.11's
 //!   matmul on most of our shapes, on par at 7x7-10x10 outputs
 //!   (`benches/backbones.rs`).
@@ -36,9 +36,10 @@ use candle_core::{CpuStorage, DType, Device, Layout, Shape, Tensor};
 use super::portable;
 use super::profile;
 use super::ModelError;
-use crate::kernels::nchwc;
-use crate::kernels::window::{Clamp, Window, WindowKind};
-use crate::kernels::{self, Im2Col, MatRef, Output, PackedA};
+use runner_kernels::nchwc;
+pub use runner_kernels::Act;
+use runner_kernels::window::{Clamp, Window, WindowKind};
+use runner_kernels::{self as kernels, Im2Col, MatRef, Output, PackedA};
 
 /// Keras `BatchNormalization` default epsilon (also EfficientNet-Lite's
 /// `batch_norm_epsilon`).
@@ -490,28 +491,6 @@ fn out_len(input: usize, pad: usize, k: usize, stride: usize) -> candle_core::Re
 // ---------------------------------------------------------------------------
 // Activations, bias
 // ---------------------------------------------------------------------------
-
-/// Activation fused into a layer's output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Act {
-    None,
-    Relu,
-    Relu6,
-}
-
-impl Act {
-    /// The same activation as a [`Clamp`] (window kernels, GEMM epilogue).
-    fn clamp(self) -> Clamp {
-        match self {
-            Act::None => Clamp::NONE,
-            Act::Relu => Clamp {
-                lo: 0.0,
-                hi: f32::INFINITY,
-            },
-            Act::Relu6 => Clamp { lo: 0.0, hi: 6.0 },
-        }
-    }
-}
 
 /// An output buffer that the op overwrites completely before anything reads
 /// it. Zeroing it first (`vec![0.0; len]`) costs a single-threaded pass over
@@ -1226,7 +1205,7 @@ pub fn blocked_max_pool(
 mod tests {
     use super::*;
 
-    use crate::train::rng::uniform_vec as rand_vec;
+    use runner_kernels::rng::uniform_vec as rand_vec;
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)

@@ -183,7 +183,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::models::Arch;
+    use crate::Arch;
 
     fn put(sd: &mut HashMap<String, Tensor>, name: String, v: Vec<f32>, shape: &[usize]) {
         let t = Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor");

@@ -591,7 +591,7 @@ unsafe fn window_plane(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::rng::uniform_vec;
+    use crate::rng::uniform_vec;
 
     const RELU: Clamp = Clamp {
         lo: 0.0,

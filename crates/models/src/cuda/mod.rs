@@ -3,7 +3,7 @@
 //! bias + activation (+ residual) in one pass ([`BiasAct`]).
 //!
 //! Each op has two implementations that compute the same thing index for
-//! index: a CUDA kernel (`device.cu`, compiled to PTX by `build.rs` when the
+//! index: a CUDA kernel (`ops.cu`, compiled to PTX by `build.rs` when the
 //! `cuda` feature is on) and a plain CPU loop (`cpu_fwd`). The CPU loop is
 //! the reference the tests check against the fixtures (the portable path,
 //! `models::portable`, forced onto the CPU); the GPU check
@@ -14,9 +14,9 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use crate::models::layers::Act;
+use crate::layers::Act;
 
-/// The activation's code in `device.cu` (`ACT_*`).
+/// The activation's code in `ops.cu` (`ACT_*`).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn act_code(act: Act) -> i32 {
     match act {
@@ -339,7 +339,7 @@ mod cpu {
     }
 }
 
-/// Launching the kernels of `device.cu`.
+/// Launching the kernels of `ops.cu`.
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
@@ -347,8 +347,8 @@ mod cuda {
     use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
     use candle_core::{CudaStorage, Layout, Result};
 
-    /// The PTX that build.rs compiled from `device.cu`.
-    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/device.ptx"));
+    /// The PTX that build.rs compiled from `ops.cu`.
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/ops.ptx"));
     const MODULE: &str = "runner_device_kernels";
 
     pub fn int(v: usize) -> Result<i32> {
@@ -404,7 +404,7 @@ mod cuda {
                     b.arg(w);
                     b.arg(i);
                 }
-                // SAFETY: argument order and types match device.cu's signatures.
+                // SAFETY: argument order and types match ops.cu's signatures.
                 unsafe { b.launch(cfg) }.w()?;
                 CudaStorageSlice::$variant(out)
             }};

@@ -36,7 +36,7 @@ use super::layers::{
     DepthwiseConv2d, Padding, Weights,
 };
 use super::{Arch, Backbone, ModelError};
-use crate::kernels::nchwc::{self, Blocked};
+use runner_kernels::nchwc::{self, Blocked};
 
 const ARCH: &str = "xception";
 
@@ -310,7 +310,7 @@ impl BlockedDown {
     }
 }
 
-/// Blocks 2..=14 in the NCHW16c layout ([`crate::kernels::nchwc`]): the
+/// Blocks 2..=14 in the NCHW16c layout ([`runner_kernels::nchwc`]): the
 /// same weights re-packed at load, so that depthwise convolutions and max
 /// pools run 16 channels per instruction with no padded copies, and the
 /// 1x1 convolutions read the activations in place. The stem stays NCHW

@@ -23,7 +23,7 @@ use candle_onnx::onnx;
 
 use super::ops::{self, Op, ParseError};
 use super::OnnxError;
-use crate::models::layers::{Act, BatchNorm, Conv2d, DepthwiseConv2d, Pad4, Padding};
+use crate::layers::{Act, BatchNorm, Conv2d, DepthwiseConv2d, Pad4, Padding};
 
 /// What one step computes.
 enum Kernel {

@@ -1,5 +1,5 @@
 //! The layers on any device: candle's tensor ops plus the project's own
-//! device kernels ([`crate::kernels::device`]: depthwise convolution and the
+//! device kernels ([`crate::cuda`]: depthwise convolution and the
 //! convolutions' bias + activation + residual epilogue). This is what the
 //! backbones run on a GPU (issue 5). The CPU path ([`super::layers`]) uses
 //! custom kernels that only have CPU implementations; on another device each
@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor};
 
 use super::layers::{Act, Pad4};
-use crate::kernels::device;
+use crate::cuda;
 
 thread_local! {
     static FORCED: Cell<bool> = const { Cell::new(false) };
@@ -147,7 +147,7 @@ impl DeviceWeights {
 }
 
 /// `act(conv(pad(x), w) + b) (+ residual)`: candle's convolution, then one
-/// pass for the epilogue ([`device::bias_act`]). A 1x1 stride-1 convolution
+/// pass for the epilogue ([`cuda::bias_act`]). A 1x1 stride-1 convolution
 /// is one batched matrix product on the NCHW input (no im2col copy, no
 /// transpose back), which is most of Xception's FLOPs.
 pub fn conv2d(
@@ -170,7 +170,7 @@ pub fn conv2d(
         pad_zeros(x, pad)?.conv2d(&w.weight, 0, stride, 1, 1)?
     };
     if own_kernels() {
-        return device::bias_act(&y, &w.bias, a, residual);
+        return cuda::bias_act(&y, &w.bias, a, residual);
     }
     let y = act(y.broadcast_add(&w.bias.reshape((1, o, 1, 1))?)?, a)?;
     match residual {
@@ -180,7 +180,7 @@ pub fn conv2d(
 }
 
 /// `out_act(depthwise(in_act(x)) + b)` with the project's own kernel
-/// ([`device::Depthwise`]): candle's grouped convolution would launch one
+/// ([`cuda::Depthwise`]): candle's grouped convolution would launch one
 /// convolution per channel. Padding is implicit (no padded copy).
 pub fn depthwise(
     x: &Tensor,
@@ -196,7 +196,7 @@ pub fn depthwise(
     if hp < kh || wp < kw {
         candle_core::bail!("depthwise {kh}x{kw} larger than the padded {hp}x{wp} input")
     }
-    let op = device::Depthwise {
+    let op = cuda::Depthwise {
         kernel: (kh, kw),
         stride,
         pad_top: pad.top,
@@ -216,7 +216,7 @@ pub fn depthwise(
 fn depthwise_per_tap(
     x: &Tensor,
     w: &DeviceWeights,
-    op: &device::Depthwise,
+    op: &cuda::Depthwise,
     pad: Pad4,
 ) -> candle_core::Result<Tensor> {
     let ((kh, kw), (oh, ow), s) = (op.kernel, op.out, op.stride);

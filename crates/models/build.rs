@@ -1,5 +1,5 @@
-//! With the `cuda` feature: compiles `src/kernels/device.cu` to PTX
-//! (`$OUT_DIR/device.ptx`, embedded by `src/kernels/device.rs`). Without it,
+//! With the `cuda` feature: compiles `src/cuda/ops.cu` to PTX
+//! (`$OUT_DIR/ops.ptx`, embedded by `src/cuda/mod.rs`). Without it,
 //! nothing: CPU builds need no CUDA toolkit.
 //!
 //! nvcc is `$NVCC`, else `$CUDA_HOME/bin/nvcc`, else `nvcc` on the PATH
@@ -16,7 +16,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=src/kernels/device.cu");
+    println!("cargo:rerun-if-changed=src/cuda/ops.cu");
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
@@ -32,7 +32,7 @@ fn main() {
         })
         .unwrap_or_else(|| PathBuf::from("nvcc"));
     let out =
-        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("device.ptx");
+        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("ops.ptx");
     let cap = std::env::var("CUDA_COMPUTE_CAP")
         .ok()
         .and_then(|c| c.trim().parse::<u32>().ok())
@@ -40,19 +40,19 @@ fn main() {
         .unwrap_or(75);
     let arch = format!("-arch=compute_{cap}");
     let status = Command::new(&nvcc)
-        .args(["--ptx", &arch, "-O3", "src/kernels/device.cu", "-o"])
+        .args(["--ptx", &arch, "-O3", "src/cuda/ops.cu", "-o"])
         .arg(&out)
         .status()
         .unwrap_or_else(|e| {
             panic!(
-                "cannot run {} to compile src/kernels/device.cu ({e}); set NVCC or CUDA_HOME, \
+                "cannot run {} to compile src/cuda/ops.cu ({e}); set NVCC or CUDA_HOME, \
                  or run scripts/cuda-toolchain.sh (see its header)",
                 nvcc.display()
             )
         });
     assert!(
         status.success(),
-        "{} failed on src/kernels/device.cu",
+        "{} failed on src/cuda/ops.cu",
         nvcc.display()
     );
 }

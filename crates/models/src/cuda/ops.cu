@@ -1,5 +1,5 @@
 // CUDA kernels of the project's own (issue 5), compiled to PTX by build.rs
-// when the `cuda` feature is on and loaded by src/kernels/device.rs.
+// when the `cuda` feature is on and loaded by src/cuda/mod.rs.
 //
 // Why they exist: candle's grouped convolution runs one convolution per
 // channel (DESIGN.md), so depthwise convolution needs its own kernel; and a

@@ -56,6 +56,29 @@ impl Clamp {
     }
 }
 
+/// Activation fused into a layer's output (GEMM epilogue, window kernels,
+/// the device ops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    None,
+    Relu,
+    Relu6,
+}
+
+impl Act {
+    /// The same activation as a [`Clamp`].
+    pub fn clamp(self) -> Clamp {
+        match self {
+            Act::None => Clamp::NONE,
+            Act::Relu => Clamp {
+                lo: 0.0,
+                hi: f32::INFINITY,
+            },
+            Act::Relu6 => Clamp { lo: 0.0, hi: 6.0 },
+        }
+    }
+}
+
 /// One sliding-window op: kernel `(kh, kw)`, stride, padding
 /// `(top, bottom, left, right)`, activations before and after.
 #[derive(Debug, Clone, Copy)]
@@ -415,7 +438,7 @@ unsafe fn block_avx512(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::rng::uniform_vec as rand_vec;
+    use crate::rng::uniform_vec as rand_vec;
 
     /// The op, one output at a time, straight from its definition.
     fn naive(op: &Window<'_>, x: &[f32], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<f32> {

@@ -38,11 +38,12 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 pub use im2col::Im2Col;
+pub use window::{Act, Clamp};
 
-pub mod device;
 pub mod generic;
 pub mod im2col;
 pub mod nchwc;
+pub mod rng;
 pub mod window;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
@@ -604,7 +605,7 @@ pub fn gemm_packed<B: PackB>(
 mod tests {
     use super::*;
 
-    use crate::train::rng::uniform_vec as rand_vec;
+    use crate::rng::uniform_vec as rand_vec;
 
     /// Tolerance: `|ours - ref| <= 1e-5 * sum_p |a_ip * b_pj| + 1e-30`. Both
     /// sum in `k` order; they differ only by fused vs separate rounding of

@@ -3,7 +3,7 @@
 //! evaluation on candle tensors.
 //!
 //! Convolutions are not evaluated here: the program lowers them onto the
-//! native layers ([`crate::models::layers::Conv2d`] and friends), with their
+//! native layers ([`crate::layers::Conv2d`] and friends), with their
 //! BatchNorm, activation, padding and residual fused. Everything else (shape
 //! arithmetic, elementwise ops, pools, the classifier) runs through
 //! [`Op::eval`], which also serves constant folding at load.
@@ -11,7 +11,7 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::proto::{self, Attrs};
-use crate::models::layers::{self, Pad4, Padding};
+use crate::layers::{self, Pad4, Padding};
 
 /// Ops and opsets that runner's ONNX executor covers, for error messages.
 pub const SUPPORTED: &str = "Add, AveragePool, BatchNormalization, Cast, Ceil, Clip, Concat, \
