@@ -1,5 +1,5 @@
 //! Images per second of one backbone's forward pass in `runner`, on real
-//! images: the runner side of `bench/side_by_side.py`, which runs this and
+//! images: the runner side of `tools/compare/side_by_side.py`, which runs this and
 //! onnxruntime alternately on the same images and prints the ratios.
 //!
 //! `cargo bench --bench extract_rate -- ARCH WEIGHTS IMAGES_DIR [--batch 8]

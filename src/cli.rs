@@ -81,7 +81,7 @@ enum Command {
         #[arg(long)]
         output: Option<String>,
     },
-    /// Developer checks that `bench/gpu-check.sh` runs (not for users).
+    /// Developer checks that `tools/gpu/gpu-check.sh` runs (not for users).
     #[command(hide = true, subcommand)]
     Dev(DevCommand),
 }
@@ -137,7 +137,7 @@ pub fn device(choice: &str, log: &Log) -> anyhow::Result<Device> {
         },
     };
     if !candle_core::utils::cuda_is_available() {
-        bail!("device cuda:{cuda_index}: this build of runner has no CUDA support; build it with `--features cuda` (scripts/cuda-toolchain.sh installs the toolkit) or use --device cpu (or auto)");
+        bail!("device cuda:{cuda_index}: this build of runner has no CUDA support; build it with `--features cuda` (tools/gpu/cuda-toolchain.sh installs the toolkit) or use --device cpu (or auto)");
     }
     let d =
         Device::new_cuda(cuda_index).with_context(|| format!("cannot open cuda:{cuda_index}"))?;

@@ -1,4 +1,4 @@
-//! What `bench/gpu-check.sh` runs besides the recipe (issue 5), as hidden
+//! What `tools/gpu/gpu-check.sh` runs besides the recipe (issue 5), as hidden
 //! `runner dev ...` subcommands, so that one binary is all a GPU machine
 //! needs (a CUDA build is ~130 MB; the device machines take 64 MiB per call):
 //! - [`backbones`]: parity of each shared backbone's features with its

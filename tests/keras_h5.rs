@@ -1,5 +1,5 @@
 //! Keras-2 `.h5` weight files (`models::h5`): the committed h5py-written files
-//! in `tests/data/` (written by `scripts/make_keras_h5.py tests/data --small`)
+//! in `tests/data/` (written by `tools/fixtures/make_keras_h5.py tests/data --small`)
 //! read back bit-exactly against the shared safetensors, malformed files fail
 //! with an error naming the file and object, and (ignored by default: the
 //! full files are ~90 MB each, made on demand) the native Xception and
@@ -7,7 +7,7 @@
 //! the safetensors:
 //!
 //! ```sh
-//! python scripts/make_keras_h5.py /tmp/h5fx
+//! python tools/fixtures/make_keras_h5.py /tmp/h5fx
 //! RUNNER_H5_FIXTURES=/tmp/h5fx cargo test --test main keras_h5 -- --ignored
 //! ```
 
@@ -228,7 +228,7 @@ fn damaged_files_never_panic() {
 
 fn full_h5(stem: &str) -> PathBuf {
     let how = "make them with `pip install h5py numpy safetensors && \
-               python scripts/make_keras_h5.py OUTDIR`, then run \
+               python tools/fixtures/make_keras_h5.py OUTDIR`, then run \
                `RUNNER_H5_FIXTURES=OUTDIR cargo test --test main keras_h5 -- --ignored`";
     let dir = std::env::var_os("RUNNER_H5_FIXTURES")
         .unwrap_or_else(|| panic!("RUNNER_H5_FIXTURES is not set: the full Keras .h5 files are generated, not committed; {how}"));
@@ -289,13 +289,13 @@ fn check_full(arch: Arch, stem: &str) {
 }
 
 #[test]
-#[ignore = "needs the full .h5 files: RUNNER_H5_FIXTURES=DIR (scripts/make_keras_h5.py DIR)"]
+#[ignore = "needs the full .h5 files: RUNNER_H5_FIXTURES=DIR (tools/fixtures/make_keras_h5.py DIR)"]
 fn xception_from_full_h5_matches_safetensors() {
     check_full(Arch::Xception, "xception_imagenet_notop");
 }
 
 #[test]
-#[ignore = "needs the full .h5 files: RUNNER_H5_FIXTURES=DIR (scripts/make_keras_h5.py DIR)"]
+#[ignore = "needs the full .h5 files: RUNNER_H5_FIXTURES=DIR (tools/fixtures/make_keras_h5.py DIR)"]
 fn inception_v3_from_full_h5_matches_safetensors() {
     check_full(Arch::InceptionV3, "inception_v3_nsfwjs_notop");
 }

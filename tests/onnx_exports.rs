@@ -2,7 +2,7 @@
 //!
 //! `tests/data/onnx/` holds small random-weight models exported by Keras 3 +
 //! tf2onnx (NHWC inputs) and PyTorch's `torch.onnx.export` (NCHW), written by
-//! `scripts/export_onnx_fixtures.py`, each beside `NAME.expected.safetensors`
+//! `tools/fixtures/export_onnx_fixtures.py`, each beside `NAME.expected.safetensors`
 //! (`input` in the graph's layout, onnxruntime's `output`, metadata
 //! `output_name` and `layout`). Every `.onnx` there must reproduce
 //! onnxruntime to `1e-4 * max|reference|`: a new fixture is tested by being
@@ -107,7 +107,7 @@ fn fixtures() -> Vec<Fixture> {
     paths.sort();
     assert!(
         !paths.is_empty(),
-        "no .onnx fixtures in {}: run scripts/export_onnx_fixtures.py",
+        "no .onnx fixtures in {}: run tools/fixtures/export_onnx_fixtures.py",
         dir.display()
     );
     paths.into_iter().map(Fixture::load).collect()

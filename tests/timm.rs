@@ -2,12 +2,12 @@
 //! what timm computes, and PyTorch checkpoints (`.pth` / `.pt`) load.
 //!
 //! The full-size weights are not stored: each is a pure function of its
-//! state-dict name and shape (the generator of `scripts/make_timm_fixtures.py`,
+//! state-dict name and shape (the generator of `tools/fixtures/make_timm_fixtures.py`,
 //! reimplemented here bit for bit), so only the names and shapes
 //! (`tests/data/timm/<model>.tensors.txt`) and timm's pooled features for a
 //! generated input (`<model>.safetensors`, computed by timm in f32 on the CPU)
 //! are committed. Regenerate them with
-//! `/tmp/torchenv/bin/python scripts/make_timm_fixtures.py` (venv setup in
+//! `/tmp/torchenv/bin/python tools/fixtures/make_timm_fixtures.py` (venv setup in
 //! the script's docstring).
 
 use std::collections::HashMap;
@@ -29,11 +29,11 @@ fn data_dir() -> PathBuf {
 }
 
 const REGENERATE: &str =
-    "regenerate with `/tmp/torchenv/bin/python scripts/make_timm_fixtures.py` \
+    "regenerate with `/tmp/torchenv/bin/python tools/fixtures/make_timm_fixtures.py` \
      (venv: python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch timm safetensors numpy)";
 
 // ---------------------------------------------------------------------------
-// The generator of scripts/make_timm_fixtures.py
+// The generator of tools/fixtures/make_timm_fixtures.py
 // ---------------------------------------------------------------------------
 
 fn fnv1a64(name: &str) -> u64 {
@@ -187,7 +187,7 @@ fn full_size_pth_checkpoints_load_through_the_registry() {
     let Some(dir) = std::env::var_os("RUNNER_TIMM_CHECKPOINTS") else {
         println!(
             "skipped: set RUNNER_TIMM_CHECKPOINTS=DIR after \
-             `/tmp/torchenv/bin/python scripts/make_timm_fixtures.py --checkpoints DIR`"
+             `/tmp/torchenv/bin/python tools/fixtures/make_timm_fixtures.py --checkpoints DIR`"
         );
         return;
     };
@@ -200,7 +200,7 @@ fn full_size_pth_checkpoints_load_through_the_registry() {
         assert!(
             path.exists(),
             "{} is missing: write it with `/tmp/torchenv/bin/python \
-             scripts/make_timm_fixtures.py --checkpoints {}` ({REGENERATE})",
+             tools/fixtures/make_timm_fixtures.py --checkpoints {}` ({REGENERATE})",
             path.display(),
             Path::new(&dir).display()
         );

@@ -3,9 +3,9 @@
 //! nothing: CPU builds need no CUDA toolkit.
 //!
 //! nvcc is `$NVCC`, else `$CUDA_HOME/bin/nvcc`, else `nvcc` on the PATH
-//! (scripts/cuda-toolchain.sh sets up all three on machines without CUDA).
+//! (tools/gpu/cuda-toolchain.sh sets up all three on machines without CUDA).
 //! The PTX targets `compute_$CUDA_COMPUTE_CAP` like candle's own kernels
-//! (scripts/cuda-toolchain.sh sets 90: H100/H200, native bf16 conversions),
+//! (tools/gpu/cuda-toolchain.sh sets 90: H100/H200, native bf16 conversions),
 //! else compute_75, the oldest architecture CUDA 13 supports; the driver
 //! JIT-compiles it for the GPU at hand. PTX from nvcc 13.0 is ISA 9.0,
 //! which needs a CUDA 13.0 driver (580) or newer: a newer toolkit makes PTX
@@ -46,7 +46,7 @@ fn main() {
         .unwrap_or_else(|e| {
             panic!(
                 "cannot run {} to compile src/cuda/ops.cu ({e}); set NVCC or CUDA_HOME, \
-                 or run scripts/cuda-toolchain.sh (see its header)",
+                 or run tools/gpu/cuda-toolchain.sh (see its header)",
                 nvcc.display()
             )
         });

@@ -7,7 +7,7 @@
 //! `cuda` feature is on) and a plain CPU loop (`cpu_fwd`). The CPU loop is
 //! the reference the tests check against the fixtures (the portable path,
 //! `models::portable`, forced onto the CPU); the GPU check
-//! (`bench/gpu-check.sh`) checks the kernels on a GPU.
+//! (`tools/gpu/gpu-check.sh`) checks the kernels on a GPU.
 //!
 //! Both take NCHW inputs (made contiguous by the callers) in f32, f16 or
 //! bf16 and compute in f32.

@@ -2,8 +2,8 @@
 # Creates the Python virtualenv the benchmarks' peers run in (onnxruntime,
 # TensorFlow/Keras, tf2onnx), from PyPI: about 1.5 minutes and 1.5 GB.
 #
-#   bench/setup_venv.sh [VENV_DIR]     (default: bench/.venv)
-#   VENV_DIR/bin/python bench/side_by_side.py
+#   tools/compare/setup_venv.sh [VENV_DIR]     (default: tools/compare/.venv)
+#   VENV_DIR/bin/python tools/compare/side_by_side.py
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${1:-$here/.venv}"

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# Unpacks one piece that bench/gpu-pack.sh made (carried to the GPU machine
+# Unpacks one piece that tools/gpu/gpu-pack.sh made (carried to the GPU machine
 # as .gpu/PART) into /tmp/gpu: bin/runner, models/, data/woof-dev.
-# bench/gpu-check.sh finds /tmp/gpu by itself when ../shared and
+# tools/gpu/gpu-check.sh finds /tmp/gpu by itself when ../shared and
 # target-cuda/ are absent, as on the device machine.
 #
-# Usage: bash bench/gpu-stage.sh a|b|c
+# Usage: bash tools/gpu/gpu-stage.sh a|b|c
 set -euo pipefail
 
 part="$1"
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 src="$root/.gpu/$part"
 dest=/tmp/gpu
 mkdir -p "$dest/bin" "$dest/models" "$dest/data"
 if [ ! -d "$src" ]; then
-  echo "no $src: carry .gpu/$part (bench/gpu-pack.sh makes it)" >&2
+  echo "no $src: carry .gpu/$part (tools/gpu/gpu-pack.sh makes it)" >&2
   exit 1
 fi
 unxz_to() { # FILE.xz DEST: xz if installed, else Python's lzma

@@ -8,7 +8,7 @@ features, converts with tf2onnx (opset 17, dynamic batch) and checks
 onnxruntime against the fixture too. EfficientNet-Lite0's ONNX file ships in
 ../shared/models already.
 
-Usage: python bench/export_onnx.py OUT_DIR
+Usage: python tools/compare/export_onnx.py OUT_DIR
 """
 import os
 import re
@@ -23,7 +23,7 @@ import tensorflow as tf  # noqa: E402
 import tf2onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "models")
+SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "models")
 MODELS = {
     "xception": (keras.applications.Xception, "xception_imagenet_notop"),
     "inception_v3": (keras.applications.InceptionV3, "inception_v3_nsfwjs_notop"),
@@ -86,4 +86,4 @@ def main(out_dir):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "bench/.onnx")
+    main(sys.argv[1] if len(sys.argv) > 1 else "tools/compare/.onnx")

@@ -1,6 +1,6 @@
 """Keras head training for the 2017 recipe: the peer `runner`'s heads are measured against.
 
-Usage: python bench/heads_keras.py FEATURES_DIR [--labels ../shared/data/woof-dev/labels.csv]
+Usage: python tools/compare/heads_keras.py FEATURES_DIR [--labels ../shared/data/woof-dev/labels.csv]
                                    [--threads 2] [--repeats 3] [--seed 2017]
 Input: FEATURES_DIR as written by `runner extract experiments/xception_inception_flip.toml
 --out FEATURES_DIR` ({train,test}_{xception,inception_v3}_{original,hflip}.npy,

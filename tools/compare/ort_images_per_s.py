@@ -1,8 +1,8 @@
 """onnxruntime images/s for one ONNX backbone: the peer `runner` is measured against.
 
-Usage: python bench/ort_images_per_s.py MODEL.onnx --batch 8 --threads 2 --seconds 10 [--input X.npy]
+Usage: python tools/compare/ort_images_per_s.py MODEL.onnx --batch 8 --threads 2 --seconds 10 [--input X.npy]
 Input: `--input` (a preprocessed batch in the model's layout, as
-bench/side_by_side.py writes it), else random normal data in the model's
+tools/compare/side_by_side.py writes it), else random normal data in the model's
 layout (NHWC 299 for the Keras exports, NCHW 224 for EfficientNet-Lite0);
 one warm-up run, then as many batches as fit in --seconds; prints one JSON
 line.

@@ -1,7 +1,7 @@
 """PyTorch eager images/s for the timm twin of one backbone: the second peer
-of bench/side_by_side.py (`--torch-python`).
+of tools/compare/side_by_side.py (`--torch-python`).
 
-Usage: python bench/torch_images_per_s.py ARCH --input X.npy --threads 2 --seconds 10
+Usage: python tools/compare/torch_images_per_s.py ARCH --input X.npy --threads 2 --seconds 10
 ARCH: xception (timm `legacy_xception`), inception_v3 (`inception_v3`),
 efficientnet_lite0 (`tf_efficientnet_lite0`, TF "same" padding as the
 shared weights). Random weights: the speed of a dense network does not

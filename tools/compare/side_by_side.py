@@ -1,7 +1,7 @@
 """runner vs onnxruntime: CPU feature extraction, side by side, as ratios.
 
 For each backbone and thread count, runs `runner`'s forward pass
-(benches/extract_rate.rs) and onnxruntime's (bench/ort_images_per_s.py) on
+(benches/extract_rate.rs) and onnxruntime's (tools/compare/ort_images_per_s.py) on
 the same decoded images, at the same batch size and thread count, one
 process at a time and alternating which goes first, for --rounds rounds.
 Prints a markdown table of median images/s and the median of the per-round
@@ -9,17 +9,17 @@ ratios runner / onnxruntime (the machines are shared and noisy: only the
 ratio of neighbouring runs means much), and writes every raw measurement as
 JSON lines to --out.
 
-Usage (from the repository root, with a venv from bench/setup_venv.sh):
-    python bench/side_by_side.py [--rounds 3] [--seconds 8] [--batch 8]
+Usage (from the repository root, with a venv from tools/compare/setup_venv.sh):
+    python tools/compare/side_by_side.py [--rounds 3] [--seconds 8] [--batch 8]
         [--threads 1 2] [--models xception inception_v3 efficientnet_lite0]
         [--torch-python VENV/bin/python]
 
-`--torch-python` adds PyTorch eager (bench/torch_images_per_s.py, timm's
+`--torch-python` adds PyTorch eager (tools/compare/torch_images_per_s.py, timm's
 twins of the three networks) as a second peer, run with that interpreter
 (a venv with torch and timm: `pip install torch timm numpy pillow`).
 
 ONNX files: Xception and InceptionV3 are exported from the shared Keras
-weights by bench/export_onnx.py into --onnx-dir when missing (needs
+weights by tools/compare/export_onnx.py into --onnx-dir when missing (needs
 tensorflow-cpu and tf2onnx); EfficientNet-Lite0's ships in ../shared/models.
 """
 import argparse
@@ -33,7 +33,7 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageOps
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = os.path.join(ROOT, "..", "shared")
 MODELS = {
     # name: (weights, onnx file (None: in --onnx-dir), input size, preprocess)

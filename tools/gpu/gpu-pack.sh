@@ -1,34 +1,34 @@
 #!/usr/bin/env bash
-# Packs what bench/gpu-check.sh needs on a GPU machine into pieces that the
+# Packs what tools/gpu/gpu-check.sh needs on a GPU machine into pieces that the
 # device tool can carry (64 MiB per call, the working tree included):
 #   .gpu/a  the CUDA runner, Xception weights and fixture
 #   .gpu/b  InceptionV3 and EfficientNet-Lite0 weights and fixtures, woof-dev
 #   .gpu/c  the EfficientNet-Lite0 ONNX export and the cuDNN build
 # Weights and the binary are xz-compressed (InceptionV3's f16 weights shrink
-# 44 -> 15 MB: they were 8-bit quantised once). bench/gpu-stage.sh unpacks
+# 44 -> 15 MB: they were 8-bit quantised once). tools/gpu/gpu-stage.sh unpacks
 # each piece into /tmp/gpu on the device machine; the last call runs the
 # check. The device-tool calls, in order (back to back: the machine stays
 # warm only ~30 s between calls):
-#   run carry=[".gpu/a"]  command="bash bench/gpu-stage.sh a"
-#   run carry=[".gpu/b"]  command="bash bench/gpu-stage.sh b"
-#   run carry=[".gpu/c"]  command="bash bench/gpu-stage.sh c && bash bench/gpu-check.sh $OUT/check"
+#   run carry=[".gpu/a"]  command="bash tools/gpu/gpu-stage.sh a"
+#   run carry=[".gpu/b"]  command="bash tools/gpu/gpu-stage.sh b"
+#   run carry=[".gpu/c"]  command="bash tools/gpu/gpu-stage.sh c && bash tools/gpu/gpu-check.sh $OUT/check"
 #
-# Usage: bench/gpu-pack.sh. It builds both CUDA binaries first (`--features
+# Usage: tools/gpu/gpu-pack.sh. It builds both CUDA binaries first (`--features
 # cuda`, then `--features cudnn`, in target-cuda/; ~2 min each once built
-# before), which needs `scripts/cuda-toolchain.sh --cudnn` run once.
+# before), which needs `tools/gpu/cuda-toolchain.sh --cudnn` run once.
 # Environment: SHARED (default ../shared), NO_BUILD=1 (pack what
 # target-cuda/release/runner is, no cuDNN build). Adds /.gpu/ to
 # .git/info/exclude.
 set -euo pipefail
 
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 shared="${SHARED:-$root/../shared}"
 bin="$root/target-cuda/release/runner"
 mkdir -p .gpu
 if [ "${NO_BUILD:-0}" != 1 ]; then
   env_sh="${RUNNER_CUDA_TOOLCHAIN:-$HOME/.cache/runner-cuda-13.0}/env.sh"
-  [ -f "$env_sh" ] || { echo "no $env_sh: run scripts/cuda-toolchain.sh --cudnn first" >&2; exit 1; }
+  [ -f "$env_sh" ] || { echo "no $env_sh: run tools/gpu/cuda-toolchain.sh --cudnn first" >&2; exit 1; }
   # shellcheck disable=SC1090
   source "$env_sh"
   CARGO_TARGET_DIR=target-cuda cargo build --release --features cudnn --bin runner
@@ -38,7 +38,7 @@ else
   rm -f .gpu/runner-cudnn
 fi
 if [ ! -x "$bin" ]; then
-  echo "no CUDA build at $bin; build it first (see bench/gpu-check.sh)" >&2
+  echo "no CUDA build at $bin; build it first (see tools/gpu/gpu-check.sh)" >&2
   exit 1
 fi
 if ! grep -qx '/.gpu/' .git/info/exclude 2>/dev/null; then

@@ -8,14 +8,14 @@
 # Everything runs from one binary, the CUDA build of `runner` (the checks
 # besides the recipe are its hidden `runner dev` subcommands). Build it here
 # (a machine with the toolchain), into target-cuda/:
-#   scripts/cuda-toolchain.sh            # see its header for the environment
+#   tools/gpu/cuda-toolchain.sh            # see its header for the environment
 #   CARGO_TARGET_DIR=target-cuda cargo build --release --features cuda --bin runner
-# then ship it with the shared models and data: bench/gpu-pack.sh does that
+# then ship it with the shared models and data: tools/gpu/gpu-pack.sh does that
 # in pieces small enough for the device tool; on a machine with everything:
-#   bench/gpu-check.sh [OUT_DIR]          # default /tmp/gpu-check
+#   tools/gpu/gpu-check.sh [OUT_DIR]          # default /tmp/gpu-check
 #
 # Environment: SHARED (default ../shared, else /tmp/gpu as staged by
-# bench/gpu-stage.sh, else ./shared), BIN_DIR (default target-cuda/release,
+# tools/gpu/gpu-stage.sh, else ./shared), BIN_DIR (default target-cuda/release,
 # else /tmp/gpu/bin), CUDA_LIBS (prepended to LD_LIBRARY_PATH; default:
 # the nvidia/cu13/lib folder of python3's CUDA 13 wheels, if there is one),
 # DEVICE (default cuda), PRECISIONS (default "f32 bf16"), RECIPE_PRECISIONS
@@ -32,14 +32,14 @@
 # the check is still under CUDNN_RECIPE_BEFORE seconds (default 330).
 set -uo pipefail
 
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 shared="${SHARED:-}"
 if [ -z "$shared" ]; then
   if [ -d ../shared/models ]; then
     shared="$(cd ../shared && pwd)"
   elif [ -d /tmp/gpu/models ]; then
-    shared=/tmp/gpu # staged by bench/gpu-stage.sh
+    shared=/tmp/gpu # staged by tools/gpu/gpu-stage.sh
   else
     shared="$root/shared"
   fi
