@@ -82,8 +82,8 @@ def main():
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--images", default=os.path.join(SHARED, "data", "woof-dev", "train"))
-    ap.add_argument("--onnx-dir", default=os.path.join(ROOT, "bench", "onnx"))
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "side_by_side.jsonl"))
+    ap.add_argument("--onnx-dir", default=os.path.join(ROOT, "tools", "compare", "onnx"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "tools", "compare", "results", "side_by_side.jsonl"))
     ap.add_argument("--torch-python", help="python of a venv with torch + timm: adds PyTorch eager")
     a = ap.parse_args()
 
@@ -92,7 +92,7 @@ def main():
     binary = runner_binary()
     if any(MODELS[m][1] is None and not os.path.exists(os.path.join(a.onnx_dir, m + ".onnx"))
            for m in a.models):
-        subprocess.run([sys.executable, os.path.join(ROOT, "bench", "export_onnx.py"), a.onnx_dir],
+        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "compare", "export_onnx.py"), a.onnx_dir],
                        check=True)
     paths = sorted(os.path.join(a.images, f) for f in os.listdir(a.images) if f.endswith(".jpg"))
     paths = paths[:a.batch]
@@ -117,12 +117,12 @@ def main():
                 for t in a.threads:
                     ours = [binary, m, weights, a.images, "--batch", str(a.batch),
                             "--seconds", str(a.seconds), "--threads", str(t)]
-                    theirs = [sys.executable, os.path.join(ROOT, "bench", "ort_images_per_s.py"),
+                    theirs = [sys.executable, os.path.join(ROOT, "tools", "compare", "ort_images_per_s.py"),
                               onnx_path, "--input", npy, "--threads", str(t), "--seconds", str(a.seconds)]
                     order = [("runner", ours), ("onnxruntime", theirs)]
                     if a.torch_python:
                         order.append(("pytorch", [a.torch_python,
-                                                  os.path.join(ROOT, "bench", "torch_images_per_s.py"),
+                                                  os.path.join(ROOT, "tools", "compare", "torch_images_per_s.py"),
                                                   m, "--input", npy_nchw, "--threads", str(t),
                                                   "--seconds", str(a.seconds)]))
                     if r % 2:

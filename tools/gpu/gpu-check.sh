@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check of issue 5: parity of GPU features with the shared
+# The prepared GPU check: parity of GPU features with the shared
 # fixtures, images/s per backbone at a few batch sizes, and the full 2017
 # recipe (Xception + InceptionV3, both views, 5 folds) on a generated
 # Kaggle-sized set of 20,579 JPEGs, timed per stage. Meant for a GPU machine
