@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use super::raw::{RawBackbone, RawData, RawSpec};
 use super::{
-    BackboneSpec, CvSpec, DataSpec, ExtractSpec, HeadSpec, Layout, Optimizer, Resize, Spec,
-    SpecError, View,
+    BackboneSpec, CvSpec, DataSpec, ExtractSpec, HeadSpec, Layout, Optimizer, Spec, SpecError,
+    View,
 };
 
 /// Defaults, in one place so README and code agree.
@@ -303,7 +303,7 @@ impl Resolver<'_> {
 
     fn backbone(&self, i: usize, raw: RawBackbone) -> Result<BackboneSpec, SpecError> {
         let weights = self.path(raw.weights.clone());
-        let (input_size, preprocess) = match raw.arch.pretrained_cfg() {
+        let (input_size, preprocess, resize) = match raw.arch.pretrained_cfg() {
             Some(cfg) => {
                 for (key, set) in [
                     ("output", raw.output.is_some()),
@@ -320,9 +320,13 @@ impl Resolver<'_> {
                 (
                     raw.input_size.unwrap_or(cfg.input_size),
                     raw.preprocess.unwrap_or(cfg.preprocess),
+                    raw.resize.unwrap_or(cfg.resize),
                 )
             }
-            None => self.onnx_defaults(i, &raw, &weights)?,
+            None => {
+                let (size, preprocess) = self.onnx_defaults(i, &raw, &weights)?;
+                (size, preprocess, raw.resize.unwrap_or_default())
+            }
         };
         if !(32..=1024).contains(&input_size) {
             return Err(self.invalid(
@@ -336,7 +340,7 @@ impl Resolver<'_> {
             weights,
             input_size,
             preprocess,
-            resize: raw.resize.unwrap_or(Resize::Box),
+            resize,
             output: raw.output,
             input_layout: raw.input_layout,
         })
