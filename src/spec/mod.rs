@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use runner_models::{BackboneSpec, Resize};
 pub use resolve::{load, parse, DEFAULT_EXTRACT_BATCH, DEFAULT_GPU_EXTRACT_BATCH};
+pub use runner_models::{BackboneSpec, Resize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {

@@ -4,8 +4,7 @@ use std::path::{Path, PathBuf};
 
 use super::raw::{RawBackbone, RawData, RawSpec};
 use super::{
-    BackboneSpec, CvSpec, DataSpec, ExtractSpec, HeadSpec, Layout, Optimizer, Spec, SpecError,
-    View,
+    BackboneSpec, CvSpec, DataSpec, ExtractSpec, HeadSpec, Layout, Optimizer, Spec, SpecError, View,
 };
 
 /// Defaults, in one place so README and code agree.

@@ -95,7 +95,8 @@ impl MbConv {
             None
         };
         let (ckpt, conv) = (w.weights(), Convention::torch(BN_EPS));
-        let (mut k, [c, kh, kw]) = conv.depthwise_kernel(ckpt, &w.path("_depthwise_conv.weight"))?;
+        let (mut k, [c, kh, kw]) =
+            conv.depthwise_kernel(ckpt, &w.path("_depthwise_conv.weight"))?;
         let bias = conv.bn(ckpt, &w.path("_bn1"), c)?.fold_into(&mut k, None);
         let depthwise = DepthwiseConv2d::new(
             k,

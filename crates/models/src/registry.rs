@@ -8,6 +8,7 @@
 //! table, so a backbone is added here and in its own file only.
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use candle_core::Device;
 
@@ -130,6 +131,14 @@ pub fn identify<'a>(
     let names: HashSet<&str> = names.into_iter().collect();
     let has = |n: &str| names.contains(n);
     all().find_map(|e| e.probe(&has).map(|p| (e, p)))
+}
+
+/// [`identify`] for the checkpoint at `path` (any container
+/// [`Weights::read`] reads).
+pub fn identify_file(path: &Path) -> Result<Option<(&'static ModelEntry, Probe)>, ModelError> {
+    let w = Weights::read("the", path)?;
+    let names = w.summary();
+    Ok(identify(names.iter().map(|(n, _, _)| n.as_str())))
 }
 
 #[cfg(test)]

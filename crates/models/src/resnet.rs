@@ -176,7 +176,12 @@ impl Block {
                     padding: if p == 0 { Padding::Valid } else { pad(p) },
                     act,
                 };
-                w.conv_bn(&format!("conv{}", i + 1), &format!("bn{}", i + 1), BN_EPS, cfg)
+                w.conv_bn(
+                    &format!("conv{}", i + 1),
+                    &format!("bn{}", i + 1),
+                    BN_EPS,
+                    cfg,
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
         let downsample = if w.contains("downsample.0.weight") {
@@ -305,7 +310,6 @@ impl Backbone for ResNet {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -395,8 +399,7 @@ mod tests {
             assert_eq!(net.num_blocks(), 7);
             let width = narrow(3) * block.expansion();
             assert_eq!(net.num_features(), width);
-            let x = Tensor::ones((2, 3, 64, 64), candle_core::DType::F32, &Device::Cpu)
-                .expect("x");
+            let x = Tensor::ones((2, 3, 64, 64), candle_core::DType::F32, &Device::Cpu).expect("x");
             let f = net.forward_features(&x).expect("forward");
             assert_eq!(f.dims(), &[2, width]);
         }
@@ -447,8 +450,8 @@ mod tests {
     fn probes_tell_the_depths_apart() {
         for cfg in &CONFIGS {
             let sd = state_dict(cfg, narrow);
-            let found = crate::registry::identify(sd.keys().map(String::as_str))
-                .map(|(e, _)| e.name);
+            let found =
+                crate::registry::identify(sd.keys().map(String::as_str)).map(|(e, _)| e.name);
             assert_eq!(found, Some(cfg.name));
         }
     }

@@ -69,7 +69,11 @@ fn probes() -> Vec<Probe> {
         Probe::new(
             "timm legacy_xception names",
             Flavour::Torch,
-            &["conv1.weight", "block12.skip.weight", "conv4.pointwise.weight"],
+            &[
+                "conv1.weight",
+                "block12.skip.weight",
+                "conv4.pointwise.weight",
+            ],
         ),
     ]
 }
