@@ -433,4 +433,34 @@ weights = "w.safetensors"
         let again: Spec = toml::from_str(&spec.to_toml()).unwrap();
         assert_eq!(again, spec);
     }
+
+    /// The serialised backbone (what spec hashes and cache keys read) spells
+    /// the architecture by its registered name and omits the ONNX-only keys.
+    #[test]
+    fn a_resolved_backbone_serialises_to_its_canonical_json() {
+        let spec = parse(MINIMAL, "t.toml", Path::new("/specs")).unwrap();
+        assert_eq!(
+            serde_json::to_string(&spec.backbones[0]).unwrap(),
+            r#"{"arch":"efficientnet_lite0","weights":"/specs/w.safetensors","input_size":224,"preprocess":"efficientnet_lite","resize":"box"}"#
+        );
+    }
+
+    #[test]
+    fn backbone_defaults_come_from_the_registered_pretrained_config() {
+        for entry in runner_models::registry::all() {
+            let Some(cfg) = entry.pretrained_cfg else {
+                continue;
+            };
+            let text = MINIMAL.replace("efficientnet_lite0", entry.name);
+            let spec = parse(&text, "t.toml", Path::new("/specs")).unwrap();
+            let b = &spec.backbones[0];
+            assert_eq!(b.arch.name(), entry.name);
+            assert_eq!(
+                (b.input_size, b.preprocess, b.resize),
+                (cfg.input_size, cfg.preprocess, cfg.resize),
+                "{}",
+                entry.name
+            );
+        }
+    }
 }

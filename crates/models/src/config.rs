@@ -67,6 +67,18 @@ pub struct PretrainedCfg {
     pub num_features: usize,
 }
 
+impl PretrainedCfg {
+    /// A square `input_size` input resized with [`Resize::Box`].
+    pub const fn new(input_size: usize, preprocess: Preprocess, num_features: usize) -> Self {
+        Self {
+            input_size,
+            preprocess,
+            resize: Resize::Box,
+            num_features,
+        }
+    }
+}
+
 /// A registered architecture: a `Copy` handle to its [`ModelEntry`],
 /// (de)serialised as the entry's name.
 #[derive(Clone, Copy)]

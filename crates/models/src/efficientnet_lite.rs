@@ -20,8 +20,8 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::config::{BackboneSpec, Preprocess, PretrainedCfg, Resize};
-use super::flavour::{Convention, Flavour};
+use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
+use super::flavour::Convention;
 use super::layers::{global_avg_pool, Act, Conv2d, DepthwiseConv2d, Padding, Weights, BN_EPS};
 use super::registry::{ModelEntry, Probe};
 use super::weights_view::{ConvCfg, TorchWeights};
@@ -30,26 +30,15 @@ use super::{Backbone, ModelError};
 const ARCH: &str = "efficientnet_lite0";
 
 /// The TF reference's preprocessing and input size for Lite0.
-pub const CFG: PretrainedCfg = PretrainedCfg {
-    input_size: 224,
-    preprocess: Preprocess::EfficientnetLite,
-    resize: Resize::Box,
-    num_features: 1280,
-};
+pub const CFG: PretrainedCfg = PretrainedCfg::new(224, Preprocess::EfficientnetLite, 1280);
 
-pub const MODELS: &[ModelEntry] = &[ModelEntry {
-    name: ARCH,
-    pretrained_cfg: Some(CFG),
-    probes,
-    load,
-}];
+pub const MODELS: &[ModelEntry] = &[ModelEntry::native(ARCH, CFG, probes, load)];
 
 /// Stem, head and the 16th (last) MBConv block, and no 17th (Lite1 and
 /// larger have more blocks).
 fn probes() -> Vec<Probe> {
-    let mut p = Probe::new(
+    let mut p = Probe::torch(
         "efficientnet-lite-pytorch names",
-        Flavour::Torch,
         &[
             "_conv_stem.weight",
             "_blocks.15._depthwise_conv.weight",

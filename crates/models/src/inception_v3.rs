@@ -25,7 +25,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::config::{BackboneSpec, Preprocess, PretrainedCfg, Resize};
+use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
 use super::flavour::{Convention, Flavour};
 use super::layers::{
     avg_pool2d_same_exclude_pad, concat_channels, global_avg_pool, max_pool2d, Act, Conv2d,
@@ -37,37 +37,20 @@ use super::{Backbone, ModelError};
 const ARCH: &str = "inception_v3";
 
 /// Keras' and timm's preprocessing and input size for Inception-v3.
-pub const CFG: PretrainedCfg = PretrainedCfg {
-    input_size: 299,
-    preprocess: Preprocess::Inception,
-    resize: Resize::Box,
-    num_features: 2048,
-};
+pub const CFG: PretrainedCfg = PretrainedCfg::new(299, Preprocess::Inception, 2048);
 
-pub const MODELS: &[ModelEntry] = &[ModelEntry {
-    name: ARCH,
-    pretrained_cfg: Some(CFG),
-    probes,
-    load,
-}];
+pub const MODELS: &[ModelEntry] = &[ModelEntry::native(ARCH, CFG, probes, load)];
 
 /// The first and last convolutions in each naming (Keras numbers 94; the
 /// first four alone would also be Xception's shortcuts).
 fn probes() -> Vec<Probe> {
+    let torch = [
+        "Conv2d_1a_3x3.conv.weight",
+        "Mixed_7c.branch_pool.conv.weight",
+    ];
     vec![
-        Probe::new(
-            "Keras-2 names",
-            Flavour::Keras,
-            &["conv2d_1/kernel", "conv2d_94/kernel"],
-        ),
-        Probe::new(
-            "timm / torchvision inception_v3 names",
-            Flavour::Torch,
-            &[
-                "Conv2d_1a_3x3.conv.weight",
-                "Mixed_7c.branch_pool.conv.weight",
-            ],
-        ),
+        Probe::keras(&["conv2d_1/kernel", "conv2d_94/kernel"]),
+        Probe::torch("timm / torchvision inception_v3 names", &torch),
     ]
 }
 

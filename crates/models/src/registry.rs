@@ -35,6 +35,21 @@ pub struct ModelEntry {
 }
 
 impl ModelEntry {
+    /// An architecture built natively from a checkpoint.
+    pub const fn native(
+        name: &'static str,
+        cfg: PretrainedCfg,
+        probes: fn() -> Vec<Probe>,
+        load: Loader,
+    ) -> Self {
+        Self {
+            name,
+            pretrained_cfg: Some(cfg),
+            probes,
+            load,
+        }
+    }
+
     /// The first of the entry's probes that `has` satisfies.
     pub fn probe(&self, has: &dyn Fn(&str) -> bool) -> Option<Probe> {
         (self.probes)().into_iter().find(|p| p.matches(has))
@@ -56,8 +71,17 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// A probe that only lists tensors a checkpoint holds.
-    pub fn new(naming: &'static str, flavour: Flavour, present: &[&str]) -> Self {
+    /// Keras-2 layer names (`LAYER/VAR`) that a checkpoint holds.
+    pub fn keras(present: &[&str]) -> Self {
+        Self::holding("Keras-2 names", Flavour::Keras, present)
+    }
+
+    /// PyTorch state-dict names of the convention `naming` that a checkpoint holds.
+    pub fn torch(naming: &'static str, present: &[&str]) -> Self {
+        Self::holding(naming, Flavour::Torch, present)
+    }
+
+    fn holding(naming: &'static str, flavour: Flavour, present: &[&str]) -> Self {
         Self {
             naming,
             flavour,

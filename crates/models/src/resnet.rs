@@ -24,7 +24,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::config::{BackboneSpec, Preprocess, PretrainedCfg, Resize};
+use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
 use super::flavour::Flavour;
 use super::layers::{global_avg_pool, max_pool2d, Act, Conv2d, Pad4, Padding, Weights};
 use super::registry::{ModelEntry, Probe};
@@ -118,17 +118,8 @@ pub const CONFIGS: [Config; 5] = [
 
 /// The registry entry of `CONFIGS[I]`.
 const fn entry<const I: usize>() -> ModelEntry {
-    ModelEntry {
-        name: CONFIGS[I].name,
-        pretrained_cfg: Some(PretrainedCfg {
-            input_size: 224,
-            preprocess: Preprocess::Imagenet,
-            resize: Resize::Box,
-            num_features: CONFIGS[I].num_features(),
-        }),
-        probes: probes::<I>,
-        load: load::<I>,
-    }
+    let cfg = PretrainedCfg::new(224, Preprocess::Imagenet, CONFIGS[I].num_features());
+    ModelEntry::native(CONFIGS[I].name, cfg, probes::<I>, load::<I>)
 }
 
 fn probes<const I: usize>() -> Vec<Probe> {
@@ -375,17 +366,6 @@ mod tests {
         2 + s
     }
 
-    fn load_err(cfg: &Config, sd: HashMap<String, Tensor>) -> String {
-        let w = Weights::from_tensors(cfg.name, sd);
-        match ResNet::from_weights(cfg, &w, &Device::Cpu) {
-            Ok(_) => panic!("{}: loaded a mismatched checkpoint", cfg.name),
-            Err(e) => match std::error::Error::source(&e) {
-                Some(cause) => format!("{e}: {cause}"),
-                None => e.to_string(),
-            },
-        }
-    }
-
     #[test]
     fn block_counts_and_widths_follow_the_config() {
         for block in [BlockKind::Basic, BlockKind::Bottleneck] {
@@ -421,29 +401,33 @@ mod tests {
         }
     }
 
+    /// Deeper, shallower and other-kind checkpoints are refused, naming the
+    /// block that does not fit.
     #[test]
-    fn a_deeper_checkpoint_is_refused_naming_the_extra_block() {
+    fn a_checkpoint_of_another_depth_is_refused_naming_the_block() {
         let [r18, r34, r50, r101, _] = &CONFIGS;
-        let err = load_err(r18, state_dict(r34, narrow));
-        assert!(err.contains("extra block `layer1.2`"), "{err}");
-        let err = load_err(r50, state_dict(r101, narrow));
-        assert!(err.contains("extra block `layer3.6`"), "{err}");
-    }
-
-    #[test]
-    fn a_shallower_checkpoint_is_refused_naming_the_missing_block() {
-        let [r18, r34, ..] = &CONFIGS;
-        let err = load_err(r34, state_dict(r18, narrow));
-        assert!(err.contains("`layer1.2.conv1.weight` is missing"), "{err}");
-    }
-
-    #[test]
-    fn the_other_block_kind_is_refused_by_name() {
-        let [r18, r34, r50, ..] = &CONFIGS;
-        let err = load_err(r50, state_dict(r34, narrow));
-        assert!(err.contains("basic-block ResNet"), "{err}");
-        let err = load_err(r18, state_dict(r50, narrow));
-        assert!(err.contains("a bottleneck ResNet"), "{err}");
+        for (cfg, ckpt, expected) in [
+            (r18, r34, "extra block `layer1.2`"),
+            (r50, r101, "extra block `layer3.6`"),
+            (r34, r18, "`layer1.2.conv1.weight` is missing"),
+            (r50, r34, "basic-block ResNet"),
+            (r18, r50, "a bottleneck ResNet"),
+        ] {
+            let w = Weights::from_tensors(cfg.name, state_dict(ckpt, narrow));
+            let err = match ResNet::from_weights(cfg, &w, &Device::Cpu) {
+                Ok(_) => panic!("{} loaded {}", cfg.name, ckpt.name),
+                Err(e) => match std::error::Error::source(&e) {
+                    Some(cause) => format!("{e}: {cause}"),
+                    None => e.to_string(),
+                },
+            };
+            assert!(
+                err.contains(expected),
+                "{} <- {}: {err}",
+                cfg.name,
+                ckpt.name
+            );
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::config::{BackboneSpec, Preprocess, PretrainedCfg, Resize};
+use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
 use super::flavour::{Convention, Flavour};
 use super::layers::{
     blocked_max_pool, global_avg_pool, max_pool2d, Act, BlockedConv1x1, BlockedDepthwise, Conv2d,
@@ -43,38 +43,22 @@ use runner_kernels::nchwc::{self, Blocked};
 const ARCH: &str = "xception";
 
 /// Keras' and timm's preprocessing and input size for Xception.
-pub const CFG: PretrainedCfg = PretrainedCfg {
-    input_size: 299,
-    preprocess: Preprocess::Inception,
-    resize: Resize::Box,
-    num_features: 2048,
-};
+pub const CFG: PretrainedCfg = PretrainedCfg::new(299, Preprocess::Inception, 2048);
 
-pub const MODELS: &[ModelEntry] = &[ModelEntry {
-    name: ARCH,
-    pretrained_cfg: Some(CFG),
-    probes,
-    load,
-}];
+pub const MODELS: &[ModelEntry] = &[ModelEntry::native(ARCH, CFG, probes, load)];
 
 /// The first and last convolutions in each naming (the map is
 /// `Layer::names`).
 fn probes() -> Vec<Probe> {
+    let keras = ["block1_conv1/kernel", "block14_sepconv2/pointwise_kernel"];
+    let timm = [
+        "conv1.weight",
+        "block12.skip.weight",
+        "conv4.pointwise.weight",
+    ];
     vec![
-        Probe::new(
-            "Keras-2 names",
-            Flavour::Keras,
-            &["block1_conv1/kernel", "block14_sepconv2/pointwise_kernel"],
-        ),
-        Probe::new(
-            "timm legacy_xception names",
-            Flavour::Torch,
-            &[
-                "conv1.weight",
-                "block12.skip.weight",
-                "conv4.pointwise.weight",
-            ],
-        ),
+        Probe::keras(&keras),
+        Probe::torch("timm legacy_xception names", &timm),
     ]
 }
 
