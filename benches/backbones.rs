@@ -1,11 +1,12 @@
 //! Side-by-side timings of the dense-convolution GEMM and of whole backbones,
 //! in one process so that both sides see the same machine load.
 //!
-//! `cargo bench --bench backbones [-- peak|gemm|backbones [xception|inception_v3|efficientnet_lite0]...]`:
+//! `cargo bench --bench backbones [-- peak|gemm|backbones [ARCH]...]`:
 //! - `gemm`: the convolution GEMM on real conv shapes of our three backbones,
 //!   against candle's `Tensor::matmul`, alternating the two, in GFLOP/s;
-//! - `backbones`: seconds per image of each backbone at batch 8 with the
-//!   shared weights in `../shared/models` (skipped when they are absent).
+//! - `backbones`: seconds per image at batch 8 of every registered
+//!   architecture with a checkpoint in `../shared/models` (found by its
+//!   tensor names; ARCH arguments select some).
 //!
 //! `RUNNER_PROFILE=1` adds each backbone's per-op table (time share,
 //! GFLOP/s).
@@ -13,12 +14,12 @@
 //! Threads as the CLI sets them: one global rayon pool (`RAYON_NUM_THREADS`,
 //! default all cores) and candle's elementwise pool pinned to 1 thread.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use runner_kernels::{self as kernels, DenseB, MatRef, Output, PackedA};
-use runner_models::{self as models, profile, Arch};
+use runner_models::{self as models, profile, registry, Arch, BackboneSpec};
 
 // As in the binary: mimalloc reuses freed buffers instead of re-faulting them.
 #[global_allocator]
@@ -336,37 +337,55 @@ fn window() {
     }
 }
 
+/// The shared checkpoints in `dir` (`*.safetensors`, fixtures aside), each
+/// with the registered architecture its tensor names identify, in registry
+/// order; none when the folder is absent.
+fn shared_backbones(dir: &Path) -> Vec<(Arch, PathBuf)> {
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        println!("backbones skipped: {} missing", dir.display());
+        return Vec::new();
+    };
+    let mut found: Vec<(Arch, PathBuf)> = listing
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.ends_with(".safetensors") && !name.ends_with(".fixture.safetensors")
+        })
+        .filter_map(|p| {
+            let (entry, _) = registry::identify_file(&p).ok()??;
+            Some((Arch::from(entry), p))
+        })
+        .collect();
+    let rank = |a: &Arch| registry::all().position(|e| e.name == a.name());
+    found.sort_by_key(|(a, p)| (rank(a), p.clone()));
+    found
+}
+
 /// Seconds per image at batch 8: one warm-up batch, then the median of 3.
 fn backbones() {
     const BATCH: usize = 8;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models");
-    let table = [
-        (Arch::Xception, "xception_imagenet_notop"),
-        (Arch::InceptionV3, "inception_v3_nsfwjs_notop"),
-        (Arch::EfficientnetLite0, "efficientnet_lite0_imagenet"),
-    ];
+    let table = shared_backbones(&dir);
     println!("\n== backbones, batch {BATCH}: seconds per image (median of 3) ==");
     // Backbone names among the arguments select those only.
     let named: Vec<String> = std::env::args()
         .filter(|a| table.iter().any(|(arch, _)| arch.name() == a))
         .collect();
-    for (arch, stem) in table {
+    for (arch, path) in table {
         if !named.is_empty() && !named.iter().any(|n| n == arch.name()) {
             continue;
         }
-        let path = dir.join(format!("{stem}.safetensors"));
-        if !path.exists() {
-            println!("{:<20} skipped: {} missing", arch.name(), path.display());
+        let Some(spec) = BackboneSpec::pretrained(arch, path) else {
             continue;
-        }
-        let model = match models::load(arch, &path, &Device::Cpu) {
+        };
+        let model = match models::create(&spec, &Device::Cpu) {
             Ok(m) => m,
             Err(e) => {
                 println!("{:<20} cannot load: {e}", arch.name());
                 continue;
             }
         };
-        let s = arch.pretrained_cfg().map_or(224, |c| c.input_size);
+        let s = spec.input_size;
         let x = match Tensor::from_vec(
             rand_vec(BATCH * 3 * s * s, 42),
             (BATCH, 3, s, s),

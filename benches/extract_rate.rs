@@ -16,9 +16,9 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use runner::data::image::{decode_rgb, resize};
-use runner::features::{input_tensor, load_backbone};
-use runner_models::{profile, Arch, Preprocess};
-use runner::spec::{BackboneSpec, Resize, View};
+use runner::features::input_tensor;
+use runner::spec::{BackboneSpec, View};
+use runner_models::{self as models, profile, registry, Arch, Preprocess};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -80,12 +80,12 @@ fn parse() -> Result<Args, String> {
     let [arch, weights, images] = <[String; 3]>::try_from(pos).map_err(|_| {
         "usage: extract_rate ARCH WEIGHTS IMAGES_DIR [--batch N] [--seconds S] [--threads T]"
     })?;
-    let arch = match arch.as_str() {
-        "xception" => Arch::Xception,
-        "inception_v3" => Arch::InceptionV3,
-        "efficientnet_lite0" => Arch::EfficientnetLite0,
-        "onnx" => Arch::Onnx,
-        a => return Err(format!("unknown arch {a}")),
+    let Some(arch) = Arch::from_name(&arch) else {
+        let known: Vec<&str> = registry::all().map(|e| e.name).collect();
+        return Err(format!(
+            "unknown arch {arch}; registered: {}",
+            known.join(", ")
+        ));
     };
     let (size, pre) = match arch.pretrained_cfg() {
         Some(cfg) => (cfg.input_size, cfg.preprocess),
@@ -99,7 +99,7 @@ fn parse() -> Result<Args, String> {
         weights: weights.clone().into(),
         input_size: input_size.unwrap_or(size),
         preprocess: preprocess.unwrap_or(pre),
-        resize: Resize::Box,
+        resize: models::Resize::Box,
         output,
         input_layout: None,
     };
@@ -145,7 +145,7 @@ fn input(dir: &Path, n: usize, a: &Args) -> Result<Tensor, String> {
 
 fn run(a: &Args) -> Result<f64, String> {
     let x = input(&a.images, a.batch, a)?;
-    let model = load_backbone(&a.backbone, &Device::Cpu).map_err(|e| e.to_string())?;
+    let model = models::create(&a.backbone, &Device::Cpu).map_err(|e| e.to_string())?;
     model.forward_features(&x).map_err(|e| e.to_string())?;
     profile::take();
     let (mut n, start) = (0usize, Instant::now());

@@ -333,7 +333,7 @@ fn preflight(path: &Path) -> anyhow::Result<spec::Spec> {
                 b.weights.display()
             );
         }
-        if b.arch == runner_models::Arch::Onnx {
+        if b.arch == runner_models::Arch::ONNX {
             // Parse and lower the graph now: an unsupported op or a missing
             // output is reported before any image is read.
             let model = runner_models::onnx::read_model(&b.weights)?;

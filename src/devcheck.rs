@@ -1,8 +1,10 @@
-//! What `tools/gpu/gpu-check.sh` runs besides the recipe (issue 5), as hidden
+//! What `tools/gpu/gpu-check.sh` runs besides the recipe, as hidden
 //! `runner dev ...` subcommands, so that one binary is all a GPU machine
 //! needs (a CUDA build is ~130 MB; the device machines take 64 MiB per call):
 //! - [`backbones`]: parity of each shared backbone's features with its
-//!   fixture on a device and precision, and images/s at a few batch sizes;
+//!   fixture on a device and precision, and images/s at a few batch sizes
+//!   (every fixture in the models folder, its architecture identified by
+//!   the registry);
 //! - [`big_woof`]: a Kaggle-sized dataset generated from the woof-dev photos.
 
 use std::path::{Path, PathBuf};
@@ -13,40 +15,71 @@ use image::codecs::jpeg::JpegEncoder;
 use image::imageops;
 use rayon::prelude::*;
 
-use runner_models::{self as models, Arch, Backbone};
+use runner_models::{self as models, registry, Arch, Backbone, BackboneSpec, Preprocess};
 
-/// The shared backbones (`../shared/models`): architecture and file stem.
-const BACKBONES: [(Arch, &str); 4] = [
-    (Arch::Xception, "xception_imagenet_notop"),
-    (Arch::InceptionV3, "inception_v3_nsfwjs_notop"),
-    (Arch::EfficientnetLite0, "efficientnet_lite0_imagenet"),
-    // The ONNX export of the same EfficientNet-Lite0 (same fixture).
-    (Arch::Onnx, "efficientnet_lite0_imagenet"),
-];
+/// One backbone with a parity fixture: `{stem}.fixture.safetensors` in the
+/// models folder, run from the weights beside it.
+struct Case {
+    /// The table's name for it: the registered architecture, or
+    /// `onnx:{stem}` for a graph.
+    label: String,
+    stem: String,
+    spec: BackboneSpec,
+}
 
-/// Loads a shared backbone on `dev`: the safetensors of a native
-/// architecture, or the `.onnx` file.
-fn load(
-    models_dir: &Path,
-    arch: Arch,
-    stem: &str,
-    dev: &Device,
-) -> Result<Box<dyn Backbone>, String> {
-    let loaded = match arch {
-        Arch::Onnx => models::onnx::OnnxBackbone::load(
-            &models_dir.join(format!("{stem}.onnx")),
-            &models::onnx::OnnxOptions {
-                output: Some("features".into()),
-                input_layout: None,
-            },
-            224,
-        )
-        .map(|b| Box::new(b) as Box<dyn Backbone>)
-        .map_err(|e| e.to_string()),
-        arch => models::load(arch, &models_dir.join(format!("{stem}.safetensors")), dev)
-            .map_err(|e| e.to_string()),
-    };
-    loaded
+/// Every `{stem}.fixture.safetensors` in `models_dir` (sorted), with
+/// `{stem}.safetensors` run as the architecture the registry identifies
+/// from its tensor names and `{stem}.onnx` run as a graph (its `features`
+/// output), whichever exist.
+fn cases(models_dir: &Path) -> Result<Vec<Case>, String> {
+    let listing =
+        std::fs::read_dir(models_dir).map_err(|e| format!("{}: {e}", models_dir.display()))?;
+    let mut stems: Vec<String> = listing
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".fixture.safetensors").map(str::to_string))
+        .collect();
+    stems.sort();
+    let mut cases = Vec::new();
+    for stem in stems {
+        let native = models_dir.join(format!("{stem}.safetensors"));
+        if native.is_file() {
+            let identified = registry::identify_file(&native).map_err(|e| e.to_string())?;
+            let Some((entry, _)) = identified else {
+                return Err(format!("{}: no registered architecture", native.display()));
+            };
+            let arch = Arch::from(entry);
+            let spec = BackboneSpec::pretrained(arch, native)
+                .ok_or_else(|| format!("{}: {} has no pretrained config", stem, arch.name()))?;
+            cases.push(Case {
+                label: arch.name().to_string(),
+                stem: stem.clone(),
+                spec,
+            });
+        }
+        let graph = models_dir.join(format!("{stem}.onnx"));
+        if graph.is_file() {
+            let size = models::onnx::read_model(&graph)
+                .and_then(|m| models::onnx::summarize(&m, &graph))
+                .map_err(|e| e.to_string())?
+                .input_size
+                .unwrap_or(224);
+            cases.push(Case {
+                label: format!("onnx:{stem}"),
+                stem: stem.clone(),
+                spec: BackboneSpec {
+                    arch: Arch::ONNX,
+                    weights: graph,
+                    input_size: size,
+                    // Unused: the fixture's input is already preprocessed.
+                    preprocess: Preprocess::Inception,
+                    resize: Default::default(),
+                    output: Some("features".into()),
+                    input_layout: None,
+                },
+            });
+        }
+    }
+    Ok(cases)
 }
 
 fn max_abs(t: &Tensor) -> candle_core::Result<f32> {
@@ -131,13 +164,23 @@ pub fn backbones(
         head.join(" | ")
     );
     println!("|---|---|---|{}", "---|".repeat(batches.len()));
-    for (arch, stem) in BACKBONES {
+    let cases = match cases(models_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            println!(
+                "| - | {dev_name} | error: {e} |{}",
+                " - |".repeat(batches.len())
+            );
+            return false;
+        }
+    };
+    for case in cases {
         // Loaded once for the parity check and every batch size.
-        let net = load(models_dir, arch, stem, dev);
+        let net = models::create(&case.spec, dev).map_err(|e| e.to_string());
         let checked = net
             .as_ref()
             .map_err(Clone::clone)
-            .and_then(|net| parity(models_dir, stem, net.as_ref(), dev, dtype));
+            .and_then(|net| parity(models_dir, &case.stem, net.as_ref(), dev, dtype));
         let p = match checked {
             Ok(e) if e <= tol => format!("{e:.2e} ok"),
             Ok(e) => {
@@ -151,7 +194,7 @@ pub fn backbones(
                 format!("error: {first}")
             }
         };
-        let size = arch.pretrained_cfg().map_or(224, |c| c.input_size);
+        let size = case.spec.input_size;
         let rates: Vec<String> = batches
             .iter()
             .map(|&b| match &net {
@@ -162,10 +205,7 @@ pub fn backbones(
                 Err(_) => "-".into(),
             })
             .collect();
-        let name = match arch {
-            Arch::Onnx => format!("onnx:{stem}"),
-            arch => arch.name().to_string(),
-        };
+        let name = &case.label;
         println!("| {name} | {dev_name} | {p} | {} |", rates.join(" | "));
     }
     ok
@@ -309,6 +349,25 @@ mod tests {
     use super::*;
     use crate::data::Dataset;
     use crate::spec::{DataSpec, Layout};
+
+    #[test]
+    fn every_shared_fixture_is_checked_as_the_architecture_its_weights_name() {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models");
+        let labels: Vec<String> = cases(&models)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.label)
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "efficientnet_lite0",
+                "onnx:efficientnet_lite0_imagenet",
+                "inception_v3",
+                "xception"
+            ]
+        );
+    }
 
     #[test]
     fn big_woof_writes_a_kaggle_layout_that_loads_and_resumes() {

@@ -97,19 +97,6 @@ impl Features {
     }
 }
 
-/// Loads the backbone a spec's `[[backbone]]` table describes: a native
-/// architecture from its checkpoint, or an ONNX graph.
-pub fn load_backbone(bb: &BackboneSpec, device: &Device) -> Result<Box<dyn Backbone>, ModelError> {
-    match bb.arch {
-        models::Arch::Onnx => Ok(Box::new(models::onnx::OnnxBackbone::load(
-            &bb.weights,
-            &bb.onnx_options(),
-            bb.input_size,
-        )?)),
-        arch => models::load(arch, &bb.weights, device),
-    }
-}
-
 /// Converts resized RGB images into a preprocessed `(N, 3, H, W)` tensor,
 /// mirrored left to right for [`View::Hflip`].
 pub fn input_tensor(
@@ -243,7 +230,7 @@ pub fn ensure(
     for &b in &needed {
         let bb = &spec.backbones[b];
         let started = Instant::now();
-        nets.insert(b, load_backbone(bb, device).map_err(Box::new)?);
+        nets.insert(b, models::create(bb, device).map_err(Box::new)?);
         log.info(format!(
             "loaded {} from {} in {:.1}s",
             bb.arch.name(),
@@ -712,7 +699,7 @@ mod tests {
             models::Preprocess::Imagenet,
         ] {
             let bb = BackboneSpec {
-                arch: models::Arch::Xception,
+                arch: models::Arch::from_name("xception").expect("registered"),
                 weights: "unused".into(),
                 input_size: 40,
                 preprocess,

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use runner_models::onnx::{self, dims_text, OnnxBackbone, OnnxOptions};
-use runner_models::{self as models, Arch};
+use runner_models::{self as models, registry};
 
 /// The report for `path`; `all` lists every tensor / node instead of the
 /// first few; `output` is passed to the ONNX loader as the spec's key.
@@ -106,27 +106,6 @@ fn inspect_onnx(path: &Path, all: bool, output: Option<&str>) -> anyhow::Result<
     Ok(out)
 }
 
-/// The native architecture whose checkpoint names these are.
-fn guess_arch(names: &[&str]) -> Option<(Arch, &'static str)> {
-    let has = |n: &str| names.contains(&n);
-    let has_prefix = |p: &str| names.iter().any(|n| n.starts_with(p));
-    if has("block14_sepconv2/pointwise_kernel") {
-        Some((Arch::Xception, "Keras-2 names"))
-    } else if has("block12.skip.weight") && has("conv4.pointwise.weight") {
-        Some((Arch::Xception, "timm legacy_xception names"))
-    } else if has_prefix("conv2d_94/") || has_prefix("mixed10") {
-        Some((Arch::InceptionV3, "Keras-2 names"))
-    } else if has_prefix("Mixed_7c.branch_pool.conv.") {
-        Some((Arch::InceptionV3, "timm / torchvision inception_v3 names"))
-    } else if has_prefix("layer4.") && has_prefix("layer1.0.downsample.0.") {
-        Some((Arch::Resnet50, "torchvision / timm resnet names"))
-    } else if has_prefix("_conv_stem.") && has_prefix("_blocks.") {
-        Some((Arch::EfficientnetLite0, "efficientnet-lite-pytorch names"))
-    } else {
-        None
-    }
-}
-
 fn inspect_checkpoint(path: &Path, all: bool) -> anyhow::Result<String> {
     let (format, mut tensors) = match safetensors_header(path) {
         Some((t, Some(missing))) => anyhow::bail!(
@@ -159,17 +138,30 @@ fn inspect_checkpoint(path: &Path, all: bool) -> anyhow::Result<String> {
     let w = &mut out;
     writeln!(w, "file:        {}", path.display())?;
     writeln!(w, "format:      {format} ({})", dtypes.join(", "))?;
-    match guess_arch(&names) {
-        Some((arch, naming)) => {
-            let cfg = arch.pretrained_cfg().expect("native");
-            writeln!(w, "arch:        {} ({naming}) -> arch = \"{}\"", arch.name(), arch.name())?;
-            writeln!(w, "input size:  {}", cfg.input_size)?;
-            writeln!(w, "features:    {}", cfg.num_features)?;
+    match registry::identify(names.iter().copied()) {
+        Some((entry, probe)) => {
+            let name = entry.name;
+            writeln!(
+                w,
+                "arch:        {name} ({}) -> arch = \"{name}\"",
+                probe.naming
+            )?;
+            if let Some(cfg) = entry.pretrained_cfg {
+                writeln!(w, "input size:  {}", cfg.input_size)?;
+                writeln!(w, "features:    {}", cfg.num_features)?;
+            }
         }
-        None => writeln!(
-            w,
-            "arch:        not recognised (runner knows Keras-2 and timm xception / inception_v3, torchvision resnet50 and efficientnet_lite0 names)"
-        )?,
+        None => {
+            let known: Vec<String> = registry::all()
+                .flat_map(|e| (e.probes)().into_iter().map(move |p| (e.name, p.naming)))
+                .map(|(name, naming)| format!("{name} ({naming})"))
+                .collect();
+            writeln!(
+                w,
+                "arch:        not recognised; runner knows {}",
+                known.join(", ")
+            )?
+        }
     }
     writeln!(w, "tensors:     {} ({params} parameters)", tensors.len())?;
     let shown = if all {
@@ -257,6 +249,53 @@ mod tests {
         );
         let out = out.unwrap();
         assert!(out.contains("arch = \"efficientnet_lite0\""), "{out}");
+    }
+
+    /// The timm fixtures' tensor lists (`tests/data/timm/*.tensors.txt`).
+    fn timm_names(fixture: &str) -> Vec<String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/timm")
+            .join(format!("{fixture}.tensors.txt"));
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split('\t').next().map(str::to_string))
+            .collect()
+    }
+
+    #[test]
+    fn recognises_every_timm_fixture_by_its_tensor_names() {
+        for (fixture, arch, naming) in [
+            ("legacy_xception", "xception", "timm legacy_xception names"),
+            (
+                "inception_v3",
+                "inception_v3",
+                "timm / torchvision inception_v3 names",
+            ),
+            ("resnet18", "resnet18", "torchvision / timm resnet names"),
+            ("resnet34", "resnet34", "torchvision / timm resnet names"),
+            ("resnet50", "resnet50", "torchvision / timm resnet names"),
+        ] {
+            let names = timm_names(fixture);
+            let found = registry::identify(names.iter().map(String::as_str))
+                .map(|(e, p)| (e.name, p.naming));
+            assert_eq!(found, Some((arch, naming)), "{fixture}");
+        }
+    }
+
+    #[test]
+    fn recognises_the_shared_keras_checkpoints() {
+        for (file, arch) in [
+            ("xception_imagenet_notop.safetensors", "xception"),
+            ("inception_v3_nsfwjs_notop.safetensors", "inception_v3"),
+        ] {
+            let out = inspect(&shared_model(file), false, None).unwrap();
+            assert!(
+                out.contains(&format!("arch = \"{arch}\"")) && out.contains("Keras-2 names"),
+                "{out}"
+            );
+        }
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub fn hash_file(path: &Path) -> Result<String, HashError> {
 /// `.h5` share features); for an ONNX graph, the file's bytes (its structure
 /// is part of what computes the features).
 pub fn weights_fingerprint(b: &BackboneSpec) -> Result<String, HashError> {
-    if b.arch == Arch::Onnx {
+    if b.arch == Arch::ONNX {
         return hash_file(&b.weights);
     }
     runner_models::layers::Weights::read(b.arch.name(), &b.weights)
@@ -234,7 +234,7 @@ mod tests {
 
     fn backbone() -> BackboneSpec {
         BackboneSpec {
-            arch: Arch::Xception,
+            arch: Arch::from_name("xception").expect("registered"),
             weights: "w".into(),
             input_size: 299,
             preprocess: Preprocess::Inception,

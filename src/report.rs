@@ -80,7 +80,7 @@ fn read_row(dir: &Path, warnings: &mut Vec<String>) -> Row {
                 .iter()
                 .map(|b| match b.arch {
                     // Which graph, not just "onnx".
-                    runner_models::Arch::Onnx => format!(
+                    arch if arch == runner_models::Arch::ONNX => format!(
                         "onnx:{}",
                         b.weights.file_stem().unwrap_or_default().to_string_lossy()
                     ),

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use runner_models::h5::read_keras_weights;
 use runner_models::layers::Weights;
-use runner_models::{self as models, Arch};
+use runner_models::{self as models, Arch, BackboneSpec};
 
 use crate::common;
 
@@ -248,54 +248,35 @@ fn fixture_input(stem: &str) -> Tensor {
         .expect("nhwc -> nchw")
 }
 
-fn check_full(arch: Arch, stem: &str) {
+fn check_full(name: &str, stem: &str) {
+    let arch = Arch::from_name(name).expect("registered");
+    let spec = |weights: PathBuf| BackboneSpec::pretrained(arch, weights).expect("native");
     let h5 = full_h5(stem);
     let st = common::model(&format!("{stem}.safetensors"));
     let x = fixture_input(stem);
-    let from_h5 = models::load(arch, &h5, &Device::Cpu).expect("load from .h5");
-    let from_st = models::load(arch, &st, &Device::Cpu).expect("load from safetensors");
+    let from_h5 = models::create(&spec(h5.clone()), &Device::Cpu).expect("load from .h5");
+    let from_st = models::create(&spec(st.clone()), &Device::Cpu).expect("load from safetensors");
     let a = from_h5.forward_features(&x).expect("forward (.h5)");
     let b = from_st.forward_features(&x).expect("forward (safetensors)");
     assert_eq!(a.dims(), &[4, 2048]);
     // Same f32 weights, same kernels: the features are identical.
     let (a, b) = (bits(&a), bits(&b));
-    assert!(
-        a == b,
-        "{}: features from .h5 differ from safetensors",
-        arch.name()
-    );
+    assert!(a == b, "{name}: features from .h5 differ from safetensors");
     // And they share cached features: the stage key's weights fingerprint
     // does not depend on the container.
-    let spec = |weights: PathBuf| {
-        let cfg = arch.pretrained_cfg().expect("native");
-        runner::spec::BackboneSpec {
-            arch,
-            weights,
-            input_size: cfg.input_size,
-            preprocess: cfg.preprocess,
-            resize: runner::spec::Resize::Box,
-            output: None,
-            input_layout: None,
-        }
-    };
     let fp =
         |weights: PathBuf| runner::plan::weights_fingerprint(&spec(weights)).expect("fingerprint");
-    assert_eq!(
-        fp(h5),
-        fp(st),
-        "{}: .h5 and safetensors fingerprints",
-        arch.name()
-    );
+    assert_eq!(fp(h5), fp(st), "{name}: .h5 and safetensors fingerprints");
 }
 
 #[test]
 #[ignore = "needs the full .h5 files: RUNNER_H5_FIXTURES=DIR (tools/fixtures/make_keras_h5.py DIR)"]
 fn xception_from_full_h5_matches_safetensors() {
-    check_full(Arch::Xception, "xception_imagenet_notop");
+    check_full("xception", "xception_imagenet_notop");
 }
 
 #[test]
 #[ignore = "needs the full .h5 files: RUNNER_H5_FIXTURES=DIR (tools/fixtures/make_keras_h5.py DIR)"]
 fn inception_v3_from_full_h5_matches_safetensors() {
-    check_full(Arch::InceptionV3, "inception_v3_nsfwjs_notop");
+    check_full("inception_v3", "inception_v3_nsfwjs_notop");
 }

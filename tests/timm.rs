@@ -19,7 +19,9 @@ use runner_models::flavour::Flavour;
 
 use crate::common::rel_err;
 use runner_models::layers::Weights;
-use runner_models::{self as models, Arch, Backbone, InceptionV3, ResNet, Xception};
+use runner_models::resnet::{self, CONFIGS};
+use runner_models::{self as models, registry, Arch, Backbone, BackboneSpec, Preprocess, Resize};
+use runner_models::{InceptionV3, ResNet, Xception};
 
 /// `max|ours - timm| / max|timm|` must stay below this (as tests/parity.rs).
 const REL_TOL: f32 = 1e-4;
@@ -167,20 +169,124 @@ fn inception_v3_timm_names_match_timm_inception_v3() {
     check("inception_v3", &model, 299);
 }
 
+/// ResNet fixture `name` loaded with its registered config: timm's and
+/// torchvision's `resnet*` share these names and, on the same weights, agree
+/// exactly (asserted by the fixture script).
+fn check_resnet(name: &str, blocks: usize) {
+    let cfg = CONFIGS.iter().find(|c| c.name == name).expect("registered");
+    let w = Weights::from_tensors(cfg.name, state_dict(name));
+    let model = ResNet::from_weights(cfg, &w, &Device::Cpu).expect("load");
+    assert_eq!(model.num_blocks(), blocks);
+    check(name, &model, 224);
+}
+
+#[test]
+fn resnet18_matches_timm_and_torchvision_resnet18() {
+    check_resnet("resnet18", 8);
+}
+
+#[test]
+fn resnet34_matches_timm_and_torchvision_resnet34() {
+    check_resnet("resnet34", 16);
+}
+
 #[test]
 fn resnet50_matches_timm_and_torchvision_resnet50() {
-    // timm's and torchvision's resnet50 share these names and, on the same
-    // weights, agree exactly (asserted by the fixture script).
-    let w = Weights::from_tensors("resnet50", state_dict("resnet50"));
-    let model = ResNet::from_weights(&w, &Device::Cpu).expect("load");
-    assert_eq!(model.num_blocks(), 16);
-    check("resnet50", &model, 224);
+    check_resnet("resnet50", 16);
+}
+
+/// Where a registered architecture's checkpoint for the registry test comes from.
+enum Source {
+    /// A timm fixture's generated state dict (`tests/data/timm`).
+    Timm(&'static str),
+    /// A file of `../shared/models`.
+    Shared(&'static str),
+}
+
+/// A checkpoint for each registered architecture that has one here;
+/// resnet101 / resnet152 are built at full width by `resnet`'s unit tests.
+fn source(arch: &str) -> Option<Source> {
+    Some(match arch {
+        "xception" => Source::Timm("legacy_xception"),
+        "inception_v3" => Source::Timm("inception_v3"),
+        "resnet18" => Source::Timm("resnet18"),
+        "resnet34" => Source::Timm("resnet34"),
+        "resnet50" => Source::Timm("resnet50"),
+        "efficientnet_lite0" => Source::Shared("efficientnet_lite0_imagenet.safetensors"),
+        "onnx" => Source::Shared("efficientnet_lite0_imagenet.onnx"),
+        _ => return None,
+    })
+}
+
+/// Every registered architecture, built through the registry from a real
+/// checkpoint file: the registry identifies it from its tensor names, and
+/// one image at the declared input size gives the declared feature width.
+#[test]
+fn every_registered_architecture_produces_its_declared_features() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut checked = Vec::new();
+    for entry in registry::all() {
+        let Some(src) = source(entry.name) else {
+            println!(
+                "{}: no checkpoint here (see resnet's unit tests)",
+                entry.name
+            );
+            continue;
+        };
+        let path = match src {
+            Source::Timm(fixture) => {
+                let path = dir.path().join(format!("{fixture}.safetensors"));
+                candle_core::safetensors::save(&state_dict(fixture), &path).expect("save");
+                path
+            }
+            Source::Shared(file) => crate::common::model(file),
+        };
+        let spec = match BackboneSpec::pretrained(Arch::from(entry), &path) {
+            Some(spec) => {
+                let (found, _) = registry::identify_file(&path)
+                    .expect("read")
+                    .expect("identified");
+                assert_eq!(found.name, entry.name);
+                spec
+            }
+            // The graph fixes the size; the features are its `features` output.
+            None => BackboneSpec {
+                arch: Arch::ONNX,
+                weights: path,
+                input_size: 224,
+                preprocess: Preprocess::EfficientnetLite,
+                resize: Resize::Box,
+                output: Some("features".into()),
+                input_layout: None,
+            },
+        };
+        let model = models::create(&spec, &Device::Cpu).expect("create");
+        let x = generated_tensor("input", &[1, 3, spec.input_size, spec.input_size]);
+        let f = model.forward_features(&x).expect("forward");
+        let width = entry
+            .pretrained_cfg
+            .map_or(model.num_features(), |c| c.num_features);
+        assert_eq!(f.dims(), &[1, width], "{}", entry.name);
+        assert_eq!(model.num_features(), width, "{}", entry.name);
+        checked.push(entry.name);
+    }
+    let missing: Vec<&str> = registry::all()
+        .map(|e| e.name)
+        .filter(|n| !checked.contains(n))
+        .collect();
+    assert_eq!(
+        missing,
+        resnet::MODELS[3..]
+            .iter()
+            .map(|e| e.name)
+            .collect::<Vec<_>>()
+    );
 }
 
 /// With `RUNNER_TIMM_CHECKPOINTS=DIR`, the same full-size weights as timm
 /// training checkpoints (`DIR/<model>.pth`: nested under `state_dict`, keys
 /// prefixed `module.`, ~100 MB each, written by the fixture script with
-/// `--checkpoints DIR`) load through [`models::load`] and give timm's
+/// `--checkpoints DIR`) load through [`models::create`] and give timm's
 /// features. Without the variable this test only says how to run it.
 #[test]
 fn full_size_pth_checkpoints_load_through_the_registry() {
@@ -192,9 +298,11 @@ fn full_size_pth_checkpoints_load_through_the_registry() {
         return;
     };
     for (fixture, arch) in [
-        ("legacy_xception", Arch::Xception),
-        ("inception_v3", Arch::InceptionV3),
-        ("resnet50", Arch::Resnet50),
+        ("legacy_xception", "xception"),
+        ("inception_v3", "inception_v3"),
+        ("resnet18", "resnet18"),
+        ("resnet34", "resnet34"),
+        ("resnet50", "resnet50"),
     ] {
         let path = Path::new(&dir).join(format!("{fixture}.pth"));
         assert!(
@@ -204,14 +312,15 @@ fn full_size_pth_checkpoints_load_through_the_registry() {
             path.display(),
             Path::new(&dir).display()
         );
+        let arch = Arch::from_name(arch).expect("registered");
+        let spec = BackboneSpec::pretrained(arch, path).expect("native");
         let t = Instant::now();
-        let model = models::load(arch, &path, &Device::Cpu).expect("load .pth");
+        let model = models::create(&spec, &Device::Cpu).expect("load .pth");
         println!(
             "{fixture}: .pth loaded in {:.2} s",
             t.elapsed().as_secs_f64()
         );
-        let size = arch.pretrained_cfg().expect("native").input_size;
-        check(fixture, model.as_ref(), size);
+        check(fixture, model.as_ref(), spec.input_size);
     }
 }
 

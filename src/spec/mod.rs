@@ -12,10 +12,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use runner_models::onnx::{InputLayout, OnnxOptions};
-use runner_models::{Arch, Preprocess};
-
 pub use resolve::{load, parse, DEFAULT_EXTRACT_BATCH, DEFAULT_GPU_EXTRACT_BATCH};
+pub use runner_models::{BackboneSpec, Resize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -66,17 +64,6 @@ pub enum Layout {
     Folders,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Resize {
-    /// Pillow's `Image.BOX`: the mean of the source pixels whose centres
-    /// fall inside each output pixel (how the shared fixtures were made).
-    Box,
-    /// OpenCV's `INTER_AREA`: partially covered pixels weighted by overlap
-    /// (the 2017 notebook's `cv2.resize`).
-    Area,
-}
-
 /// Floating-point format the backbones compute in (features are stored as
 /// f32 either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -115,8 +102,8 @@ pub struct Spec {
     pub name: String,
     pub seed: u64,
     pub views: Vec<View>,
-    /// `auto | cpu | cuda | cuda:N`; `--device` overrides it. Absent when not
-    /// set, so specs without it hash as before.
+    /// `auto | cpu | cuda | cuda:N`; `--device` overrides it. Omitted from
+    /// the resolved spec when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
     pub data: DataSpec,
@@ -148,30 +135,6 @@ pub struct DataSpec {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BackboneSpec {
-    pub arch: Arch,
-    pub weights: PathBuf,
-    pub input_size: usize,
-    pub preprocess: Preprocess,
-    pub resize: Resize,
-    /// ONNX only (absent otherwise, so native specs hash as before).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_layout: Option<InputLayout>,
-}
-
-impl BackboneSpec {
-    pub fn onnx_options(&self) -> OnnxOptions {
-        OnnxOptions {
-            output: self.output.clone(),
-            input_layout: self.input_layout,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ExtractSpec {
     /// Images per forward pass; default ([`crate::features::batch_size`]):
     /// 16 on the CPU, 128 on a GPU. Absent when not set.
@@ -179,12 +142,12 @@ pub struct ExtractSpec {
     pub batch_size: Option<usize>,
     /// Threads decoding and resizing JPEGs ahead of the backbones; default
     /// ([`crate::features::decode_threads`]): one beside the CPU backbones,
-    /// every core when the backbones run on a GPU. Absent when not set, so
-    /// specs that do not set it hash as before.
+    /// every core when the backbones run on a GPU. Omitted when unset: the
+    /// default depends on the device, not on the experiment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decode_threads: Option<usize>,
-    /// Default f32; `bf16` / `f16` on GPUs only. Absent when f32, so specs
-    /// that do not set it hash as before.
+    /// Default f32; `bf16` / `f16` on GPUs only. Omitted for f32, the
+    /// default, so an f32 spec reads the same whether it names it or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<Precision>,
 }

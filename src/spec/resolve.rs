@@ -4,8 +4,7 @@ use std::path::{Path, PathBuf};
 
 use super::raw::{RawBackbone, RawData, RawSpec};
 use super::{
-    BackboneSpec, CvSpec, DataSpec, ExtractSpec, HeadSpec, Layout, Optimizer, Resize, Spec,
-    SpecError, View,
+    BackboneSpec, CvSpec, DataSpec, ExtractSpec, HeadSpec, Layout, Optimizer, Spec, SpecError, View,
 };
 
 /// Defaults, in one place so README and code agree.
@@ -303,7 +302,7 @@ impl Resolver<'_> {
 
     fn backbone(&self, i: usize, raw: RawBackbone) -> Result<BackboneSpec, SpecError> {
         let weights = self.path(raw.weights.clone());
-        let (input_size, preprocess) = match raw.arch.pretrained_cfg() {
+        let (input_size, preprocess, resize) = match raw.arch.pretrained_cfg() {
             Some(cfg) => {
                 for (key, set) in [
                     ("output", raw.output.is_some()),
@@ -320,9 +319,13 @@ impl Resolver<'_> {
                 (
                     raw.input_size.unwrap_or(cfg.input_size),
                     raw.preprocess.unwrap_or(cfg.preprocess),
+                    raw.resize.unwrap_or(cfg.resize),
                 )
             }
-            None => self.onnx_defaults(i, &raw, &weights)?,
+            None => {
+                let (size, preprocess) = self.onnx_defaults(i, &raw, &weights)?;
+                (size, preprocess, raw.resize.unwrap_or_default())
+            }
         };
         if !(32..=1024).contains(&input_size) {
             return Err(self.invalid(
@@ -336,7 +339,7 @@ impl Resolver<'_> {
             weights,
             input_size,
             preprocess,
-            resize: raw.resize.unwrap_or(Resize::Box),
+            resize,
             output: raw.output,
             input_layout: raw.input_layout,
         })
@@ -429,5 +432,35 @@ weights = "w.safetensors"
         // The resolved spec round-trips through TOML.
         let again: Spec = toml::from_str(&spec.to_toml()).unwrap();
         assert_eq!(again, spec);
+    }
+
+    /// The serialised backbone (what spec hashes and cache keys read) spells
+    /// the architecture by its registered name and omits the ONNX-only keys.
+    #[test]
+    fn a_resolved_backbone_serialises_to_its_canonical_json() {
+        let spec = parse(MINIMAL, "t.toml", Path::new("/specs")).unwrap();
+        assert_eq!(
+            serde_json::to_string(&spec.backbones[0]).unwrap(),
+            r#"{"arch":"efficientnet_lite0","weights":"/specs/w.safetensors","input_size":224,"preprocess":"efficientnet_lite","resize":"box"}"#
+        );
+    }
+
+    #[test]
+    fn backbone_defaults_come_from_the_registered_pretrained_config() {
+        for entry in runner_models::registry::all() {
+            let Some(cfg) = entry.pretrained_cfg else {
+                continue;
+            };
+            let text = MINIMAL.replace("efficientnet_lite0", entry.name);
+            let spec = parse(&text, "t.toml", Path::new("/specs")).unwrap();
+            let b = &spec.backbones[0];
+            assert_eq!(b.arch.name(), entry.name);
+            assert_eq!(
+                (b.input_size, b.preprocess, b.resize),
+                (cfg.input_size, cfg.preprocess, cfg.resize),
+                "{}",
+                entry.name
+            );
+        }
     }
 }

@@ -20,34 +20,50 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
+use super::flavour::Convention;
 use super::layers::{global_avg_pool, Act, Conv2d, DepthwiseConv2d, Padding, Weights, BN_EPS};
-use super::{Arch, Backbone, ModelError};
+use super::registry::{ModelEntry, Probe};
+use super::weights_view::{ConvCfg, TorchWeights};
+use super::{Backbone, ModelError};
 
 const ARCH: &str = "efficientnet_lite0";
+
+/// The TF reference's preprocessing and input size for Lite0.
+pub const CFG: PretrainedCfg = PretrainedCfg::new(224, Preprocess::EfficientnetLite, 1280);
+
+pub const MODELS: &[ModelEntry] = &[ModelEntry::native(ARCH, CFG, probes, load)];
+
+/// Stem, head and the 16th (last) MBConv block, and no 17th (Lite1 and
+/// larger have more blocks).
+fn probes() -> Vec<Probe> {
+    let mut p = Probe::torch(
+        "efficientnet-lite-pytorch names",
+        &[
+            "_conv_stem.weight",
+            "_blocks.15._depthwise_conv.weight",
+            "_conv_head.weight",
+        ],
+    );
+    p.absent = vec!["_blocks.16._depthwise_conv.weight".into()];
+    vec![p]
+}
+
+fn load(spec: &BackboneSpec, device: &Device) -> Result<Box<dyn Backbone>, ModelError> {
+    Ok(Box::new(EfficientNetLite0::load(&spec.weights, device)?))
+}
 
 /// Stride of each of the 16 MBConv blocks of Lite0 (stages: 1x s1, 2x s2,
 /// 2x s2, 3x s2, 3x s1, 4x s2, 1x s1; the stride applies to a stage's first block).
 const LITE0_STRIDES: [usize; 16] = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1];
 
-/// PyTorch `Conv2d(bias=False)` `{conv}.weight` (OIHW) + BatchNorm2d `bn`, folded.
-fn conv_bn(
-    w: &Weights,
-    conv: &str,
-    bn: &str,
-    stride: usize,
-    act: Act,
-    device: &Device,
-) -> Result<Conv2d, ModelError> {
-    let name = format!("{conv}.weight");
-    let dims = w.dims(&name)?;
-    let [o, i, kh, kw] = match dims[..] {
-        [o, i, kh, kw] => [o, i, kh, kw],
-        _ => return Err(w.shape_err(&name, vec![0, 0, 0, 0], dims.clone())),
-    };
-    let mut k = w.get_vec(&name, &dims, None)?;
-    let bias = w.torch_bn(bn, o, BN_EPS)?.fold_into(&mut k, None);
-    let weight = w.tensor(k, &[o, i, kh, kw], device)?;
-    Conv2d::new(weight, bias, stride, Padding::Same, act).map_err(|e| w.candle_err(e))
+/// TF "SAME" padding with stride `stride` and fused activation `act`.
+fn same(stride: usize, act: Act) -> ConvCfg {
+    ConvCfg {
+        stride,
+        padding: Padding::Same,
+        act,
+    }
 }
 
 /// Mobile inverted bottleneck (MBConv) without squeeze-excitation:
@@ -60,30 +76,17 @@ struct MbConv {
 }
 
 impl MbConv {
-    fn load(w: &Weights, i: usize, stride: usize, device: &Device) -> Result<Self, ModelError> {
-        let p = format!("_blocks.{i}");
-        let expand = if w.contains(&format!("{p}._expand_conv.weight")) {
-            Some(conv_bn(
-                w,
-                &format!("{p}._expand_conv"),
-                &format!("{p}._bn0"),
-                1,
-                Act::Relu6,
-                device,
-            )?)
+    /// Block `w` (`_blocks.{i}`), its depthwise convolution with stride `stride`.
+    fn load(w: &TorchWeights<'_>, stride: usize) -> Result<Self, ModelError> {
+        let expand = if w.contains("_expand_conv.weight") {
+            Some(w.conv_bn("_expand_conv", "_bn0", BN_EPS, same(1, Act::Relu6))?)
         } else {
             None
         };
-        let name = format!("{p}._depthwise_conv.weight");
-        let dims = w.dims(&name)?;
-        let (c, kh, kw) = match dims[..] {
-            [c, 1, kh, kw] => (c, kh, kw),
-            _ => return Err(w.shape_err(&name, vec![0, 1, 0, 0], dims.clone())),
-        };
-        let mut k = w.get_vec(&name, &dims, None)?;
-        let bias = w
-            .torch_bn(&format!("{p}._bn1"), c, BN_EPS)?
-            .fold_into(&mut k, None);
+        let (ckpt, conv) = (w.weights(), Convention::torch(BN_EPS));
+        let (mut k, [c, kh, kw]) =
+            conv.depthwise_kernel(ckpt, &w.path("_depthwise_conv.weight"))?;
+        let bias = conv.bn(ckpt, &w.path("_bn1"), c)?.fold_into(&mut k, None);
         let depthwise = DepthwiseConv2d::new(
             k,
             (c, kh, kw),
@@ -93,15 +96,8 @@ impl MbConv {
             Act::None,
             Act::Relu6,
         )
-        .map_err(|e| w.candle_err(e))?;
-        let project = conv_bn(
-            w,
-            &format!("{p}._project_conv"),
-            &format!("{p}._bn2"),
-            1,
-            Act::None,
-            device,
-        )?;
+        .map_err(|e| ckpt.candle_err(e))?;
+        let project = w.conv_bn("_project_conv", "_bn2", BN_EPS, same(1, Act::None))?;
         let in_c = expand.as_ref().map_or(c, Conv2d::in_channels);
         let skip = stride == 1 && in_c == project.out_channels();
         Ok(Self {
@@ -143,13 +139,14 @@ impl EfficientNetLite0 {
     }
 
     pub fn from_weights(w: &Weights, device: &Device) -> Result<Self, ModelError> {
-        let conv_stem = conv_bn(w, "_conv_stem", "_bn0", 2, Act::Relu6, device)?;
+        let root = TorchWeights::new(w, device);
+        let conv_stem = root.conv_bn("_conv_stem", "_bn0", BN_EPS, same(2, Act::Relu6))?;
         let blocks = LITE0_STRIDES
             .iter()
             .enumerate()
-            .map(|(i, &s)| MbConv::load(w, i, s, device))
+            .map(|(i, &s)| MbConv::load(&root.pp("_blocks").pp(i), s))
             .collect::<Result<Vec<_>, _>>()?;
-        let conv_head = conv_bn(w, "_conv_head", "_bn1", 1, Act::Relu6, device)?;
+        let conv_head = root.conv_bn("_conv_head", "_bn1", BN_EPS, same(1, Act::Relu6))?;
         let fc = if w.contains("_fc.weight") {
             let f = conv_head.out_channels();
             let dims = w.dims("_fc.weight")?;
@@ -215,8 +212,6 @@ impl Backbone for EfficientNetLite0 {
     }
 
     fn num_features(&self) -> usize {
-        Arch::EfficientnetLite0
-            .pretrained_cfg()
-            .map_or(0, |c| c.num_features)
+        CFG.num_features
     }
 }

@@ -10,9 +10,8 @@
 //! Keras creates the layers, i.e. the call order of `conv2d_bn` below; or the
 //! timm / torchvision state-dict names (`Mixed_5b.branch1x1.conv.weight`,
 //! `Mixed_5b.branch1x1.bn.{weight,bias,running_mean,running_var}`; the map is
-//! [`torch_modules`]). The naming is detected from `conv2d_1/kernel` vs
-//! `Conv2d_1a_3x3.conv.weight`. Each `conv2d_bn` is one [`Conv2d`] with the
-//! BN folded in and the ReLU fused.
+//! [`torch_modules`]). The naming is detected by the entry's probes. Each
+//! `conv2d_bn` is one [`Conv2d`] with the BN folded in and the ReLU fused.
 //!
 //! Both frameworks use BatchNorm epsilon 1e-3 and pad every stride-1
 //! convolution symmetrically (stride-2 ones and the max pools not at all).
@@ -26,14 +25,38 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
 use super::flavour::{Convention, Flavour};
 use super::layers::{
     avg_pool2d_same_exclude_pad, concat_channels, global_avg_pool, max_pool2d, Act, Conv2d,
     DepthwiseConv2d, Pad4, Padding, Weights,
 };
-use super::{Arch, Backbone, ModelError};
+use super::registry::{self, ModelEntry, Probe};
+use super::{Backbone, ModelError};
 
 const ARCH: &str = "inception_v3";
+
+/// Keras' and timm's preprocessing and input size for Inception-v3.
+pub const CFG: PretrainedCfg = PretrainedCfg::new(299, Preprocess::Inception, 2048);
+
+pub const MODELS: &[ModelEntry] = &[ModelEntry::native(ARCH, CFG, probes, load)];
+
+/// The first and last convolutions in each naming (Keras numbers 94; the
+/// first four alone would also be Xception's shortcuts).
+fn probes() -> Vec<Probe> {
+    let torch = [
+        "Conv2d_1a_3x3.conv.weight",
+        "Mixed_7c.branch_pool.conv.weight",
+    ];
+    vec![
+        Probe::keras(&["conv2d_1/kernel", "conv2d_94/kernel"]),
+        Probe::torch("timm / torchvision inception_v3 names", &torch),
+    ]
+}
+
+fn load(spec: &BackboneSpec, device: &Device) -> Result<Box<dyn Backbone>, ModelError> {
+    Ok(Box::new(InceptionV3::load(&spec.weights, device)?))
+}
 
 /// timm's and torchvision's `BasicConv2d` / `ConvNormAct` BatchNorm epsilon
 /// (the same as Keras').
@@ -382,7 +405,7 @@ impl InceptionV3 {
     }
 
     pub fn from_weights(w: &Weights, device: &Device) -> Result<Self, ModelError> {
-        let flavour = Flavour::detect(w, "conv2d_1/kernel", "Conv2d_1a_3x3.conv.weight")?;
+        let flavour = registry::detect_flavour(w, &probes())?;
         let (conv, names) = match flavour {
             Flavour::Keras => (
                 Convention::keras(false),
@@ -467,9 +490,7 @@ impl Backbone for InceptionV3 {
     }
 
     fn num_features(&self) -> usize {
-        Arch::InceptionV3
-            .pretrained_cfg()
-            .map_or(0, |c| c.num_features)
+        CFG.num_features
     }
 }
 

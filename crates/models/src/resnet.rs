@@ -1,165 +1,287 @@
-//! ResNet-50 (He et al., "Deep Residual Learning for Image Recognition",
-//! CVPR 2016), as built by torchvision's `resnet50` and timm's `resnet50`
+//! ResNet-18/34/50/101/152 (He et al., "Deep Residual Learning for Image
+//! Recognition", CVPR 2016), as built by torchvision's and timm's `resnet*`
 //! ("ResNet v1.5": the stride of a down-sampling bottleneck is on its 3x3
-//! convolution): 224x224 input, 2048 features.
+//! convolution): 224x224 input, 512 (basic blocks) or 2048 (bottlenecks)
+//! features. The depths differ only in block kind and blocks per stage:
+//! [`CONFIGS`].
 //!
-//! Weights use the torchvision state-dict names, which timm's `resnet50`
-//! shares: `conv1.weight` (OIHW), `bn1.{weight,bias,running_mean,running_var}`,
-//! `layer{1..4}.{j}.conv{1,2,3}.weight`, `layer{1..4}.{j}.bn{1,2,3}.*`, and on
-//! each stage's first block `layer{i}.0.downsample.0.weight` (the 1x1
-//! shortcut convolution) with `layer{i}.0.downsample.1.*` (its BatchNorm);
-//! `fc.*` is ignored. The number of blocks per stage is read from the
-//! checkpoint (3, 4, 6, 3 for ResNet-50), so the deeper bottleneck ResNets
-//! (101, 152) with the same names load too.
+//! Weights use the torchvision state-dict names, which timm's `resnet*`
+//! share: `conv1.weight` (OIHW), `bn1.{weight,bias,running_mean,running_var}`,
+//! `layer{1..4}.{j}.conv{1,2[,3]}.weight`, `layer{1..4}.{j}.bn{1,2[,3]}.*`,
+//! and where a block changes width or stride `layer{i}.{j}.downsample.0.weight`
+//! (the 1x1 shortcut convolution) with `layer{i}.{j}.downsample.1.*` (its
+//! BatchNorm); `fc.*` is ignored. A checkpoint with more or fewer blocks than
+//! its config, or the other block kind, is refused naming the block.
 //!
 //! PyTorch numerics throughout: BatchNorm epsilon 1e-5, explicit symmetric
 //! padding (3 for the 7x7/2 stem, 1 for every 3x3 and the 3x3/2 max pool).
 //! Every BatchNorm is folded into its convolution and the ReLUs inside a block
 //! run in the convolutions' bias pass; the shortcut add is fused into the
-//! third convolution's bias pass, the ReLU after the add is a separate pass.
+//! block's last convolution's bias pass, the ReLU after the add is a separate
+//! pass.
 
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::flavour::Convention;
+use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
+use super::flavour::Flavour;
 use super::layers::{global_avg_pool, max_pool2d, Act, Conv2d, Pad4, Padding, Weights};
+use super::registry::{ModelEntry, Probe};
+use super::weights_view::{ConvCfg, TorchWeights};
 use super::{Backbone, ModelError};
-
-const ARCH: &str = "resnet50";
 
 /// `nn.BatchNorm2d`'s default epsilon (torchvision, timm).
 const BN_EPS: f32 = 1e-5;
+
+/// The residual block a ResNet is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    /// Two 3x3 convolutions (ResNet-18, -34); the stride is on `conv1`.
+    Basic,
+    /// 1x1 -> 3x3 -> 1x1 with 4x expansion (ResNet-50 and deeper); the
+    /// stride is on the 3x3 `conv2`.
+    Bottleneck,
+}
+
+impl BlockKind {
+    /// Per convolution `conv{i + 1}`: whether the block's stride applies to
+    /// it, its padding, and the activation fused into it (the last one's
+    /// ReLU comes after the shortcut add).
+    const fn convs(self) -> &'static [(bool, usize, Act)] {
+        match self {
+            BlockKind::Basic => &[(true, 1, Act::Relu), (false, 1, Act::None)],
+            BlockKind::Bottleneck => &[
+                (false, 0, Act::Relu),
+                (true, 1, Act::Relu),
+                (false, 0, Act::None),
+            ],
+        }
+    }
+
+    /// Output channels per `planes` (torchvision's `expansion`).
+    const fn expansion(self) -> usize {
+        match self {
+            BlockKind::Basic => 1,
+            BlockKind::Bottleneck => 4,
+        }
+    }
+}
+
+/// One depth of ResNet.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    pub name: &'static str,
+    pub block: BlockKind,
+    /// Blocks in `layer1..4`.
+    pub layers: [usize; 4],
+}
+
+impl Config {
+    /// Pooled feature width: `layer4`'s 512 planes times the expansion.
+    pub const fn num_features(&self) -> usize {
+        512 * self.block.expansion()
+    }
+
+    /// The torchvision / timm names of a checkpoint of this depth: the last
+    /// convolution of each stage's last block, and not one more block
+    /// (nor, for basic blocks, a third convolution).
+    fn probe(&self) -> Probe {
+        let last = self.block.convs().len();
+        let mut present = vec!["conv1.weight".to_string()];
+        let mut absent = Vec::new();
+        for (i, &n) in self.layers.iter().enumerate() {
+            present.push(format!("layer{}.{}.conv{last}.weight", i + 1, n - 1));
+            absent.push(format!("layer{}.{n}.conv1.weight", i + 1));
+        }
+        if self.block == BlockKind::Basic {
+            absent.push("layer1.0.conv3.weight".into());
+        }
+        Probe {
+            naming: "torchvision / timm resnet names",
+            flavour: Flavour::Torch,
+            present,
+            absent,
+        }
+    }
+}
+
+/// The registered depths.
+#[rustfmt::skip]
+pub const CONFIGS: [Config; 5] = [
+    Config { name: "resnet18",  block: BlockKind::Basic,      layers: [2, 2, 2, 2] },
+    Config { name: "resnet34",  block: BlockKind::Basic,      layers: [3, 4, 6, 3] },
+    Config { name: "resnet50",  block: BlockKind::Bottleneck, layers: [3, 4, 6, 3] },
+    Config { name: "resnet101", block: BlockKind::Bottleneck, layers: [3, 4, 23, 3] },
+    Config { name: "resnet152", block: BlockKind::Bottleneck, layers: [3, 8, 36, 3] },
+];
+
+/// The registry entry of `CONFIGS[I]`.
+const fn entry<const I: usize>() -> ModelEntry {
+    let cfg = PretrainedCfg::new(224, Preprocess::Imagenet, CONFIGS[I].num_features());
+    ModelEntry::native(CONFIGS[I].name, cfg, probes::<I>, load::<I>)
+}
+
+fn probes<const I: usize>() -> Vec<Probe> {
+    vec![CONFIGS[I].probe()]
+}
+
+fn load<const I: usize>(
+    spec: &BackboneSpec,
+    device: &Device,
+) -> Result<Box<dyn Backbone>, ModelError> {
+    Ok(Box::new(ResNet::load(&CONFIGS[I], &spec.weights, device)?))
+}
+
+pub const MODELS: &[ModelEntry] = &[
+    entry::<0>(),
+    entry::<1>(),
+    entry::<2>(),
+    entry::<3>(),
+    entry::<4>(),
+];
 
 /// PyTorch `padding=p` on every side.
 fn pad(p: usize) -> Padding {
     Padding::Explicit(Pad4::new(p, p, p, p))
 }
 
-/// PyTorch `Conv2d(bias=False)` `{conv}.weight` + `BatchNorm2d` `{bn}.*`, folded.
-fn conv_bn(
-    w: &Weights,
-    conv: &str,
-    bn: &str,
-    stride: usize,
-    padding: Padding,
-    act: Act,
-    device: &Device,
-) -> Result<Conv2d, ModelError> {
-    Convention::torch(BN_EPS).conv_bn(
-        w,
-        &format!("{conv}.weight"),
-        bn,
-        stride,
-        padding,
-        act,
-        device,
-    )
-}
-
-/// `relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x))`.
-struct Bottleneck {
-    conv1: Conv2d,
-    conv2: Conv2d,
-    conv3: Conv2d,
+/// `relu(last(...(conv1(x))) + shortcut(x))`, the BatchNorms folded.
+struct Block {
+    /// `conv1..`, each with its `bn`.
+    convs: Vec<Conv2d>,
     downsample: Option<Conv2d>,
 }
 
-impl Bottleneck {
-    /// Block `p` (`layer{i}.{j}`), its 3x3 convolution with stride `stride`.
-    fn load(w: &Weights, p: &str, stride: usize, device: &Device) -> Result<Self, ModelError> {
-        let c = |i: usize, s: usize, padding: Padding, act: Act| {
-            conv_bn(
-                w,
-                &format!("{p}.conv{i}"),
-                &format!("{p}.bn{i}"),
-                s,
-                padding,
-                act,
-                device,
-            )
-        };
-        let downsample = if w.contains(&format!("{p}.downsample.0.weight")) {
-            Some(conv_bn(
-                w,
-                &format!("{p}.downsample.0"),
-                &format!("{p}.downsample.1"),
+impl Block {
+    /// Block `w` (`layer{i}.{j}`) of kind `kind`, its strided convolution
+    /// with stride `stride`.
+    fn load(w: &TorchWeights<'_>, kind: BlockKind, stride: usize) -> Result<Self, ModelError> {
+        let convs = kind
+            .convs()
+            .iter()
+            .enumerate()
+            .map(|(i, &(strided, p, act))| {
+                let cfg = ConvCfg {
+                    stride: if strided { stride } else { 1 },
+                    padding: if p == 0 { Padding::Valid } else { pad(p) },
+                    act,
+                };
+                w.conv_bn(
+                    &format!("conv{}", i + 1),
+                    &format!("bn{}", i + 1),
+                    BN_EPS,
+                    cfg,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let downsample = if w.contains("downsample.0.weight") {
+            let cfg = ConvCfg {
                 stride,
-                Padding::Valid,
-                Act::None,
-                device,
-            )?)
+                ..ConvCfg::default()
+            };
+            Some(w.conv_bn("downsample.0", "downsample.1", BN_EPS, cfg)?)
         } else {
             None
         };
-        Ok(Self {
-            conv1: c(1, 1, Padding::Valid, Act::Relu)?,
-            conv2: c(2, stride, pad(1), Act::Relu)?,
-            conv3: c(3, 1, Padding::Valid, Act::None)?,
-            downsample,
-        })
+        Ok(Self { convs, downsample })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.conv1.forward(x)?; // (N, C_mid, H, W)
-        let y = self.conv2.forward(&y)?; // (N, C_mid, H/s, W/s)
+        let (last, inner) = self.convs.split_last().expect("a block has convolutions");
+        let mut y = inner[0].forward(x)?; // (N, C_mid, H, W) or (N, C_mid, H/s, W/s)
+        for c in &inner[1..] {
+            y = c.forward(&y)?; // (N, C_mid, H/s, W/s)
+        }
         let y = match &self.downsample {
-            Some(d) => self.conv3.forward_add(&y, &d.forward(x)?)?,
-            None => self.conv3.forward_add(&y, x)?,
+            Some(d) => last.forward_add(&y, &d.forward(x)?)?,
+            None => last.forward_add(&y, x)?,
         }; // (N, C_out, H/s, W/s)
         y.relu()
     }
+
+    fn out_channels(&self) -> usize {
+        self.convs.last().map_or(0, Conv2d::out_channels)
+    }
 }
 
-/// A torchvision / timm bottleneck ResNet without its classifier;
-/// `forward_features` returns the global-average-pooled `(N, 2048)` output of
-/// `layer4`.
+/// A torchvision / timm ResNet without its classifier; `forward_features`
+/// returns the global-average-pooled `(N, 512 | 2048)` output of `layer4`.
 pub struct ResNet {
     conv1: Conv2d,
     /// `layer1..4`, in order.
-    blocks: Vec<Bottleneck>,
+    blocks: Vec<Block>,
 }
 
 impl ResNet {
     /// Loads torchvision / timm state-dict weights (any float dtype) from a
     /// safetensors file or a PyTorch checkpoint.
-    pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
-        Self::from_weights(&Weights::read(ARCH, path)?, device)
+    pub fn load(cfg: &Config, path: &Path, device: &Device) -> Result<Self, ModelError> {
+        Self::from_weights(cfg, &Weights::read(cfg.name, path)?, device)
     }
 
-    pub fn from_weights(w: &Weights, device: &Device) -> Result<Self, ModelError> {
-        let conv1 = conv_bn(w, "conv1", "bn1", 2, pad(3), Act::Relu, device)?;
-        if w.contains("layer1.0.conv1.weight") && !w.contains("layer1.0.conv3.weight") {
-            return Err(w.candle_err(candle_core::Error::Msg(
-                "this is a basic-block ResNet (18 / 34: no `layer1.0.conv3.weight`); \
-                 only bottleneck ResNets (50, 101, 152) are built"
-                    .into(),
-            )));
-        }
+    /// Builds `cfg` from `w`, which must hold exactly its blocks.
+    pub fn from_weights(cfg: &Config, w: &Weights, device: &Device) -> Result<Self, ModelError> {
+        check_layout(cfg, w)?;
+        let root = TorchWeights::new(w, device);
+        let stem = ConvCfg {
+            stride: 2,
+            padding: pad(3),
+            act: Act::Relu,
+        };
+        let conv1 = root.conv_bn("conv1", "bn1", BN_EPS, stem)?;
         let mut blocks = Vec::new();
-        for stage in 1..=4 {
-            let stride = if stage == 1 { 1 } else { 2 };
-            // Blocks `layer{stage}.0..` as far as the checkpoint has them
-            // (the first one must be there: it is reported as missing).
-            let mut j = 0;
-            while j == 0 || w.contains(&format!("layer{stage}.{j}.conv1.weight")) {
-                let s = if j == 0 { stride } else { 1 };
-                blocks.push(Bottleneck::load(
-                    w,
-                    &format!("layer{stage}.{j}"),
-                    s,
-                    device,
-                )?);
-                j += 1;
+        for (i, &n) in cfg.layers.iter().enumerate() {
+            let layer = root.pp(format!("layer{}", i + 1));
+            for j in 0..n {
+                let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                blocks.push(Block::load(&layer.pp(j), cfg.block, stride)?);
             }
         }
         Ok(Self { conv1, blocks })
     }
 
-    /// Bottleneck blocks in all (16 for ResNet-50).
+    /// Residual blocks in all (16 for ResNet-50).
     pub fn num_blocks(&self) -> usize {
         self.blocks.len()
     }
+}
+
+/// Refuses a checkpoint of another block kind, or with a block beyond
+/// `cfg`'s count (a missing one is reported when it is read).
+fn check_layout(cfg: &Config, w: &Weights) -> Result<(), ModelError> {
+    let refuse = |msg: String| Err(w.candle_err(candle_core::Error::Msg(msg)));
+    let has_conv3 = w.contains("layer1.0.conv3.weight");
+    match (cfg.block, has_conv3) {
+        (BlockKind::Basic, true) => {
+            return refuse(format!(
+                "block `layer1.0` has `conv3`: a bottleneck ResNet (50, 101, 152), \
+                 not {} (basic blocks)",
+                cfg.name
+            ))
+        }
+        (BlockKind::Bottleneck, false) if w.contains("layer1.0.conv1.weight") => {
+            return refuse(format!(
+                "block `layer1.0` has no `conv3`: a basic-block ResNet (18, 34), \
+                 not {} (bottleneck blocks)",
+                cfg.name
+            ))
+        }
+        _ => {}
+    }
+    for (i, &n) in cfg.layers.iter().enumerate() {
+        let extra = format!("layer{}.{n}", i + 1);
+        if w.contains(&format!("{extra}.conv1.weight")) {
+            return refuse(format!(
+                "extra block `{extra}`: {} has {n} blocks in `layer{}` ({:?} in all); \
+                 `runner inspect` names the depth of the checkpoint",
+                cfg.name,
+                i + 1,
+                cfg.layers
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Backbone for ResNet {
@@ -167,14 +289,15 @@ impl Backbone for ResNet {
         let x = self.conv1.forward(x)?; // (N, 64, 112, 112)
         let mut x = max_pool2d(&x, 3, 2, pad(1))?; // (N, 64, 56, 56)
         for b in &self.blocks {
-            // 256 (56) -> 512 (28) -> 1024 (14) -> 2048 (7)
+            // bottleneck: 256 (56) -> 512 (28) -> 1024 (14) -> 2048 (7);
+            // basic: 64 -> 128 -> 256 -> 512
             x = b.forward(&x)?;
         }
-        global_avg_pool(&x) // (N, 2048)
+        global_avg_pool(&x) // (N, 512 | 2048)
     }
 
     fn num_features(&self) -> usize {
-        self.blocks.last().map_or(0, |b| b.conv3.out_channels())
+        self.blocks.last().map_or(0, Block::out_channels)
     }
 }
 
@@ -206,60 +329,124 @@ mod tests {
         }
     }
 
-    /// A narrow bottleneck ResNet's state dict: `blocks[i]` blocks in stage
-    /// `i + 1`, widths `mid` / `4 * mid` per stage.
-    fn tiny(blocks: [usize; 4]) -> HashMap<String, Tensor> {
+    /// A torchvision-named state dict of `cfg`'s layout whose stage `s`
+    /// has `planes(s)` planes (torchvision: 64, 128, 256, 512).
+    fn state_dict(cfg: &Config, planes: impl Fn(usize) -> usize) -> HashMap<String, Tensor> {
         let mut sd = HashMap::new();
-        conv_bn(&mut sd, "conv1", "bn1", [4, 3, 7, 7]);
-        let mut c_in = 4;
-        for (s, &n) in blocks.iter().enumerate() {
-            let mid = 2 + s;
+        let stem = planes(0);
+        conv_bn(&mut sd, "conv1", "bn1", [stem, 3, 7, 7]);
+        let mut c_in = stem;
+        for (s, &n) in cfg.layers.iter().enumerate() {
+            let (mid, out) = (planes(s), planes(s) * cfg.block.expansion());
             for j in 0..n {
                 let p = format!("layer{}.{j}", s + 1);
                 let (c, b) = (|i| format!("{p}.conv{i}"), |i| format!("{p}.bn{i}"));
-                conv_bn(&mut sd, &c(1), &b(1), [mid, c_in, 1, 1]);
-                conv_bn(&mut sd, &c(2), &b(2), [mid, mid, 3, 3]);
-                conv_bn(&mut sd, &c(3), &b(3), [4 * mid, mid, 1, 1]);
-                if j == 0 {
-                    let (dc, db) = (format!("{p}.downsample.0"), format!("{p}.downsample.1"));
-                    conv_bn(&mut sd, &dc, &db, [4 * mid, c_in, 1, 1]);
+                match cfg.block {
+                    BlockKind::Basic => {
+                        conv_bn(&mut sd, &c(1), &b(1), [mid, c_in, 3, 3]);
+                        conv_bn(&mut sd, &c(2), &b(2), [out, mid, 3, 3]);
+                    }
+                    BlockKind::Bottleneck => {
+                        conv_bn(&mut sd, &c(1), &b(1), [mid, c_in, 1, 1]);
+                        conv_bn(&mut sd, &c(2), &b(2), [mid, mid, 3, 3]);
+                        conv_bn(&mut sd, &c(3), &b(3), [out, mid, 1, 1]);
+                    }
                 }
-                c_in = 4 * mid;
+                if j == 0 && (s > 0 || c_in != out) {
+                    let (dc, db) = (format!("{p}.downsample.0"), format!("{p}.downsample.1"));
+                    conv_bn(&mut sd, &dc, &db, [out, c_in, 1, 1]);
+                }
+                c_in = out;
             }
         }
         sd
     }
 
-    #[test]
-    fn block_counts_and_widths_come_from_the_checkpoint() {
-        let w = Weights::from_tensors(ARCH, tiny([2, 1, 3, 1]));
-        let net = ResNet::from_weights(&w, &Device::Cpu).expect("load");
-        assert_eq!(net.num_blocks(), 7);
-        assert_eq!(net.num_features(), 20);
-        let x = Tensor::ones((2, 3, 64, 64), candle_core::DType::F32, &Device::Cpu).expect("x");
-        let f = net.forward_features(&x).expect("forward");
-        assert_eq!(f.dims(), &[2, 20]);
+    fn narrow(s: usize) -> usize {
+        2 + s
     }
 
     #[test]
-    fn basic_block_resnets_are_refused_by_name() {
-        let mut sd = tiny([1, 1, 1, 1]);
-        sd.retain(|k, _| !k.contains(".conv3.") && !k.contains(".bn3."));
-        let w = Weights::from_tensors(ARCH, sd);
-        let err = match ResNet::from_weights(&w, &Device::Cpu) {
-            Ok(_) => panic!("loaded without conv3"),
-            Err(e) => e,
-        };
-        let cause = std::error::Error::source(&err).expect("cause").to_string();
-        assert!(cause.contains("basic-block ResNet"), "{cause}");
+    fn block_counts_and_widths_follow_the_config() {
+        for block in [BlockKind::Basic, BlockKind::Bottleneck] {
+            let cfg = Config {
+                name: "tiny",
+                block,
+                layers: [2, 1, 3, 1],
+            };
+            let w = Weights::from_tensors("tiny", state_dict(&cfg, narrow));
+            let net = ResNet::from_weights(&cfg, &w, &Device::Cpu).expect("load");
+            assert_eq!(net.num_blocks(), 7);
+            let width = narrow(3) * block.expansion();
+            assert_eq!(net.num_features(), width);
+            let x = Tensor::ones((2, 3, 64, 64), candle_core::DType::F32, &Device::Cpu).expect("x");
+            let f = net.forward_features(&x).expect("forward");
+            assert_eq!(f.dims(), &[2, width]);
+        }
+    }
+
+    /// Every registered depth at full width: the declared feature width is
+    /// the network's.
+    #[test]
+    fn every_depth_produces_its_declared_feature_width() {
+        let x = Tensor::ones((1, 3, 32, 32), candle_core::DType::F32, &Device::Cpu).expect("x");
+        for (cfg, entry) in CONFIGS.iter().zip(MODELS) {
+            let w = Weights::from_tensors(cfg.name, state_dict(cfg, |s| 64 << s));
+            let net = ResNet::from_weights(cfg, &w, &Device::Cpu).expect("load");
+            let declared = entry.pretrained_cfg.expect("native").num_features;
+            assert_eq!(net.num_features(), declared, "{}", cfg.name);
+            let f = net.forward_features(&x).expect("forward");
+            assert_eq!(f.dims(), &[1, declared], "{}", cfg.name);
+            assert_eq!(net.num_blocks(), cfg.layers.iter().sum::<usize>());
+        }
+    }
+
+    /// Deeper, shallower and other-kind checkpoints are refused, naming the
+    /// block that does not fit.
+    #[test]
+    fn a_checkpoint_of_another_depth_is_refused_naming_the_block() {
+        let [r18, r34, r50, r101, _] = &CONFIGS;
+        for (cfg, ckpt, expected) in [
+            (r18, r34, "extra block `layer1.2`"),
+            (r50, r101, "extra block `layer3.6`"),
+            (r34, r18, "`layer1.2.conv1.weight` is missing"),
+            (r50, r34, "basic-block ResNet"),
+            (r18, r50, "a bottleneck ResNet"),
+        ] {
+            let w = Weights::from_tensors(cfg.name, state_dict(ckpt, narrow));
+            let err = match ResNet::from_weights(cfg, &w, &Device::Cpu) {
+                Ok(_) => panic!("{} loaded {}", cfg.name, ckpt.name),
+                Err(e) => match std::error::Error::source(&e) {
+                    Some(cause) => format!("{e}: {cause}"),
+                    None => e.to_string(),
+                },
+            };
+            assert!(
+                err.contains(expected),
+                "{} <- {}: {err}",
+                cfg.name,
+                ckpt.name
+            );
+        }
+    }
+
+    #[test]
+    fn probes_tell_the_depths_apart() {
+        for cfg in &CONFIGS {
+            let sd = state_dict(cfg, narrow);
+            let found =
+                crate::registry::identify(sd.keys().map(String::as_str)).map(|(e, _)| e.name);
+            assert_eq!(found, Some(cfg.name));
+        }
     }
 
     #[test]
     fn arch_resnet50_is_named_resnet50_in_specs() {
         let a: Arch = serde_json::from_str("\"resnet50\"").expect("parse");
-        assert_eq!(a, Arch::Resnet50);
         assert_eq!(a.name(), "resnet50");
         let cfg = a.pretrained_cfg().expect("native");
         assert_eq!((cfg.input_size, cfg.num_features), (224, 2048));
+        let r18 = Arch::from_name("resnet18").expect("registered");
+        assert_eq!(r18.pretrained_cfg().map(|c| c.num_features), Some(512));
     }
 }

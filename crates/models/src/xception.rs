@@ -8,11 +8,11 @@
 //! `block2_sepconv1/{depthwise,pointwise}_kernel`, `block2_sepconv1_bn/...`;
 //! the four residual 1x1 convolutions are `conv2d_1..4` with
 //! `batch_normalization_1..4`) or timm's `legacy_xception` state-dict names
-//! (the map is `Layer::names`); the naming is detected from
-//! `block1_conv1/kernel` vs `conv1.weight`. Every BatchNorm is folded into
-//! the preceding convolution (for a separable convolution, into its pointwise
-//! part); each `relu -> SeparableConv2D` applies the ReLU inside the depthwise
-//! kernel, each `BN -> relu` inside the pointwise bias pass.
+//! (the map is `Layer::names`); the naming is detected by the entry's
+//! probes ([`MODELS`]). Every BatchNorm is folded into the preceding
+//! convolution (for a separable convolution, into its pointwise part); each
+//! `relu -> SeparableConv2D` applies the ReLU inside the depthwise kernel,
+//! each `BN -> relu` inside the pointwise bias pass.
 //!
 //! The two sources are not quite the same function, and the model computes
 //! what the checkpoint's framework computes:
@@ -30,15 +30,41 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
 use super::flavour::{Convention, Flavour};
 use super::layers::{
     blocked_max_pool, global_avg_pool, max_pool2d, Act, BlockedConv1x1, BlockedDepthwise, Conv2d,
     DepthwiseConv2d, Padding, Weights,
 };
-use super::{Arch, Backbone, ModelError};
+use super::registry::{self, ModelEntry, Probe};
+use super::{Backbone, ModelError};
 use runner_kernels::nchwc::{self, Blocked};
 
 const ARCH: &str = "xception";
+
+/// Keras' and timm's preprocessing and input size for Xception.
+pub const CFG: PretrainedCfg = PretrainedCfg::new(299, Preprocess::Inception, 2048);
+
+pub const MODELS: &[ModelEntry] = &[ModelEntry::native(ARCH, CFG, probes, load)];
+
+/// The first and last convolutions in each naming (the map is
+/// `Layer::names`).
+fn probes() -> Vec<Probe> {
+    let keras = ["block1_conv1/kernel", "block14_sepconv2/pointwise_kernel"];
+    let timm = [
+        "conv1.weight",
+        "block12.skip.weight",
+        "conv4.pointwise.weight",
+    ];
+    vec![
+        Probe::keras(&keras),
+        Probe::torch("timm legacy_xception names", &timm),
+    ]
+}
+
+fn load(spec: &BackboneSpec, device: &Device) -> Result<Box<dyn Backbone>, ModelError> {
+    Ok(Box::new(Xception::load(&spec.weights, device)?))
+}
 
 /// timm's `legacy_xception` uses PyTorch's default BatchNorm epsilon.
 const TIMM_BN_EPS: f32 = 1e-5;
@@ -396,7 +422,7 @@ impl Xception {
     }
 
     pub fn from_weights(w: &Weights, device: &Device) -> Result<Self, ModelError> {
-        let flavour = Flavour::detect(w, "block1_conv1/kernel", "conv1.weight")?;
+        let flavour = registry::detect_flavour(w, &probes())?;
         let conv = match flavour {
             Flavour::Keras => Convention::keras(true),
             Flavour::Torch => Convention::torch(TIMM_BN_EPS),
@@ -463,9 +489,7 @@ impl Backbone for Xception {
     }
 
     fn num_features(&self) -> usize {
-        Arch::Xception
-            .pretrained_cfg()
-            .map_or(0, |c| c.num_features)
+        CFG.num_features
     }
 }
 
