@@ -16,12 +16,10 @@ use crate::data::{Dataset, Item};
 use runner_models::{Arch, Preprocess};
 use crate::spec::{BackboneSpec, Resize, Spec, View};
 
-/// Bump when a change to decoding, resizing or a backbone's code changes
-/// feature values: every cached feature is then recomputed.
+/// Bump when a change to decoding, resizing, a backbone's code or what the
+/// key hashes changes feature values or keys: every cached feature is then
+/// recomputed.
 pub const FEATURE_CODE_VERSION: u32 = 2;
-// Weights are keyed by their tensors' contents since session 3 (before: the
-// file's bytes), so keys from earlier versions no longer match: features
-// cached by them are recomputed once.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

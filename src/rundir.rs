@@ -14,8 +14,8 @@
 //! end, so a run that crashed or was interrupted stays visibly incomplete.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::write_atomic;
@@ -60,31 +60,15 @@ pub struct RunDir {
     pub manifest: Manifest,
 }
 
-/// `YYYYMMDDTHHMMSSZ` for a Unix time (civil-from-days, proleptic Gregorian).
-pub fn utc_stamp(secs: u64, compact: bool) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    if compact {
-        format!("{y:04}{mo:02}{d:02}T{h:02}{m:02}{s:02}Z")
+/// A UTC time as `2026-12-04T18:00:57Z`, or `20261204T180057Z` when
+/// `compact` (run directory names).
+pub fn utc_stamp(time: DateTime<Utc>, compact: bool) -> String {
+    let format = if compact {
+        "%Y%m%dT%H%M%SZ"
     } else {
-        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
-    }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        "%Y-%m-%dT%H:%M:%SZ"
+    };
+    time.format(format).to_string()
 }
 
 impl RunDir {
@@ -102,7 +86,7 @@ impl RunDir {
             )
         };
         std::fs::create_dir_all(runs_root).map_err(|e| named(e, runs_root))?;
-        let now = now_secs();
+        let now = Utc::now();
         let base = format!(
             "{}-{}-{}",
             utc_stamp(now, true),
@@ -160,7 +144,7 @@ impl RunDir {
         error: Option<String>,
     ) -> std::io::Result<()> {
         self.manifest.status = status;
-        self.manifest.finished_utc = Some(utc_stamp(now_secs(), false));
+        self.manifest.finished_utc = Some(utc_stamp(Utc::now(), false));
         self.manifest.seconds = Some(seconds);
         self.manifest.error = error;
         self.write_manifest()
@@ -171,10 +155,20 @@ impl RunDir {
 mod tests {
     use super::*;
 
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(secs, 0).expect("in range")
+    }
+
     #[test]
     fn utc_stamps_are_calendar_correct() {
-        assert_eq!(utc_stamp(0, false), "1970-01-01T00:00:00Z");
-        assert_eq!(utc_stamp(951_782_400, true), "20000229T000000Z");
-        assert_eq!(utc_stamp(1_796_000_000, false), "2026-11-30T00:53:20Z");
+        assert_eq!(utc_stamp(at(0), false), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_stamp(at(951_782_400), true), "20000229T000000Z");
+        assert_eq!(utc_stamp(at(1_796_000_000), false), "2026-11-30T00:53:20Z");
+    }
+
+    #[test]
+    fn fractional_seconds_are_not_shown() {
+        let t = DateTime::from_timestamp(1_796_000_000, 999_999_999).expect("in range");
+        assert_eq!(utc_stamp(t, true), "20261130T005320Z");
     }
 }

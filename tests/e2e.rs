@@ -10,6 +10,8 @@ use runner::data::Dataset;
 use runner::log::Log;
 use runner::npy::Matrix;
 use runner::plan::{Plan, Split};
+use runner::run::Run;
+use runner::spec::Spec;
 
 use crate::common::{model, runner, stderr, stdout, woof_subset};
 
@@ -44,6 +46,18 @@ batch_size = 16
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, spec).unwrap();
     path
+}
+
+/// A quiet run context on the CPU.
+fn cpu_run<'a>(spec: &'a Spec, data: &'a Dataset, cache: &'a FeatureCache) -> Run<'a> {
+    static LOG: std::sync::OnceLock<Log> = std::sync::OnceLock::new();
+    Run {
+        spec,
+        data,
+        cache,
+        device: &Device::Cpu,
+        log: LOG.get_or_init(|| Log::new(true)),
+    }
 }
 
 fn run_dirs(runs: &Path) -> Vec<PathBuf> {
@@ -214,9 +228,7 @@ fn resumes_after_interrupted_extraction() {
     for stage in plan.stages.iter().filter(|s| s.split == Split::Train) {
         cache.put_chunk(&stage.key, 0, &marker).unwrap();
     }
-    let feats =
-        runner::features::ensure(&spec, &data, &plan, &cache, &Device::Cpu, &Log::new(true))
-            .unwrap();
+    let feats = runner::features::ensure(&cpu_run(&spec, &data, &cache), &plan).unwrap();
     assert_eq!(feats.computed, 4);
     for stage in &plan.stages {
         let m = feats.get(stage);
@@ -440,9 +452,7 @@ epochs = 5
     let data = Dataset::load(&spec.data).unwrap();
     let plan = Plan::new(&spec, &data, None).unwrap();
     let cache = FeatureCache::new(dir.join("cache"));
-    let feats =
-        runner::features::ensure(&spec, &data, &plan, &cache, &Device::Cpu, &Log::new(true))
-            .unwrap();
+    let feats = runner::features::ensure(&cpu_run(&spec, &data, &cache), &plan).unwrap();
     for split in [Split::Train, Split::Test] {
         for view in [runner::spec::View::Original, runner::spec::View::Hflip] {
             let native = feats.get(plan.stage(0, view, split));
