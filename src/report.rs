@@ -252,3 +252,47 @@ impl Report {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(run: &str, oof_log_loss: Option<f64>) -> Row {
+        Row {
+            run: run.into(),
+            oof_log_loss,
+            status: "complete".into(),
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn json_rows_keep_the_tables_column_order() {
+        let report = Report {
+            rows: vec![row("a", Some(0.5))],
+        };
+        let json = report.render(Format::Json).unwrap();
+        let frame = report.frame().unwrap();
+        let position = |key: &PlSmallStr| json.find(&format!("\"{key}\":")).expect(key);
+        let order: Vec<usize> = frame.get_column_names().into_iter().map(position).collect();
+        assert_eq!(order.len(), 15);
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{json}");
+    }
+
+    #[test]
+    fn runs_sort_by_loss_then_name_with_unscored_runs_last() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, loss) in [("c", Some(0.2)), ("a", None), ("b", Some(0.2)), ("d", Some(0.1))] {
+            let run = dir.path().join(name);
+            std::fs::create_dir(&run).unwrap();
+            std::fs::write(run.join("run.json"), "{}").unwrap();
+            if let Some(loss) = loss {
+                let metrics = serde_json::json!({ "final": { "oof_log_loss": loss } });
+                std::fs::write(run.join("metrics.json"), metrics.to_string()).unwrap();
+            }
+        }
+        let (report, _) = load(dir.path()).unwrap();
+        let runs: Vec<&str> = report.rows.iter().map(|r| r.run.as_str()).collect();
+        assert_eq!(runs, ["d", "b", "c", "a"]);
+    }
+}
