@@ -84,7 +84,11 @@ enum Command {
 
 impl Global {
     fn cache(&self) -> FeatureCache {
-        FeatureCache::new(self.cache.clone().unwrap_or_else(|| self.runs.join(".cache")))
+        FeatureCache::new(
+            self.cache
+                .clone()
+                .unwrap_or_else(|| self.runs.join(".cache")),
+        )
     }
 
     /// The device `--device` names, else the spec's `device`, else `auto`.

@@ -282,7 +282,12 @@ mod tests {
     #[test]
     fn runs_sort_by_loss_then_name_with_unscored_runs_last() {
         let dir = tempfile::tempdir().unwrap();
-        for (name, loss) in [("c", Some(0.2)), ("a", None), ("b", Some(0.2)), ("d", Some(0.1))] {
+        for (name, loss) in [
+            ("c", Some(0.2)),
+            ("a", None),
+            ("b", Some(0.2)),
+            ("d", Some(0.1)),
+        ] {
             let run = dir.path().join(name);
             std::fs::create_dir(&run).unwrap();
             std::fs::write(run.join("run.json"), "{}").unwrap();

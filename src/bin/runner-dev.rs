@@ -15,7 +15,11 @@ use runner::{devcheck, setup};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
-#[command(name = "runner-dev", version, about = "Developer checks of runner (not for users)")]
+#[command(
+    name = "runner-dev",
+    version,
+    about = "Developer checks of runner (not for users)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

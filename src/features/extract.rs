@@ -113,7 +113,10 @@ impl<'a> SplitExtraction<'a> {
                 dst.push(m.expect("computed or resumed"));
             }
         }
-        Ok(per_stage.iter().map(|parts| Matrix::vconcat(parts)).collect())
+        Ok(per_stage
+            .iter()
+            .map(|parts| Matrix::vconcat(parts))
+            .collect())
     }
 
     /// A progress bar over the split's images, naming the stages.

@@ -108,15 +108,19 @@ impl Features {
 
 /// Loads the backbone a spec's `[[backbone]]` table describes: a native
 /// architecture from its checkpoint, or an ONNX graph.
-pub fn load_backbone(bb: &BackboneSpec, device: &Device) -> Result<Box<dyn Backbone>, ModelError> {
-    match bb.arch {
-        models::Arch::Onnx => Ok(Box::new(models::onnx::OnnxBackbone::load(
-            &bb.weights,
-            &bb.onnx_options(),
-            bb.input_size,
-        )?)),
+pub fn load_backbone(
+    bb: &BackboneSpec,
+    device: &Device,
+) -> Result<Box<dyn Backbone>, Box<ModelError>> {
+    let loaded = match bb.arch {
+        models::Arch::Onnx => {
+            models::onnx::OnnxBackbone::load(&bb.weights, &bb.onnx_options(), bb.input_size)
+                .map(|b| Box::new(b) as Box<dyn Backbone>)
+                .map_err(ModelError::from)
+        }
         arch => models::load(arch, &bb.weights, device),
-    }
+    };
+    loaded.map_err(Box::new)
 }
 
 /// `[extract] precision` other than f32 needs a GPU: the CPU kernels are
@@ -129,7 +133,6 @@ pub fn check_precision(spec: &Spec, device: &Device) -> Result<(), FeatureError>
         crate::spec::Precision::F16 => Err(FeatureError::PrecisionOnCpu("f16")),
     }
 }
-
 
 /// Images per forward pass: `[extract] batch_size`, else 16 on the CPU
 /// (the CPU kernels gain little from more) and 128 on a GPU (which needs
@@ -215,8 +218,7 @@ impl Features {
                 }
                 Ok(None) => missing.push(stage),
                 Err(why) => {
-                    run.log
-                        .info(format!("warning: corrupt cache entry: {why}"));
+                    run.log.info(format!("warning: corrupt cache entry: {why}"));
                     missing.push(stage);
                 }
             }
@@ -232,7 +234,7 @@ fn load_backbones(run: &Run<'_>, missing: &[&FeatureStage]) -> Result<Nets, Feat
     for &b in &needed {
         let bb = &run.spec.backbones[b];
         let started = Instant::now();
-        nets.insert(b, load_backbone(bb, run.device).map_err(Box::new)?);
+        nets.insert(b, load_backbone(bb, run.device)?);
         run.log.info(format!(
             "loaded {} from {} in {:.1}s",
             bb.arch.name(),

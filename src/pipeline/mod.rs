@@ -140,7 +140,10 @@ fn run_in(run: &Run<'_>, dir: &mut RunDir) -> anyhow::Result<Metrics> {
     dir.write("oof.csv", &tables::oof_csv(data, &folds, &oof)?)?;
     if !data.test.is_empty() {
         let all: Vec<&Matrix> = preds.test.iter().flatten().collect();
-        dir.write("submission.csv", &tables::submission_csv(data, &mean(&all))?)?;
+        dir.write(
+            "submission.csv",
+            &tables::submission_csv(data, &mean(&all))?,
+        )?;
     }
     Ok(metrics)
 }
@@ -330,4 +333,3 @@ fn train_heads(
     }
     Ok(preds)
 }
-
