@@ -17,8 +17,8 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use runner::data::image::{decode_rgb, resize};
 use runner::features::{input_tensor, load_backbone};
-use runner_models::{profile, Arch, Preprocess};
 use runner::spec::{BackboneSpec, Resize, View};
+use runner_models::{profile, Arch, Preprocess};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

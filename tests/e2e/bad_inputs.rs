@@ -7,6 +7,18 @@ use std::path::{Path, PathBuf};
 use super::{json, run_dirs, write_spec};
 use crate::common::{runner, stderr, stdout, woof_subset};
 
+/// Writes a small dataset (2 classes, 3 training and 1 test image each)
+/// under `dir/data`; returns its training images, sorted.
+fn small_dataset(dir: &Path) -> Vec<PathBuf> {
+    woof_subset(&dir.join("data"), 2, 3, 1);
+    let mut train: Vec<PathBuf> = std::fs::read_dir(dir.join("data/train"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    train.sort();
+    train
+}
+
 /// Breaks the first training image of a small dataset with `damage`, runs
 /// the spec and returns the image's file name and the run's stderr.
 fn run_with_damaged_image(
@@ -14,12 +26,7 @@ fn run_with_damaged_image(
 ) -> (String, String, Option<PathBuf>, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    woof_subset(&dir.join("data"), 2, 3, 1);
-    let mut train: Vec<PathBuf> = std::fs::read_dir(dir.join("data/train"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    train.sort();
+    let train = small_dataset(dir);
     damage(&train[0]);
     write_spec(dir, "damaged", 2, 0.5);
     let out = runner(dir, &["--quiet", "damaged.toml"]);
@@ -67,61 +74,52 @@ fn run_edited(folds: usize, edit: impl FnOnce(&Path, &Path)) -> (Option<i32>, St
     (out.status.code(), err)
 }
 
+/// Runs a spec over a small dataset after `edit` changed it, and checks
+/// that it fails (exit 1) with every one of `needles` in its error.
+fn assert_refused(folds: usize, edit: impl FnOnce(&Path, &Path), needles: &[&str]) {
+    let (code, err) = run_edited(folds, edit);
+    assert_eq!(code, Some(1), "{err}");
+    for needle in needles {
+        assert!(err.contains(needle), "{needle:?} missing from: {err}");
+    }
+}
+
 #[test]
 fn more_folds_than_images_fails_before_extracting() {
-    let (code, err) = run_edited(10, |_, _| {});
-    assert_eq!(code, Some(1));
-    assert!(
-        err.contains("cv.folds = 10") && err.contains("6 training images"),
-        "{err}"
-    );
+    assert_refused(10, |_, _| {}, &["cv.folds = 10", "6 training images"]);
 }
 
 #[test]
 fn a_mistyped_test_dir_is_an_error_not_a_missing_submission() {
-    let (code, err) = run_edited(2, |_, spec| {
+    let mistype = |_: &Path, spec: &Path| {
         let text = std::fs::read_to_string(spec).unwrap();
-        std::fs::write(
-            spec,
-            text.replace(
-                "root = \"data\"",
-                "root = \"data\"\ntest_dir = \"data/tset\"",
-            ),
-        )
-        .unwrap();
-    });
-    assert_eq!(code, Some(1));
-    assert!(err.contains("tset"), "{err}");
+        let text = text.replace(
+            "root = \"data\"",
+            "root = \"data\"\ntest_dir = \"data/tset\"",
+        );
+        std::fs::write(spec, text).unwrap();
+    };
+    assert_refused(2, mistype, &["tset"]);
 }
 
 #[test]
 fn duplicate_test_ids_are_named() {
-    let (code, err) = run_edited(2, |data, _| {
+    let repeat_last_row = |data: &Path, _: &Path| {
         let path = data.join("sample_submission.csv");
         let text = std::fs::read_to_string(&path).unwrap();
         let last = text.lines().last().unwrap().to_string();
         std::fs::write(&path, format!("{text}{last}\n")).unwrap();
-    });
-    assert_eq!(code, Some(1));
-    let id = err
-        .split("test id \"")
-        .nth(1)
-        .map(|s| s.split('"').next().unwrap().to_string());
-    assert!(id.is_some() && err.contains("appears twice"), "{err}");
+    };
+    assert_refused(2, repeat_last_row, &["test id \"", "appears twice"]);
 }
 
 #[test]
 fn a_label_missing_from_the_sample_submission_is_named_with_its_image() {
-    let (code, err) = run_edited(2, |data, _| {
-        let path = data.join("labels.csv");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-        let (id, _) = lines[1].split_once(',').unwrap();
-        lines[1] = format!("{id},wolf");
-        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let relabel_first = rewrite_labels(|i, id, label| {
+        let label = if i == 1 { "wolf" } else { label };
+        format!("{id},{label}")
     });
-    assert_eq!(code, Some(1));
-    assert!(err.contains("wolf") && err.contains("labels.csv"), "{err}");
+    assert_refused(2, relabel_first, &["wolf", "labels.csv"]);
 }
 
 /// Rewrites one CSV of the dataset line by line.
@@ -135,47 +133,42 @@ fn edit_lines(path: &Path, edit: impl Fn(usize, &str) -> Option<String>) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
+/// An edit of `labels.csv`: line `i` (`id,label`) becomes `row(i, id, label)`.
+fn rewrite_labels(row: impl Fn(usize, &str, &str) -> String) -> impl FnOnce(&Path, &Path) {
+    move |data, _| {
+        edit_lines(&data.join("labels.csv"), |i, l| {
+            let (id, label) = l.split_once(',').unwrap();
+            Some(row(i, id, label))
+        })
+    }
+}
+
 #[test]
 fn labels_without_a_header_are_refused_not_shortened() {
-    let (code, err) = run_edited(2, |data, _| {
+    let drop_header = |data: &Path, _: &Path| {
         edit_lines(&data.join("labels.csv"), |i, l| (i > 0).then(|| l.into()));
-    });
-    assert_eq!(code, Some(1));
-    assert!(
-        err.contains("labels.csv line 1") && err.contains("add a header line"),
-        "{err}"
-    );
+    };
+    assert_refused(2, drop_header, &["labels.csv line 1", "add a header line"]);
 }
 
 #[test]
 fn labels_with_a_third_column_are_refused() {
-    let (code, err) = run_edited(2, |data, _| {
-        edit_lines(&data.join("labels.csv"), |i, l| {
-            let (id, label) = l.split_once(',').unwrap();
-            Some(if i == 0 {
-                format!("{id},split,{label}")
-            } else {
-                format!("{id},val,{label}")
-            })
-        });
+    let add_column = rewrite_labels(|i, id, label| {
+        let split = if i == 0 { "split" } else { "val" };
+        format!("{id},{split},{label}")
     });
-    assert_eq!(code, Some(1));
-    assert!(err.contains("expected 2") && err.contains("split"), "{err}");
+    assert_refused(2, add_column, &["expected 2", "split"]);
 }
 
 #[test]
 fn a_test_id_labelled_twice_is_refused() {
-    let (code, err) = run_edited(2, |data, _| {
+    let label_again = |data: &Path, _: &Path| {
         let path = data.join("test_labels.csv");
         let text = std::fs::read_to_string(&path).unwrap();
         let (id, _) = text.lines().nth(1).unwrap().split_once(',').unwrap();
         std::fs::write(&path, format!("{text}{id},samoyed\n")).unwrap();
-    });
-    assert_eq!(code, Some(1));
-    assert!(
-        err.contains("test_labels.csv") && err.contains("appears twice"),
-        "{err}"
-    );
+    };
+    assert_refused(2, label_again, &["test_labels.csv", "appears twice"]);
 }
 
 #[test]
@@ -233,12 +226,7 @@ fn classes_smaller_than_the_fold_count_are_warned_about() {
 fn a_truncated_jpeg_is_warned_about_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    woof_subset(&dir.join("data"), 2, 3, 1);
-    let mut train: Vec<PathBuf> = std::fs::read_dir(dir.join("data/train"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    train.sort();
+    let train = small_dataset(dir);
     let bytes = std::fs::read(&train[0]).unwrap();
     std::fs::write(&train[0], &bytes[..bytes.len() / 2]).unwrap();
     write_spec(dir, "truncated", 2, 0.5);

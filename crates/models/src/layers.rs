@@ -37,8 +37,8 @@ use super::portable;
 use super::profile;
 use super::ModelError;
 use runner_kernels::nchwc;
-pub use runner_kernels::Act;
 use runner_kernels::window::{Clamp, Window, WindowKind};
+pub use runner_kernels::Act;
 use runner_kernels::{self as kernels, Im2Col, MatRef, Output, PackedA};
 
 /// Keras `BatchNormalization` default epsilon (also EfficientNet-Lite's
