@@ -114,7 +114,7 @@ fn read_row(dir: &Path, warnings: &mut Vec<String>) -> Row {
     }
     .to_string();
     if let Some(m) = &manifest {
-        row.seconds = m.seconds;
+        row.seconds = m.finished.as_ref().map(|f| f.seconds);
         let total = m.feature_stages_cached + m.feature_stages_computed;
         row.features = (total > 0).then(|| {
             match (m.feature_stages_cached, m.feature_stages_computed) {

@@ -34,17 +34,24 @@ pub struct Manifest {
     pub status: Status,
     pub runner_version: String,
     pub started_utc: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub finished_utc: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    /// Absent while the run is running (its fields are written inline).
+    #[serde(flatten)]
+    pub finished: Option<Finished>,
     /// Feature stages served from the cache and computed by this run.
     pub feature_stages_cached: usize,
     pub feature_stages_computed: usize,
     /// Seconds per part of the run.
     pub timings: Timings,
+}
+
+/// When and how a run ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Finished {
+    pub finished_utc: String,
+    pub seconds: f64,
+    /// Why a failed run failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -109,9 +116,7 @@ impl RunDir {
                 status: Status::Running,
                 runner_version: env!("CARGO_PKG_VERSION").to_string(),
                 started_utc: utc_stamp(now, false),
-                finished_utc: None,
-                seconds: None,
-                error: None,
+                finished: None,
                 feature_stages_cached: 0,
                 feature_stages_computed: 0,
                 timings: Timings::default(),
@@ -144,9 +149,11 @@ impl RunDir {
         error: Option<String>,
     ) -> std::io::Result<()> {
         self.manifest.status = status;
-        self.manifest.finished_utc = Some(utc_stamp(Utc::now(), false));
-        self.manifest.seconds = Some(seconds);
-        self.manifest.error = error;
+        self.manifest.finished = Some(Finished {
+            finished_utc: utc_stamp(Utc::now(), false),
+            seconds,
+            error,
+        });
         self.write_manifest()
     }
 }
@@ -164,6 +171,41 @@ mod tests {
         assert_eq!(utc_stamp(at(0), false), "1970-01-01T00:00:00Z");
         assert_eq!(utc_stamp(at(951_782_400), true), "20000229T000000Z");
         assert_eq!(utc_stamp(at(1_796_000_000), false), "2026-11-30T00:53:20Z");
+    }
+
+    #[test]
+    fn a_manifest_reads_back_running_or_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::spec::parse(
+            "name = \"m\"\n[data]\nlayout = \"kaggle\"\nroot = \".\"\n[[backbone]]\narch = \"xception\"\nweights = \"w.safetensors\"\n",
+            "m.toml",
+            dir.path(),
+        )
+        .unwrap();
+        let mut run = RunDir::create(dir.path(), &spec).unwrap();
+        let read = |run: &RunDir| -> (String, Manifest) {
+            let text = std::fs::read_to_string(run.file("run.json")).unwrap();
+            let manifest = serde_json::from_str(&text).unwrap();
+            (text, manifest)
+        };
+        let (text, running) = read(&run);
+        assert!(running.finished.is_none());
+        assert!(
+            !text.contains("finished_utc") && !text.contains("error"),
+            "{text}"
+        );
+        run.finish(Status::Failed, 1.5, Some("boom".into()))
+            .unwrap();
+        let (text, failed) = read(&run);
+        let finished = failed.finished.unwrap();
+        assert_eq!(
+            (finished.seconds, finished.error.as_deref()),
+            (1.5, Some("boom"))
+        );
+        // The end fields stand between the start and the stage counts.
+        let at = |key: &str| text.find(key).unwrap();
+        assert!(at("started_utc") < at("finished_utc"));
+        assert!(at("error") < at("feature_stages_cached"), "{text}");
     }
 
     #[test]
