@@ -104,6 +104,27 @@ impl Features {
             .collect();
         Matrix::hconcat(&parts)
     }
+
+    /// Takes every stage of `plan` the cache holds; returns the others. A
+    /// corrupt entry is warned about and counts as missing.
+    fn take_cached<'p>(&mut self, run: &Run<'_>, plan: &'p Plan) -> Vec<&'p FeatureStage> {
+        let mut missing = Vec::new();
+        for stage in &plan.stages {
+            let rows = run.items(stage.split).len();
+            match run.cache.get(&stage.key, rows) {
+                Ok(Some(m)) => {
+                    self.by_key.insert(stage.key.clone(), m);
+                    self.cached += 1;
+                }
+                Ok(None) => missing.push(stage),
+                Err(why) => {
+                    run.log.info(format!("warning: corrupt cache entry: {why}"));
+                    missing.push(stage);
+                }
+            }
+        }
+        missing
+    }
 }
 
 /// Loads the backbone a spec's `[[backbone]]` table describes: a native
@@ -202,29 +223,6 @@ pub fn ensure(run: &Run<'_>, plan: &Plan) -> Result<Features, FeatureError> {
         ));
     }
     Ok(out)
-}
-
-impl Features {
-    /// Takes every stage of `plan` the cache holds; returns the others. A
-    /// corrupt entry is warned about and counts as missing.
-    fn take_cached<'p>(&mut self, run: &Run<'_>, plan: &'p Plan) -> Vec<&'p FeatureStage> {
-        let mut missing = Vec::new();
-        for stage in &plan.stages {
-            let rows = run.items(stage.split).len();
-            match run.cache.get(&stage.key, rows) {
-                Ok(Some(m)) => {
-                    self.by_key.insert(stage.key.clone(), m);
-                    self.cached += 1;
-                }
-                Ok(None) => missing.push(stage),
-                Err(why) => {
-                    run.log.info(format!("warning: corrupt cache entry: {why}"));
-                    missing.push(stage);
-                }
-            }
-        }
-        missing
-    }
 }
 
 /// Loads each backbone that has work, once.

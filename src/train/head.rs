@@ -47,7 +47,7 @@ fn gather(x: &Matrix, idx: &[usize]) -> Vec<f32> {
 /// scaled by `1 / keep`, drawn while a batch's rows are gathered (one pass
 /// over the rows). A unit is kept when a 16-bit uniform draw is below
 /// `keep * 2^16`, so one 64-bit draw decides four units: one draw per unit
-/// was a third of a head's step time at 10 classes. The rate is thereby
+/// costs a third of a head's step time at 10 classes. The rate is thereby
 /// rounded to a multiple of 2^-16, and the scale follows the rounded one.
 struct Dropout {
     /// `keep * 2^16`, rounded, at least 1 (a rate the spec allows, below 1,
