@@ -58,7 +58,7 @@ impl<'a> SplitExtraction<'a> {
     /// run left behind; returns one matrix per stage. Decoding and resizing
     /// run on the decoder thread one chunk ahead of the backbones (which run
     /// on the rayon pool); their seconds add to `out`'s.
-    pub fn run(&self, out: &mut Features) -> Result<Vec<Matrix>, FeatureError> {
+    pub fn compute(&self, out: &mut Features) -> Result<Vec<Matrix>, FeatureError> {
         let mut progress = self.progress();
         let chunks: Vec<&[Item]> = self.items.chunks(self.chunk_len).collect();
         let mut haves = self.resume_lookup(&chunks);

@@ -209,7 +209,7 @@ pub fn ensure(run: &Run<'_>, plan: &Plan) -> Result<Features, FeatureError> {
         if stages.is_empty() {
             continue;
         }
-        let computed = SplitExtraction::new(run, split, &stages, &nets).run(&mut out)?;
+        let computed = SplitExtraction::new(run, split, &stages, &nets).compute(&mut out)?;
         for (stage, m) in stages.iter().zip(computed) {
             store_stage(run, stage, &m)?;
             out.by_key.insert(stage.key.clone(), m);
