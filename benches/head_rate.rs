@@ -13,8 +13,8 @@ use std::time::Instant;
 use candle_core::Device;
 use runner::npy::Matrix;
 use runner::spec::{HeadSpec, Optimizer};
+use runner::train::{CrossValidation, FoldPlan, Labels, ViewFeatures};
 use runner_kernels::rng::Rng;
-use runner::train::{train_fold_heads, FoldPlan, ViewFeatures};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -70,6 +70,16 @@ fn main() {
         lr: 0.01,
         batch_size: 128,
     };
+    let cv = CrossValidation {
+        views: &views,
+        labels: Labels {
+            rows: &labels,
+            classes,
+        },
+        folds: &folds,
+        head: &cfg,
+        seed: 2017,
+    };
     for mode in modes.split(',') {
         let threads = match mode {
             "sequential" => 1,
@@ -82,19 +92,7 @@ fn main() {
             .expect("pool");
         let started = Instant::now();
         let heads = pool
-            .install(|| {
-                train_fold_heads(
-                    &views,
-                    &labels,
-                    classes,
-                    &folds,
-                    &cfg,
-                    2017,
-                    &dev,
-                    |_, _, _, _| {},
-                    |_| {},
-                )
-            })
+            .install(|| cv.train(&dev, |_, _, _, _| {}, |_| {}))
             .expect("training");
         let secs = started.elapsed().as_secs_f64();
         let loss: f64 =

@@ -23,10 +23,10 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
+use runner_kernels::rng::uniform_vec as rand_vec;
 use runner_kernels::window::Clamp;
 use runner_kernels::{self as kernels, nchwc, DenseB, MatRef, Output, PackedA};
 use runner_models::layers::{Act, Conv2d, Padding};
-use runner_kernels::rng::uniform_vec as rand_vec;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

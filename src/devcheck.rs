@@ -1,6 +1,5 @@
-//! What `tools/gpu/gpu-check.sh` runs besides the recipe, as hidden
-//! `runner dev ...` subcommands, so that one binary is all a GPU machine
-//! needs (a CUDA build is ~130 MB; the device machines take 64 MiB per call):
+//! What `tools/gpu/gpu-check.sh` runs besides the recipe, as the commands of
+//! the `runner-dev` binary:
 //! - [`backbones`]: parity of each shared backbone's features with its
 //!   fixture on a device and precision, and images/s at a few batch sizes
 //!   (every fixture in the models folder, its architecture identified by
@@ -15,6 +14,7 @@ use image::codecs::jpeg::JpegEncoder;
 use image::imageops;
 use rayon::prelude::*;
 
+use runner_kernels::rng::Rng;
 use runner_models::{self as models, registry, Arch, Backbone, BackboneSpec, Preprocess};
 
 /// One backbone with a parity fixture: `{stem}.fixture.safetensors` in the
@@ -226,36 +226,23 @@ fn read_labels(path: &Path) -> Result<Vec<(String, String)>, String> {
         .collect())
 }
 
-/// SplitMix64: a tiny deterministic generator for crop boxes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
+/// Uniform in `[0, 1)` at f64 precision (53 bits of one draw).
+fn unit(rng: &mut Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn write_one(src: &Source, out: &Path, seed: u64) -> Result<(), String> {
     let img = image::open(&src.path)
         .map_err(|e| format!("{}: {e}", src.path.display()))?
         .to_rgb8();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let (w, h) = img.dimensions();
-    let cw = ((w as f64) * (0.72 + 0.28 * rng.unit())).max(1.0) as u32;
-    let ch = ((h as f64) * (0.72 + 0.28 * rng.unit())).max(1.0) as u32;
-    let x = ((w - cw) as f64 * rng.unit()) as u32;
-    let y = ((h - ch) as f64 * rng.unit()) as u32;
+    let cw = ((w as f64) * (0.72 + 0.28 * unit(&mut rng))).max(1.0) as u32;
+    let ch = ((h as f64) * (0.72 + 0.28 * unit(&mut rng))).max(1.0) as u32;
+    let x = ((w - cw) as f64 * unit(&mut rng)) as u32;
+    let y = ((h - ch) as f64 * unit(&mut rng)) as u32;
     let mut crop = imageops::crop_imm(&img, x, y, cw, ch).to_image();
-    if rng.next() % 2 == 1 {
+    if rng.next_u64() % 2 == 1 {
         crop = imageops::flip_horizontal(&crop);
     }
     let tmp = out.with_extension("jpg.tmp");

@@ -9,14 +9,18 @@
 //!   -> train (folds x views heads) -> metrics -> rundir -> report
 //! ```
 //!
-//! `pipeline` drives a run from a resolved spec to a finished run directory;
-//! `cli` is glue between the command line and `pipeline` / `report`.
+//! `run` checks a spec and loads its dataset ([`run::preflight`]) and holds
+//! the context every stage reads ([`run::Run`]); `pipeline` drives a run to
+//! a finished run directory; `export` writes features for use elsewhere;
+//! `cli` is glue between the command line and those, `setup` the thread
+//! pools and device both binaries (`runner`, `runner-dev`) start with.
 
 pub mod alloc;
 pub mod cache;
 pub mod cli;
 pub mod data;
 pub mod devcheck;
+pub mod export;
 pub mod features;
 pub mod inspect;
 pub mod log;
@@ -25,6 +29,8 @@ pub mod npy;
 pub mod pipeline;
 pub mod plan;
 pub mod report;
+pub mod run;
 pub mod rundir;
+pub mod setup;
 pub mod spec;
 pub mod train;

@@ -4,7 +4,7 @@
 use clap::Parser;
 
 // mimalloc keeps freed buffers for reuse, so the head-training loop does not
-// return and re-fault memory on every step (DESIGN.md: 28.7 s -> 6.7 s).
+// return and re-fault memory on every step.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

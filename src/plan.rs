@@ -13,15 +13,13 @@ use serde::Serialize;
 
 use crate::cache::FeatureCache;
 use crate::data::{Dataset, Item};
-use runner_models::{Arch, Preprocess};
 use crate::spec::{BackboneSpec, Resize, Spec, View};
+use runner_models::{Arch, Preprocess};
 
-/// Bump when a change to decoding, resizing or a backbone's code changes
-/// feature values: every cached feature is then recomputed.
+/// Bump when a change to decoding, resizing, a backbone's code or what the
+/// key hashes changes feature values or keys: every cached feature is then
+/// recomputed.
 pub const FEATURE_CODE_VERSION: u32 = 2;
-// Weights are keyed by their tensors' contents since session 3 (before: the
-// file's bytes), so keys from earlier versions no longer match: features
-// cached by them are recomputed once.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -87,12 +85,13 @@ pub fn weights_fingerprint(b: &BackboneSpec) -> Result<String, HashError> {
     if b.arch == Arch::ONNX {
         return hash_file(&b.weights);
     }
-    runner_models::layers::Weights::read(b.arch.name(), &b.weights)
-        .and_then(|w| w.fingerprint())
-        .map_err(|e| HashError {
-            path: b.weights.display().to_string(),
-            source: std::io::Error::other(e),
-        })
+    let unreadable = |e| HashError {
+        path: b.weights.display().to_string(),
+        source: std::io::Error::other(e),
+    };
+    let weights =
+        runner_models::layers::Weights::read(b.arch.name(), &b.weights).map_err(unreadable)?;
+    weights.fingerprint().map_err(unreadable)
 }
 
 /// One hash over the ordered contents of a list of images.

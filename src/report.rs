@@ -1,9 +1,11 @@
 //! `runner report`: every run directory in one polars DataFrame, sorted by
 //! out-of-fold log loss (best first; runs without scores last).
 
+use std::cmp::Ordering;
 use std::path::Path;
 
 use polars::prelude::*;
+use serde::Serialize;
 
 use crate::rundir::{Manifest, Status};
 use crate::spec::Spec;
@@ -16,8 +18,8 @@ pub enum Format {
     Json,
 }
 
-/// One run, as the report shows it.
-#[derive(Debug, Default)]
+/// One run, as the report shows it: a column per field, in this order.
+#[derive(Debug, Default, Serialize)]
 struct Row {
     run: String,
     name: Option<String>,
@@ -112,7 +114,7 @@ fn read_row(dir: &Path, warnings: &mut Vec<String>) -> Row {
     }
     .to_string();
     if let Some(m) = &manifest {
-        row.seconds = m.seconds;
+        row.seconds = m.finished.as_ref().map(|f| f.seconds);
         let total = m.feature_stages_cached + m.feature_stages_computed;
         row.features = (total > 0).then(|| {
             match (m.feature_stages_cached, m.feature_stages_computed) {
@@ -144,10 +146,16 @@ fn read_row(dir: &Path, warnings: &mut Vec<String>) -> Row {
     row
 }
 
+/// Every run under a runs folder, best out-of-fold log loss first (runs
+/// without scores last, in name order).
+pub struct Report {
+    rows: Vec<Row>,
+}
+
 /// Loads every run directory under `runs_root` (folders holding `run.json`
-/// or `spec.toml`; the cache folder is skipped) into a DataFrame, with a
-/// warning for every file of a run that exists but cannot be read.
-pub fn load(runs_root: &Path) -> anyhow::Result<(DataFrame, Vec<String>)> {
+/// or `spec.toml`; the cache folder is skipped), with a warning for every
+/// file of a run that exists but cannot be read.
+pub fn load(runs_root: &Path) -> anyhow::Result<(Report, Vec<String>)> {
     let mut rows = Vec::new();
     let mut warnings = Vec::new();
     if runs_root.is_dir() {
@@ -165,137 +173,131 @@ pub fn load(runs_root: &Path) -> anyhow::Result<(DataFrame, Vec<String>)> {
         }
     }
     rows.sort_by(|a, b| a.run.cmp(&b.run));
-    let col = |name: &str, values: Vec<Option<String>>| Column::new(name.into(), values);
-    let df = DataFrame::new_infer_height(vec![
-        Column::new(
-            "run".into(),
-            rows.iter().map(|r| r.run.clone()).collect::<Vec<_>>(),
-        ),
-        col("name", rows.iter().map(|r| r.name.clone()).collect()),
-        col(
-            "backbones",
-            rows.iter().map(|r| r.backbones.clone()).collect(),
-        ),
-        col("views", rows.iter().map(|r| r.views.clone()).collect()),
-        Column::new(
-            "folds".into(),
-            rows.iter().map(|r| r.folds).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "dropout".into(),
-            rows.iter().map(|r| r.dropout).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "epochs".into(),
-            rows.iter().map(|r| r.epochs).collect::<Vec<_>>(),
-        ),
-        col(
-            "optimizer",
-            rows.iter().map(|r| r.optimizer.clone()).collect(),
-        ),
-        Column::new(
-            "oof_log_loss".into(),
-            rows.iter().map(|r| r.oof_log_loss).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "oof_accuracy".into(),
-            rows.iter().map(|r| r.oof_accuracy).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "test_log_loss".into(),
-            rows.iter().map(|r| r.test_log_loss).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "test_accuracy".into(),
-            rows.iter().map(|r| r.test_accuracy).collect::<Vec<_>>(),
-        ),
-        col(
-            "features",
-            rows.iter().map(|r| r.features.clone()).collect(),
-        ),
-        Column::new(
-            "seconds".into(),
-            rows.iter().map(|r| r.seconds).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "status".into(),
-            rows.iter().map(|r| r.status.clone()).collect::<Vec<_>>(),
-        ),
-    ])?;
-    let df = df.sort(
-        ["oof_log_loss"],
-        SortMultipleOptions::default()
-            .with_nulls_last(true)
-            .with_maintain_order(true),
-    )?;
-    Ok((df, warnings))
+    // Stable: runs with equal (or no) loss stay in name order.
+    rows.sort_by(|a, b| match (a.oof_log_loss, b.oof_log_loss) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    });
+    Ok((Report { rows }, warnings))
 }
 
-/// Renders the report in `format`.
-pub fn render(df: &mut DataFrame, format: Format) -> anyhow::Result<String> {
-    match format {
-        Format::Table | Format::Markdown => {
-            // polars reads its table settings from the environment; this
-            // runs on the main thread before anything else reads it.
-            let style = if format == Format::Markdown {
-                "ASCII_MARKDOWN"
-            } else {
-                "UTF8_FULL_CONDENSED"
-            };
-            unsafe_set_env("POLARS_FMT_TABLE_FORMATTING", style);
-            unsafe_set_env("POLARS_FMT_MAX_ROWS", "-1");
-            unsafe_set_env("POLARS_FMT_MAX_COLS", "-1");
-            unsafe_set_env("POLARS_FMT_STR_LEN", "120");
-            // Never wrap cells to the terminal: one line per run.
-            unsafe_set_env("POLARS_TABLE_WIDTH", "65535");
-            unsafe_set_env("POLARS_FMT_TABLE_HIDE_COLUMN_DATA_TYPES", "1");
-            unsafe_set_env("POLARS_FMT_TABLE_HIDE_DATAFRAME_SHAPE_INFORMATION", "1");
-            Ok(format!("{df}\n"))
-        }
-        Format::Csv => {
-            let mut buf = Vec::new();
-            CsvWriter::new(&mut buf).finish(df)?;
-            Ok(String::from_utf8(buf)?)
-        }
-        Format::Json => {
-            let names: Vec<String> = df
-                .get_column_names()
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            let mut out = Vec::with_capacity(df.height());
-            for i in 0..df.height() {
-                let row = df.get_row(i)?;
-                let obj: serde_json::Map<String, serde_json::Value> = names
-                    .iter()
-                    .zip(row.0)
-                    .map(|(n, v)| (n.clone(), any_to_json(v)))
-                    .collect();
-                out.push(serde_json::Value::Object(obj));
+/// One column of the report: `value` of every row.
+fn column<T>(rows: &[Row], name: &str, value: impl Fn(&Row) -> T) -> Column
+where
+    Series: NamedFrom<Vec<T>, [T]>,
+{
+    Column::new(name.into(), rows.iter().map(value).collect::<Vec<T>>())
+}
+
+impl Report {
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The report as a DataFrame, a column per [`Row`] field in its order.
+    pub fn frame(&self) -> PolarsResult<DataFrame> {
+        let rows = &self.rows;
+        DataFrame::new_infer_height(vec![
+            column(rows, "run", |r| r.run.clone()),
+            column(rows, "name", |r| r.name.clone()),
+            column(rows, "backbones", |r| r.backbones.clone()),
+            column(rows, "views", |r| r.views.clone()),
+            column(rows, "folds", |r| r.folds),
+            column(rows, "dropout", |r| r.dropout),
+            column(rows, "epochs", |r| r.epochs),
+            column(rows, "optimizer", |r| r.optimizer.clone()),
+            column(rows, "oof_log_loss", |r| r.oof_log_loss),
+            column(rows, "oof_accuracy", |r| r.oof_accuracy),
+            column(rows, "test_log_loss", |r| r.test_log_loss),
+            column(rows, "test_accuracy", |r| r.test_accuracy),
+            column(rows, "features", |r| r.features.clone()),
+            column(rows, "seconds", |r| r.seconds),
+            column(rows, "status", |r| r.status.clone()),
+        ])
+    }
+
+    /// Renders the report in `format`.
+    pub fn render(&self, format: Format) -> anyhow::Result<String> {
+        match format {
+            Format::Table | Format::Markdown => {
+                // polars reads its table settings from the environment; this
+                // runs on the main thread before anything else reads it.
+                let style = if format == Format::Markdown {
+                    "ASCII_MARKDOWN"
+                } else {
+                    "UTF8_FULL_CONDENSED"
+                };
+                for (key, value) in [
+                    ("POLARS_FMT_TABLE_FORMATTING", style),
+                    ("POLARS_FMT_MAX_ROWS", "-1"),
+                    ("POLARS_FMT_MAX_COLS", "-1"),
+                    ("POLARS_FMT_STR_LEN", "120"),
+                    // Never wrap cells to the terminal: one line per run.
+                    ("POLARS_TABLE_WIDTH", "65535"),
+                    ("POLARS_FMT_TABLE_HIDE_COLUMN_DATA_TYPES", "1"),
+                    ("POLARS_FMT_TABLE_HIDE_DATAFRAME_SHAPE_INFORMATION", "1"),
+                ] {
+                    std::env::set_var(key, value);
+                }
+                Ok(format!("{}\n", self.frame()?))
             }
-            Ok(serde_json::to_string_pretty(&out)? + "\n")
+            Format::Csv => {
+                let mut buf = Vec::new();
+                CsvWriter::new(&mut buf).finish(&mut self.frame()?)?;
+                Ok(String::from_utf8(buf)?)
+            }
+            Format::Json => Ok(serde_json::to_string_pretty(&self.rows)? + "\n"),
         }
     }
 }
 
-fn any_to_json(v: AnyValue) -> serde_json::Value {
-    use serde_json::Value;
-    match v {
-        AnyValue::Null => Value::Null,
-        AnyValue::Boolean(b) => Value::Bool(b),
-        AnyValue::UInt32(x) => x.into(),
-        AnyValue::UInt64(x) => x.into(),
-        AnyValue::Int32(x) => x.into(),
-        AnyValue::Int64(x) => x.into(),
-        AnyValue::Float64(x) => serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number),
-        AnyValue::String(s) => Value::String(s.to_string()),
-        AnyValue::StringOwned(s) => Value::String(s.to_string()),
-        other => Value::String(other.to_string()),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn unsafe_set_env(key: &str, value: &str) {
-    // SAFETY (edition 2024 semantics): called from the single thread that
-    // renders the report; no other thread reads the environment meanwhile.
-    std::env::set_var(key, value);
+    fn row(run: &str, oof_log_loss: Option<f64>) -> Row {
+        Row {
+            run: run.into(),
+            oof_log_loss,
+            status: "complete".into(),
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn json_rows_keep_the_tables_column_order() {
+        let report = Report {
+            rows: vec![row("a", Some(0.5))],
+        };
+        let json = report.render(Format::Json).unwrap();
+        let frame = report.frame().unwrap();
+        let position = |key: &PlSmallStr| json.find(&format!("\"{key}\":")).expect(key);
+        let order: Vec<usize> = frame.get_column_names().into_iter().map(position).collect();
+        assert_eq!(order.len(), 15);
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{json}");
+    }
+
+    #[test]
+    fn runs_sort_by_loss_then_name_with_unscored_runs_last() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, loss) in [
+            ("c", Some(0.2)),
+            ("a", None),
+            ("b", Some(0.2)),
+            ("d", Some(0.1)),
+        ] {
+            let run = dir.path().join(name);
+            std::fs::create_dir(&run).unwrap();
+            std::fs::write(run.join("run.json"), "{}").unwrap();
+            if let Some(loss) = loss {
+                let metrics = serde_json::json!({ "final": { "oof_log_loss": loss } });
+                std::fs::write(run.join("metrics.json"), metrics.to_string()).unwrap();
+            }
+        }
+        let (report, _) = load(dir.path()).unwrap();
+        let runs: Vec<&str> = report.rows.iter().map(|r| r.run.as_str()).collect();
+        assert_eq!(runs, ["d", "b", "c", "a"]);
+    }
 }

@@ -14,8 +14,8 @@
 //! end, so a run that crashed or was interrupted stays visibly incomplete.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::write_atomic;
@@ -34,17 +34,24 @@ pub struct Manifest {
     pub status: Status,
     pub runner_version: String,
     pub started_utc: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub finished_utc: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    /// Absent while the run is running (its fields are written inline).
+    #[serde(flatten)]
+    pub finished: Option<Finished>,
     /// Feature stages served from the cache and computed by this run.
     pub feature_stages_cached: usize,
     pub feature_stages_computed: usize,
     /// Seconds per part of the run.
     pub timings: Timings,
+}
+
+/// When and how a run ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Finished {
+    pub finished_utc: String,
+    pub seconds: f64,
+    /// Why a failed run failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -60,31 +67,15 @@ pub struct RunDir {
     pub manifest: Manifest,
 }
 
-/// `YYYYMMDDTHHMMSSZ` for a Unix time (civil-from-days, proleptic Gregorian).
-pub fn utc_stamp(secs: u64, compact: bool) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    if compact {
-        format!("{y:04}{mo:02}{d:02}T{h:02}{m:02}{s:02}Z")
+/// A UTC time as `2026-12-04T18:00:57Z`, or `20261204T180057Z` when
+/// `compact` (run directory names).
+pub fn utc_stamp(time: DateTime<Utc>, compact: bool) -> String {
+    let format = if compact {
+        "%Y%m%dT%H%M%SZ"
     } else {
-        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
-    }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        "%Y-%m-%dT%H:%M:%SZ"
+    };
+    time.format(format).to_string()
 }
 
 impl RunDir {
@@ -102,7 +93,7 @@ impl RunDir {
             )
         };
         std::fs::create_dir_all(runs_root).map_err(|e| named(e, runs_root))?;
-        let now = now_secs();
+        let now = Utc::now();
         let base = format!(
             "{}-{}-{}",
             utc_stamp(now, true),
@@ -125,9 +116,7 @@ impl RunDir {
                 status: Status::Running,
                 runner_version: env!("CARGO_PKG_VERSION").to_string(),
                 started_utc: utc_stamp(now, false),
-                finished_utc: None,
-                seconds: None,
-                error: None,
+                finished: None,
                 feature_stages_cached: 0,
                 feature_stages_computed: 0,
                 timings: Timings::default(),
@@ -160,9 +149,11 @@ impl RunDir {
         error: Option<String>,
     ) -> std::io::Result<()> {
         self.manifest.status = status;
-        self.manifest.finished_utc = Some(utc_stamp(now_secs(), false));
-        self.manifest.seconds = Some(seconds);
-        self.manifest.error = error;
+        self.manifest.finished = Some(Finished {
+            finished_utc: utc_stamp(Utc::now(), false),
+            seconds,
+            error,
+        });
         self.write_manifest()
     }
 }
@@ -171,10 +162,55 @@ impl RunDir {
 mod tests {
     use super::*;
 
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(secs, 0).expect("in range")
+    }
+
     #[test]
     fn utc_stamps_are_calendar_correct() {
-        assert_eq!(utc_stamp(0, false), "1970-01-01T00:00:00Z");
-        assert_eq!(utc_stamp(951_782_400, true), "20000229T000000Z");
-        assert_eq!(utc_stamp(1_796_000_000, false), "2026-11-30T00:53:20Z");
+        assert_eq!(utc_stamp(at(0), false), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_stamp(at(951_782_400), true), "20000229T000000Z");
+        assert_eq!(utc_stamp(at(1_796_000_000), false), "2026-11-30T00:53:20Z");
+    }
+
+    #[test]
+    fn a_manifest_reads_back_running_or_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::spec::parse(
+            "name = \"m\"\n[data]\nlayout = \"kaggle\"\nroot = \".\"\n[[backbone]]\narch = \"xception\"\nweights = \"w.safetensors\"\n",
+            "m.toml",
+            dir.path(),
+        )
+        .unwrap();
+        let mut run = RunDir::create(dir.path(), &spec).unwrap();
+        let read = |run: &RunDir| -> (String, Manifest) {
+            let text = std::fs::read_to_string(run.file("run.json")).unwrap();
+            let manifest = serde_json::from_str(&text).unwrap();
+            (text, manifest)
+        };
+        let (text, running) = read(&run);
+        assert!(running.finished.is_none());
+        assert!(
+            !text.contains("finished_utc") && !text.contains("error"),
+            "{text}"
+        );
+        run.finish(Status::Failed, 1.5, Some("boom".into()))
+            .unwrap();
+        let (text, failed) = read(&run);
+        let finished = failed.finished.unwrap();
+        assert_eq!(
+            (finished.seconds, finished.error.as_deref()),
+            (1.5, Some("boom"))
+        );
+        // The end fields stand between the start and the stage counts.
+        let at = |key: &str| text.find(key).unwrap();
+        assert!(at("started_utc") < at("finished_utc"));
+        assert!(at("error") < at("feature_stages_cached"), "{text}");
+    }
+
+    #[test]
+    fn fractional_seconds_are_not_shown() {
+        let t = DateTime::from_timestamp(1_796_000_000, 999_999_999).expect("in range");
+        assert_eq!(utc_stamp(t, true), "20261130T005320Z");
     }
 }

@@ -16,13 +16,22 @@ pub fn model(file: &str) -> PathBuf {
     shared().join("models").join(file)
 }
 
-/// Runs the `runner` binary in `cwd`.
-pub fn runner(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runner"))
+fn run_binary(exe: &str, cwd: &Path, args: &[&str]) -> Output {
+    Command::new(exe)
         .current_dir(cwd)
         .args(args)
         .output()
-        .expect("runner starts")
+        .unwrap_or_else(|e| panic!("{exe} does not start: {e}"))
+}
+
+/// Runs the `runner` binary in `cwd`.
+pub fn runner(cwd: &Path, args: &[&str]) -> Output {
+    run_binary(env!("CARGO_BIN_EXE_runner"), cwd, args)
+}
+
+/// Runs the `runner-dev` binary (the developer checks) in `cwd`.
+pub fn runner_dev(cwd: &Path, args: &[&str]) -> Output {
+    run_binary(env!("CARGO_BIN_EXE_runner-dev"), cwd, args)
 }
 
 pub fn stdout(o: &Output) -> String {

@@ -10,8 +10,12 @@ use runner::data::Dataset;
 use runner::log::Log;
 use runner::npy::Matrix;
 use runner::plan::{Plan, Split};
+use runner::run::Run;
+use runner::spec::Spec;
 
-use crate::common::{model, runner, stderr, stdout, woof_subset};
+use crate::common::{model, runner, runner_dev, stderr, stdout, woof_subset};
+
+mod bad_inputs;
 
 const CLASSES: usize = 3;
 const TRAIN_PER_CLASS: usize = 10;
@@ -44,6 +48,18 @@ batch_size = 16
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, spec).unwrap();
     path
+}
+
+/// A quiet run context on the CPU.
+fn cpu_run<'a>(spec: &'a Spec, data: &'a Dataset, cache: &'a FeatureCache) -> Run<'a> {
+    static LOG: std::sync::OnceLock<Log> = std::sync::OnceLock::new();
+    Run {
+        spec,
+        data,
+        cache,
+        device: &Device::Cpu,
+        log: LOG.get_or_init(|| Log::new(true)),
+    }
 }
 
 fn run_dirs(runs: &Path) -> Vec<PathBuf> {
@@ -214,9 +230,7 @@ fn resumes_after_interrupted_extraction() {
     for stage in plan.stages.iter().filter(|s| s.split == Split::Train) {
         cache.put_chunk(&stage.key, 0, &marker).unwrap();
     }
-    let feats =
-        runner::features::ensure(&spec, &data, &plan, &cache, &Device::Cpu, &Log::new(true))
-            .unwrap();
+    let feats = runner::features::ensure(&cpu_run(&spec, &data, &cache), &plan).unwrap();
     assert_eq!(feats.computed, 4);
     for stage in &plan.stages {
         let m = feats.get(stage);
@@ -226,52 +240,6 @@ fn resumes_after_interrupted_extraction() {
         }
         assert!(cache.contains(&stage.key));
     }
-}
-
-/// Breaks the first training image of a small dataset with `damage`, runs
-/// the spec and returns the image's file name and the run's stderr.
-fn run_with_damaged_image(
-    damage: impl FnOnce(&Path),
-) -> (String, String, Option<PathBuf>, tempfile::TempDir) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    woof_subset(&dir.join("data"), 2, 3, 1);
-    let mut train: Vec<PathBuf> = std::fs::read_dir(dir.join("data/train"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    train.sort();
-    damage(&train[0]);
-    write_spec(dir, "damaged", 2, 0.5);
-    let out = runner(dir, &["--quiet", "damaged.toml"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    assert!(!err.contains("panicked"), "{err}");
-    let name = train[0].file_name().unwrap().to_string_lossy().into_owned();
-    let run = dir
-        .join("runs")
-        .exists()
-        .then(|| run_dirs(&dir.join("runs")).remove(0));
-    (name, err, run, tmp)
-}
-
-#[test]
-fn missing_image_is_named_before_any_work_starts() {
-    let (name, err, run, _tmp) = run_with_damaged_image(|p| std::fs::remove_file(p).unwrap());
-    assert!(err.contains(&name), "{err}");
-    assert!(
-        run.is_none(),
-        "the pre-flight check fails before a run directory exists"
-    );
-}
-
-#[test]
-fn corrupt_image_is_named_and_marks_the_run_failed() {
-    let (name, err, run, _tmp) =
-        run_with_damaged_image(|p| std::fs::write(p, b"not a jpeg").unwrap());
-    assert!(err.contains(&name), "{err}");
-    assert!(err.contains("cannot decode"), "{err}");
-    assert_eq!(json(&run.unwrap().join("run.json"))["status"], "failed");
 }
 
 #[test]
@@ -330,77 +298,6 @@ fn changing_an_image_changes_only_its_splits_feature_keys() {
     );
 }
 
-/// Runs a spec over a small dataset after `edit` changed it; returns the
-/// exit code and stderr.
-fn run_edited(folds: usize, edit: impl FnOnce(&Path, &Path)) -> (Option<i32>, String) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    woof_subset(&dir.join("data"), 2, 3, 1);
-    let spec = write_spec(dir, "edited", folds, 0.5);
-    edit(&dir.join("data"), &spec);
-    let out = runner(dir, &["--quiet", "edited.toml"]);
-    let err = stderr(&out);
-    assert!(!err.contains("panicked"), "{err}");
-    (out.status.code(), err)
-}
-
-#[test]
-fn more_folds_than_images_fails_before_extracting() {
-    let (code, err) = run_edited(10, |_, _| {});
-    assert_eq!(code, Some(1));
-    assert!(
-        err.contains("cv.folds = 10") && err.contains("6 training images"),
-        "{err}"
-    );
-}
-
-#[test]
-fn a_mistyped_test_dir_is_an_error_not_a_missing_submission() {
-    let (code, err) = run_edited(2, |_, spec| {
-        let text = std::fs::read_to_string(spec).unwrap();
-        std::fs::write(
-            spec,
-            text.replace(
-                "root = \"data\"",
-                "root = \"data\"\ntest_dir = \"data/tset\"",
-            ),
-        )
-        .unwrap();
-    });
-    assert_eq!(code, Some(1));
-    assert!(err.contains("tset"), "{err}");
-}
-
-#[test]
-fn duplicate_test_ids_are_named() {
-    let (code, err) = run_edited(2, |data, _| {
-        let path = data.join("sample_submission.csv");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let last = text.lines().last().unwrap().to_string();
-        std::fs::write(&path, format!("{text}{last}\n")).unwrap();
-    });
-    assert_eq!(code, Some(1));
-    let id = err
-        .split("test id \"")
-        .nth(1)
-        .map(|s| s.split('"').next().unwrap().to_string());
-    assert!(id.is_some() && err.contains("appears twice"), "{err}");
-}
-
-#[test]
-fn a_label_missing_from_the_sample_submission_is_named_with_its_image() {
-    let (code, err) = run_edited(2, |data, _| {
-        let path = data.join("labels.csv");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-        let (id, _) = lines[1].split_once(',').unwrap();
-        lines[1] = format!("{id},wolf");
-        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    });
-    assert_eq!(code, Some(1));
-    assert!(err.contains("wolf") && err.contains("labels.csv"), "{err}");
-}
-
 /// An ONNX export of EfficientNet-Lite0 in a spec gives the native
 /// network's features, and runs end to end through the CLI.
 #[test]
@@ -440,9 +337,7 @@ epochs = 5
     let data = Dataset::load(&spec.data).unwrap();
     let plan = Plan::new(&spec, &data, None).unwrap();
     let cache = FeatureCache::new(dir.join("cache"));
-    let feats =
-        runner::features::ensure(&spec, &data, &plan, &cache, &Device::Cpu, &Log::new(true))
-            .unwrap();
+    let feats = runner::features::ensure(&cpu_run(&spec, &data, &cache), &plan).unwrap();
     for split in [Split::Train, Split::Test] {
         for view in [runner::spec::View::Original, runner::spec::View::Hflip] {
             let native = feats.get(plan.stage(0, view, split));
@@ -471,100 +366,6 @@ epochs = 5
     assert!(runs[0].join("submission.csv").is_file());
 }
 
-/// Rewrites one CSV of the dataset line by line.
-fn edit_lines(path: &Path, edit: impl Fn(usize, &str) -> Option<String>) {
-    let text = std::fs::read_to_string(path).unwrap();
-    let lines: Vec<String> = text
-        .lines()
-        .enumerate()
-        .filter_map(|(i, l)| edit(i, l))
-        .collect();
-    std::fs::write(path, lines.join("\n") + "\n").unwrap();
-}
-
-#[test]
-fn labels_without_a_header_are_refused_not_shortened() {
-    let (code, err) = run_edited(2, |data, _| {
-        edit_lines(&data.join("labels.csv"), |i, l| (i > 0).then(|| l.into()));
-    });
-    assert_eq!(code, Some(1));
-    assert!(
-        err.contains("labels.csv line 1") && err.contains("add a header line"),
-        "{err}"
-    );
-}
-
-#[test]
-fn labels_with_a_third_column_are_refused() {
-    let (code, err) = run_edited(2, |data, _| {
-        edit_lines(&data.join("labels.csv"), |i, l| {
-            let (id, label) = l.split_once(',').unwrap();
-            Some(if i == 0 {
-                format!("{id},split,{label}")
-            } else {
-                format!("{id},val,{label}")
-            })
-        });
-    });
-    assert_eq!(code, Some(1));
-    assert!(err.contains("expected 2") && err.contains("split"), "{err}");
-}
-
-#[test]
-fn a_test_id_labelled_twice_is_refused() {
-    let (code, err) = run_edited(2, |data, _| {
-        let path = data.join("test_labels.csv");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let (id, _) = text.lines().nth(1).unwrap().split_once(',').unwrap();
-        std::fs::write(&path, format!("{text}{id},samoyed\n")).unwrap();
-    });
-    assert_eq!(code, Some(1));
-    assert!(
-        err.contains("test_labels.csv") && err.contains("appears twice"),
-        "{err}"
-    );
-}
-
-#[test]
-fn a_sample_submission_class_without_training_images_is_warned_about() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    woof_subset(&dir.join("data"), 2, 3, 1);
-    write_spec(dir, "unseen", 2, 0.5);
-    edit_lines(&dir.join("data/sample_submission.csv"), |i, l| {
-        Some(format!("{l},{}", if i == 0 { "pug" } else { "0.3" }))
-    });
-    let out = runner(dir, &["--quiet", "unseen.toml"]);
-    let log = stderr(&out) + &stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{log}");
-    assert!(
-        log.contains("warning: 1 of 3 classes have no training image (pug)"),
-        "{log}"
-    );
-}
-
-/// A JPEG whose frame header claims 65,500 x 65,500 pixels (a few hundred
-/// bytes on disk, 12.9 GB decoded).
-fn claim_huge_dimensions(path: &Path) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let sof = (0..bytes.len() - 9)
-        .find(|&i| bytes[i] == 0xFF && matches!(bytes[i + 1], 0xC0..=0xC2))
-        .expect("a JPEG frame header");
-    // Marker, length (2), precision (1), height (2), width (2).
-    bytes[sof + 5..sof + 9].copy_from_slice(&[0xFF, 0xDC, 0xFF, 0xDC]);
-    std::fs::write(path, bytes).unwrap();
-}
-
-#[test]
-fn an_image_claiming_huge_dimensions_fails_the_run_with_its_name() {
-    let (name, err, run, _tmp) = run_with_damaged_image(claim_huge_dimensions);
-    assert!(
-        err.contains(&name) && err.contains("65500 x 65500"),
-        "{err}"
-    );
-    assert_eq!(json(&run.unwrap().join("run.json"))["status"], "failed");
-}
-
 #[test]
 fn report_warns_about_a_run_file_it_cannot_read() {
     let tmp = tempfile::tempdir().unwrap();
@@ -582,34 +383,16 @@ fn report_warns_about_a_run_file_it_cannot_read() {
 }
 
 #[test]
-fn classes_smaller_than_the_fold_count_are_warned_about() {
-    // 3 training images per class, 5 folds.
-    let (code, err) = run_edited(5, |_, _| {});
-    assert_eq!(code, Some(0), "{err}");
-    assert!(
-        err.contains("warning: 2 class(es) have fewer training images than cv.folds = 5"),
-        "{err}"
-    );
-}
-
-#[test]
-fn a_truncated_jpeg_is_warned_about_by_name() {
+fn developer_checks_live_in_runner_dev_not_in_runner() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    woof_subset(&dir.join("data"), 2, 3, 1);
-    let mut train: Vec<PathBuf> = std::fs::read_dir(dir.join("data/train"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    train.sort();
-    let bytes = std::fs::read(&train[0]).unwrap();
-    std::fs::write(&train[0], &bytes[..bytes.len() / 2]).unwrap();
-    write_spec(dir, "truncated", 2, 0.5);
-    let out = runner(dir, &["--quiet", "truncated.toml"]);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    let name = train[0].file_name().unwrap().to_string_lossy().into_owned();
-    let warning = err.lines().find(|l| l.contains("no JPEG end marker"));
-    assert!(warning.is_some_and(|w| w.contains(&name)), "{err}");
-    assert_eq!(err.matches("no JPEG end marker").count(), 1, "{err}");
+    let help = runner_dev(tmp.path(), &["--help"]);
+    assert!(help.status.success(), "{}", stderr(&help));
+    let text = stdout(&help);
+    assert!(
+        text.contains("backbones") && text.contains("big-woof"),
+        "{text}"
+    );
+    let out = runner(tmp.path(), &["dev", "backbones", "models"]);
+    assert!(!out.status.success());
+    assert!(!stdout(&out).contains("| backbone |"), "{}", stdout(&out));
 }

@@ -62,19 +62,27 @@ struct IdLabelCsv {
     rows: Vec<(String, String)>,
 }
 
-/// Reads an `id,label` CSV (header row first, names free). Exactly two
-/// columns: with more, which one holds the label would be a guess.
-fn read_id_label_csv(path: &Path) -> Result<IdLabelCsv, DataError> {
+/// Opens a CSV whose first row is its header; returns the reader (at the
+/// first data row) and the header's fields as written.
+fn open_csv(path: &Path) -> Result<(csv::Reader<std::fs::File>, Vec<String>), DataError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_path(path)
         .map_err(|e| csv_err(path, e))?;
-    let header: Vec<String> = reader
+    let header = reader
         .headers()
         .map_err(|e| csv_err(path, e))?
         .iter()
-        .map(|h| h.trim().to_string())
+        .map(str::to_string)
         .collect();
+    Ok((reader, header))
+}
+
+/// Reads an `id,label` CSV (header row first, names free). Exactly two
+/// columns: with more, which one holds the label would be a guess.
+fn read_id_label_csv(path: &Path) -> Result<IdLabelCsv, DataError> {
+    let (mut reader, header) = open_csv(path)?;
+    let header: Vec<String> = header.iter().map(|h| h.trim().to_string()).collect();
     if header.len() != 2 {
         return Err(DataError::Csv {
             path: path.display().to_string(),
@@ -154,16 +162,7 @@ fn csv_err(path: &Path, e: csv::Error) -> DataError {
 
 /// Reads a sample submission: its header and its id column, in order.
 fn read_sample_submission(path: &Path) -> Result<(Vec<String>, Vec<String>), DataError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_path(path)
-        .map_err(|e| csv_err(path, e))?;
-    let header: Vec<String> = reader
-        .headers()
-        .map_err(|e| csv_err(path, e))?
-        .iter()
-        .map(str::to_string)
-        .collect();
+    let (mut reader, header) = open_csv(path)?;
     if header.len() < 3 {
         return Err(DataError::Invalid {
             path: path.display().to_string(),

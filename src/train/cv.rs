@@ -12,11 +12,11 @@ use candle_core::{Device, DeviceLocation, Result};
 use rayon::prelude::*;
 
 use super::dense::Engine;
-use super::head::{train_head, HeadReport};
-use runner_kernels::rng::Rng;
+use super::head::{train_head, HeadReport, Labels};
 use super::FoldPlan;
 use crate::npy::Matrix;
 use crate::spec::HeadSpec;
+use runner_kernels::rng::Rng;
 
 /// One view's features: training rows and, if there is a test set, test rows.
 pub struct ViewFeatures<'a> {
@@ -48,58 +48,60 @@ fn head_device(device: &Device) -> Result<Device> {
     }
 }
 
-/// Trains a head for every view x fold (view-major order in the result, as
-/// the run reports them). `on_epoch(fold, view, epoch, valid_log_loss)`
-/// reports progress from whichever head finished an epoch; `on_head` is
-/// called as each head finishes.
-#[allow(clippy::too_many_arguments)]
-pub fn train_fold_heads(
-    views: &[ViewFeatures<'_>],
-    labels: &[usize],
-    n_classes: usize,
-    folds: &FoldPlan,
-    cfg: &HeadSpec,
-    seed: u64,
-    device: &Device,
-    on_epoch: impl Fn(usize, usize, usize, f64) + Sync,
-    on_head: impl Fn(&FoldHead) + Sync,
-) -> Result<Vec<FoldHead>> {
-    let tasks: Vec<(usize, usize)> = (0..views.len())
-        .flat_map(|v| (0..folds.folds.len()).map(move |f| (v, f)))
-        .collect();
-    // In task order; on an error no further head starts and the first
-    // error is returned.
-    tasks
-        .par_iter()
-        .map(|&(v, f)| {
-            let engine = &Engine::for_device(&head_device(device)?);
-            let fold = &folds.folds[f];
-            let mut rng = Rng::derive(seed, &[f as u64, v as u64]);
-            let head = train_head(
-                views[v].train,
-                labels,
-                n_classes,
-                &fold.train,
-                &fold.valid,
-                cfg,
-                &mut rng,
-                engine,
-                |epoch, loss| on_epoch(f, v, epoch, loss),
-            )?;
-            let out = FoldHead {
-                fold: f,
-                view: v,
-                test: views[v]
-                    .test
-                    .map(|xt| head.predict(xt, engine))
-                    .transpose()?,
-                valid: head.valid_probs,
-                report: head.report,
-            };
-            on_head(&out);
-            Ok(out)
-        })
-        .collect()
+/// The cross-validated heads of a run: every view's features, the labels,
+/// the folds, the head settings and the seed the heads' generators derive
+/// from.
+pub struct CrossValidation<'a> {
+    pub views: &'a [ViewFeatures<'a>],
+    pub labels: Labels<'a>,
+    pub folds: &'a FoldPlan,
+    pub head: &'a HeadSpec,
+    pub seed: u64,
+}
+
+impl CrossValidation<'_> {
+    /// Trains a head for every view x fold (view-major order in the result,
+    /// as the run reports them). `on_epoch(fold, view, epoch,
+    /// valid_log_loss)` reports progress from whichever head finished an
+    /// epoch; `on_head` is called as each head finishes.
+    pub fn train(
+        &self,
+        device: &Device,
+        on_epoch: impl Fn(usize, usize, usize, f64) + Sync,
+        on_head: impl Fn(&FoldHead) + Sync,
+    ) -> Result<Vec<FoldHead>> {
+        let tasks: Vec<(usize, usize)> = (0..self.views.len())
+            .flat_map(|v| (0..self.folds.folds.len()).map(move |f| (v, f)))
+            .collect();
+        // In task order; on an error no further head starts and the first
+        // error is returned.
+        tasks
+            .par_iter()
+            .map(|&(v, f)| {
+                let engine = &Engine::for_device(&head_device(device)?);
+                let mut rng = Rng::derive(self.seed, &[f as u64, v as u64]);
+                let view = &self.views[v];
+                let head = train_head(
+                    view.train,
+                    self.labels,
+                    &self.folds.folds[f],
+                    self.head,
+                    &mut rng,
+                    engine,
+                    |epoch, loss| on_epoch(f, v, epoch, loss),
+                )?;
+                let out = FoldHead {
+                    fold: f,
+                    view: v,
+                    test: view.test.map(|xt| head.predict(xt, engine)).transpose()?,
+                    valid: head.valid_probs,
+                    report: head.report,
+                };
+                on_head(&out);
+                Ok(out)
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -145,20 +147,18 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            pool.install(|| {
-                train_fold_heads(
-                    &views,
-                    &labels,
-                    k,
-                    &folds,
-                    &cfg,
-                    5,
-                    &Device::Cpu,
-                    |_, _, _, _| {},
-                    |_| {},
-                )
-            })
-            .unwrap()
+            let cv = CrossValidation {
+                views: &views,
+                labels: Labels {
+                    rows: &labels,
+                    classes: k,
+                },
+                folds: &folds,
+                head: &cfg,
+                seed: 5,
+            };
+            pool.install(|| cv.train(&Device::Cpu, |_, _, _, _| {}, |_| {}))
+                .unwrap()
         };
         let (one, many) = (train(1), train(4));
         assert_eq!(one.len(), 8);

@@ -17,9 +17,9 @@
 use candle_core::{Device, Result, Tensor, D};
 
 use super::optim::{HostOptimizer, Optimizer};
-use runner_kernels::{self as kernels, DenseB, GemmShape, MatMut, MatRef, Output, PackedA};
 use crate::npy::Matrix;
 use crate::spec::Optimizer as Kind;
+use runner_kernels::{self as kernels, DenseB, GemmShape, MatMut, MatRef, Output, PackedA};
 
 /// Rows per forward chunk when predicting (bounds the logits buffer).
 const PREDICT_ROWS: usize = 1024;

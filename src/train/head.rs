@@ -10,10 +10,11 @@
 use candle_core::Result;
 
 use super::dense::{DenseWeights, Engine};
-use runner_kernels::rng::Rng;
+use super::Fold;
 use crate::metrics;
 use crate::npy::Matrix;
 use crate::spec::HeadSpec;
+use runner_kernels::rng::Rng;
 
 pub struct TrainedHead {
     /// The kept weights (best epoch's, or the last with `restore_best = false`).
@@ -46,7 +47,7 @@ fn gather(x: &Matrix, idx: &[usize]) -> Vec<f32> {
 /// scaled by `1 / keep`, drawn while a batch's rows are gathered (one pass
 /// over the rows). A unit is kept when a 16-bit uniform draw is below
 /// `keep * 2^16`, so one 64-bit draw decides four units: one draw per unit
-/// was a third of a head's step time at 10 classes. The rate is thereby
+/// costs a third of a head's step time at 10 classes. The rate is thereby
 /// rounded to a multiple of 2^-16, and the scale follows the rounded one.
 struct Dropout {
     /// `keep * 2^16`, rounded, at least 1 (a rate the spec allows, below 1,
@@ -86,21 +87,26 @@ impl TrainedHead {
     }
 }
 
-/// Trains one head on rows `train` of `x`, early-stopping on rows `valid`.
-/// `on_epoch(epoch, valid_log_loss)` reports progress.
-#[allow(clippy::too_many_arguments)]
+/// Class indices of every row and the number of classes.
+#[derive(Debug, Clone, Copy)]
+pub struct Labels<'a> {
+    pub rows: &'a [usize],
+    pub classes: usize,
+}
+
+/// Trains one head on rows `fold.train` of `x`, early-stopping on rows
+/// `fold.valid`. `on_epoch(epoch, valid_log_loss)` reports progress.
 pub fn train_head(
     x: &Matrix,
-    labels: &[usize],
-    n_classes: usize,
-    train: &[usize],
-    valid: &[usize],
+    labels: Labels<'_>,
+    fold: &Fold,
     cfg: &HeadSpec,
     rng: &mut Rng,
     engine: &Engine,
     mut on_epoch: impl FnMut(usize, f64),
 ) -> Result<TrainedHead> {
-    let (d, k) = (x.cols, n_classes);
+    let (train, valid) = (&fold.train, &fold.valid);
+    let (d, k) = (x.cols, labels.classes);
     let limit = (6.0 / (d + k) as f64).sqrt() as f32;
     let init = DenseWeights {
         weight: Matrix::new(
@@ -114,7 +120,7 @@ pub fn train_head(
     };
     let mut trainer = engine.trainer(init, cfg.optimizer, cfg.lr)?;
 
-    let valid_y: Vec<usize> = valid.iter().map(|&i| labels[i]).collect();
+    let valid_y: Vec<usize> = valid.iter().map(|&i| labels.rows[i]).collect();
     let valid_x = Matrix::new(valid.len(), d, gather(x, valid));
     let dropout = (cfg.dropout > 0.0).then(|| Dropout::new(cfg.dropout));
     let mut order = train.to_vec();
@@ -135,7 +141,7 @@ pub fn train_head(
                     None => xs.extend_from_slice(x.row(i)),
                 }
             }
-            let batch_labels: Vec<usize> = batch.iter().map(|&i| labels[i]).collect();
+            let batch_labels: Vec<usize> = batch.iter().map(|&i| labels.rows[i]).collect();
             trainer.step(&xs, &batch_labels)?;
         }
 
@@ -227,15 +233,19 @@ mod tests {
             lr: 0.1,
             batch_size: 32,
         };
-        let train: Vec<usize> = (0..150).collect();
-        let valid: Vec<usize> = (150..200).collect();
+        let fold = Fold {
+            train: (0..150).collect(),
+            valid: (150..200).collect(),
+        };
+        let labels = Labels {
+            rows: &labels,
+            classes: 2,
+        };
         let run = || {
             train_head(
                 &x,
-                &labels,
-                2,
-                &train,
-                &valid,
+                labels,
+                &fold,
                 &cfg,
                 &mut Rng::new(9),
                 &Engine::Host,

@@ -7,6 +7,6 @@ pub mod folds;
 pub mod head;
 pub mod optim;
 
-pub use cv::{train_fold_heads, FoldHead, ViewFeatures};
+pub use cv::{CrossValidation, FoldHead, ViewFeatures};
 pub use folds::{Fold, FoldPlan};
-pub use head::{train_head, HeadReport, TrainedHead};
+pub use head::{train_head, HeadReport, Labels, TrainedHead};

@@ -133,8 +133,8 @@ impl HostOptimizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runner_kernels::rng::uniform_vec;
     use candle_core::Device;
+    use runner_kernels::rng::uniform_vec;
 
     /// One Keras-2 Adagrad step from zero accumulators moves each parameter
     /// by `lr * g / (|g| + eps)`, i.e. almost exactly `lr * sign(g)`.

@@ -5,11 +5,11 @@
 # Kaggle-sized set of 20,579 JPEGs, timed per stage. Meant for a GPU machine
 # with no network and no Rust toolchain, in under 8 minutes.
 #
-# Everything runs from one binary, the CUDA build of `runner` (the checks
-# besides the recipe are its hidden `runner dev` subcommands). Build it here
-# (a machine with the toolchain), into target-cuda/:
+# It runs the CUDA builds of `runner` (the recipe) and `runner-dev` (the
+# checks besides the recipe). Build them here (a machine with the
+# toolchain), into target-cuda/:
 #   tools/gpu/cuda-toolchain.sh            # see its header for the environment
-#   CARGO_TARGET_DIR=target-cuda cargo build --release --features cuda --bin runner
+#   CARGO_TARGET_DIR=target-cuda cargo build --release --features cuda --bin runner --bin runner-dev
 # then ship it with the shared models and data: tools/gpu/gpu-pack.sh does that
 # in pieces small enough for the device tool; on a machine with everything:
 #   tools/gpu/gpu-check.sh [OUT_DIR]          # default /tmp/gpu-check
@@ -27,9 +27,10 @@
 # expected, not yet measured, ~5-6 min; the device tool allows 10 per call).
 # Writes OUT_DIR/results.md (the table) and OUT_DIR/steps.log (every step's
 # output); a failing step is recorded and the next one still runs. With a
-# cuDNN build beside the runner (BIN_DIR/runner-cudnn, `--features cudnn`),
-# its bf16 parity and speed are checked too, and its bf16 recipe runs if
-# the check is still under CUDNN_RECIPE_BEFORE seconds (default 330).
+# cuDNN build beside them (BIN_DIR/runner-cudnn and runner-dev-cudnn,
+# `--features cudnn`), its bf16 parity and speed are checked too, and its
+# bf16 recipe runs if the check is still under CUDNN_RECIPE_BEFORE seconds
+# (default 330).
 set -uo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -99,10 +100,12 @@ step() {
 say "# GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 say ""
 say "binaries: $bin; shared: $shared; device: $device"
-if [ ! -x "$bin/runner" ]; then
-  say "missing $bin/runner: build it first (see the header of this script)"
-  exit 1
-fi
+for exe in runner runner-dev; do
+  if [ ! -x "$bin/$exe" ]; then
+    say "missing $bin/$exe: build it first (see the header of this script)"
+    exit 1
+  fi
+done
 say "libraries: ${CUDA_LIBS:-none added}"
 ldd "$bin/runner" 2>&1 | grep -E "cuda|cublas|curand|not found" | tee -a "$results"
 if command -v nvidia-smi >/dev/null 2>&1; then
@@ -125,7 +128,7 @@ for precision in ${PRECISIONS:-f32 bf16}; do
   say "## Backbones on $device, $precision${RUNNER_DEVICE_KERNELS:+ (RUNNER_DEVICE_KERNELS=$RUNNER_DEVICE_KERNELS)}"
   log="$logs/backbones-$precision.log"
   rc=0
-  step "backbones-$precision" "$bin/runner" --device "$device" dev backbones "$shared/models" \
+  step "backbones-$precision" "$bin/runner-dev" --device "$device" backbones "$shared/models" \
     --precision "$precision" --batches 32,64,128,256 --seconds 2 || rc=$?
   # Exit 1: a backbone failed parity or could not run (124 is the time limit).
   if [ "$rc" = 1 ]; then
@@ -133,8 +136,8 @@ for precision in ${PRECISIONS:-f32 bf16}; do
       grep '^|' "$log" >>"$results" || tail -3 "$log" >>"$results"
       say ""
       say "### again with candle's ops alone (RUNNER_DEVICE_KERNELS=0)"
-      if step "backbones-$precision-candle-ops" env RUNNER_DEVICE_KERNELS=0 "$bin/runner" \
-        --device "$device" dev backbones "$shared/models" --precision "$precision" \
+      if step "backbones-$precision-candle-ops" env RUNNER_DEVICE_KERNELS=0 "$bin/runner-dev" \
+        --device "$device" backbones "$shared/models" --precision "$precision" \
         --batches 32,64,128,256 --seconds 2; then
         export RUNNER_DEVICE_KERNELS=0
         say "the rest of the check runs with RUNNER_DEVICE_KERNELS=0"
@@ -151,7 +154,7 @@ say ""
 say "## The 2017 recipe on generated data"
 big="$work/big-woof"
 limit=120
-step dataset "$bin/runner" dev big-woof "$shared/data/woof-dev" "$big" \
+step dataset "$bin/runner-dev" big-woof "$shared/data/woof-dev" "$big" \
   --train "${TRAIN:-10222}" --test "${TEST:-10357}"
 tail -1 "$logs/dataset.log" >>"$results"
 
@@ -206,11 +209,11 @@ fi
 # 5. The cuDNN build, if shipped: bf16 parity and speed, then (time
 # allowing) the bf16 recipe, to compare candle's im2col convolutions with
 # cuDNN's.
-if [ -x "$bin/runner-cudnn" ]; then
+if [ -x "$bin/runner-cudnn" ] && [ -x "$bin/runner-dev-cudnn" ]; then
   say ""
-  say "## cuDNN build (runner-cudnn)"
+  say "## cuDNN build (runner-cudnn, runner-dev-cudnn)"
   limit="${BACKBONES_TIMEOUT:-150}"
-  step "backbones-bf16-cudnn" "$bin/runner-cudnn" --device "$device" dev backbones "$shared/models" \
+  step "backbones-bf16-cudnn" "$bin/runner-dev-cudnn" --device "$device" backbones "$shared/models" \
     --precision bf16 --batches 64,128,256 --seconds 2
   grep '^|' "$logs/backbones-bf16-cudnn.log" >>"$results" || tail -3 "$logs/backbones-bf16-cudnn.log" >>"$results"
   if [ -f "$work/recipe-bf16.toml" ] && [ $(( $(date +%s) - started )) -lt "${CUDNN_RECIPE_BEFORE:-330}" ]; then

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Unpacks one piece that tools/gpu/gpu-pack.sh made (carried to the GPU machine
-# as .gpu/PART) into /tmp/gpu: bin/runner, models/, data/woof-dev.
+# as .gpu/PART) into /tmp/gpu: bin/ (runner, runner-dev and their cuDNN
+# builds), models/, data/woof-dev.
 # tools/gpu/gpu-check.sh finds /tmp/gpu by itself when ../shared and
 # target-cuda/ are absent, as on the device machine.
 #
-# Usage: bash tools/gpu/gpu-stage.sh a|b|c
+# Usage: bash tools/gpu/gpu-stage.sh a|b|c|d
 set -euo pipefail
 
 part="$1"
@@ -26,7 +27,7 @@ unxz_to() { # FILE.xz DEST: xz if installed, else Python's lzma
 for f in "$src"/*; do
   name="$(basename "$f")"
   case "$name" in
-    runner.xz | runner-cudnn.xz)
+    runner.xz | runner-cudnn.xz | runner-dev.xz | runner-dev-cudnn.xz)
       unxz_to "$f" "$dest/bin/${name%.xz}" && chmod +x "$dest/bin/${name%.xz}" ;;
     *.xz) unxz_to "$f" "$dest/models/${name%.xz}" ;;
     *.tar) tar -C "$dest/data" -xf "$f" ;;

@@ -1,0 +1,367 @@
+//! Chunked extraction of one split: the stages the cache lacks computed
+//! together, chunk by chunk, each finished chunk written to the cache so
+//! an interrupted extraction resumes at the first missing one.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use candle_core::Tensor;
+
+use super::decode::{self, Decoded, InputSize};
+use super::input::{device_input_tensor, input_tensor, upload_images};
+use super::{batch_size, chunk_images, decode_threads, FeatureError, Features};
+use crate::data::image::RgbImage;
+use crate::data::Item;
+use crate::log::Progress;
+use crate::npy::Matrix;
+use crate::plan::{FeatureStage, Split};
+use crate::run::Run;
+use runner_models::Backbone;
+
+/// The loaded backbones, by index into `spec.backbones`.
+pub type Nets = HashMap<usize, Box<dyn Backbone>>;
+
+/// Per chunk and stage, the chunk's features once computed or resumed.
+type Haves = Vec<Vec<Option<Matrix>>>;
+
+/// The extraction of `stages` (all of one split) over the split's images.
+pub struct SplitExtraction<'a> {
+    run: &'a Run<'a>,
+    split: Split,
+    stages: &'a [&'a FeatureStage],
+    nets: &'a Nets,
+    items: &'a [Item],
+    batch_size: usize,
+    chunk_len: usize,
+}
+
+impl<'a> SplitExtraction<'a> {
+    pub fn new(
+        run: &'a Run<'a>,
+        split: Split,
+        stages: &'a [&'a FeatureStage],
+        nets: &'a Nets,
+    ) -> SplitExtraction<'a> {
+        let batch_size = batch_size(run.spec, run.device);
+        SplitExtraction {
+            run,
+            split,
+            stages,
+            nets,
+            items: run.items(split),
+            batch_size,
+            chunk_len: chunk_images(batch_size),
+        }
+    }
+
+    /// Computes every stage chunk by chunk, reusing chunks an interrupted
+    /// run left behind; returns one matrix per stage. Decoding and resizing
+    /// run on the decoder thread one chunk ahead of the backbones (which run
+    /// on the rayon pool); their seconds add to `out`'s.
+    pub fn compute(&self, out: &mut Features) -> Result<Vec<Matrix>, FeatureError> {
+        let mut progress = self.progress();
+        let chunks: Vec<&[Item]> = self.items.chunks(self.chunk_len).collect();
+        let mut haves = self.resume_lookup(&chunks);
+        let sizes = self.plan_chunks(&haves);
+        let threads = decode_threads(self.run.spec, self.run.device);
+        let pool = decode::pool(threads)?;
+        let (decode_before, forward_before) = (out.decode_seconds, out.forward_seconds);
+        std::thread::scope(|scope| -> Result<(), FeatureError> {
+            let decoded = decode::spawn(scope, &chunks, &sizes, pool.as_ref());
+            for (c, chunk) in chunks.iter().enumerate() {
+                if sizes[c].is_empty() {
+                    progress.inc(chunk.len() as u64);
+                    continue;
+                }
+                let next = decoded
+                    .recv()
+                    .expect("the decoder sends every chunk or an error")?;
+                out.decode_seconds += next.seconds;
+                self.warn_suspicious(&next);
+                let started = Instant::now();
+                self.forward_chunk(c, chunk, next.images, &mut haves[c], &mut progress)?;
+                out.forward_seconds += started.elapsed().as_secs_f64();
+            }
+            Ok(())
+        })?;
+        progress.finish();
+        let decoded_images: usize = chunks
+            .iter()
+            .zip(&sizes)
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(c, _)| c.len())
+            .sum();
+        if decoded_images > 0 {
+            self.log_rates(
+                decoded_images,
+                threads,
+                out.decode_seconds - decode_before,
+                out.forward_seconds - forward_before,
+            );
+        }
+        let resumed = sizes.iter().filter(|s| s.is_empty()).count();
+        if resumed > 0 {
+            self.run.log.info(format!(
+                "features {}: resumed {resumed} chunk(s) of {} images left by an interrupted run",
+                self.split.name(),
+                self.chunk_len
+            ));
+        }
+        let mut per_stage: Vec<Vec<Matrix>> = vec![Vec::new(); self.stages.len()];
+        for have in haves {
+            for (dst, m) in per_stage.iter_mut().zip(have) {
+                dst.push(m.expect("computed or resumed"));
+            }
+        }
+        Ok(per_stage
+            .iter()
+            .map(|parts| Matrix::vconcat(parts))
+            .collect())
+    }
+
+    /// A progress bar over the split's images, naming the stages.
+    fn progress(&self) -> Progress<'a> {
+        let mut progress = self.run.log.progress(
+            &format!("features {}", self.split.name()),
+            self.items.len() as u64,
+            "images",
+        );
+        progress.set_message(
+            self.stages
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}/{}",
+                        self.run.spec.backbones[s.backbone].arch.name(),
+                        s.view.name()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        progress
+    }
+
+    /// What earlier runs already finished of each chunk, per stage.
+    fn resume_lookup(&self, chunks: &[&[Item]]) -> Haves {
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(c, chunk)| {
+                self.stages
+                    .iter()
+                    .map(|s| {
+                        let cols = self.nets[&s.backbone].num_features();
+                        self.run
+                            .cache
+                            .chunk(&s.key, c * self.chunk_len, chunk.len(), cols)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Per chunk, the input sizes its missing stages need (empty: resumed).
+    fn plan_chunks(&self, haves: &Haves) -> Vec<BTreeSet<InputSize>> {
+        haves
+            .iter()
+            .map(|have| {
+                self.stages
+                    .iter()
+                    .zip(have)
+                    .filter(|(_, h)| h.is_none())
+                    .map(|(s, _)| {
+                        let bb = &self.run.spec.backbones[s.backbone];
+                        (bb.input_size, bb.resize)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn warn_suspicious(&self, decoded: &Decoded) {
+        for path in &decoded.suspicious {
+            self.run.log.info(format!(
+                "warning: {path} has no JPEG end marker (truncated?); decoded anyway, with what is missing filled in: replace it and rerun"
+            ));
+        }
+    }
+
+    /// Runs chunk `c` through every stage that still needs it, batch by
+    /// batch (so the progress bar moves per batch), and stores the result.
+    /// Each batch's features stay on the device until the chunk is done:
+    /// one copy back (and one wait for the GPU) per stage and chunk, not per
+    /// batch, so the GPU has the next batch's work queued while the host
+    /// prepares more.
+    fn forward_chunk(
+        &self,
+        c: usize,
+        chunk: &[Item],
+        resized: HashMap<InputSize, Vec<RgbImage>>,
+        have: &mut [Option<Matrix>],
+        progress: &mut Progress<'_>,
+    ) -> Result<(), FeatureError> {
+        let device = self.run.device;
+        let uploaded: HashMap<InputSize, Tensor> = if device.is_cpu() {
+            HashMap::new()
+        } else {
+            resized
+                .iter()
+                .map(|(&key, images)| Ok((key, upload_images(images, device)?)))
+                .collect::<candle_core::Result<_>>()
+                .map_err(|source| FeatureError::Forward {
+                    arch: "upload",
+                    first: chunk[0].id.clone(),
+                    last: chunk[chunk.len() - 1].id.clone(),
+                    source: Box::new(source),
+                })?
+        };
+        let todo: Vec<usize> = (0..self.stages.len())
+            .filter(|&i| have[i].is_none())
+            .collect();
+        let mut parts: Vec<Vec<Tensor>> = todo.iter().map(|_| Vec::new()).collect();
+        for first in (0..chunk.len()).step_by(self.batch_size) {
+            let last = (first + self.batch_size).min(chunk.len());
+            for (slot, &i) in todo.iter().enumerate() {
+                let stage = self.stages[i];
+                let bb = &self.run.spec.backbones[stage.backbone];
+                let key = (bb.input_size, bb.resize);
+                let x = match uploaded.get(&key) {
+                    Some(images) => Input::Device(images),
+                    None => Input::Host(&resized[&key]),
+                };
+                let feats = self
+                    .forward_batch(stage, x, first, last)
+                    .map_err(forward_error(chunk, bb.arch.name(), first, last))?;
+                parts[slot].push(feats);
+            }
+            progress.inc((last - first) as u64);
+        }
+        for (&i, parts) in todo.iter().zip(parts) {
+            let stage = self.stages[i];
+            let arch = self.run.spec.backbones[stage.backbone].arch.name();
+            let data = Tensor::cat(&parts, 0)
+                .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                .map_err(forward_error(chunk, arch, 0, chunk.len()))?;
+            let m = Matrix::new(chunk.len(), self.nets[&stage.backbone].num_features(), data);
+            self.store_chunk(stage, c, &m)?;
+            have[i] = Some(m);
+        }
+        Ok(())
+    }
+
+    /// Features of images `first..last` of a chunk for one stage, as f32 on
+    /// the device.
+    fn forward_batch(
+        &self,
+        stage: &FeatureStage,
+        images: Input<'_>,
+        first: usize,
+        last: usize,
+    ) -> candle_core::Result<Tensor> {
+        let bb = &self.run.spec.backbones[stage.backbone];
+        let dtype = self.run.spec.extract.precision().dtype();
+        let x = match images {
+            Input::Device(images) => device_input_tensor(
+                &images.narrow(0, first, last - first)?,
+                bb,
+                stage.view,
+                dtype,
+            )?,
+            Input::Host(images) => {
+                let batch: Vec<&RgbImage> = images[first..last].iter().collect();
+                input_tensor(&batch, bb, stage.view, self.run.device)?.to_dtype(dtype)?
+            }
+        };
+        self.nets[&stage.backbone]
+            .forward_features(&x)?
+            .to_dtype(candle_core::DType::F32)
+    }
+
+    /// Writes a finished chunk of one stage to the cache.
+    fn store_chunk(&self, stage: &FeatureStage, c: usize, m: &Matrix) -> Result<(), FeatureError> {
+        let cache = self.run.cache;
+        cache
+            .put_chunk(&stage.key, c * self.chunk_len, m)
+            .map_err(|source| FeatureError::CacheWrite {
+                path: cache.root().display().to_string(),
+                source,
+            })
+    }
+
+    /// Both rates, so it shows which side is the bottleneck.
+    fn log_rates(&self, images: usize, threads: usize, decode: f64, forward: f64) {
+        self.run.log.info(format!(
+            "features {}: decoding + resizing {:.0} images/s on {threads} thread(s); backbones {:.1} images/s ({} stage(s), batches of {})",
+            self.split.name(),
+            images as f64 / decode.max(1e-9),
+            images as f64 / forward.max(1e-9),
+            self.stages.len(),
+            self.batch_size
+        ));
+    }
+}
+
+/// A chunk's resized images of one input size: uploaded to the device as
+/// bytes, or on the host.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Device(&'a Tensor),
+    Host(&'a [RgbImage]),
+}
+
+/// The error of a backbone that failed on images `first..last` of `chunk`,
+/// naming them, and saying so when the device ran out of memory.
+fn forward_error(
+    chunk: &[Item],
+    arch: &'static str,
+    first: usize,
+    last: usize,
+) -> impl FnOnce(candle_core::Error) -> FeatureError {
+    let batch = last - first;
+    let (first, last) = (chunk[first].id.clone(), chunk[last - 1].id.clone());
+    move |source: candle_core::Error| {
+        let source = Box::new(source);
+        if is_out_of_memory(&source) {
+            FeatureError::OutOfMemory {
+                arch,
+                batch,
+                first,
+                last,
+                source,
+            }
+        } else {
+            FeatureError::Forward {
+                arch,
+                first,
+                last,
+                source,
+            }
+        }
+    }
+}
+
+/// Whether a backbone failed for want of device memory (the CUDA driver's
+/// and cuBLAS's words for it; candle passes them through as text).
+fn is_out_of_memory(e: &candle_core::Error) -> bool {
+    let text = format!("{e:?}");
+    ["OUT_OF_MEMORY", "ALLOC_FAILED", "out of memory"]
+        .iter()
+        .any(|needle| text.contains(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_out_of_memory_is_recognised_from_the_drivers_words() {
+        let oom = candle_core::Error::Msg(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        );
+        assert!(is_out_of_memory(&oom));
+        assert!(!is_out_of_memory(&candle_core::Error::Msg(
+            "shape mismatch".into()
+        )));
+    }
+}

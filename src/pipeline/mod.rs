@@ -1,0 +1,335 @@
+//! One run, start to finish: checked spec -> plan -> features -> heads ->
+//! scores -> run directory.
+//!
+//! `scores` computes the score propagation, `tables` writes the run's CSVs.
+
+mod scores;
+mod tables;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::features::{self, Features};
+use crate::npy::Matrix;
+use crate::plan::{Plan, Split};
+use crate::run::Run;
+use crate::rundir::{RunDir, Status};
+use crate::spec::View;
+use crate::train::{CrossValidation, FoldPlan, HeadReport, Labels, ViewFeatures};
+
+pub use scores::Score;
+pub(crate) use tables::csv_bytes;
+
+use scores::mean;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HeadRow {
+    pub fold: usize,
+    pub view: View,
+    #[serde(flatten)]
+    pub report: HeadReport,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Metrics {
+    pub name: String,
+    pub classes: Vec<String>,
+    pub train_images: usize,
+    pub test_images: usize,
+    pub propagation: Vec<Score>,
+    #[serde(rename = "final")]
+    pub final_score: Score,
+    pub heads: Vec<HeadRow>,
+}
+
+/// What a finished run hands back to the caller.
+pub struct RunOutcome {
+    pub dir: PathBuf,
+    pub metrics: Metrics,
+}
+
+/// Predictions of every head: out-of-fold per view, test per fold x view.
+struct Predictions {
+    /// `oof[view]`: a row per training image (rows outside every validation
+    /// fold stay zero and are never scored).
+    oof: Vec<Matrix>,
+    /// `test[view][fold]`.
+    test: Vec<Vec<Matrix>>,
+    heads: Vec<HeadRow>,
+}
+
+/// Runs a checked spec into a new run directory under `runs_root`. The
+/// run directory records failure too: its `run.json` says `failed` with the
+/// error, or stays `running` if the process dies.
+pub fn run(run: &Run<'_>, runs_root: &Path) -> anyhow::Result<RunOutcome> {
+    let started = Instant::now();
+    let log = run.log;
+    let mut dir = RunDir::create(runs_root, run.spec)?;
+    log.attach_file(&dir.file("run.log"))?;
+    log.info(format!("run {}", dir.path.display()));
+    let result = run_in(run, &mut dir);
+    let seconds = started.elapsed().as_secs_f64();
+    match &result {
+        Ok(_) => dir.finish(Status::Complete, seconds, None)?,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            log.info(format!("run failed: {msg}"));
+            dir.finish(Status::Failed, seconds, Some(msg))?;
+        }
+    }
+    log.detach_file();
+    result.map(|metrics| RunOutcome {
+        dir: dir.path.clone(),
+        metrics,
+    })
+}
+
+fn run_in(run: &Run<'_>, dir: &mut RunDir) -> anyhow::Result<Metrics> {
+    let (spec, data) = (run.spec, run.data);
+    run.log.info(format!(
+        "data: {} training images in {} classes, {} test images{}",
+        data.train.len(),
+        data.classes.len(),
+        data.test.len(),
+        if data.test_labels.is_some() {
+            " (answer key given)"
+        } else {
+            ""
+        }
+    ));
+    warn_about_class_sizes(run);
+
+    // Folds before features: a bad fold count fails in seconds, not after
+    // an hour of extraction.
+    let folds = fold_plan(run)?;
+
+    let t = Instant::now();
+    let plan = Plan::new(spec, data, Some(run.cache))?;
+    dir.manifest.timings.hash_seconds = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let feats = features::ensure(run, &plan)?;
+    dir.manifest.timings.features_seconds = t.elapsed().as_secs_f64();
+    dir.manifest.timings.decode_seconds = feats.decode_seconds;
+    dir.manifest.feature_stages_cached = feats.cached;
+    dir.manifest.feature_stages_computed = feats.computed;
+    dir.write_manifest()?;
+
+    let t = Instant::now();
+    let preds = train_heads(run, &plan, &feats, &folds)?;
+    dir.manifest.timings.heads_seconds = t.elapsed().as_secs_f64();
+    check_finite(&preds, &feats)?;
+
+    let propagation = scores::score_propagation(spec, data, &folds, &preds);
+    run.log.info(scores::propagation_table(&propagation));
+    let metrics = Metrics {
+        name: spec.name.clone(),
+        classes: data.classes.clone(),
+        train_images: data.train.len(),
+        test_images: data.test.len(),
+        final_score: propagation.last().expect("at least one stage").clone(),
+        propagation,
+        heads: preds.heads.clone(),
+    };
+
+    dir.write("metrics.json", &serde_json::to_vec_pretty(&metrics)?)?;
+    dir.write("folds.csv", &tables::folds_csv(&metrics.heads)?)?;
+    let oof = mean(&preds.oof.iter().collect::<Vec<_>>());
+    dir.write("oof.csv", &tables::oof_csv(data, &folds, &oof)?)?;
+    if !data.test.is_empty() {
+        let all: Vec<&Matrix> = preds.test.iter().flatten().collect();
+        dir.write(
+            "submission.csv",
+            &tables::submission_csv(data, &mean(&all))?,
+        )?;
+    }
+    Ok(metrics)
+}
+
+/// The spec's folds over the training images; an error when a fold would
+/// have no training or no validation rows.
+fn fold_plan(run: &Run<'_>) -> anyhow::Result<FoldPlan> {
+    let (cv, data) = (&run.spec.cv, run.data);
+    let folds = FoldPlan::new(&data.labels, cv.folds, cv.stratified, run.spec.seed);
+    if let Some(f) = folds
+        .folds
+        .iter()
+        .position(|f| f.train.is_empty() || f.valid.is_empty())
+    {
+        let missing = if folds.folds[f].valid.is_empty() {
+            "validation"
+        } else {
+            "training"
+        };
+        anyhow::bail!(
+            "cv.folds = {} leaves fold {} without {missing} rows with {} training images; use fewer folds",
+            cv.folds,
+            f + 1,
+            data.train.len()
+        );
+    }
+    Ok(folds)
+}
+
+/// Warns about classes a head cannot learn (no training image: their
+/// probabilities stay near 0) or cannot score well (fewer images than folds:
+/// an image alone in its class is scored by a head that never saw it).
+fn warn_about_class_sizes(run: &Run<'_>) {
+    let (spec, data, log) = (run.spec, run.data, run.log);
+    let counts = data.class_counts();
+    let classes_where = |keep: &dyn Fn(usize) -> bool| -> Vec<(&str, usize)> {
+        data.classes
+            .iter()
+            .zip(&counts)
+            .filter(|(_, &n)| keep(n))
+            .map(|(c, &n)| (c.as_str(), n))
+            .collect()
+    };
+    let first_few = |names: Vec<String>| {
+        let shown = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        if names.len() > 5 {
+            shown + ", ..."
+        } else {
+            shown
+        }
+    };
+    let unseen = classes_where(&|n| n == 0);
+    if !unseen.is_empty() {
+        log.info(format!(
+            "warning: {} of {} classes have no training image ({}); their probabilities will stay near 0: check labels.csv against the sample submission's columns",
+            unseen.len(),
+            data.classes.len(),
+            first_few(unseen.iter().map(|(c, _)| c.to_string()).collect())
+        ));
+    }
+    let small = classes_where(&|n| n > 0 && n < spec.cv.folds);
+    if !small.is_empty() {
+        log.info(format!(
+            "warning: {} class(es) have fewer training images than cv.folds = {}: {}; their out-of-fold scores are noisy, and an image alone in its class is scored by a head that never saw the class",
+            small.len(),
+            spec.cv.folds,
+            first_few(small.iter().map(|(c, n)| format!("{c} ({n})")).collect())
+        ));
+    }
+}
+
+/// No NaN or infinity reaches the scores or the submission: the run fails
+/// and says which input is to blame.
+fn check_finite(preds: &Predictions, feats: &Features) -> anyhow::Result<()> {
+    let finite = |m: &Matrix| m.data.iter().all(|v| v.is_finite());
+    if preds
+        .oof
+        .iter()
+        .chain(preds.test.iter().flatten())
+        .all(finite)
+    {
+        return Ok(());
+    }
+    let mut bad: Vec<&str> = feats
+        .by_key
+        .iter()
+        .filter(|(_, m)| !finite(m))
+        .map(|(key, _)| key.as_str())
+        .collect();
+    bad.sort();
+    if bad.is_empty() {
+        anyhow::bail!(
+            "the heads diverged (NaN or infinite predictions) on finite features: lower [head] lr"
+        );
+    }
+    anyhow::bail!(
+        "features of stage(s) {} contain NaN or infinite values: check the backbone weights (`runner inspect`), then delete those stages from the cache to recompute",
+        bad.join(", ")
+    )
+}
+
+/// Trains every fold x view head on the features of `plan` and gathers
+/// their predictions.
+fn train_heads(
+    run: &Run<'_>,
+    plan: &Plan,
+    feats: &Features,
+    folds: &FoldPlan,
+) -> anyhow::Result<Predictions> {
+    let (spec, data, log) = (run.spec, run.data, run.log);
+    let k = data.classes.len();
+    let n_folds = folds.folds.len();
+    let n_backbones = spec.backbones.len();
+    let train: Vec<Matrix> = spec
+        .views
+        .iter()
+        .map(|&view| feats.concat(plan, n_backbones, view, Split::Train))
+        .collect();
+    let test: Vec<Option<Matrix>> = spec
+        .views
+        .iter()
+        .map(|&view| {
+            (!data.test.is_empty()).then(|| feats.concat(plan, n_backbones, view, Split::Test))
+        })
+        .collect();
+    let views: Vec<ViewFeatures<'_>> = train
+        .iter()
+        .zip(&test)
+        .map(|(train, test)| ViewFeatures {
+            train,
+            test: test.as_ref(),
+        })
+        .collect();
+    let progress =
+        std::sync::Mutex::new(log.progress("heads", (n_folds * spec.views.len()) as u64, "heads"));
+    let label = |f: usize, v: usize| format!("fold {}/{n_folds} {}", f + 1, spec.views[v].name());
+    let cv = CrossValidation {
+        views: &views,
+        labels: Labels {
+            rows: &data.labels,
+            classes: k,
+        },
+        folds,
+        head: &spec.head,
+        seed: spec.seed,
+    };
+    let heads = cv.train(
+        run.device,
+        |f, v, epoch, loss| {
+            let msg = format!("{} epoch {epoch} val_loss {loss:.4}", label(f, v));
+            progress.lock().expect("not poisoned").set_message(msg);
+        },
+        |_| progress.lock().expect("not poisoned").inc(1),
+    )?;
+    progress.into_inner().expect("not poisoned").finish();
+
+    let mut preds = Predictions {
+        oof: vec![
+            Matrix::new(data.train.len(), k, vec![0.0; data.train.len() * k]);
+            spec.views.len()
+        ],
+        test: vec![Vec::new(); spec.views.len()],
+        heads: Vec::new(),
+    };
+    for head in heads {
+        let r = &head.report;
+        log.info(format!(
+            "{}: {} epochs, best {} val log loss {:.4} acc {:.3}",
+            label(head.fold, head.view),
+            r.epochs_run,
+            r.best_epoch,
+            r.valid_log_loss,
+            r.valid_accuracy
+        ));
+        let oof = &mut preds.oof[head.view];
+        for (row, &i) in folds.folds[head.fold].valid.iter().enumerate() {
+            oof.data[i * k..(i + 1) * k].copy_from_slice(head.valid.row(row));
+        }
+        if let Some(t) = head.test {
+            preds.test[head.view].push(t);
+        }
+        preds.heads.push(HeadRow {
+            fold: head.fold + 1,
+            view: spec.views[head.view],
+            report: head.report,
+        });
+    }
+    Ok(preds)
+}

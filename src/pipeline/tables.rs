@@ -1,0 +1,101 @@
+//! The run directory's tables: `folds.csv`, `oof.csv` and `submission.csv`,
+//! written through `csv::Writer` (fields quoted only where needed). Numbers
+//! are formatted here, with `Display`: probabilities at full `f64`
+//! precision.
+
+use super::HeadRow;
+use crate::data::Dataset;
+use crate::npy::Matrix;
+use crate::train::FoldPlan;
+
+/// CSV text of `records`, the header first.
+pub fn csv_bytes<R>(records: impl IntoIterator<Item = R>) -> csv::Result<Vec<u8>>
+where
+    R: IntoIterator,
+    R::Item: AsRef<[u8]>,
+{
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for record in records {
+        writer.write_record(record)?;
+    }
+    writer.into_inner().map_err(|e| e.into_error().into())
+}
+
+/// A row per fold x view head.
+pub fn folds_csv(heads: &[HeadRow]) -> csv::Result<Vec<u8>> {
+    let header = [
+        "fold",
+        "view",
+        "epochs_run",
+        "best_epoch",
+        "valid_log_loss",
+        "valid_accuracy",
+    ]
+    .map(String::from);
+    let rows = heads.iter().map(|h| {
+        [
+            h.fold.to_string(),
+            h.view.name().to_string(),
+            h.report.epochs_run.to_string(),
+            h.report.best_epoch.to_string(),
+            h.report.valid_log_loss.to_string(),
+            h.report.valid_accuracy.to_string(),
+        ]
+    });
+    csv_bytes(std::iter::once(header).chain(rows))
+}
+
+/// `prefix` followed by the probabilities of `row` normalised to sum to 1.
+fn with_probabilities(mut prefix: Vec<String>, row: &[f32]) -> Vec<String> {
+    let sum: f64 = row.iter().map(|&p| p as f64).sum();
+    prefix.extend(row.iter().map(|&p| (p as f64 / sum).to_string()));
+    prefix
+}
+
+/// Id, label and class probabilities of every validated training row.
+pub fn oof_csv(data: &Dataset, folds: &FoldPlan, oof: &Matrix) -> csv::Result<Vec<u8>> {
+    let header = ["id", "label"]
+        .into_iter()
+        .map(String::from)
+        .chain(data.classes.iter().cloned())
+        .collect();
+    let rows = folds.validated_rows().into_iter().map(|i| {
+        let label = data.classes[data.labels[i]].clone();
+        with_probabilities(vec![data.train[i].id.clone(), label], oof.row(i))
+    });
+    csv_bytes(std::iter::once(header).chain(rows))
+}
+
+/// The submission: the sample submission's exact header and id order.
+pub fn submission_csv(data: &Dataset, test: &Matrix) -> csv::Result<Vec<u8>> {
+    let header = data.submission_header.clone().unwrap_or_else(|| {
+        std::iter::once("id".to_string())
+            .chain(data.classes.iter().cloned())
+            .collect()
+    });
+    let rows = data
+        .test
+        .iter()
+        .enumerate()
+        .map(|(r, item)| with_probabilities(vec![item.id.clone()], test.row(r)));
+    csv_bytes(std::iter::once(header).chain(rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_quoted_only_when_they_hold_a_comma_quote_or_line_break() {
+        let bytes = csv_bytes([
+            ["id", "a,b"],
+            ["say \"hi\"", "two\nlines"],
+            ["plain", "0.1"],
+        ])
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "id,\"a,b\"\n\"say \"\"hi\"\"\",\"two\nlines\"\nplain,0.1\n"
+        );
+    }
+}
