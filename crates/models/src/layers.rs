@@ -39,7 +39,7 @@ use super::ModelError;
 use runner_kernels::nchwc;
 pub use runner_kernels::Act;
 use runner_kernels::window::{Clamp, Window, WindowKind};
-use runner_kernels::{self as kernels, Im2Col, MatRef, Output, PackedA};
+use runner_kernels::{self as kernels, ConvGeometry, Im2Col, MatRef, Output, PackedA};
 
 /// Keras `BatchNormalization` default epsilon (also EfficientNet-Lite's
 /// `batch_norm_epsilon`).
@@ -738,9 +738,16 @@ impl ConvOp<'_> {
         if out.is_empty() {
             return Ok((CpuStorage::F32(out), Shape::from((n, o, oh, ow))));
         }
+        let geometry = ConvGeometry {
+            chw: (c, h, w),
+            kernel: (kh, kw),
+            stride: s,
+            top_left: (p.top, p.left),
+            out: (oh, ow),
+        };
         let images = x
             .chunks_exact(c * h * w)
-            .map(|xi| Im2Col::new(xi, (c, h, w), (kh, kw), s, (p.top, p.left), (oh, ow)))
+            .map(|xi| Im2Col::new(xi, geometry))
             .collect::<Result<Vec<_>, _>>()
             .map_err(candle_core::Error::wrap)?;
         // One branch-free loop per row (the activation as a clamp), which
