@@ -20,7 +20,10 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::layers::{global_avg_pool, Act, Conv2d, DepthwiseConv2d, Padding, Weights, BN_EPS};
+use super::layers::{
+    global_avg_pool, Act, Conv2d, Conv2dConfig, DepthwiseConfig, DepthwiseConv2d, Padding, Weights,
+    BN_EPS,
+};
 use super::{Arch, Backbone, ModelError};
 
 const ARCH: &str = "efficientnet_lite0";
@@ -47,7 +50,12 @@ fn conv_bn(
     let mut k = w.get_vec(&name, &dims, None)?;
     let bias = w.torch_bn(bn, o, BN_EPS)?.fold_into(&mut k, None);
     let weight = w.tensor(k, &[o, i, kh, kw], device)?;
-    Conv2d::new(weight, bias, stride, Padding::Same, act).map_err(|e| w.candle_err(e))
+    let cfg = Conv2dConfig {
+        stride,
+        padding: Padding::Same,
+        act,
+    };
+    Conv2d::new(weight, bias, cfg).map_err(|e| w.candle_err(e))
 }
 
 /// Mobile inverted bottleneck (MBConv) without squeeze-excitation:
@@ -84,16 +92,14 @@ impl MbConv {
         let bias = w
             .torch_bn(&format!("{p}._bn1"), c, BN_EPS)?
             .fold_into(&mut k, None);
-        let depthwise = DepthwiseConv2d::new(
-            k,
-            (c, kh, kw),
-            Some(bias),
+        let cfg = DepthwiseConfig {
             stride,
-            Padding::Same,
-            Act::None,
-            Act::Relu6,
-        )
-        .map_err(|e| w.candle_err(e))?;
+            padding: Padding::Same,
+            in_act: Act::None,
+            out_act: Act::Relu6,
+        };
+        let depthwise =
+            DepthwiseConv2d::new(k, (c, kh, kw), Some(bias), cfg).map_err(|e| w.candle_err(e))?;
         let project = conv_bn(
             w,
             &format!("{p}._project_conv"),

@@ -23,7 +23,9 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use super::flavour::Convention;
-use super::layers::{global_avg_pool, max_pool2d, Act, Conv2d, Pad4, Padding, Weights};
+use super::layers::{
+    global_avg_pool, max_pool2d, Act, Conv2d, Conv2dConfig, Pad4, Padding, Weights,
+};
 use super::{Backbone, ModelError};
 
 const ARCH: &str = "resnet50";
@@ -46,15 +48,12 @@ fn conv_bn(
     act: Act,
     device: &Device,
 ) -> Result<Conv2d, ModelError> {
-    Convention::torch(BN_EPS).conv_bn(
-        w,
-        &format!("{conv}.weight"),
-        bn,
+    let cfg = Conv2dConfig {
         stride,
         padding,
         act,
-        device,
-    )
+    };
+    Convention::torch(BN_EPS).conv_bn(w, &format!("{conv}.weight"), bn, cfg, device)
 }
 
 /// `relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x))`.
