@@ -1,7 +1,8 @@
-//! Probe for the next step of the CPU path (BENCHMARKS.md, "Where the time
-//! goes"): a 1x1 convolution in the NCHW16c layout that onnxruntime's MLAS
-//! uses (channels blocked by 16: `[C/16][H*W][16]`), against runner's packed
-//! GEMM on the same shape, in one process, alternating.
+//! Probe of the NCHW16c layout that onnxruntime's MLAS uses (channels
+//! blocked by 16: `[C/16][H*W][16]`; BENCHMARKS.md, "Where the time goes"):
+//! a 1x1 convolution in it against runner's packed GEMM on the same shape,
+//! in one process, alternating, with `kernels::nchwc::conv1x1` (the layout's
+//! kernel that Xception runs) alongside.
 //!
 //! In NCHW16c a 1x1 convolution is a GEMM whose left operand (pixels x input
 //! channels) is the activation tensor itself: the micro-kernel broadcasts one
@@ -306,12 +307,7 @@ fn main() {
         for _ in 0..5 {
             let t = Instant::now();
             for _ in 0..reps {
-                let out = Output {
-                    data: &mut y_ref,
-                    ld: hw,
-                    image_stride: o * hw,
-                    accumulate: false,
-                };
+                let out = Output::new(&mut y_ref, hw, o * hw);
                 kernels::gemm_packed(&pa, &bs, out, None).expect("gemm");
             }
             t_ref = t_ref.min(t.elapsed().as_secs_f64() / reps as f64);

@@ -114,6 +114,19 @@ pub struct Output<'a> {
     pub accumulate: bool,
 }
 
+impl<'a> Output<'a> {
+    /// `C_t = A * B_t` into `data`, rows `ld` apart, images `image_stride`
+    /// apart (overwriting what is there).
+    pub fn new(data: &'a mut [f32], ld: usize, image_stride: usize) -> Self {
+        Self {
+            data,
+            ld,
+            image_stride,
+            accumulate: false,
+        }
+    }
+}
+
 /// Blocking overrides for benchmarks (`cargo bench --bench backbones --
 /// tune`): `None` keeps the kernel's defaults. Not for production use: set
 /// it before packing any weights.
@@ -296,31 +309,11 @@ mod tests {
         let a = rand_vec(s.m * lda, seed);
         let b = rand_vec(s.k * ldb, seed + 1);
         let c0 = rand_vec(s.m * ldc, seed + 2);
-        let mut want = c0.clone();
-        generic::generic_sgemm_f32(
-            s,
-            MatRef { data: &a, ld: lda },
-            MatRef { data: &b, ld: ldb },
-            MatMut {
-                data: &mut want,
-                ld: ldc,
-            },
-            accumulate,
-        );
-        let mut got = c0.clone();
-        sgemm_with(
-            kern,
-            s,
-            MatRef { data: &a, ld: lda },
-            MatRef { data: &b, ld: ldb },
-            MatMut {
-                data: &mut got,
-                ld: ldc,
-            },
-            accumulate,
-            None,
-        )
-        .expect("shapes");
+        let (ar, br) = (MatRef { data: &a, ld: lda }, MatRef { data: &b, ld: ldb });
+        let (mut want, mut got) = (c0.clone(), c0.clone());
+        let c = |data| MatMut { data, ld: ldc };
+        generic::generic_sgemm_f32(s, ar, br, c(&mut want), accumulate);
+        sgemm_with(kern, s, ar, br, c(&mut got), accumulate, None).expect("shapes");
         for i in 0..s.m {
             for j in 0..s.n {
                 let mag: f32 = (0..s.k)

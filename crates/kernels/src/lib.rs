@@ -21,9 +21,9 @@
 //!   and the tests.
 //!
 //! candle 0.11's f32 matmul (the `gemm` crate) reaches 30-50 GFLOP/s on
-//! the project's machines and ~13 GFLOP/s on InceptionV3's narrow shapes
-//! (`DESIGN.md`); ours runs the same shapes at 150-275 GFLOP/s on two cores
-//! (`BENCHMARKS.md`).
+//! the project's machines and ~13 GFLOP/s on InceptionV3's narrow shapes;
+//! ours runs the same shapes at 150-275 GFLOP/s on two cores
+//! (`BENCHMARKS.md`, `cargo bench --bench backbones`).
 //!
 //! The GEMM is BLIS-style, for row-major `C (m x n) = A (m x k) * B (k x n)`
 //! per image:

@@ -4,9 +4,9 @@
 //!
 //! Each op has two implementations that compute the same thing index for
 //! index: a CUDA kernel (`ops.cu`, compiled to PTX by `build.rs` when the
-//! `cuda` feature is on) and a plain CPU loop (`cpu_fwd`). The CPU loop is
-//! the reference the tests check against the fixtures (the portable path,
-//! `models::portable`, forced onto the CPU); the GPU check
+//! `cuda` feature is on) and a plain CPU loop (`DeviceOp::cpu`). The CPU
+//! loop is the reference the tests check against the fixtures (the portable
+//! path, [`crate::portable`], forced onto the CPU); the GPU check
 //! (`tools/gpu/gpu-check.sh`) checks the kernels on a GPU.
 //!
 //! Both take NCHW inputs (made contiguous by the callers) in f32, f16 or
@@ -35,8 +35,8 @@ fn activate(v: f32, act: Act) -> f32 {
 }
 
 /// An op written once for both backends, over a slice of its inputs: `cpu`
-/// is the reference loop, `cuda` the kernel launch. `custom_op2!` and
-/// `custom_op3!` make it a candle custom op of that many inputs.
+/// is the reference loop, `cuda` the kernel launch. `custom_op!` makes it
+/// a candle custom op.
 trait DeviceOp {
     fn cpu(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)>;
 
@@ -47,69 +47,25 @@ trait DeviceOp {
     ) -> Result<(candle_core::CudaStorage, Shape)>;
 }
 
-/// `impl CustomOp2` for a [`DeviceOp`] named `$name`.
-macro_rules! custom_op2 {
-    ($ty:ty, $name:literal) => {
-        impl CustomOp2 for $ty {
+/// `impl $op for $ty` (`CustomOp2` / `CustomOp3`, one `(storage, layout)`
+/// pair per input) over the type's [`DeviceOp`].
+macro_rules! custom_op {
+    ($op:ident for $ty:ty, $name:literal, $(($s:ident, $l:ident)),+) => {
+        impl $op for $ty {
             fn name(&self) -> &'static str {
                 $name
             }
 
-            fn cpu_fwd(
-                &self,
-                s1: &CpuStorage,
-                l1: &Layout,
-                s2: &CpuStorage,
-                l2: &Layout,
-            ) -> Result<(CpuStorage, Shape)> {
-                self.cpu(&[(s1, l1), (s2, l2)])
+            fn cpu_fwd(&self, $($s: &CpuStorage, $l: &Layout),+) -> Result<(CpuStorage, Shape)> {
+                self.cpu(&[$(($s, $l)),+])
             }
 
             #[cfg(feature = "cuda")]
             fn cuda_fwd(
                 &self,
-                s1: &candle_core::CudaStorage,
-                l1: &Layout,
-                s2: &candle_core::CudaStorage,
-                l2: &Layout,
+                $($s: &candle_core::CudaStorage, $l: &Layout),+
             ) -> Result<(candle_core::CudaStorage, Shape)> {
-                self.cuda(&[(s1, l1), (s2, l2)])
-            }
-        }
-    };
-}
-
-/// `impl CustomOp3` for a [`DeviceOp`] named `$name`.
-macro_rules! custom_op3 {
-    ($ty:ty, $name:literal) => {
-        impl CustomOp3 for $ty {
-            fn name(&self) -> &'static str {
-                $name
-            }
-
-            fn cpu_fwd(
-                &self,
-                s1: &CpuStorage,
-                l1: &Layout,
-                s2: &CpuStorage,
-                l2: &Layout,
-                s3: &CpuStorage,
-                l3: &Layout,
-            ) -> Result<(CpuStorage, Shape)> {
-                self.cpu(&[(s1, l1), (s2, l2), (s3, l3)])
-            }
-
-            #[cfg(feature = "cuda")]
-            fn cuda_fwd(
-                &self,
-                s1: &candle_core::CudaStorage,
-                l1: &Layout,
-                s2: &candle_core::CudaStorage,
-                l2: &Layout,
-                s3: &candle_core::CudaStorage,
-                l3: &Layout,
-            ) -> Result<(candle_core::CudaStorage, Shape)> {
-                self.cuda(&[(s1, l1), (s2, l2), (s3, l3)])
+                self.cuda(&[$(($s, $l)),+])
             }
         }
     };
@@ -263,7 +219,7 @@ impl DeviceOp for Depthwise {
     }
 }
 
-custom_op3!(Depthwise, "runner-depthwise");
+custom_op!(CustomOp3 for Depthwise, "runner-depthwise", (s1, l1), (s2, l2), (s3, l3));
 
 /// A convolution's epilogue: see [`bias_act`].
 #[derive(Debug, Clone, Copy)]
@@ -310,8 +266,14 @@ impl DeviceOp for BiasAct {
     }
 }
 
-custom_op2!(BiasAct, "runner-bias-act");
-custom_op3!(BiasAct, "runner-bias-act-residual");
+custom_op!(CustomOp2 for BiasAct, "runner-bias-act", (s1, l1), (s2, l2));
+custom_op!(
+    CustomOp3 for BiasAct,
+    "runner-bias-act-residual",
+    (s1, l1),
+    (s2, l2),
+    (s3, l3)
+);
 
 /// CPU storage to and from f32 (the reference loops compute in f32, as the
 /// kernels do).

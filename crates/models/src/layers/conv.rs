@@ -229,18 +229,9 @@ impl ConvOp<'_> {
                 None => v.iter_mut().for_each(|v| *v = act.apply(*v + bias)),
             }
         };
-        kernels::gemm_packed(
-            &cv.weight,
-            &images,
-            Output {
-                data: &mut out,
-                ld: plane,
-                image_stride: o * plane,
-                accumulate: false,
-            },
-            Some(&epilogue),
-        )
-        .map_err(candle_core::Error::wrap)?;
+        let c = Output::new(&mut out, plane, o * plane);
+        kernels::gemm_packed(&cv.weight, &images, c, Some(&epilogue))
+            .map_err(candle_core::Error::wrap)?;
         Ok((CpuStorage::F32(out), Shape::from((n, o, oh, ow))))
     }
 }

@@ -2,7 +2,7 @@
 //! with a kernel of our own: `out_act(dw(in_act(x)) + b)`.
 //!
 //! candle's grouped convolution splits the input into one convolution per
-//! channel and is 7-10x slower than a direct kernel (see `DESIGN.md`); ours
+//! channel and is 7-10x slower than a direct kernel; ours
 //! ([`runner_kernels::window`], rayon over the `N * C` planes) takes any
 //! asymmetric padding, fuses an optional ReLU on its input (Xception's
 //! `relu -> SeparableConv2D`), the folded bias and an output activation.

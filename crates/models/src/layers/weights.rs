@@ -233,32 +233,14 @@ impl Weights {
 
     /// Keras-2 BatchNormalization `LAYER/{gamma,beta,moving_mean,moving_variance}`.
     pub fn keras_bn(&self, layer: &str, c: usize, scale: bool) -> Result<BatchNorm, ModelError> {
-        self.bn(
-            BnNames {
-                gamma: format!("{layer}/gamma"),
-                gamma_required: scale,
-                beta: format!("{layer}/beta"),
-                mean: format!("{layer}/moving_mean"),
-                var: format!("{layer}/moving_variance"),
-                eps: BN_EPS,
-            },
-            c,
-        )
+        let vars = ["gamma", "beta", "moving_mean", "moving_variance"];
+        self.bn(BnNames::joined(layer, '/', vars, scale, BN_EPS), c)
     }
 
     /// PyTorch BatchNorm2d `PREFIX.{weight,bias,running_mean,running_var}`.
     pub fn torch_bn(&self, prefix: &str, c: usize, eps: f32) -> Result<BatchNorm, ModelError> {
-        self.bn(
-            BnNames {
-                gamma: format!("{prefix}.weight"),
-                gamma_required: true,
-                beta: format!("{prefix}.bias"),
-                mean: format!("{prefix}.running_mean"),
-                var: format!("{prefix}.running_var"),
-                eps,
-            },
-            c,
-        )
+        let params = ["weight", "bias", "running_mean", "running_var"];
+        self.bn(BnNames::joined(prefix, '.', params, true, eps), c)
     }
 
     /// Builds a tensor on `device` from folded parameters.
@@ -280,6 +262,27 @@ pub struct BnNames {
     pub mean: String,
     pub var: String,
     pub eps: f32,
+}
+
+impl BnNames {
+    /// `{prefix}{sep}{name}` for the names of gamma, beta, mean and
+    /// variance, in that order.
+    pub fn joined(
+        prefix: &str,
+        sep: char,
+        [gamma, beta, mean, var]: [&str; 4],
+        gamma_required: bool,
+        eps: f32,
+    ) -> Self {
+        Self {
+            gamma: format!("{prefix}{sep}{gamma}"),
+            gamma_required,
+            beta: format!("{prefix}{sep}{beta}"),
+            mean: format!("{prefix}{sep}{mean}"),
+            var: format!("{prefix}{sep}{var}"),
+            eps,
+        }
+    }
 }
 
 /// Inference BatchNorm: `y = (x - mean) / sqrt(var + eps) * gamma + beta`.
