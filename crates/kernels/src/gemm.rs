@@ -391,17 +391,6 @@ mod tests {
         };
         let a = rand_vec(s.m * s.k, 5);
         let b = rand_vec(s.k * s.n, 6);
-        let mut want = vec![0f32; s.m * s.n];
-        generic::generic_sgemm_f32(
-            s,
-            MatRef { data: &a, ld: s.k },
-            MatRef { data: &b, ld: s.n },
-            MatMut {
-                data: &mut want,
-                ld: s.n,
-            },
-            false,
-        );
         let mut got = vec![f32::NAN; s.m * s.n];
         let epi = |i: usize, j0: usize, row: &mut [f32]| {
             for (j, v) in row.iter_mut().enumerate() {
