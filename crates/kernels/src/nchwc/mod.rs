@@ -18,7 +18,7 @@
 //!
 //! Only AVX-512F machines use these kernels ([`available`]); elsewhere the
 //!
-//! Files: this one holds the layout ([`Blocked`]); [`conv1x1`] the 1x1
+//! Files: this one holds the layout ([`Blocked`]); [`mod@conv1x1`] the 1x1
 //! convolution, [`window`] depthwise convolution and max pooling.
 
 use rayon::prelude::*;
