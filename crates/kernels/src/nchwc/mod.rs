@@ -17,6 +17,7 @@
 //! weights and bias, `max` of zeros), so they never leak into real channels.
 //!
 //! Only AVX-512F machines use these kernels ([`available`]); elsewhere the
+//! NCHW path runs.
 //!
 //! Files: this one holds the layout ([`Blocked`]); [`mod@conv1x1`] the 1x1
 //! convolution, [`window`] depthwise convolution and max pooling.
