@@ -1,7 +1,8 @@
-//! Probe for the next step of the CPU path (BENCHMARKS.md, "Where the time
-//! goes"): a 1x1 convolution in the NCHW16c layout that onnxruntime's MLAS
-//! uses (channels blocked by 16: `[C/16][H*W][16]`), against runner's packed
-//! GEMM on the same shape, in one process, alternating.
+//! Probe of the NCHW16c layout that onnxruntime's MLAS uses (channels
+//! blocked by 16: `[C/16][H*W][16]`; BENCHMARKS.md, "Where the time goes"):
+//! a 1x1 convolution in it against runner's packed GEMM on the same shape,
+//! in one process, alternating, with `kernels::nchwc::conv1x1` (the layout's
+//! kernel that Xception runs) alongside.
 //!
 //! In NCHW16c a 1x1 convolution is a GEMM whose left operand (pixels x input
 //! channels) is the activation tensor itself: the micro-kernel broadcasts one
@@ -26,7 +27,7 @@ use rayon::prelude::*;
 use runner_kernels::rng::uniform_vec as rand_vec;
 use runner_kernels::window::Clamp;
 use runner_kernels::{self as kernels, nchwc, DenseB, MatRef, Output, PackedA};
-use runner_models::layers::{Act, Conv2d, Padding};
+use runner_models::layers::{Conv2d, Conv2dConfig, Padding};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -103,19 +104,26 @@ unsafe fn kernel_taps<const R: usize>(
     }
 }
 
+/// The padded input and the output on the padded width of
+/// [`conv_kxk_nchwc`], kept across calls.
+#[derive(Default)]
+struct KxkScratch {
+    xp: Vec<f32>,
+    yp: Vec<f32>,
+}
+
 /// A k x k, stride-1, "same" convolution in NCHW16c: pads `x` (`[C/16][H*W][16]`),
 /// runs [`kernel_taps`] over the padded grid, compacts into `y`
 /// (`[O/16][H*W][16]`). `w` is `[O/32][tap][C][32]`.
-#[allow(clippy::too_many_arguments)]
 fn conv_kxk_nchwc(
     w: &[f32],
     x: &[f32],
     (n, c, o, h, wd): (usize, usize, usize, usize, usize),
     (kh, kw): (usize, usize),
-    xp: &mut Vec<f32>,
-    yp: &mut Vec<f32>,
+    scratch: &mut KxkScratch,
     y: &mut [f32],
 ) {
+    let KxkScratch { xp, yp } = scratch;
     let (t, l) = ((kh - 1) / 2, (kw - 1) / 2);
     let (hp, wp) = (h + kh - 1, wd + kw - 1);
     let cb = c.div_ceil(CB);
@@ -299,12 +307,7 @@ fn main() {
         for _ in 0..5 {
             let t = Instant::now();
             for _ in 0..reps {
-                let out = Output {
-                    data: &mut y_ref,
-                    ld: hw,
-                    image_stride: o * hw,
-                    accumulate: false,
-                };
+                let out = Output::new(&mut y_ref, hw, o * hw);
                 kernels::gemm_packed(&pa, &bs, out, None).expect("gemm");
             }
             t_ref = t_ref.min(t.elapsed().as_secs_f64() / reps as f64);
@@ -354,14 +357,12 @@ fn main() {
         let x = rand_vec(n * c * hw, 6);
         let flop = 2.0 * (n * o * c * kh * kw * hw) as f64;
         let reps = ((3e9 / flop) as usize).clamp(1, 200);
-        let conv = Conv2d::new(
-            Tensor::from_vec(w.clone(), (o, c, kh, kw), &Device::Cpu).expect("w"),
-            vec![0.0; o],
-            1,
-            Padding::Same,
-            Act::None,
-        )
-        .expect("conv");
+        let cfg = Conv2dConfig {
+            padding: Padding::Same,
+            ..Conv2dConfig::default()
+        };
+        let w_oihw = Tensor::from_vec(w.clone(), (o, c, kh, kw), &Device::Cpu).expect("w");
+        let conv = Conv2d::new(w_oihw, vec![0.0; o], cfg).expect("conv");
         let xt = Tensor::from_vec(x.clone(), (n, c, side, side), &Device::Cpu).expect("x");
         // [O/32][tap][C][32]
         let mut wn = vec![0f32; (o / 32) * kh * kw * c * 32];
@@ -377,7 +378,7 @@ fn main() {
             .chunks_exact(c * hw)
             .flat_map(|xi| to_nchwc(xi, c, hw))
             .collect();
-        let (mut xp, mut yp) = (Vec::new(), Vec::new());
+        let mut scratch = KxkScratch::default();
         let mut yn = vec![0f32; n * o * hw];
         let (mut t_ref, mut t_n) = (f64::INFINITY, f64::INFINITY);
         let mut y_ref = None;
@@ -389,15 +390,8 @@ fn main() {
             t_ref = t_ref.min(t.elapsed().as_secs_f64() / reps as f64);
             let t = Instant::now();
             for _ in 0..reps {
-                conv_kxk_nchwc(
-                    &wn,
-                    &xn,
-                    (n, c, o, side, side),
-                    (kh, kw),
-                    &mut xp,
-                    &mut yp,
-                    &mut yn,
-                );
+                let dims = (n, c, o, side, side);
+                conv_kxk_nchwc(&wn, &xn, dims, (kh, kw), &mut scratch, &mut yn);
             }
             t_n = t_n.min(t.elapsed().as_secs_f64() / reps as f64);
         }

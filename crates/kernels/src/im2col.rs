@@ -6,19 +6,15 @@
 //! Xception's second convolution) written once and read back once; packing
 //! from the image writes only the L2-sized block a task is about to use.
 
-use super::{KernelError, PackB};
+use super::pack::{DenseB, PackB};
+use super::{ConvGeometry, KernelError, MatRef, Result};
 
 /// Row `(c, ky, kx)`, column `(oy, ox)` of the implicit matrix is input
 /// `(c, oy * stride + ky - top, ox * stride + kx - left)`, or 0 outside.
 #[derive(Debug, Clone, Copy)]
 pub struct Im2Col<'a> {
     x: &'a [f32],
-    chw: (usize, usize, usize),
-    kernel: (usize, usize),
-    stride: usize,
-    /// Padding before the first row and column.
-    top_left: (usize, usize),
-    out: (usize, usize),
+    g: ConvGeometry,
 }
 
 /// Output columns `ox` whose tap `kx` reads an in-bounds input column
@@ -56,17 +52,10 @@ pub(crate) fn copy_run(dst: &mut [f32], src: &[f32]) {
 }
 
 impl<'a> Im2Col<'a> {
-    /// `x` holds one `(c, h, w)` image; the output is `oh x ow`.
-    pub fn new(
-        x: &'a [f32],
-        chw: (usize, usize, usize),
-        kernel: (usize, usize),
-        stride: usize,
-        top_left: (usize, usize),
-        out: (usize, usize),
-    ) -> Result<Self, KernelError> {
-        let (c, h, w) = chw;
-        if x.len() < c * h * w || stride == 0 {
+    /// `x` holds one `(c, h, w)` image of the geometry `g`.
+    pub fn new(x: &'a [f32], g: ConvGeometry) -> Result<Self> {
+        let (c, h, w) = g.chw;
+        if x.len() < c * h * w || g.stride == 0 {
             return Err(KernelError::Shape {
                 name: "B (image)",
                 rows: c,
@@ -76,58 +65,45 @@ impl<'a> Im2Col<'a> {
                 len: x.len(),
             });
         }
-        Ok(Self {
-            x,
-            chw,
-            kernel,
-            stride,
-            top_left,
-            out,
-        })
+        Ok(Self { x, g })
     }
 
     /// A 1x1, stride-1, unpadded convolution reads the image as the matrix.
     fn is_plain(&self) -> bool {
-        self.kernel == (1, 1) && self.stride == 1 && self.top_left == (0, 0) && {
-            let (_, h, w) = self.chw;
-            self.out == (h, w)
-        }
+        let g = &self.g;
+        g.kernel == (1, 1) && g.stride == 1 && g.top_left == (0, 0) && g.out == (g.chw.1, g.chw.2)
     }
 }
 
 impl PackB for Im2Col<'_> {
     fn k(&self) -> usize {
-        self.chw.0 * self.kernel.0 * self.kernel.1
+        self.g.chw.0 * self.g.kernel.0 * self.g.kernel.1
     }
 
     fn n(&self) -> usize {
-        self.out.0 * self.out.1
+        self.g.out.0 * self.g.out.1
     }
 
     fn pack(&self, j0: usize, nb: usize, nr: usize, out: &mut [f32]) {
         let k = self.k();
-        let (_, h, w) = self.chw;
-        let (kh, kw) = self.kernel;
-        let (top, left) = self.top_left;
-        let (_, ow) = self.out;
-        let s = self.stride;
-        let plain = self.is_plain();
+        let (_, h, w) = self.g.chw;
+        if self.is_plain() {
+            // The image is the dense `C x H*W` matrix itself.
+            let b = MatRef {
+                data: self.x,
+                ld: h * w,
+            };
+            let dense = DenseB::new(b, k, h * w).expect("checked by Im2Col::new");
+            return dense.pack(j0, nb, nr, out);
+        }
+        let (kh, kw) = self.g.kernel;
+        let (top, left) = self.g.top_left;
+        let (_, ow) = self.g.out;
+        let s = self.g.stride;
         // Per kx: the output columns that read inside the image.
         let ranges: Vec<(usize, usize)> =
             (0..kw).map(|kx| valid_range(kx, left, s, w, ow)).collect();
         let panels = nb.div_ceil(nr);
-        if plain {
-            for jr in 0..panels {
-                let cols = nr.min(nb - jr * nr);
-                let first = j0 + jr * nr;
-                let panel = &mut out[jr * nr * k..(jr + 1) * nr * k];
-                for (p, dst) in panel.chunks_exact_mut(nr).enumerate() {
-                    copy_run(&mut dst[..cols], &self.x[p * h * w + first..][..cols]);
-                    dst[cols..].fill(0.0);
-                }
-            }
-            return;
-        }
         // Every panel's columns, cut at output-row ends:
         // (panel, oy, first ox, length, offset in the panel row).
         let mut segs: Vec<(usize, usize, usize, usize, usize)> = Vec::new();
@@ -200,18 +176,18 @@ mod tests {
 
     /// The implicit matrix, element by element.
     fn explicit(m: &Im2Col<'_>) -> Vec<f32> {
-        let (c, h, w) = m.chw;
-        let (kh, kw) = m.kernel;
-        let (top, left) = m.top_left;
-        let (oh, ow) = m.out;
+        let (c, h, w) = m.g.chw;
+        let (kh, kw) = m.g.kernel;
+        let (top, left) = m.g.top_left;
+        let (oh, ow) = m.g.out;
         let mut v = Vec::new();
         for ch in 0..c {
             for ky in 0..kh {
                 for kx in 0..kw {
                     for oy in 0..oh {
                         for ox in 0..ow {
-                            let iy = (oy * m.stride + ky) as isize - top as isize;
-                            let ix = (ox * m.stride + kx) as isize - left as isize;
+                            let iy = (oy * m.g.stride + ky) as isize - top as isize;
+                            let ix = (ox * m.g.stride + kx) as isize - left as isize;
                             let inside =
                                 (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix);
                             v.push(if inside {
@@ -243,7 +219,14 @@ mod tests {
         for (i, &((c, h, w), (kh, kw), s, (t, l), (b, r))) in cases.iter().enumerate() {
             let x = rand_vec(c * h * w, 10 + i as u64);
             let (oh, ow) = ((h + t + b - kh) / s + 1, (w + l + r - kw) / s + 1);
-            let m = Im2Col::new(&x, (c, h, w), (kh, kw), s, (t, l), (oh, ow)).unwrap();
+            let g = ConvGeometry {
+                chw: (c, h, w),
+                kernel: (kh, kw),
+                stride: s,
+                top_left: (t, l),
+                out: (oh, ow),
+            };
+            let m = Im2Col::new(&x, g).unwrap();
             let full = explicit(&m);
             let (k, n) = (m.k(), m.n());
             for nr in [4, 16, 32] {

@@ -96,9 +96,29 @@ pub struct Window<'a> {
 /// Floats computed per inner block: four 512-bit or eight 256-bit registers.
 const BLOCK: usize = 64;
 
+/// Per-thread buffers: the padded plane and the stride-1 results.
+struct Scratch {
+    pad: Vec<f32>,
+    acc: Vec<f32>,
+}
+
 thread_local! {
-    /// Padded plane and stride-1 results, reused on each worker thread.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Reused across planes and calls on each worker thread.
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch {
+            pad: Vec::new(),
+            acc: Vec::new(),
+        })
+    };
+}
+
+/// One `(image, channel)` plane of a call: the channel (whose filter and
+/// bias apply), the input size `(h, w)` and the output size `(oh, ow)`.
+#[derive(Debug, Clone, Copy)]
+struct PlaneShape {
+    ch: usize,
+    input: (usize, usize),
+    output: (usize, usize),
 }
 
 impl Window<'_> {
@@ -131,12 +151,13 @@ impl Window<'_> {
             .par_chunks_mut(oh * ow)
             .enumerate()
             .for_each(|(p, o)| {
-                let ch = p % c;
-                SCRATCH.with(|s| {
-                    let (pad, acc) = &mut *s.borrow_mut();
-                    let plane = &x[p * h * w..(p + 1) * h * w];
-                    isa.plane(self, ch, plane, (h, w), o, (oh, ow), pad, acc);
-                })
+                let shape = PlaneShape {
+                    ch: p % c,
+                    input: (h, w),
+                    output: (oh, ow),
+                };
+                let plane = &x[p * h * w..(p + 1) * h * w];
+                SCRATCH.with(|s| isa.plane(self, shape, plane, o, &mut s.borrow_mut()));
             });
     }
 }
@@ -164,75 +185,64 @@ impl Isa {
         Isa::Baseline
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn plane(
         self,
         op: &Window<'_>,
-        ch: usize,
+        shape: PlaneShape,
         x: &[f32],
-        hw: (usize, usize),
         out: &mut [f32],
-        ohw: (usize, usize),
-        pad: &mut Vec<f32>,
-        acc: &mut Vec<f32>,
+        s: &mut Scratch,
     ) {
         match self {
             // SAFETY: the CPU has the features (detected above).
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { plane_avx512(op, ch, x, hw, out, ohw, pad, acc) },
+            Isa::Avx512 => unsafe { plane_avx512(op, shape, x, out, s) },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { plane_avx2(op, ch, x, hw, out, ohw, pad, acc) },
-            Isa::Baseline => plane(op, ch, x, hw, out, ohw, pad, acc, false),
+            Isa::Avx2 => unsafe { plane_avx2(op, shape, x, out, s) },
+            Isa::Baseline => plane(op, shape, x, out, s, false),
         }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn plane_avx512(
-    op: &Window<'_>,
-    ch: usize,
-    x: &[f32],
-    hw: (usize, usize),
-    out: &mut [f32],
-    ohw: (usize, usize),
-    pad: &mut Vec<f32>,
-    acc: &mut Vec<f32>,
-) {
-    plane(op, ch, x, hw, out, ohw, pad, acc, true)
+/// [`plane`] compiled for one instruction set, so that LLVM vectorises it
+/// with that set's registers.
+macro_rules! plane_for_isa {
+    ($name:ident, $features:literal, $avx512:literal) => {
+        /// # Safety
+        /// The CPU has the target features.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(
+            op: &Window<'_>,
+            shape: PlaneShape,
+            x: &[f32],
+            out: &mut [f32],
+            s: &mut Scratch,
+        ) {
+            plane(op, shape, x, out, s, $avx512)
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn plane_avx2(
-    op: &Window<'_>,
-    ch: usize,
-    x: &[f32],
-    hw: (usize, usize),
-    out: &mut [f32],
-    ohw: (usize, usize),
-    pad: &mut Vec<f32>,
-    acc: &mut Vec<f32>,
-) {
-    plane(op, ch, x, hw, out, ohw, pad, acc, false)
-}
+plane_for_isa!(plane_avx512, "avx512f,avx512vl,avx2,fma", true);
+plane_for_isa!(plane_avx2, "avx2,fma", false);
 
 /// One plane (inlined into each ISA's copy).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn plane(
     op: &Window<'_>,
-    ch: usize,
+    shape: PlaneShape,
     x: &[f32],
-    (h, w): (usize, usize),
     out: &mut [f32],
-    (oh, ow): (usize, usize),
-    pad: &mut Vec<f32>,
-    acc: &mut Vec<f32>,
+    scratch: &mut Scratch,
     avx512: bool,
 ) {
+    let PlaneShape {
+        ch,
+        input: (h, w),
+        output: (oh, ow),
+    } = shape;
+    let Scratch { pad, acc } = scratch;
     let (kh, kw) = op.kernel;
     let (t, b, l, r) = op.pad;
     let (hp, wp) = (h + t + b, w + l + r);

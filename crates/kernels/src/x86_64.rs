@@ -1,4 +1,5 @@
-//! x86_64 micro-kernels for [`super::sgemm_with`], chosen at run time.
+//! x86_64 micro-kernels for the GEMM ([`crate::gemm`]), chosen at run time
+//! ([`crate::best`]).
 //!
 //! - `x86_64_avx512_sgemm_f32_14x32`: 14 rows x 2 zmm = 28 accumulators, two
 //!   B loads and one broadcast per step (31 of the 32 zmm registers); 28
@@ -91,8 +92,7 @@ static AVX512_14X32: MicroKernel = MicroKernel {
     name: "x86_64_avx512_sgemm_f32_14x32",
     mr: AVX512_MR,
     nr: AVX512_NR,
-    // A slice 192 x 14 x 4 B = 10.5 KiB + B slice 192 x 32 x 4 B = 24 KiB
-    // in a 48 KiB L1d.
+    // An A slice of 512 x 14 x 4 B = 28 KiB stays in a 48 KiB L1d.
     kc: 512,
     nc: 16 * AVX512_NR,
     run: x86_64_avx512_sgemm_f32_14x32,

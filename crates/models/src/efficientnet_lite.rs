@@ -22,9 +22,12 @@ use candle_core::{Device, Tensor};
 
 use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
 use super::flavour::Convention;
-use super::layers::{global_avg_pool, Act, Conv2d, DepthwiseConv2d, Padding, Weights, BN_EPS};
+use super::layers::{
+    global_avg_pool, Act, Conv2d, Conv2dConfig, DepthwiseConfig, DepthwiseConv2d, Padding, Weights,
+    BN_EPS,
+};
 use super::registry::{ModelEntry, Probe};
-use super::weights_view::{ConvCfg, TorchWeights};
+use super::weights_view::TorchWeights;
 use super::{Backbone, ModelError};
 
 const ARCH: &str = "efficientnet_lite0";
@@ -58,8 +61,8 @@ fn load(spec: &BackboneSpec, device: &Device) -> Result<Box<dyn Backbone>, Model
 const LITE0_STRIDES: [usize; 16] = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1];
 
 /// TF "SAME" padding with stride `stride` and fused activation `act`.
-fn same(stride: usize, act: Act) -> ConvCfg {
-    ConvCfg {
+fn same(stride: usize, act: Act) -> Conv2dConfig {
+    Conv2dConfig {
         stride,
         padding: Padding::Same,
         act,
@@ -91,10 +94,12 @@ impl MbConv {
             k,
             (c, kh, kw),
             Some(bias),
-            stride,
-            Padding::Same,
-            Act::None,
-            Act::Relu6,
+            DepthwiseConfig {
+                stride,
+                padding: Padding::Same,
+                in_act: Act::None,
+                out_act: Act::Relu6,
+            },
         )
         .map_err(|e| ckpt.candle_err(e))?;
         let project = w.conv_bn("_project_conv", "_bn2", BN_EPS, same(1, Act::None))?;

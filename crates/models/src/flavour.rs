@@ -15,7 +15,7 @@
 
 use candle_core::Device;
 
-use super::layers::{Act, BatchNorm, Conv2d, Padding, Weights, BN_EPS};
+use super::layers::{BatchNorm, Conv2d, Conv2dConfig, Pad4, Padding, Weights, BN_EPS};
 use super::ModelError;
 
 /// Whose tensor names (and numerics) a checkpoint follows.
@@ -53,9 +53,7 @@ impl Flavour {
     pub fn padding(self, keras: Padding, torch_pad: usize) -> Padding {
         match self {
             Flavour::Keras => keras,
-            Flavour::Torch => Padding::Explicit(super::layers::Pad4::new(
-                torch_pad, torch_pad, torch_pad, torch_pad,
-            )),
+            Flavour::Torch => Padding::Explicit(Pad4::uniform(torch_pad)),
         }
     }
 }
@@ -99,13 +97,7 @@ impl Convention {
     ) -> Result<(Vec<f32>, [usize; 4]), ModelError> {
         match self.flavour {
             Flavour::Keras => w.keras_conv_kernel(name),
-            Flavour::Torch => {
-                let d = w.dims(name)?;
-                let &[o, i, kh, kw] = &d[..] else {
-                    return Err(w.shape_err(name, vec![0, 0, 0, 0], d));
-                };
-                Ok((w.get_vec(name, &d, None)?, [o, i, kh, kw]))
-            }
+            Flavour::Torch => w.kernel4(name, None),
         }
     }
 
@@ -118,11 +110,11 @@ impl Convention {
         match self.flavour {
             Flavour::Keras => w.keras_depthwise_kernel(name),
             Flavour::Torch => {
-                let d = w.dims(name)?;
-                let &[c, 1, kh, kw] = &d[..] else {
-                    return Err(w.shape_err(name, vec![0, 1, 0, 0], d));
-                };
-                Ok((w.get_vec(name, &d, None)?, [c, kh, kw]))
+                let (v, [c, m, kh, kw]) = w.kernel4(name, None)?;
+                if m != 1 {
+                    return Err(w.shape_err(name, vec![c, 1, kh, kw], vec![c, m, kh, kw]));
+                }
+                Ok((v, [c, kh, kw]))
             }
         }
     }
@@ -138,21 +130,18 @@ impl Convention {
     }
 
     /// `act(bn(conv(x)))` with the BatchNorm folded: kernel tensor `kernel`
-    /// (no bias), BatchNorm `bn`.
-    #[allow(clippy::too_many_arguments)]
+    /// (no bias), BatchNorm `bn`, stride, padding and activation `cfg`.
     pub fn conv_bn(
         &self,
         w: &Weights,
         kernel: &str,
         bn: &str,
-        stride: usize,
-        padding: Padding,
-        act: Act,
+        cfg: Conv2dConfig,
         device: &Device,
     ) -> Result<Conv2d, ModelError> {
         let (mut k, shape) = self.conv_kernel(w, kernel)?;
         let bias = self.bn(w, bn, shape[0])?.fold_into(&mut k, None);
         let weight = w.tensor(k, &shape, device)?;
-        Conv2d::new(weight, bias, stride, padding, act).map_err(|e| w.candle_err(e))
+        Conv2d::new(weight, bias, cfg).map_err(|e| w.candle_err(e))
     }
 }

@@ -29,7 +29,7 @@ use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
 use super::flavour::{Convention, Flavour};
 use super::layers::{
     avg_pool2d_same_exclude_pad, concat_channels, global_avg_pool, max_pool2d, Act, Conv2d,
-    DepthwiseConv2d, Pad4, Padding, Weights,
+    Conv2dConfig, DepthwiseConfig, DepthwiseConv2d, Pad4, Padding, Weights,
 };
 use super::registry::{self, ModelEntry, Probe};
 use super::{Backbone, ModelError};
@@ -171,8 +171,12 @@ impl Seq<'_> {
             ))));
         };
         self.next += 1;
-        self.conv
-            .conv_bn(self.w, kernel, bn, stride, padding, Act::Relu, self.device)
+        let cfg = Conv2dConfig {
+            stride,
+            padding,
+            act: Act::Relu,
+        };
+        self.conv.conv_bn(self.w, kernel, bn, cfg, self.device)
     }
 
     fn same(&mut self) -> Result<Conv2d, ModelError> {
@@ -192,16 +196,12 @@ impl Seq<'_> {
                 // Sum of the 9 taps (zero padding counted) / 9: a depthwise
                 // convolution with weights 1/9.
                 let c = conv.in_channels();
-                let dw = DepthwiseConv2d::new(
-                    vec![1.0 / 9.0; c * 9],
-                    (c, 3, 3),
-                    None,
-                    1,
-                    Padding::Explicit(Pad4::new(1, 1, 1, 1)),
-                    Act::None,
-                    Act::None,
-                )
-                .map_err(|e| self.w.candle_err(e))?;
+                let cfg = DepthwiseConfig {
+                    padding: Padding::Explicit(Pad4::new(1, 1, 1, 1)),
+                    ..DepthwiseConfig::default()
+                };
+                let dw = DepthwiseConv2d::new(vec![1.0 / 9.0; c * 9], (c, 3, 3), None, cfg)
+                    .map_err(|e| self.w.candle_err(e))?;
                 AvgPool::IncludePad(dw)
             }
         };

@@ -1,9 +1,9 @@
 //! The layers on any device: candle's tensor ops plus the project's own
 //! device kernels ([`crate::cuda`]: depthwise convolution and the
 //! convolutions' bias + activation + residual epilogue). This is what the
-//! backbones run on a GPU (issue 5). The CPU path ([`super::layers`]) uses
-//! custom kernels that only have CPU implementations; on another device each
-//! layer comes here.
+//! backbones run on a GPU. The CPU path ([`crate::layers`]) uses custom
+//! kernels that only have CPU implementations; on another device, or in
+//! another precision than f32, each layer comes here.
 //!
 //! The same ops run on the CPU when a thread asks for them
 //! ([`with_portable_ops`]), which is how the tests check this path against
@@ -17,8 +17,8 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::layers::{Act, Pad4};
 use crate::cuda;
+use crate::layers::{Act, Pad4, Pool, WindowGeometry};
 
 thread_local! {
     static FORCED: Cell<bool> = const { Cell::new(false) };
@@ -153,12 +153,12 @@ impl DeviceWeights {
 pub fn conv2d(
     x: &Tensor,
     w: &DeviceWeights,
-    stride: usize,
-    pad: Pad4,
+    g: WindowGeometry,
     a: Act,
     residual: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
     let (o, c, kh, kw) = w.weight.dims4()?;
+    let (stride, pad) = (g.stride, g.pad);
     let y = if (kh, kw, stride) == (1, 1, 1) && pad.is_zero() {
         let (n, _, h, wd) = x.dims4()?;
         w.weight
@@ -185,30 +185,24 @@ pub fn conv2d(
 pub fn depthwise(
     x: &Tensor,
     w: &DeviceWeights,
-    stride: usize,
-    pad: Pad4,
+    g: WindowGeometry,
     in_act: Act,
     out_act: Act,
 ) -> candle_core::Result<Tensor> {
     let (_, _, h, wd) = x.dims4()?;
-    let (_, kh, kw) = w.weight.dims3()?;
-    let (hp, wp) = (h + pad.top + pad.bottom, wd + pad.left + pad.right);
-    if hp < kh || wp < kw {
-        candle_core::bail!("depthwise {kh}x{kw} larger than the padded {hp}x{wp} input")
-    }
     let op = cuda::Depthwise {
-        kernel: (kh, kw),
-        stride,
-        pad_top: pad.top,
-        pad_left: pad.left,
-        out: ((hp - kh) / stride + 1, (wp - kw) / stride + 1),
+        kernel: g.kernel,
+        stride: g.stride,
+        pad_top: g.pad.top,
+        pad_left: g.pad.left,
+        out: g.out_size((h, wd))?,
         in_act,
         out_act,
     };
     if own_kernels() {
         return op.forward(x, &w.weight, &w.bias);
     }
-    depthwise_per_tap(x, w, &op, pad)
+    depthwise_per_tap(x, w, &op, g.pad)
 }
 
 /// [`depthwise`] with candle's ops alone: one broadcast multiply-add per tap
@@ -254,24 +248,23 @@ fn every(x: &Tensor, dim: usize, s: usize, len: usize) -> candle_core::Result<Te
         .index_select(&Tensor::new(idx.as_slice(), x.device())?, dim)
 }
 
+/// A `kind` pool over the window `g`.
+pub(crate) fn pool(x: &Tensor, kind: Pool, g: WindowGeometry) -> candle_core::Result<Tensor> {
+    match kind {
+        Pool::Max => max_pool(x, g),
+        Pool::AvgExcludePad => avg_pool_exclude_pad(x, g),
+    }
+}
+
 /// Max pooling with `-inf` padding.
-pub fn max_pool(
-    x: &Tensor,
-    k: (usize, usize),
-    stride: usize,
-    pad: Pad4,
-) -> candle_core::Result<Tensor> {
-    pad_neg_inf(x, pad)?.max_pool2d_with_stride(k, (stride, stride))
+fn max_pool(x: &Tensor, g: WindowGeometry) -> candle_core::Result<Tensor> {
+    pad_neg_inf(x, g.pad)?.max_pool2d_with_stride(g.kernel, (g.stride, g.stride))
 }
 
 /// Average pooling that divides by the in-image taps only.
-pub fn avg_pool_exclude_pad(
-    x: &Tensor,
-    (kh, kw): (usize, usize),
-    stride: usize,
-    p: Pad4,
-) -> candle_core::Result<Tensor> {
+fn avg_pool_exclude_pad(x: &Tensor, g: WindowGeometry) -> candle_core::Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
+    let ((kh, kw), stride, p) = (g.kernel, g.stride, g.pad);
     // candle's avg_pool2d divides by kh * kw; rescale by kh * kw / taps.
     let mean_all = pad_zeros(x, p)?.avg_pool2d_with_stride((kh, kw), (stride, stride))?;
     let (_, _, oh, ow) = mean_all.dims4()?;

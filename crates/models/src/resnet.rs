@@ -26,9 +26,11 @@ use candle_core::{Device, Tensor};
 
 use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
 use super::flavour::Flavour;
-use super::layers::{global_avg_pool, max_pool2d, Act, Conv2d, Pad4, Padding, Weights};
+use super::layers::{
+    global_avg_pool, max_pool2d, Act, Conv2d, Conv2dConfig, Pad4, Padding, Weights,
+};
 use super::registry::{ModelEntry, Probe};
-use super::weights_view::{ConvCfg, TorchWeights};
+use super::weights_view::TorchWeights;
 use super::{Backbone, ModelError};
 
 /// `nn.BatchNorm2d`'s default epsilon (torchvision, timm).
@@ -143,7 +145,7 @@ pub const MODELS: &[ModelEntry] = &[
 
 /// PyTorch `padding=p` on every side.
 fn pad(p: usize) -> Padding {
-    Padding::Explicit(Pad4::new(p, p, p, p))
+    Padding::Explicit(Pad4::uniform(p))
 }
 
 /// `relu(last(...(conv1(x))) + shortcut(x))`, the BatchNorms folded.
@@ -162,7 +164,7 @@ impl Block {
             .iter()
             .enumerate()
             .map(|(i, &(strided, p, act))| {
-                let cfg = ConvCfg {
+                let cfg = Conv2dConfig {
                     stride: if strided { stride } else { 1 },
                     padding: if p == 0 { Padding::Valid } else { pad(p) },
                     act,
@@ -176,9 +178,9 @@ impl Block {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let downsample = if w.contains("downsample.0.weight") {
-            let cfg = ConvCfg {
+            let cfg = Conv2dConfig {
                 stride,
-                ..ConvCfg::default()
+                ..Conv2dConfig::default()
             };
             Some(w.conv_bn("downsample.0", "downsample.1", BN_EPS, cfg)?)
         } else {
@@ -224,7 +226,7 @@ impl ResNet {
     pub fn from_weights(cfg: &Config, w: &Weights, device: &Device) -> Result<Self, ModelError> {
         check_layout(cfg, w)?;
         let root = TorchWeights::new(w, device);
-        let stem = ConvCfg {
+        let stem = Conv2dConfig {
             stride: 2,
             padding: pad(3),
             act: Act::Relu,

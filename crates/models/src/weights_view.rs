@@ -8,26 +8,8 @@ use std::fmt::Display;
 use candle_core::Device;
 
 use crate::flavour::Convention;
-use crate::layers::{Act, Conv2d, Padding, Weights};
+use crate::layers::{Conv2d, Conv2dConfig, Weights};
 use crate::ModelError;
-
-/// Stride, padding and fused activation of one convolution.
-#[derive(Debug, Clone, Copy)]
-pub struct ConvCfg {
-    pub stride: usize,
-    pub padding: Padding,
-    pub act: Act,
-}
-
-impl Default for ConvCfg {
-    fn default() -> Self {
-        Self {
-            stride: 1,
-            padding: Padding::Valid,
-            act: Act::None,
-        }
-    }
-}
 
 /// `w`'s tensors under `prefix` (dot-separated PyTorch module path), with
 /// the device the layers are built for.
@@ -82,15 +64,13 @@ impl<'a> TorchWeights<'a> {
         conv: &str,
         bn: &str,
         bn_eps: f32,
-        cfg: ConvCfg,
+        cfg: Conv2dConfig,
     ) -> Result<Conv2d, ModelError> {
         Convention::torch(bn_eps).conv_bn(
             self.w,
             &self.path(&format!("{conv}.weight")),
             &self.path(bn),
-            cfg.stride,
-            cfg.padding,
-            cfg.act,
+            cfg,
             self.device,
         )
     }

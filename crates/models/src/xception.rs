@@ -34,7 +34,7 @@ use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
 use super::flavour::{Convention, Flavour};
 use super::layers::{
     blocked_max_pool, global_avg_pool, max_pool2d, Act, BlockedConv1x1, BlockedDepthwise, Conv2d,
-    DepthwiseConv2d, Padding, Weights,
+    Conv2dConfig, DepthwiseConfig, DepthwiseConv2d, Padding, Weights,
 };
 use super::registry::{self, ModelEntry, Probe};
 use super::{Backbone, ModelError};
@@ -159,8 +159,12 @@ impl Loader<'_> {
             Flavour::Keras => format!("{conv}/kernel"),
             Flavour::Torch => format!("{conv}.weight"),
         };
-        self.conv
-            .conv_bn(self.w, &kernel, &bn, stride, padding, act, self.device)
+        let cfg = Conv2dConfig {
+            stride,
+            padding,
+            act,
+        };
+        self.conv.conv_bn(self.w, &kernel, &bn, cfg, self.device)
     }
 
     /// The 3x3/2 max pool of the entry-flow blocks and block 13.
@@ -198,29 +202,25 @@ impl SepConv {
             ),
         };
         let (dk, dshape) = l.conv.depthwise_kernel(w, &dw_name)?;
-        let dw = DepthwiseConv2d::new(
-            dk,
-            (dshape[0], dshape[1], dshape[2]),
-            None,
-            1,
-            Padding::Same,
+        let cfg = DepthwiseConfig {
+            padding: Padding::Same,
             in_act,
-            Act::None,
-        )
-        .map_err(|e| w.candle_err(e))?;
+            ..DepthwiseConfig::default()
+        };
+        let dw = DepthwiseConv2d::new(dk, (dshape[0], dshape[1], dshape[2]), None, cfg)
+            .map_err(|e| w.candle_err(e))?;
         let (mut pk, pshape) = l.conv.conv_kernel(w, &pw_name)?;
         if pshape[1] != dshape[0] || pshape[2..] != [1, 1] {
             return Err(w.shape_err(&pw_name, vec![pshape[0], dshape[0], 1, 1], pshape.to_vec()));
         }
         let bias = l.conv.bn(w, &bn, pshape[0])?.fold_into(&mut pk, None);
-        let pw = Conv2d::new(
-            w.tensor(pk, &pshape, device)?,
-            bias,
-            1,
-            Padding::Same,
-            out_act,
-        )
-        .map_err(|e| w.candle_err(e))?;
+        let cfg = Conv2dConfig {
+            stride: 1,
+            padding: Padding::Same,
+            act: out_act,
+        };
+        let pw =
+            Conv2d::new(w.tensor(pk, &pshape, device)?, bias, cfg).map_err(|e| w.candle_err(e))?;
         Ok(Self { dw, pw })
     }
 

@@ -1,12 +1,12 @@
-//! Device kernels of the project's own, as candle custom ops (issue 5):
-//! depthwise convolution ([`Depthwise`]) and a convolution's epilogue,
-//! bias + activation (+ residual) in one pass ([`BiasAct`]).
+//! Device kernels of the project's own, as candle custom ops: depthwise
+//! convolution ([`Depthwise`]) and a convolution's epilogue, bias +
+//! activation (+ residual) in one pass ([`bias_act`]).
 //!
 //! Each op has two implementations that compute the same thing index for
 //! index: a CUDA kernel (`ops.cu`, compiled to PTX by `build.rs` when the
-//! `cuda` feature is on) and a plain CPU loop (`cpu_fwd`). The CPU loop is
-//! the reference the tests check against the fixtures (the portable path,
-//! `models::portable`, forced onto the CPU); the GPU check
+//! `cuda` feature is on) and a plain CPU loop (`DeviceOp::cpu`). The CPU
+//! loop is the reference the tests check against the fixtures (the portable
+//! path, [`crate::portable`], forced onto the CPU); the GPU check
 //! (`tools/gpu/gpu-check.sh`) checks the kernels on a GPU.
 //!
 //! Both take NCHW inputs (made contiguous by the callers) in f32, f16 or
@@ -32,6 +32,43 @@ fn activate(v: f32, act: Act) -> f32 {
         Act::Relu => v.max(0.0),
         Act::Relu6 => v.clamp(0.0, 6.0),
     }
+}
+
+/// An op written once for both backends, over a slice of its inputs: `cpu`
+/// is the reference loop, `cuda` the kernel launch. `custom_op!` makes it
+/// a candle custom op.
+trait DeviceOp {
+    fn cpu(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)>;
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        &self,
+        inputs: &[(&candle_core::CudaStorage, &Layout)],
+    ) -> Result<(candle_core::CudaStorage, Shape)>;
+}
+
+/// `impl $op for $ty` (`CustomOp2` / `CustomOp3`, one `(storage, layout)`
+/// pair per input) over the type's [`DeviceOp`].
+macro_rules! custom_op {
+    ($op:ident for $ty:ty, $name:literal, $(($s:ident, $l:ident)),+) => {
+        impl $op for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(&self, $($s: &CpuStorage, $l: &Layout),+) -> Result<(CpuStorage, Shape)> {
+                self.cpu(&[$(($s, $l)),+])
+            }
+
+            #[cfg(feature = "cuda")]
+            fn cuda_fwd(
+                &self,
+                $($s: &candle_core::CudaStorage, $l: &Layout),+
+            ) -> Result<(candle_core::CudaStorage, Shape)> {
+                self.cuda(&[$(($s, $l)),+])
+            }
+        }
+    };
 }
 
 /// `act(conv_out + bias[c]) (+ residual)` over an NCHW tensor: the bias is
@@ -136,40 +173,26 @@ impl Depthwise {
     }
 }
 
-impl CustomOp3 for Depthwise {
-    fn name(&self) -> &'static str {
-        "runner-depthwise"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = cpu::to_f32(s1, l1)?;
+impl DeviceOp for Depthwise {
+    fn cpu(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let [(x, l1), (w, l2), (b, l3)] = inputs else {
+            candle_core::bail!("depthwise: takes (x, weight, bias)")
+        };
         let y = self.reference(
-            &x,
+            &cpu::to_f32(x, l1)?,
             l1.shape().dims4()?,
-            &cpu::to_f32(s2, l2)?,
-            &cpu::to_f32(s3, l3)?,
+            &cpu::to_f32(w, l2)?,
+            &cpu::to_f32(b, l3)?,
         );
-        Ok((cpu::from_f32(s1, y)?, self.out_shape(l1)?))
+        Ok((cpu::from_f32(x, y)?, self.out_shape(l1)?))
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
+    fn cuda(
         &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
+        inputs: &[(&candle_core::CudaStorage, &Layout)],
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let l1 = inputs[0].1;
         let shape = self.out_shape(l1)?;
         let (_, c, h, w) = l1.shape().dims4()?;
         let (oh, ow) = self.out;
@@ -191,16 +214,12 @@ impl CustomOp3 for Depthwise {
             .map(|&v| cuda::int(v))
             .chain([Ok(act_code(self.in_act)), Ok(act_code(self.out_act))])
             .collect::<Result<_>>()?;
-        let y = cuda::launch(
-            "depthwise",
-            &[(s1, l1), (s2, l2), (s3, l3)],
-            shape.elem_count(),
-            &ints,
-            &[],
-        )?;
+        let y = cuda::launch("depthwise", inputs, shape.elem_count(), &ints, &[])?;
         Ok((y, shape))
     }
 }
+
+custom_op!(CustomOp3 for Depthwise, "runner-depthwise", (s1, l1), (s2, l2), (s3, l3));
 
 /// A convolution's epilogue: see [`bias_act`].
 #[derive(Debug, Clone, Copy)]
@@ -210,8 +229,8 @@ struct BiasAct {
     plane: usize,
 }
 
-impl BiasAct {
-    /// `(x, bias[, residual])` on the CPU: the kernel's loop.
+impl DeviceOp for BiasAct {
+    /// `(x, bias[, residual])`: the kernel's loop.
     fn cpu(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
         let (x, l1) = inputs[0];
         let c = inputs[1].1.shape().elem_count();
@@ -228,7 +247,7 @@ impl BiasAct {
         Ok((cpu::from_f32(x, y)?, l1.shape().clone()))
     }
 
-    /// The same on the GPU: `bias_act` or, with a residual, `bias_act_residual`.
+    /// `bias_act` or, with a residual, `bias_act_residual`.
     #[cfg(feature = "cuda")]
     fn cuda(
         &self,
@@ -247,63 +266,14 @@ impl BiasAct {
     }
 }
 
-impl CustomOp2 for BiasAct {
-    fn name(&self) -> &'static str {
-        "runner-bias-act"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.cpu(&[(s1, l1), (s2, l2)])
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.cuda(&[(s1, l1), (s2, l2)])
-    }
-}
-
-impl CustomOp3 for BiasAct {
-    fn name(&self) -> &'static str {
-        "runner-bias-act-residual"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.cpu(&[(s1, l1), (s2, l2), (s3, l3)])
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.cuda(&[(s1, l1), (s2, l2), (s3, l3)])
-    }
-}
+custom_op!(CustomOp2 for BiasAct, "runner-bias-act", (s1, l1), (s2, l2));
+custom_op!(
+    CustomOp3 for BiasAct,
+    "runner-bias-act-residual",
+    (s1, l1),
+    (s2, l2),
+    (s3, l3)
+);
 
 /// CPU storage to and from f32 (the reference loops compute in f32, as the
 /// kernels do).

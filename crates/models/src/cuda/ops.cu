@@ -1,11 +1,11 @@
-// CUDA kernels of the project's own (issue 5), compiled to PTX by build.rs
+// CUDA kernels of the project's own, compiled to PTX by build.rs
 // when the `cuda` feature is on and loaded by src/cuda/mod.rs.
 //
 // Why they exist: candle's grouped convolution runs one convolution per
-// channel (DESIGN.md), so depthwise convolution needs its own kernel; and a
+// channel, so depthwise convolution needs its own kernel; and a
 // convolution's bias, activation and residual are one pass here instead of
 // three candle ops. Each kernel mirrors, index for index, the CPU reference
-// in device.rs (`cpu_fwd`), which the tests check against the fixtures.
+// in mod.rs (`DeviceOp::cpu`), which the tests check against the fixtures.
 //
 // Layout: NCHW, contiguous. Arithmetic in f32 whatever the storage type
 // (f32, f16, bf16). One thread per output element, grid-stride loops.

@@ -23,7 +23,9 @@ use candle_onnx::onnx;
 
 use super::ops::{self, Op, ParseError};
 use super::OnnxError;
-use crate::layers::{Act, BatchNorm, Conv2d, DepthwiseConv2d, Pad4, Padding};
+use crate::layers::{
+    Act, BatchNorm, Conv2d, Conv2dConfig, DepthwiseConfig, DepthwiseConv2d, Pad4, Padding,
+};
 
 /// What one step computes.
 enum Kernel {
@@ -439,16 +441,23 @@ impl Program {
             }
 
             let dev = &Device::Cpu;
+            let cfg = Conv2dConfig {
+                stride: window.stride,
+                padding,
+                act,
+            };
             let kernel = if depthwise {
                 Kernel::Depthwise(
                     DepthwiseConv2d::new(
                         weights,
                         (o, kh, kw),
                         Some(bias),
-                        window.stride,
-                        padding,
-                        Act::None,
-                        act,
+                        DepthwiseConfig {
+                            stride: window.stride,
+                            padding,
+                            in_act: Act::None,
+                            out_act: act,
+                        },
                     )
                     .map_err(|e| node_err(e.to_string()))?,
                 )
@@ -456,8 +465,7 @@ impl Program {
                 let w = Tensor::from_vec(weights, (o, cg, kh, kw), dev)
                     .map_err(|e| node_err(e.to_string()))?;
                 Kernel::Conv {
-                    conv: Conv2d::new(w, bias, window.stride, padding, act)
-                        .map_err(|e| node_err(e.to_string()))?,
+                    conv: Conv2d::new(w, bias, cfg).map_err(|e| node_err(e.to_string()))?,
                     residual: residual.is_some(),
                 }
             } else {
@@ -470,13 +478,7 @@ impl Program {
                             (og, cg, kh, kw),
                             dev,
                         )?;
-                        Conv2d::new(
-                            w,
-                            bias[g * og..(g + 1) * og].to_vec(),
-                            window.stride,
-                            padding,
-                            act,
-                        )
+                        Conv2d::new(w, bias[g * og..(g + 1) * og].to_vec(), cfg)
                     })
                     .collect::<candle_core::Result<Vec<_>>>()
                     .map_err(|e| node_err(e.to_string()))?;

@@ -1,0 +1,217 @@
+//! The NCHW16c layout (channels blocked by 16: `[N][C/16][H*W][16]`) and the
+//! AVX-512 kernels that run Xception's middle and exit flows in it.
+//!
+//! Why: in NCHW, a depthwise convolution or a pooling window works on one
+//! channel plane at a time and pays for padded copies and per-plane set-up
+//! (BENCHMARKS.md: 12% + 4% of Xception at ~30 GFLOP/s). In NCHW16c the 16
+//! channels of one pixel are one AVX-512 register: a depthwise tap is one
+//! FMA for 16 channels, pooling one `max`, with no padding copies. A 1x1
+//! convolution is a GEMM whose left operand is the activation tensor itself
+//! (pixels x input channels, one cache line per pixel and channel block):
+//! nothing is packed per call, the weights were packed at load, and the
+//! output comes out in the same layout for the next layer
+//! (`benches/nchwc_probe.rs` measured it at 0.98-1.5x our packed GEMM).
+//!
+//! Channel counts that are not a multiple of 16 (Xception's 728) are padded
+//! with zero lanes; every kernel here keeps padded lanes at zero (zero
+//! weights and bias, `max` of zeros), so they never leak into real channels.
+//!
+//! Only AVX-512F machines use these kernels ([`available`]); elsewhere the
+//! NCHW path runs.
+//!
+//! Files: this one holds the layout ([`Blocked`]); [`mod@conv1x1`] the 1x1
+//! convolution, [`window`] depthwise convolution and max pooling.
+
+use rayon::prelude::*;
+
+use crate::uninit;
+
+pub mod conv1x1;
+pub mod window;
+
+pub use conv1x1::{conv1x1, Packed1x1};
+pub use window::{depthwise, max_pool, PackedDepthwise, Pad};
+
+/// Channels per block: one AVX-512 register of f32.
+pub const CB: usize = 16;
+
+/// Whether this CPU runs the NCHW16c kernels.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A batch of feature maps in NCHW16c: `data[((n * blocks + b) * h * w + p) * 16 + lane]`
+/// holds channel `b * 16 + lane` of pixel `p` of image `n`.
+#[derive(Debug, Clone)]
+pub struct Blocked {
+    pub data: Vec<f32>,
+    pub n: usize,
+    /// Real channels; lanes from `c` up to `blocks() * 16` are zero.
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Blocked {
+    pub fn blocks(&self) -> usize {
+        self.c.div_ceil(CB)
+    }
+
+    pub fn hw(&self) -> usize {
+        self.h * self.w
+    }
+
+    fn plane(&self) -> usize {
+        self.hw() * CB
+    }
+
+    /// From NCHW `(n, c, h, w)`, padding lanes zeroed.
+    pub fn from_nchw(x: &[f32], (n, c, h, w): (usize, usize, usize, usize)) -> Self {
+        let blocks = c.div_ceil(CB);
+        let hw = h * w;
+        let mut data = uninit(n * blocks * hw * CB);
+        data.par_chunks_mut(hw * CB)
+            .enumerate()
+            .for_each(|(nb, dst)| {
+                let (img, b) = (nb / blocks, nb % blocks);
+                let lanes = CB.min(c - b * CB);
+                if lanes < CB {
+                    dst.fill(0.0);
+                }
+                for lane in 0..lanes {
+                    let src = &x[(img * c + b * CB + lane) * hw..][..hw];
+                    for (p, &v) in src.iter().enumerate() {
+                        dst[p * CB + lane] = v;
+                    }
+                }
+            });
+        Self { data, n, c, h, w }
+    }
+
+    /// Back to NCHW (tests, debugging).
+    pub fn to_nchw(&self) -> Vec<f32> {
+        let (hw, blocks) = (self.hw(), self.blocks());
+        let mut y = vec![0f32; self.n * self.c * hw];
+        for img in 0..self.n {
+            for ch in 0..self.c {
+                let (b, lane) = (ch / CB, ch % CB);
+                let src = &self.data[(img * blocks + b) * hw * CB..];
+                for p in 0..hw {
+                    y[(img * self.c + ch) * hw + p] = src[p * CB + lane];
+                }
+            }
+        }
+        y
+    }
+
+    /// Global average pooling: `(n, c)` row-major.
+    pub fn global_avg(&self) -> Vec<f32> {
+        let (hw, blocks) = (self.hw(), self.blocks());
+        let mut out = vec![0f32; self.n * self.c];
+        out.par_chunks_mut(self.c)
+            .enumerate()
+            .for_each(|(img, row)| {
+                for b in 0..blocks {
+                    let mut acc = [0f64; CB];
+                    for px in self.data[(img * blocks + b) * hw * CB..][..hw * CB].chunks_exact(CB)
+                    {
+                        for (a, &v) in acc.iter_mut().zip(px) {
+                            *a += v as f64;
+                        }
+                    }
+                    for lane in 0..CB.min(self.c - b * CB) {
+                        row[b * CB + lane] = (acc[lane] / hw as f64) as f32;
+                    }
+                }
+            });
+        out
+    }
+
+    /// Every other row and column from the first (a 1x1 convolution with
+    /// stride 2 and no padding reads only these pixels).
+    pub fn subsample2(&self) -> Self {
+        let (oh, ow) = (self.h.div_ceil(2), self.w.div_ceil(2));
+        let mut data = uninit(self.n * self.blocks() * oh * ow * CB);
+        data.par_chunks_mut(oh * ow * CB)
+            .zip(self.data.par_chunks(self.plane()))
+            .for_each(|(dst, src)| {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let s = ((2 * oy) * self.w + 2 * ox) * CB;
+                        dst[(oy * ow + ox) * CB..][..CB].copy_from_slice(&src[s..s + CB]);
+                    }
+                }
+            });
+        Self {
+            data,
+            n: self.n,
+            c: self.c,
+            h: oh,
+            w: ow,
+        }
+    }
+}
+
+#[cfg(test)]
+mod testing {
+    use crate::window::Clamp;
+
+    pub const RELU: Clamp = Clamp {
+        lo: 0.0,
+        hi: f32::INFINITY,
+    };
+
+    /// Elementwise `|a - b| <= tol * (1 + |b|)`.
+    pub fn close(a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{i}: {x} vs {y}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::uniform_vec;
+
+    #[test]
+    fn layout_round_trips_and_pads_lanes_with_zeros() {
+        let (n, c, h, w) = (2, 21, 3, 5);
+        let x = uniform_vec(n * c * h * w, 1);
+        let b = Blocked::from_nchw(&x, (n, c, h, w));
+        assert_eq!(b.to_nchw(), x);
+        // Lanes 21..32 of block 1 are zero.
+        let hw = h * w;
+        for img in 0..n {
+            for p in 0..hw {
+                let px = &b.data[((img * 2 + 1) * hw + p) * CB..][..CB];
+                assert!(px[5..].iter().all(|&v| v == 0.0));
+            }
+        }
+        let avg = b.global_avg();
+        for img in 0..n {
+            for ch in 0..c {
+                let want: f32 = x[(img * c + ch) * hw..][..hw].iter().sum::<f32>() / hw as f32;
+                assert!((avg[img * c + ch] - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn subsample_keeps_even_rows_and_columns() {
+        let (n, c, h, w) = (1, 3, 5, 4);
+        let x: Vec<f32> = (0..n * c * h * w).map(|v| v as f32).collect();
+        let y = Blocked::from_nchw(&x, (n, c, h, w)).subsample2();
+        assert_eq!((y.h, y.w), (3, 2));
+        let got = y.to_nchw();
+        assert_eq!(&got[..6], &[0.0, 2.0, 8.0, 10.0, 16.0, 18.0]);
+    }
+}

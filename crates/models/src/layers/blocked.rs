@@ -1,0 +1,117 @@
+//! The layers of Xception's middle and exit flows in the NCHW16c layout
+//! ([`runner_kernels::nchwc`]), built from the NCHW ones: a 1x1 convolution
+//! ([`BlockedConv1x1`]), a depthwise convolution ([`BlockedDepthwise`]) and
+//! max pooling ([`blocked_max_pool`]). Only AVX-512F machines run them
+//! ([`nchwc::available`]).
+
+use runner_kernels::nchwc;
+use runner_kernels::window::Clamp;
+
+use super::conv::Conv2d;
+use super::depthwise::DepthwiseConv2d;
+use super::padding::Padding;
+use crate::profile;
+
+/// A 1x1 convolution (any stride, no padding) for [`nchwc::Blocked`] maps.
+pub struct BlockedConv1x1 {
+    packed: nchwc::Packed1x1,
+    stride: usize,
+    act: Clamp,
+}
+
+impl BlockedConv1x1 {
+    /// `act(conv(x) + b) (+ residual)`.
+    pub fn forward(&self, x: &nchwc::Blocked, residual: Option<&nchwc::Blocked>) -> nchwc::Blocked {
+        let flops = || {
+            let (h, w) = (x.h.div_ceil(self.stride), x.w.div_ceil(self.stride));
+            2.0 * (x.n * h * w * self.packed.c * self.packed.o) as f64
+        };
+        let label = if residual.is_some() {
+            "nchwc conv 1x1 +res"
+        } else {
+            "nchwc conv 1x1"
+        };
+        profile::time(
+            || (format!("{label}/{}", self.stride), flops()),
+            || match self.stride {
+                1 => nchwc::conv1x1(x, &self.packed, self.act, residual),
+                _ => nchwc::conv1x1(&x.subsample2(), &self.packed, self.act, residual),
+            },
+        )
+    }
+}
+
+impl Conv2d {
+    /// This convolution for NCHW16c maps, when it is 1x1 without padding
+    /// (stride 1 or 2).
+    pub fn blocked_1x1(&self) -> Option<BlockedConv1x1> {
+        // "same" never pads a 1x1 window, whatever the stride.
+        let unpadded = match self.cfg.padding {
+            Padding::Explicit(p) => p.is_zero(),
+            Padding::Valid | Padding::Same | Padding::SameLower => true,
+        };
+        if self.k != (1, 1) || !unpadded || self.cfg.stride > 2 {
+            return None;
+        }
+        let w = self.weight.to_row_major();
+        Some(BlockedConv1x1 {
+            packed: nchwc::Packed1x1::new(&w, &self.bias, self.out_channels(), self.in_channels),
+            stride: self.cfg.stride,
+            act: self.cfg.act.clamp(),
+        })
+    }
+}
+
+/// A depthwise convolution for [`nchwc::Blocked`] maps.
+pub struct BlockedDepthwise {
+    packed: nchwc::PackedDepthwise,
+    stride: usize,
+    padding: Padding,
+    in_act: Clamp,
+    out_act: Clamp,
+}
+
+impl BlockedDepthwise {
+    pub fn forward(&self, x: &nchwc::Blocked) -> nchwc::Blocked {
+        let (kh, kw) = self.packed.k;
+        let pad = self
+            .padding
+            .resolve((x.h, x.w), (kh, kw), self.stride)
+            .tblr();
+        profile::time(
+            || {
+                let s = self.stride;
+                let flops = 2.0 * (x.n * x.c * x.h * x.w / s / s * kh * kw) as f64;
+                (format!("nchwc depthwise {kh}x{kw}/{s}"), flops)
+            },
+            || nchwc::depthwise(x, &self.packed, self.stride, pad, self.in_act, self.out_act),
+        )
+    }
+}
+
+impl DepthwiseConv2d {
+    /// This convolution for NCHW16c maps.
+    pub fn blocked(&self) -> BlockedDepthwise {
+        BlockedDepthwise {
+            packed: nchwc::PackedDepthwise::new(&self.weight, &self.bias, self.channels, self.k),
+            stride: self.cfg.stride,
+            padding: self.cfg.padding,
+            in_act: self.cfg.in_act.clamp(),
+            out_act: self.cfg.out_act.clamp(),
+        }
+    }
+}
+
+/// Max pooling `k x k` of an NCHW16c map; padded positions never win.
+pub fn blocked_max_pool(
+    x: &nchwc::Blocked,
+    k: usize,
+    stride: usize,
+    padding: Padding,
+) -> nchwc::Blocked {
+    let pad = padding.resolve((x.h, x.w), (k, k), stride).tblr();
+    profile::time(
+        || (format!("nchwc max pool {k}x{k}/{stride}"), 0.0),
+        || nchwc::max_pool(x, (k, k), stride, pad),
+    )
+}
