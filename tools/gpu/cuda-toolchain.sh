@@ -2,8 +2,8 @@
 # Build-time CUDA 13.0 toolchain for `cargo build --features cuda` on a
 # machine WITHOUT a GPU, driver or system CUDA install: NVIDIA's PyPI wheels
 # (nvcc, headers, cudart, cuBLAS, cuRAND, NVRTC) in a venv, plus a stub
-# libcuda.so to link against. See DESIGN.md, "Building the `cuda` feature
-# without a GPU".
+# libcuda.so to link against (candle links the CUDA libraries at build
+# time, so they must exist even where no GPU will ever run the binary).
 #
 # Usage:
 #   tools/gpu/cuda-toolchain.sh            # install (if needed), write env file
