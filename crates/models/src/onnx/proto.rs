@@ -251,4 +251,35 @@ mod tests {
         let e = tensor(&t).unwrap_err();
         assert!(e.contains("`w`") && e.contains("1 values"), "{e}");
     }
+
+    #[test]
+    fn half_floats_decode_alike_from_raw_bytes_and_int32_data() {
+        let values = [1.5f32, -0.25, 65504.0];
+        for (data_type, bits) in [
+            (
+                onnx::tensor_proto::DataType::Float16,
+                values.map(|v| half::f16::from_f32(v).to_bits()),
+            ),
+            (
+                onnx::tensor_proto::DataType::Bfloat16,
+                values.map(|v| half::bf16::from_f32(v).to_bits()),
+            ),
+        ] {
+            let typed = onnx::TensorProto {
+                dims: vec![3],
+                data_type: data_type as i32,
+                int32_data: bits.iter().map(|&b| b as i32).collect(),
+                ..Default::default()
+            };
+            let raw = onnx::TensorProto {
+                raw_data: bits.iter().flat_map(|b| b.to_le_bytes()).collect(),
+                int32_data: Vec::new(),
+                ..typed.clone()
+            };
+            let a = tensor(&typed).unwrap().to_vec1::<f32>().unwrap();
+            let b = tensor(&raw).unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(a, b, "{data_type:?}");
+            assert_eq!(a[0..2], [1.5, -0.25], "{data_type:?}");
+        }
+    }
 }

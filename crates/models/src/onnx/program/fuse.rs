@@ -479,3 +479,137 @@ fn fusable_act(node: &Node, consts: &HashMap<String, Tensor>) -> Option<Act> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fold::parse_and_fold;
+    use super::*;
+    use crate::onnx::onnx_pb::ModelProto;
+    use crate::onnx::testutil::{init, init_i64, model, node};
+
+    /// Parses `m` and fuses its nodes (not pruned) with `output` kept.
+    fn fused(m: &ModelProto, output: &str) -> Fused {
+        let folded = parse_and_fold(m.graph.as_ref().unwrap(), 13, "m.onnx").unwrap();
+        fuse(&folded.nodes, &folded.consts, output, "m.onnx").unwrap()
+    }
+
+    fn sorted(set: &HashSet<usize>) -> Vec<usize> {
+        let mut v: Vec<usize> = set.iter().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// PyTorch's TF-"SAME" block: Pad, Conv, BatchNorm, ReLU6 become one
+    /// call reading the Pad's input, run at the Clip.
+    #[test]
+    fn pad_batch_norm_and_relu6_fold_into_one_convolution() {
+        let m = model(
+            vec![
+                node("Pad", &["x", "pads"], "p"),
+                node("Conv", &["p", "w"], "c"),
+                node("BatchNormalization", &["c", "g", "b", "m", "v"], "bn"),
+                node("Clip", &["bn", "lo", "hi"], "y"),
+            ],
+            vec![
+                init_i64("pads", &[0, 0, 1, 1, 0, 0, 1, 1]),
+                init("w", &[1, 1, 3, 3], &[1.0; 9]),
+                init("g", &[1], &[2.0]),
+                init("b", &[1], &[0.5]),
+                init("m", &[1], &[0.0]),
+                init("v", &[1], &[1.0]),
+                init("lo", &[], &[0.0]),
+                init("hi", &[], &[6.0]),
+            ],
+            "y",
+        );
+        let f = fused(&m, "y");
+        assert_eq!(sorted(&f.absorbed), [0, 1, 2, 3]);
+        let chain = &f.chains[&3];
+        assert_eq!(
+            (chain.node.as_str(), chain.op_type.as_str()),
+            ("y", "Conv+Clip")
+        );
+        assert_eq!(
+            (chain.inputs.as_slice(), chain.output.as_str()),
+            (&["x".to_string()][..], "y")
+        );
+        assert!(matches!(
+            chain.kernel,
+            Kernel::Conv {
+                residual: false,
+                ..
+            }
+        ));
+    }
+
+    /// A value something else reads must still be computed.
+    #[test]
+    fn a_value_with_two_readers_ends_the_chain() {
+        let m = model(
+            vec![
+                node("Pad", &["x", "pads"], "p"),
+                node("Conv", &["p", "w"], "c"),
+                node("Relu", &["c"], "r"),
+                node("Sigmoid", &["c"], "s"),
+                node("Mul", &["p", "r"], "y"),
+            ],
+            vec![
+                init_i64("pads", &[0, 0, 1, 1, 0, 0, 1, 1]),
+                init("w", &[1, 1, 1, 1], &[1.0]),
+            ],
+            "y",
+        );
+        let f = fused(&m, "y");
+        assert_eq!(sorted(&f.absorbed), [1], "the Pad and the Relu stay");
+        assert_eq!(f.chains[&1].inputs, ["p"]);
+        assert_eq!(f.chains[&1].output, "c");
+    }
+
+    #[test]
+    fn the_chosen_output_is_not_fused_through() {
+        let m = model(
+            vec![node("Conv", &["x", "w"], "c"), node("Relu", &["c"], "y")],
+            vec![init("w", &[1, 1, 1, 1], &[1.0])],
+            "y",
+        );
+        let f = fused(&m, "c");
+        assert_eq!(f.chains[&0].op_type, "Conv");
+        assert!(!f.absorbed.contains(&1));
+    }
+
+    /// Both inputs of the Add are convolutions: the first claims it.
+    #[test]
+    fn a_residual_add_is_claimed_by_one_convolution_only() {
+        let m = model(
+            vec![
+                node("Conv", &["x", "w"], "main"),
+                node("Conv", &["x", "w"], "shortcut"),
+                node("Add", &["main", "shortcut"], "y"),
+            ],
+            vec![init("w", &[1, 1, 1, 1], &[1.0])],
+            "y",
+        );
+        let f = fused(&m, "y");
+        assert_eq!(f.chains[&2].inputs, ["x", "shortcut"]);
+        assert!(matches!(
+            f.chains[&2].kernel,
+            Kernel::Conv { residual: true, .. }
+        ));
+        assert_eq!(f.chains[&1].op_type, "Conv");
+        assert_eq!(sorted(&f.absorbed), [0, 1, 2]);
+    }
+
+    #[test]
+    fn weights_that_are_not_constant_are_an_error_naming_the_convolution() {
+        let m = model(vec![node("Conv", &["x", "x"], "y")], vec![], "y");
+        let folded = parse_and_fold(m.graph.as_ref().unwrap(), 13, "m.onnx").unwrap();
+        let Err(OnnxError::Node {
+            node, op, message, ..
+        }) = fuse(&folded.nodes, &folded.consts, "y", "m.onnx")
+        else {
+            panic!("a Conv with computed weights fused");
+        };
+        assert_eq!((node.as_str(), op.as_str()), ("y", "Conv"));
+        assert!(message.contains("weights are not a constant"), "{message}");
+    }
+}
