@@ -5,6 +5,8 @@
 //! Only a value with one reader, and not the chosen output, is fused
 //! through: a value something else reads must still be computed.
 
+mod patterns;
+
 use std::collections::{HashMap, HashSet};
 
 use candle_core::{Device, Tensor};
@@ -13,6 +15,7 @@ use super::{Kernel, Node};
 use crate::layers::{Act, BatchNorm, Conv2d, DepthwiseConv2d, Pad4, Padding};
 use crate::onnx::ops::{self, Op, Window2d};
 use crate::onnx::OnnxError;
+use patterns::{channel_affine, fusable_act, zero_spatial_pad};
 
 /// The pass's result: the convolution chains and the nodes they absorbed.
 pub struct Fused {
@@ -381,102 +384,6 @@ impl<'a> Chain<'a> {
                 output: self.out.to_string(),
             },
         })
-    }
-}
-
-/// The spatial padding of a constant-zero `Pad` on an NCHW tensor, when
-/// that is what `node` is.
-fn zero_spatial_pad(node: &Node, consts: &HashMap<String, Tensor>) -> Option<Pad4> {
-    let Op::Pad {
-        mode: ops::PadMode::Constant,
-        pads,
-        value,
-    } = &node.op
-    else {
-        return None;
-    };
-    let ins: Vec<&str> = node.inputs().collect();
-    let value = match ins.get(2).filter(|s| !s.is_empty()) {
-        Some(v) => *ops::to_f32s(consts.get(*v)?).ok()?.first()?,
-        None => *value,
-    };
-    if value != 0.0 || ins.get(3).is_some_and(|s| !s.is_empty()) {
-        return None;
-    }
-    let pads = match ins.get(1).filter(|s| !s.is_empty()) {
-        Some(p) => ops::to_i64s(consts.get(*p)?).ok()?,
-        None => pads.clone()?,
-    };
-    // [n, c, h, w] begins then ends; only h and w may be padded.
-    match pads.as_slice() {
-        [0, 0, t, l, 0, 0, b, r] if [t, l, b, r].iter().all(|v| **v >= 0) => Some(Pad4::new(
-            *t as usize,
-            *b as usize,
-            *l as usize,
-            *r as usize,
-        )),
-        _ => None,
-    }
-}
-
-/// When `node` multiplies `value` (the output of a convolution with `o`
-/// channels) by, or adds to it, a constant that varies only along the
-/// channel axis: the op and the constant's `o` values. A constant that
-/// would broadcast along N, H or W, or raise the rank, does not qualify.
-fn channel_affine(
-    node: &Node,
-    value: &str,
-    o: usize,
-    consts: &HashMap<String, Tensor>,
-) -> Option<(Op, Vec<f32>)> {
-    let op = match node.op {
-        Op::Mul => Op::Mul,
-        Op::Add => Op::Add,
-        _ => return None,
-    };
-    let ins: Vec<&str> = node.inputs().collect();
-    let other = match ins.as_slice() {
-        [a, b] if *a == value && *b != value => *b,
-        [a, b] if *b == value && *a != value => *a,
-        _ => return None,
-    };
-    let c = consts.get(other)?;
-    if c.dtype() != candle_core::DType::F32 || c.rank() > 4 {
-        return None;
-    }
-    // Right-aligned against (N, C, H, W), as ONNX broadcasts.
-    let mut dims = vec![1; 4 - c.rank()];
-    dims.extend_from_slice(c.dims());
-    if dims[0] != 1 || dims[2] != 1 || dims[3] != 1 || (dims[1] != 1 && dims[1] != o) {
-        return None;
-    }
-    let v = ops::to_f32s(c).ok()?;
-    Some((
-        op,
-        if v.len() == o {
-            v
-        } else {
-            vec![*v.first()?; o]
-        },
-    ))
-}
-
-/// `Relu`, `Clip(0, 6)` or `Clip(0, +inf)` as a fused activation.
-fn fusable_act(node: &Node, consts: &HashMap<String, Tensor>) -> Option<Act> {
-    let bound = |i: usize, default: f32| -> Option<f32> {
-        match node.proto.input.get(i).filter(|s| !s.is_empty()) {
-            Some(s) => ops::to_f32s(consts.get(s)?).ok()?.first().copied(),
-            None => Some(default),
-        }
-    };
-    match &node.op {
-        Op::Relu => Some(Act::Relu),
-        Op::Clip { min, max } => match (bound(1, *min)?, bound(2, *max)?) {
-            (lo, hi) if lo == 0.0 && hi == 6.0 => Some(Act::Relu6),
-            (lo, hi) if lo == 0.0 && hi == f32::INFINITY => Some(Act::Relu),
-            _ => None,
-        },
-        _ => None,
     }
 }
 
