@@ -3,6 +3,9 @@
 # with protox + prost-build (pure Rust: no protoc). The versions are pinned
 # by tools/codegen/Cargo.lock, so a rerun on an unchanged schema rewrites the
 # file byte for byte; `--check` fails when the committed file differs.
+# onnx.proto3 is ONNX's own schema (IR version 9, Apache-2.0: its SPDX line
+# is kept), the copy candle-onnx 0.11.1 ships; to move to a newer ONNX,
+# replace it with that release's onnx/onnx.proto3 and rerun.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
