@@ -6,7 +6,7 @@
 //! BatchNorm, activation, padding and residual folded run the same GEMM and
 //! window kernels as the native Xception / InceptionV3 / EfficientNet, and
 //! every intermediate is freed after its last reader. The ops it runs are
-//! the rows of one table, [`ops::OPS`].
+//! the rows of one table, `ops::OPS`, which [`supported_ops`] lists.
 
 #[rustfmt::skip]
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]

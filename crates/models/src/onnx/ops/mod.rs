@@ -175,8 +175,9 @@ pub enum Layout {
     Permute,
     /// Keeps the axis order its inputs share (elementwise ops, Pad, Concat).
     Keep,
-    /// The output's axis order is not traced (shape arithmetic, reductions,
-    /// reshapes, the classifier).
+    /// The output's axis order is not traced: shape arithmetic, reductions,
+    /// reshapes, the classifier, and Ceil / Floor, which exporters use on
+    /// sizes only.
     Opaque,
 }
 

@@ -2,22 +2,24 @@
 //! native layers.
 //!
 //! [`Program::lower`] runs five passes, each in its own module:
-//! 1. [`fold`]: every node is parsed ([`Op::parse`]; an unsupported op or
-//!    attribute is an error naming the node, before any image is read), and
-//!    nodes whose inputs are all constants (initializers, `Constant`s,
-//!    results of earlier folds) run once, there; exporters emit whole
-//!    subgraphs of shape arithmetic this way (PyTorch's TF-"SAME" padding is
-//!    ~15 nodes per convolution);
-//! 2. [`prune`]: only the ancestors of the chosen output are kept (a
-//!    classifier behind the pooled features is never run);
-//! 3. [`fuse`]: a zero `Pad` before, and the `BatchNormalization`,
-//!    per-channel `Mul` / `Add`, `Relu` / `Clip(0, 6)` and residual `Add`
-//!    after a `Conv` become one [`Conv2d`] / [`DepthwiseConv2d`] call with
-//!    folded weights, so an exported network runs the same kernels as the
-//!    native one;
-//! 4. [`emit`]: values get numbered slots and nodes become steps, in graph
-//!    order;
-//! 5. [`liveness`]: each intermediate is dropped right after its last reader.
+//! 1. [`fold`] (graph -> [`fold::Folded`]: constants and the nodes left):
+//!    every node is parsed ([`Op::parse`]; an unsupported op or attribute is
+//!    an error naming the node, before any image is read), and nodes whose
+//!    inputs are all constants (initializers, `Constant`s, results of
+//!    earlier folds) run once, there; exporters emit whole subgraphs of
+//!    shape arithmetic this way (PyTorch's TF-"SAME" padding is ~15 nodes
+//!    per convolution);
+//! 2. [`prune`] (nodes -> nodes): only the ancestors of the chosen output
+//!    are kept (a classifier behind the pooled features is never run);
+//! 3. [`fuse`] (nodes -> [`fuse::Fused`]: convolution chains): a zero `Pad`
+//!    before, and the `BatchNormalization`, per-channel `Mul` / `Add`,
+//!    `Relu` / `Clip(0, 6)` and residual `Add` after a `Conv` become one
+//!    [`Conv2d`] / [`DepthwiseConv2d`] call with folded weights, so an
+//!    exported network runs the same kernels as the native one;
+//! 4. [`emit`] (nodes and chains -> [`Program`]): values get numbered slots
+//!    and nodes become steps, in graph order;
+//! 5. [`liveness`] (on the [`Program`]): each intermediate is dropped right
+//!    after its last reader.
 //!
 //! [`Program::run`] (`run.rs`) then executes the steps.
 
@@ -194,8 +196,8 @@ fn choose_output(
 }
 
 impl Program {
-    /// Lowers `model`; `output` names the value to return (see
-    /// [`choose_output`]).
+    /// Lowers `model`; `output` names the value to return (default: the
+    /// graph's only output, else its only output of rank 2 or 4).
     pub fn lower(
         model: &onnx::ModelProto,
         output: Option<&str>,
