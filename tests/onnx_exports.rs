@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use candle_onnx::onnx;
+use runner_models::onnx::onnx_pb as onnx;
 use runner_models::onnx::{read_model, InputLayout, OnnxBackbone, OnnxOptions, Program};
 use runner_models::Backbone;
 

@@ -1,25 +1,32 @@
 //! ONNX image models as backbones (`arch = "onnx"`).
 //!
-//! The file is parsed with candle-onnx's protobuf types and lowered once by
-//! [`program::Program`] onto the native layers: convolutions with their
+//! The file is decoded into ONNX's protobuf messages ([`onnx_pb`],
+//! generated from `onnx.proto3` in pure Rust: no `protoc`) and lowered once
+//! by [`program::Program`] onto the native layers: convolutions with their
 //! BatchNorm, activation, padding and residual folded run the same GEMM and
 //! window kernels as the native Xception / InceptionV3 / EfficientNet, and
-//! every intermediate is freed after its last reader. candle-onnx's own
-//! evaluator is not used (it lacks padded pooling, constant `Pad` and
-//! `GlobalAveragePool`, and keeps every intermediate alive).
+//! every intermediate is freed after its last reader. The ops it runs are
+//! the rows of one table, `ops::OPS`, which [`supported_ops`] lists.
 
+#[rustfmt::skip]
+#[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+pub mod onnx_pb;
 mod ops;
 mod program;
 mod proto;
+#[cfg(test)]
+mod testutil;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::Tensor;
-use candle_onnx::onnx;
+use prost::Message;
 use serde::{Deserialize, Serialize};
 
-pub use ops::SUPPORTED;
+use onnx_pb as onnx;
+pub use ops::supported as supported_ops;
+use ops::Layout;
 pub use program::Program;
 
 use super::Backbone;
@@ -30,7 +37,7 @@ pub enum OnnxError {
     Read { path: String, message: String },
     #[error(
         "{path}: node `{node}` uses op `{op}` (opset {opset}), which runner's ONNX executor does not support; supported: {}",
-        ops::SUPPORTED
+        ops::supported()
     )]
     Unsupported {
         path: String,
@@ -68,21 +75,18 @@ pub struct OnnxOptions {
     pub input_layout: Option<InputLayout>,
 }
 
+/// Decodes the ONNX model at `path`.
 pub fn read_model(path: &Path) -> Result<onnx::ModelProto, OnnxError> {
-    if let Err(e) = std::fs::metadata(path) {
-        return Err(OnnxError::Read {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        });
-    }
-    candle_onnx::read_file(path).map_err(|e| OnnxError::Read {
+    let read_err = |message: String| OnnxError::Read {
         path: path.display().to_string(),
-        // First line only: candle appends a backtrace when RUST_BACKTRACE is set.
-        message: format!(
-            "not an ONNX model ({})",
-            e.to_string().lines().next().unwrap_or_default()
-        ),
-    })
+        message,
+    };
+    if let Err(e) = std::fs::metadata(path) {
+        return Err(read_err(e.to_string()));
+    }
+    let not_onnx = |e: &dyn std::fmt::Display| read_err(format!("not an ONNX model ({e})"));
+    let bytes = std::fs::read(path).map_err(|e| not_onnx(&e))?;
+    onnx::ModelProto::decode(bytes.as_slice()).map_err(|e| not_onnx(&e))
 }
 
 /// `[n, 3, 224, 224]`, with `?` for symbolic dimensions.
@@ -224,13 +228,14 @@ impl OnnxBackbone {
 /// Which of N, C, H, W each axis of a 4-D value holds, e.g. `*b"nhwc"`.
 type Axes = [u8; 4];
 
-/// The axis order of the graph value `target`, traced from the input's.
-/// ONNX defines Conv, the pools and BatchNormalization on NCHW, so their
-/// outputs are NCHW whatever the input is: tf2onnx moves a Keras model to
-/// NCHW right after its NHWC input (and back before a 4-D graph output),
-/// so a feature map picked inside it is NCHW. Transpose permutes;
-/// elementwise ops keep their inputs' order. `None` where the graph does
-/// not say (a Reshape, a reduction, inputs that disagree).
+/// The axis order of the graph value `target`, traced from the input's by
+/// each op's [`Layout`] class. ONNX defines Conv, the pools and
+/// BatchNormalization on NCHW, so their outputs are NCHW whatever the input
+/// is: tf2onnx moves a Keras model to NCHW right after its NHWC input (and
+/// back before a 4-D graph output), so a feature map picked inside it is
+/// NCHW. Transpose permutes; elementwise ops keep their inputs' order.
+/// `None` where the graph does not say (a Reshape, a reduction, inputs that
+/// disagree).
 fn traced_axes(
     graph: &onnx::GraphProto,
     input: &str,
@@ -252,10 +257,9 @@ fn traced_axes(
             .iter()
             .filter_map(|i| axes.get(i.as_str()).copied())
             .collect();
-        let out = match n.op_type.as_str() {
-            "Conv" | "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool"
-            | "BatchNormalization" => Some(*b"nchw"),
-            "Transpose" => {
+        let out = match ops::find(&n.op_type).map(|d| d.layout) {
+            Some(Layout::Nchw) => Some(*b"nchw"),
+            Some(Layout::Permute) => {
                 let perm = proto::Attrs(n)
                     .ints("perm")
                     .unwrap_or_else(|| vec![3, 2, 1, 0]);
@@ -270,13 +274,11 @@ fn traced_axes(
                     _ => None,
                 }
             }
-            "Relu" | "LeakyRelu" | "Clip" | "Sigmoid" | "HardSigmoid" | "HardSwish" | "Tanh"
-            | "Add" | "Sub" | "Mul" | "Div" | "Pad" | "Concat" | "Identity" | "Dropout"
-            | "Cast" => match known.split_first() {
+            Some(Layout::Keep) => match known.split_first() {
                 Some((a, rest)) if rest.iter().all(|b| b == a) => Some(*a),
                 _ => None,
             },
-            _ => None,
+            Some(Layout::Opaque) | None => None,
         };
         if let (Some(a), Some(o)) = (out, n.output.first()) {
             axes.insert(o, a);
@@ -313,35 +315,19 @@ impl Backbone for OnnxBackbone {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn node(op: &str, inputs: &[&str], output: &str, perm: Option<&[i64]>) -> onnx::NodeProto {
-        onnx::NodeProto {
-            op_type: op.into(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.into()],
-            attribute: perm
-                .map(|p| onnx::AttributeProto {
-                    name: "perm".into(),
-                    ints: p.to_vec(),
-                    ..Default::default()
-                })
-                .into_iter()
-                .collect(),
-            ..Default::default()
-        }
-    }
+    use testutil::{node, with_ints};
 
     /// tf2onnx's shape of a Keras graph: NHWC in, NCHW inside, NHWC out.
     #[test]
     fn axes_are_traced_through_transposes_and_layout_fixing_ops() {
         let graph = onnx::GraphProto {
             node: vec![
-                node("Transpose", &["x"], "t", Some(&[0, 3, 1, 2])),
-                node("Relu", &["t"], "r", None),
-                node("Add", &["r", "bias"], "a", None),
-                node("Transpose", &["a"], "back", Some(&[0, 2, 3, 1])),
-                node("Conv", &["back", "w"], "conv", None),
-                node("Reshape", &["a", "shape"], "flat", None),
+                with_ints(node("Transpose", &["x"], "t"), "perm", &[0, 3, 1, 2]),
+                node("Relu", &["t"], "r"),
+                node("Add", &["r", "bias"], "a"),
+                with_ints(node("Transpose", &["a"], "back"), "perm", &[0, 2, 3, 1]),
+                node("Conv", &["back", "w"], "conv"),
+                node("Reshape", &["a", "shape"], "flat"),
             ],
             ..Default::default()
         };
@@ -356,5 +342,23 @@ mod tests {
             "ONNX Conv is NCHW by definition"
         );
         assert_eq!(at("flat"), None);
+    }
+
+    #[test]
+    fn a_file_that_is_not_protobuf_is_not_an_onnx_model() {
+        let dir = std::env::temp_dir().join(format!("runner-onnx-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("garbage.onnx");
+        std::fs::write(&path, [0xff; 16]).unwrap();
+        let e = read_model(&path).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            e.contains("garbage.onnx") && e.contains("not an ONNX model ("),
+            "{e}"
+        );
+        let e = read_model(&dir.join("absent.onnx"))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("not an ONNX model"), "{e}");
     }
 }

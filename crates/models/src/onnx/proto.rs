@@ -1,12 +1,12 @@
-//! ONNX protobuf (candle-onnx's prost types) -> candle tensors and typed
+//! ONNX protobuf messages ([`super::onnx_pb`]) -> candle tensors and typed
 //! attribute lookups.
 //!
 //! The executor keeps exactly two element types: every floating-point tensor
 //! becomes f32 and every integer or boolean tensor i64, which is all a CNN's
 //! weights and its shape arithmetic need.
 
+use super::onnx_pb as onnx;
 use candle_core::{DType, Device, Tensor};
-use candle_onnx::onnx;
 
 /// The tensor stored in a `TensorProto` (initializer, `Constant` value).
 pub fn tensor(t: &onnx::TensorProto) -> Result<Tensor, String> {
@@ -22,38 +22,13 @@ pub fn tensor(t: &onnx::TensorProto) -> Result<Tensor, String> {
     let len: usize = dims.iter().product();
     let raw = &t.raw_data;
     let data_type = D::try_from(t.data_type).unwrap_or(D::Undefined);
-    // Little-endian element `i` of width `W` of the raw buffer.
-    fn le<const W: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; W]> + '_ {
-        raw.chunks_exact(W)
-            .map(|c| c.try_into().expect("chunks_exact"))
-    }
     let floats: Option<Vec<f32>> = match data_type {
         D::Float if raw.is_empty() => Some(t.float_data.clone()),
         D::Float => Some(le::<4>(raw).map(f32::from_le_bytes).collect()),
         D::Double if raw.is_empty() => Some(t.double_data.iter().map(|&v| v as f32).collect()),
         D::Double => Some(le::<8>(raw).map(|b| f64::from_le_bytes(b) as f32).collect()),
-        D::Float16 if raw.is_empty() => Some(
-            t.int32_data
-                .iter()
-                .map(|&b| half::f16::from_bits(b as u16).to_f32())
-                .collect(),
-        ),
-        D::Float16 => Some(
-            le::<2>(raw)
-                .map(|b| half::f16::from_le_bytes(b).to_f32())
-                .collect(),
-        ),
-        D::Bfloat16 if raw.is_empty() => Some(
-            t.int32_data
-                .iter()
-                .map(|&b| half::bf16::from_bits(b as u16).to_f32())
-                .collect(),
-        ),
-        D::Bfloat16 => Some(
-            le::<2>(raw)
-                .map(|b| half::bf16::from_le_bytes(b).to_f32())
-                .collect(),
-        ),
+        D::Float16 => Some(halves(t, |b| half::f16::from_bits(b).to_f32())),
+        D::Bfloat16 => Some(halves(t, |b| half::bf16::from_bits(b).to_f32())),
         _ => None,
     };
     let data = match floats {
@@ -102,6 +77,24 @@ pub fn tensor(t: &onnx::TensorProto) -> Result<Tensor, String> {
 enum Data {
     F32(Vec<f32>),
     I64(Vec<i64>),
+}
+
+/// The little-endian elements of width `W` of a raw buffer.
+fn le<const W: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; W]> + '_ {
+    raw.chunks_exact(W)
+        .map(|c| c.try_into().expect("chunks_exact"))
+}
+
+/// A 16-bit float tensor widened by `widen` from its bit patterns: the raw
+/// buffer's little-endian pairs, else one per `int32_data` entry (low bits).
+fn halves(t: &onnx::TensorProto, widen: impl Fn(u16) -> f32) -> Vec<f32> {
+    if t.raw_data.is_empty() {
+        t.int32_data.iter().map(|&b| widen(b as u16)).collect()
+    } else {
+        le::<2>(&t.raw_data)
+            .map(|b| widen(u16::from_le_bytes(b)))
+            .collect()
+    }
 }
 
 /// The element type an ONNX `Cast` / `ConstantOfShape` target maps to.
@@ -257,5 +250,36 @@ mod tests {
         };
         let e = tensor(&t).unwrap_err();
         assert!(e.contains("`w`") && e.contains("1 values"), "{e}");
+    }
+
+    #[test]
+    fn half_floats_decode_alike_from_raw_bytes_and_int32_data() {
+        let values = [1.5f32, -0.25, 65504.0];
+        for (data_type, bits) in [
+            (
+                onnx::tensor_proto::DataType::Float16,
+                values.map(|v| half::f16::from_f32(v).to_bits()),
+            ),
+            (
+                onnx::tensor_proto::DataType::Bfloat16,
+                values.map(|v| half::bf16::from_f32(v).to_bits()),
+            ),
+        ] {
+            let typed = onnx::TensorProto {
+                dims: vec![3],
+                data_type: data_type as i32,
+                int32_data: bits.iter().map(|&b| b as i32).collect(),
+                ..Default::default()
+            };
+            let raw = onnx::TensorProto {
+                raw_data: bits.iter().flat_map(|b| b.to_le_bytes()).collect(),
+                int32_data: Vec::new(),
+                ..typed.clone()
+            };
+            let a = tensor(&typed).unwrap().to_vec1::<f32>().unwrap();
+            let b = tensor(&raw).unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(a, b, "{data_type:?}");
+            assert_eq!(a[0..2], [1.5, -0.25], "{data_type:?}");
+        }
     }
 }
