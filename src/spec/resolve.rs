@@ -242,6 +242,21 @@ impl Resolver<'_> {
         };
         let image_ext = raw.image_ext.unwrap_or_else(|| "jpg".into());
         let image_ext = image_ext.trim_start_matches('.').to_string();
+        // What both layouts read the same way: the test side and the image
+        // extension (the layout and training side are set below).
+        let test_side = DataSpec {
+            layout: raw.layout,
+            train_dir: PathBuf::new(),
+            labels: None,
+            test_dir: pick(raw.test_dir, "test_dir", "test"),
+            sample_submission: pick(
+                raw.sample_submission,
+                "sample_submission",
+                "sample_submission.csv",
+            ),
+            test_labels: pick(raw.test_labels, "test_labels", "test_labels.csv"),
+            image_ext,
+        };
         match raw.layout {
             Layout::Kaggle => {
                 let labels = pick(raw.labels, "labels", "labels.csv");
@@ -253,19 +268,11 @@ impl Resolver<'_> {
                         "give `root` (a folder with labels.csv, train/, test/, sample_submission.csv) or the paths one by one",
                     ));
                 };
-                let test_dir = pick(raw.test_dir, "test_dir", "test");
                 Ok(DataSpec {
                     layout: Layout::Kaggle,
                     train_dir,
                     labels: Some(labels),
-                    test_dir,
-                    sample_submission: pick(
-                        raw.sample_submission,
-                        "sample_submission",
-                        "sample_submission.csv",
-                    ),
-                    test_labels: pick(raw.test_labels, "test_labels", "test_labels.csv"),
-                    image_ext,
+                    ..test_side
                 })
             }
             Layout::Folders => {
@@ -287,14 +294,7 @@ impl Resolver<'_> {
                     layout: Layout::Folders,
                     train_dir,
                     labels: None,
-                    test_dir: pick(raw.test_dir, "test_dir", "test"),
-                    sample_submission: pick(
-                        raw.sample_submission,
-                        "sample_submission",
-                        "sample_submission.csv",
-                    ),
-                    test_labels: pick(raw.test_labels, "test_labels", "test_labels.csv"),
-                    image_ext,
+                    ..test_side
                 })
             }
         }

@@ -394,21 +394,15 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
 
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all()
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1())
+            .expect("f32 values")
+    }
+
     fn close(a: &Tensor, b: &Tensor, tol: f32) {
-        let a: Vec<f32> = a
-            .flatten_all()
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let b: Vec<f32> = b
-            .flatten_all()
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let (a, b) = (values(a), values(b));
         assert_eq!(a.len(), b.len());
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
             assert!(
