@@ -59,8 +59,8 @@ pub struct HashError {
     pub source: std::io::Error,
 }
 
-/// BLAKE3 of a file's bytes, memory-mapped and hashed in parallel for big
-/// files.
+/// BLAKE3 of a file's bytes, streamed through a 1 MiB buffer on the calling
+/// thread ([`hash_images`] hashes many files in parallel).
 pub fn hash_file(path: &Path) -> Result<String, HashError> {
     let mut hasher = blake3::Hasher::new();
     let err = |source| HashError {
