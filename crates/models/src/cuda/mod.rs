@@ -211,10 +211,10 @@ impl DeviceOp for Depthwise {
         ];
         let ints: Vec<i32> = ints
             .iter()
-            .map(|&v| cuda::int(v))
+            .map(|&v| launch::int(v))
             .chain([Ok(act_code(self.in_act)), Ok(act_code(self.out_act))])
             .collect::<Result<_>>()?;
-        let y = cuda::launch("depthwise", inputs, shape.elem_count(), &ints, &[])?;
+        let y = launch::launch("depthwise", inputs, shape.elem_count(), &ints, &[])?;
         Ok((y, shape))
     }
 }
@@ -259,9 +259,9 @@ impl DeviceOp for BiasAct {
         } else {
             "bias_act"
         };
-        let c = cuda::int(inputs[1].1.shape().elem_count())?;
+        let c = launch::int(inputs[1].1.shape().elem_count())?;
         let wide = [(self.plane as i64, act_code(self.act))];
-        let y = cuda::launch(kernel, inputs, shape.elem_count(), &[c], &wide)?;
+        let y = launch::launch(kernel, inputs, shape.elem_count(), &[c], &wide)?;
         Ok((y, shape))
     }
 }
@@ -311,7 +311,7 @@ mod cpu {
 
 /// Launching the kernels of `ops.cu`.
 #[cfg(feature = "cuda")]
-mod cuda {
+mod launch {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
