@@ -1,6 +1,7 @@
-//! Command line: `runner SPEC.toml`, `runner run`, `runner report`,
-//! `runner extract`, `runner inspect`. Glue only: parse, set up threads and
-//! device, dispatch to `pipeline` / `report` / `export` / `inspect`.
+//! Command line: `runner SPEC.toml`, `runner run`, `runner rerun`,
+//! `runner report`, `runner extract`, `runner inspect`. Glue only: parse,
+//! set up threads and device, dispatch to `experiment` / `report` /
+//! `export` / `inspect`.
 
 use std::path::PathBuf;
 
@@ -9,10 +10,13 @@ use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cache::FeatureCache;
+use crate::experiment::{self, Context};
 use crate::log::Log;
-use crate::run::{preflight, Checked};
+use crate::run::{preflight, Datasets};
 use crate::setup::{device, init_threads};
-use crate::{export, features, pipeline, report};
+use crate::spec::sweep::Mode;
+use crate::spec::Overrides;
+use crate::{export, report};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,7 +32,38 @@ pub struct Cli {
     /// Spec files to run (`runner a.toml` is `runner run a.toml`).
     specs: Vec<PathBuf>,
     #[command(flatten)]
+    changes: SpecChanges,
+    #[command(flatten)]
     global: Global,
+}
+
+/// What the command line changes in the specs it runs.
+#[derive(Debug, Args)]
+struct SpecChanges {
+    /// Set a spec key for this run: KEY=VALUE, the value in TOML
+    /// (`head.lr=0.005`, `views='["original"]'`, `head.optimizer=adam`).
+    /// Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Sweep a key over values: KEY=V1,V2,... (`head.dropout=0.3,0.5,0.7`,
+    /// `seed=1,2,3`); added to the spec's [sweep]. Repeatable: several keys
+    /// make a grid.
+    #[arg(long = "sweep", value_name = "KEY=V1,V2,...")]
+    sweep: Vec<String>,
+    /// How swept keys combine: grid (every combination) or zip (the i-th
+    /// values together) [default: the spec's sweep.mode, else grid]
+    #[arg(long, value_enum, value_name = "MODE")]
+    sweep_mode: Option<Mode>,
+}
+
+impl SpecChanges {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            set: self.set.clone(),
+            sweep: self.sweep.clone(),
+            sweep_mode: self.sweep_mode,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -52,10 +87,21 @@ struct Global {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run one or more specs, each into a new run directory.
+    /// Run one or more specs, each into a new run directory (a sweep into
+    /// one per member).
     Run {
         #[arg(required = true)]
         specs: Vec<PathBuf>,
+        #[command(flatten)]
+        changes: SpecChanges,
+    },
+    /// Run a run directory's saved spec again into a new run directory and
+    /// say whether its tables came out identical.
+    Rerun {
+        #[arg(required = true, value_name = "RUN_DIR")]
+        run_dirs: Vec<PathBuf>,
+        #[command(flatten)]
+        changes: SpecChanges,
     },
     /// Compare every run in one table.
     Report {
@@ -92,8 +138,8 @@ impl Global {
     }
 
     /// The device `--device` names, else the spec's `device`, else `auto`.
-    fn device(&self, checked: &Checked, log: &Log) -> anyhow::Result<Device> {
-        let choice = self.device.as_deref().or(checked.spec.device.as_deref());
+    fn device(&self, spec: &crate::spec::Spec, log: &Log) -> anyhow::Result<Device> {
+        let choice = self.device.as_deref().or(spec.device.as_deref());
         device(choice.unwrap_or("auto"), log)
     }
 
@@ -115,8 +161,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Report { format }) => report(g, format),
         Some(Command::Extract { spec, out }) => {
             g.init_threads(&log)?;
-            let checked = preflight(&spec)?;
-            let device = g.device(&checked, &log)?;
+            let origin = spec.display().to_string();
+            let checked = preflight(crate::spec::load(&spec)?, &origin, &mut Datasets::default())?;
+            let device = g.device(&checked.spec, &log)?;
             export::extract(&checked.run(&g.cache(), &device, &log), &out)
         }
         Some(Command::Inspect {
@@ -131,8 +178,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Some(Command::Run { specs }) => run_specs(&specs, g, &log),
-        None => run_specs(&cli.specs, g, &log),
+        Some(Command::Run { specs, changes }) => run_specs(&specs, &changes, g, &log).map(drop),
+        Some(Command::Rerun { run_dirs, changes }) => rerun(&run_dirs, &changes, g, &log),
+        None => run_specs(&cli.specs, &cli.changes, g, &log).map(drop),
     }
 }
 
@@ -159,46 +207,82 @@ fn report(g: &Global, format: report::Format) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks every spec before running any, so a typo in the third spec does
-/// not surface after an hour of the first; then runs each, going on past
-/// failures, and fails naming every spec that did.
-fn run_specs(paths: &[PathBuf], g: &Global, log: &Log) -> anyhow::Result<()> {
+/// Checks every spec (and every sweep member) before running any; then
+/// runs each, going on past failures, and fails naming every run that did.
+/// Returns the finished runs in order.
+fn run_specs(
+    paths: &[PathBuf],
+    changes: &SpecChanges,
+    g: &Global,
+    log: &Log,
+) -> anyhow::Result<Vec<PathBuf>> {
     if paths.is_empty() {
         bail!("no spec given; usage: runner SPEC.toml [SPEC.toml ...] (see --help)");
     }
-    let checked = paths
-        .iter()
-        .map(|p| preflight(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let experiments = experiment::check_all(paths, &changes.overrides())?;
     g.init_threads(log)?;
     let cache = g.cache();
+    let ctx = Context {
+        runs_root: &g.runs,
+        cache: &cache,
+        device: g.device.as_deref(),
+        log,
+    };
     let mut failed = Vec::new();
-    for (path, checked) in paths.iter().zip(&checked) {
-        log.info(format!("spec {}", path.display()));
-        // A spec that cannot run on its device fails before its run
-        // directory exists.
-        let device = match g.device(checked, log).and_then(|d| {
-            features::check_precision(&checked.spec, &d)?;
-            Ok(d)
-        }) {
-            Ok(d) => d,
-            Err(e) => {
-                failed.push(format!("{}: {e:#}", path.display()));
-                continue;
-            }
-        };
-        match pipeline::run(&checked.run(&cache, &device, log), &g.runs) {
-            Ok(outcome) => log.info(format!("wrote {}", outcome.dir.display())),
-            Err(e) => failed.push(format!("{}: {e:#}", path.display())),
+    let mut finished = Vec::new();
+    let mut total = 0;
+    for checked in &experiments {
+        log.info(format!("spec {}", checked.experiment.origin));
+        total += checked.members.len();
+        let outcome = experiment::run(checked, &ctx);
+        for run in &outcome.runs {
+            log.info(format!("wrote {}", run.dir.display()));
         }
+        if let Some(id) = &outcome.sweep_id {
+            print_sweep(g, id)?;
+        }
+        finished.extend(outcome.runs.into_iter().map(|r| r.dir));
+        failed.extend(outcome.failed);
     }
     if !failed.is_empty() {
         bail!(
-            "{} of {} spec(s) failed:\n{}",
+            "{} of {total} run(s) failed:\n{}",
             failed.len(),
-            checked.len(),
             failed.join("\n")
         );
+    }
+    Ok(finished)
+}
+
+/// The comparison of a sweep's runs, printed when the sweep ends.
+fn print_sweep(g: &Global, id: &str) -> anyhow::Result<()> {
+    let (report, _) = report::load(&g.runs)?;
+    let _ = id;
+    print!("{}", report.render(report::Format::Table)?);
+    Ok(())
+}
+
+/// `runner rerun RUN_DIR...`: each run's saved spec, run again.
+fn rerun(runs: &[PathBuf], changes: &SpecChanges, g: &Global, log: &Log) -> anyhow::Result<()> {
+    let mut specs = Vec::new();
+    for dir in runs {
+        let spec = dir.join("spec.toml");
+        if !spec.is_file() {
+            bail!(
+                "{} is not a run directory (it has no spec.toml); give a folder under --runs, e.g. runs/<run>",
+                dir.display()
+            );
+        }
+        specs.push(spec);
+    }
+    let finished = run_specs(&specs, changes, g, log)?;
+    let changed = !changes.set.is_empty() || !changes.sweep.is_empty();
+    if !changed && finished.len() == runs.len() {
+        for (original, new) in runs.iter().zip(&finished) {
+            for line in experiment::compare_with_original(original, new)? {
+                log.info(format!("{}: {line}", new.display()));
+            }
+        }
     }
     Ok(())
 }

@@ -9,7 +9,9 @@
 //!   -> train (folds x views heads) -> metrics -> rundir -> report
 //! ```
 //!
-//! `run` checks a spec and loads its dataset ([`run::preflight`]) and holds
+//! `experiment` turns a spec file and the command line's overrides into
+//! runs (one, or a sweep's members) and drives them; `run` checks a spec and
+//! loads its dataset ([`run::preflight`]) and holds
 //! the context every stage reads ([`run::Run`]); `pipeline` drives a run to
 //! a finished run directory; `export` writes features for use elsewhere;
 //! `cli` is glue between the command line and those, `setup` the thread
@@ -20,6 +22,7 @@ pub mod cache;
 pub mod cli;
 pub mod data;
 pub mod devcheck;
+pub mod experiment;
 pub mod export;
 pub mod features;
 pub mod inspect;

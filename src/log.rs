@@ -20,6 +20,9 @@ pub struct Log {
     quiet: bool,
     file: Mutex<Option<File>>,
     start: Instant,
+    /// Printed before every terminal line: which member of a sweep speaks
+    /// when several train at once.
+    prefix: String,
 }
 
 impl Log {
@@ -31,6 +34,20 @@ impl Log {
             quiet,
             file: Mutex::new(None),
             start: Instant::now(),
+            prefix: String::new(),
+        }
+    }
+
+    /// A log for one of several runs working at once: plain lines (no
+    /// bars, which would fight over the terminal) prefixed with `[label]`,
+    /// its own `run.log`, the same clock.
+    pub fn member(&self, label: &str) -> Log {
+        Log {
+            bars: None,
+            quiet: true,
+            file: Mutex::new(None),
+            start: self.start,
+            prefix: format!("[{label}] "),
         }
     }
 
@@ -62,7 +79,15 @@ impl Log {
             Some(bars) => {
                 let _ = bars.println(line);
             }
-            None => eprintln!("{line}"),
+            None if self.prefix.is_empty() => eprintln!("{line}"),
+            None => {
+                // Every line of a table, so interleaved runs stay apart.
+                let lines: Vec<String> = line
+                    .lines()
+                    .map(|l| format!("{}{l}", self.prefix))
+                    .collect();
+                eprintln!("{}", lines.join("\n"));
+            }
         }
     }
 

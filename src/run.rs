@@ -1,11 +1,12 @@
 //! A run's inputs and context.
 //!
-//! [`preflight`] reads a spec, checks what can fail cheaply and loads its
-//! dataset, once: the [`Checked`] value it returns is what the run consumes.
+//! [`preflight`] checks a resolved spec where it can fail cheaply and loads
+//! its dataset, once: the [`Checked`] value it returns is what the run
+//! consumes.
 //! [`Run`] is what every stage of a run reads (spec, dataset, feature cache,
 //! device, log), handed along as one value.
 
-use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use candle_core::Device;
@@ -14,12 +15,13 @@ use crate::cache::FeatureCache;
 use crate::data::{Dataset, Item};
 use crate::log::Log;
 use crate::plan::Split;
-use crate::spec::{self, Spec};
+use crate::spec::{DataSpec, Spec};
 
 /// A spec whose weights and images exist, with its dataset loaded.
 pub struct Checked {
     pub spec: Spec,
-    pub data: Dataset,
+    /// Shared by the members of a sweep that read the same data.
+    pub data: Arc<Dataset>,
 }
 
 impl Checked {
@@ -55,16 +57,19 @@ impl Run<'_> {
     }
 }
 
-/// Loads a spec and checks what can fail cheaply (weights present, ONNX
-/// graphs lowerable, every listed image present, labels valid) before any
-/// work starts.
-pub fn preflight(path: &Path) -> anyhow::Result<Checked> {
-    let spec = spec::load(path)?;
+/// Datasets loaded so far, by the `[data]` that describes them.
+#[derive(Default)]
+pub struct Datasets(Vec<(DataSpec, Arc<Dataset>)>);
+
+/// Checks what can fail cheaply before any work starts (weights present,
+/// ONNX graphs lowerable, every listed image present, labels valid, every
+/// fold with training and validation rows); `origin` names the spec in
+/// errors. Specs reading the same data share one dataset from `datasets`.
+pub fn preflight(spec: Spec, origin: &str, datasets: &mut Datasets) -> anyhow::Result<Checked> {
     for (i, b) in spec.backbones.iter().enumerate() {
         if !b.weights.is_file() {
             bail!(
-                "{}: backbone[{i}].weights = {} does not exist; point it at a weights file (see models/README.md)",
-                path.display(),
+                "{origin}: backbone[{i}].weights = {} does not exist; point it at a weights file (see models/README.md)",
                 b.weights.display()
             );
         }
@@ -77,9 +82,22 @@ pub fn preflight(path: &Path) -> anyhow::Result<Checked> {
                 b.output.as_deref(),
                 &b.weights.display().to_string(),
             )
-            .with_context(|| format!("{}: backbone[{i}]", path.display()))?;
+            .with_context(|| format!("{origin}: backbone[{i}]"))?;
         }
     }
+    let data = match datasets.0.iter().find(|(s, _)| *s == spec.data) {
+        Some((_, d)) => d.clone(),
+        None => {
+            let d = Arc::new(load_data(&spec, origin)?);
+            datasets.0.push((spec.data.clone(), d.clone()));
+            d
+        }
+    };
+    crate::pipeline::fold_plan(&spec, &data).with_context(|| origin.to_string())?;
+    Ok(Checked { spec, data })
+}
+
+fn load_data(spec: &Spec, origin: &str) -> anyhow::Result<Dataset> {
     let data = &spec.data;
     for (key, given) in [
         ("labels", data.labels.as_ref()),
@@ -87,12 +105,10 @@ pub fn preflight(path: &Path) -> anyhow::Result<Checked> {
     ] {
         if let Some(p) = given.filter(|p| !p.exists()) {
             bail!(
-                "{}: [data] {key} = {} does not exist; set data.root to the folder holding labels.csv, train/ and test/ (or data.{key} itself); relative paths are relative to the spec file",
-                path.display(),
+                "{origin}: [data] {key} = {} does not exist; set data.root to the folder holding labels.csv, train/ and test/ (or data.{key} itself); relative paths are relative to the spec file",
                 p.display()
             );
         }
     }
-    let data = Dataset::load(data).with_context(|| format!("{}: [data]", path.display()))?;
-    Ok(Checked { spec, data })
+    Dataset::load(data).with_context(|| format!("{origin}: [data]"))
 }

@@ -42,6 +42,22 @@ pub struct Manifest {
     pub feature_stages_computed: usize,
     /// Seconds per part of the run.
     pub timings: Timings,
+    /// The sweep this run is a member of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepRecord>,
+}
+
+/// Which sweep a run belongs to and what its member's values are.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SweepRecord {
+    /// Shared by every member of one invocation of the sweep
+    /// (`runner report --sweep ID`).
+    pub id: String,
+    /// This run's position in the sweep (0-based) and the sweep's size.
+    pub member: usize,
+    pub members: usize,
+    /// The swept keys and this member's values.
+    pub values: serde_json::Map<String, serde_json::Value>,
 }
 
 /// When and how a run ended.
@@ -81,7 +97,11 @@ pub fn utc_stamp(time: DateTime<Utc>, compact: bool) -> String {
 impl RunDir {
     /// Creates a fresh run directory holding the resolved spec and a
     /// `running` manifest.
-    pub fn create(runs_root: &Path, spec: &Spec) -> std::io::Result<RunDir> {
+    pub fn create(
+        runs_root: &Path,
+        spec: &Spec,
+        sweep: Option<SweepRecord>,
+    ) -> std::io::Result<RunDir> {
         // The caller's message names the spec; this one names the folder.
         let named = |e: std::io::Error, what: &Path| {
             std::io::Error::new(
@@ -120,6 +140,7 @@ impl RunDir {
                 feature_stages_cached: 0,
                 feature_stages_computed: 0,
                 timings: Timings::default(),
+                sweep,
             },
         };
         run.write("spec.toml", spec.to_toml().as_bytes())?;
@@ -182,7 +203,7 @@ mod tests {
             dir.path(),
         )
         .unwrap();
-        let mut run = RunDir::create(dir.path(), &spec).unwrap();
+        let mut run = RunDir::create(dir.path(), &spec, None).unwrap();
         let read = |run: &RunDir| -> (String, Manifest) {
             let text = std::fs::read_to_string(run.file("run.json")).unwrap();
             let manifest = serde_json::from_str(&text).unwrap();

@@ -18,6 +18,7 @@ mod extract;
 mod input;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
@@ -78,10 +79,14 @@ pub enum FeatureError {
     PrecisionOnCpu(&'static str),
 }
 
+/// Feature matrices already in memory, by stage key: the members of a
+/// sweep share them, so each stage is read from the cache once.
+pub type Loaded = HashMap<String, Arc<Matrix>>;
+
 /// Features of every planned stage, by stage key.
 #[derive(Default)]
 pub struct Features {
-    pub by_key: HashMap<String, Matrix>,
+    pub by_key: Loaded,
     /// Stages served from the cache / computed in this run.
     pub cached: usize,
     pub computed: usize,
@@ -107,13 +112,23 @@ impl Features {
 
     /// Takes every stage of `plan` the cache holds; returns the others. A
     /// corrupt entry is warned about and counts as missing.
-    fn take_cached<'p>(&mut self, run: &Run<'_>, plan: &'p Plan) -> Vec<&'p FeatureStage> {
+    fn take_cached<'p>(
+        &mut self,
+        run: &Run<'_>,
+        plan: &'p Plan,
+        loaded: &Loaded,
+    ) -> Vec<&'p FeatureStage> {
         let mut missing = Vec::new();
         for stage in &plan.stages {
+            if let Some(m) = loaded.get(&stage.key) {
+                self.by_key.insert(stage.key.clone(), m.clone());
+                self.cached += 1;
+                continue;
+            }
             let rows = run.items(stage.split).len();
             match run.cache.get(&stage.key, rows) {
                 Ok(Some(m)) => {
-                    self.by_key.insert(stage.key.clone(), m);
+                    self.by_key.insert(stage.key.clone(), Arc::new(m));
                     self.cached += 1;
                 }
                 Ok(None) => missing.push(stage),
@@ -165,9 +180,14 @@ pub fn decode_threads(spec: &Spec, device: &Device) -> usize {
 /// Makes sure every stage of `plan` is in the cache, computing what is
 /// missing, and returns all features.
 pub fn ensure(run: &Run<'_>, plan: &Plan) -> Result<Features, FeatureError> {
+    ensure_with(run, plan, &Loaded::new())
+}
+
+/// [`ensure`], taking the stages `loaded` holds from memory.
+pub fn ensure_with(run: &Run<'_>, plan: &Plan, loaded: &Loaded) -> Result<Features, FeatureError> {
     check_precision(run.spec, run.device)?;
     let mut out = Features::default();
-    let missing = out.take_cached(run, plan);
+    let missing = out.take_cached(run, plan, loaded);
     if missing.is_empty() {
         run.log.info(format!(
             "features: all {} stages served from the cache {}, nothing to compute",
@@ -195,7 +215,7 @@ pub fn ensure(run: &Run<'_>, plan: &Plan) -> Result<Features, FeatureError> {
         let computed = SplitExtraction::new(run, split, &stages, &nets).compute(&mut out)?;
         for (stage, m) in stages.iter().zip(computed) {
             store_stage(run, stage, &m)?;
-            out.by_key.insert(stage.key.clone(), m);
+            out.by_key.insert(stage.key.clone(), Arc::new(m));
             out.computed += 1;
         }
     }

@@ -11,12 +11,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::features::{self, Features};
+use crate::data::Dataset;
+use crate::features::{self, Features, Loaded};
 use crate::npy::Matrix;
 use crate::plan::{Plan, Split};
 use crate::run::Run;
-use crate::rundir::{RunDir, Status};
-use crate::spec::View;
+use crate::rundir::{RunDir, Status, SweepRecord};
+use crate::spec::{Spec, View};
 use crate::train::{CrossValidation, FoldPlan, HeadReport, Labels, ViewFeatures};
 
 pub use scores::Score;
@@ -64,29 +65,114 @@ struct Predictions {
 /// run directory records failure too: its `run.json` says `failed` with the
 /// error, or stays `running` if the process dies.
 pub fn run(run: &Run<'_>, runs_root: &Path) -> anyhow::Result<RunOutcome> {
-    let started = Instant::now();
-    let log = run.log;
-    let mut dir = RunDir::create(runs_root, run.spec)?;
-    log.attach_file(&dir.file("run.log"))?;
-    log.info(format!("run {}", dir.path.display()));
-    let result = run_in(run, &mut dir);
-    let seconds = started.elapsed().as_secs_f64();
-    match &result {
-        Ok(_) => dir.finish(Status::Complete, seconds, None)?,
-        Err(e) => {
-            let msg = format!("{e:#}");
-            log.info(format!("run failed: {msg}"));
-            dir.finish(Status::Failed, seconds, Some(msg))?;
-        }
-    }
-    log.detach_file();
-    result.map(|metrics| RunOutcome {
-        dir: dir.path.clone(),
-        metrics,
-    })
+    let prepared = prepare(run, runs_root, None, &Loaded::new())?;
+    finish(run, prepared)
 }
 
-fn run_in(run: &Run<'_>, dir: &mut RunDir) -> anyhow::Result<Metrics> {
+/// A run whose directory exists and whose features are in memory: what is
+/// left is training the heads ([`finish`]). A sweep prepares its members one
+/// by one (each feature stage is computed or read once) and finishes them
+/// side by side.
+pub struct Prepared {
+    dir: RunDir,
+    started: Instant,
+    folds: FoldPlan,
+    plan: Plan,
+    feats: Features,
+}
+
+impl Prepared {
+    pub fn dir(&self) -> &Path {
+        &self.dir.path
+    }
+
+    pub fn features(&self) -> &Features {
+        &self.feats
+    }
+}
+
+/// Creates the run directory, plans the folds and gets every feature stage
+/// (from `loaded`, the cache, or the backbones).
+pub fn prepare(
+    run: &Run<'_>,
+    runs_root: &Path,
+    sweep: Option<SweepRecord>,
+    loaded: &Loaded,
+) -> anyhow::Result<Prepared> {
+    let started = Instant::now();
+    let mut dir = RunDir::create(runs_root, run.spec, sweep)?;
+    run.log.attach_file(&dir.file("run.log"))?;
+    run.log.info(format!("run {}", dir.path.display()));
+    let result = prepare_in(run, &mut dir, loaded);
+    match result {
+        Ok((folds, plan, feats)) => {
+            run.log.detach_file();
+            Ok(Prepared {
+                dir,
+                started,
+                folds,
+                plan,
+                feats,
+            })
+        }
+        Err(e) => Err(fail(run, dir, started, e)),
+    }
+}
+
+/// Trains the heads of a prepared run, scores them and writes the tables.
+pub fn finish(run: &Run<'_>, prepared: Prepared) -> anyhow::Result<RunOutcome> {
+    let Prepared {
+        mut dir,
+        started,
+        folds,
+        plan,
+        feats,
+    } = prepared;
+    run.log.attach_file(&dir.file("run.log"))?;
+    let result = finish_in(run, &mut dir, &folds, &plan, &feats);
+    conclude(run, dir, started, result)
+}
+
+/// Marks the run complete, or failed, and hands back its outcome.
+fn conclude(
+    run: &Run<'_>,
+    mut dir: RunDir,
+    started: Instant,
+    result: anyhow::Result<Metrics>,
+) -> anyhow::Result<RunOutcome> {
+    match result {
+        Ok(metrics) => {
+            dir.finish(Status::Complete, started.elapsed().as_secs_f64(), None)?;
+            run.log.detach_file();
+            Ok(RunOutcome {
+                dir: dir.path,
+                metrics,
+            })
+        }
+        Err(e) => Err(fail(run, dir, started, e)),
+    }
+}
+
+/// Records a failed run (status, error, time) and hands the error back.
+fn fail(run: &Run<'_>, mut dir: RunDir, started: Instant, e: anyhow::Error) -> anyhow::Error {
+    let msg = format!("{e:#}");
+    run.log.info(format!("run failed: {msg}"));
+    let recorded = dir.finish(Status::Failed, started.elapsed().as_secs_f64(), Some(msg));
+    run.log.detach_file();
+    match recorded {
+        Ok(()) => e,
+        Err(w) => e.context(format!(
+            "{} cannot record the failure: {w}",
+            dir.path.display()
+        )),
+    }
+}
+
+fn prepare_in(
+    run: &Run<'_>,
+    dir: &mut RunDir,
+    loaded: &Loaded,
+) -> anyhow::Result<(FoldPlan, Plan, Features)> {
     let (spec, data) = (run.spec, run.data);
     run.log.info(format!(
         "data: {} training images in {} classes, {} test images{}",
@@ -103,26 +189,36 @@ fn run_in(run: &Run<'_>, dir: &mut RunDir) -> anyhow::Result<Metrics> {
 
     // Folds before features: a bad fold count fails in seconds, not after
     // an hour of extraction.
-    let folds = fold_plan(run)?;
+    let folds = fold_plan(run.spec, run.data)?;
 
     let t = Instant::now();
     let plan = Plan::new(spec, data, Some(run.cache))?;
     dir.manifest.timings.hash_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let feats = features::ensure(run, &plan)?;
+    let feats = features::ensure_with(run, &plan, loaded)?;
     dir.manifest.timings.features_seconds = t.elapsed().as_secs_f64();
     dir.manifest.timings.decode_seconds = feats.decode_seconds;
     dir.manifest.feature_stages_cached = feats.cached;
     dir.manifest.feature_stages_computed = feats.computed;
     dir.write_manifest()?;
+    Ok((folds, plan, feats))
+}
 
+fn finish_in(
+    run: &Run<'_>,
+    dir: &mut RunDir,
+    folds: &FoldPlan,
+    plan: &Plan,
+    feats: &Features,
+) -> anyhow::Result<Metrics> {
+    let (spec, data) = (run.spec, run.data);
     let t = Instant::now();
-    let preds = train_heads(run, &plan, &feats, &folds)?;
+    let preds = train_heads(run, plan, feats, folds)?;
     dir.manifest.timings.heads_seconds = t.elapsed().as_secs_f64();
-    check_finite(&preds, &feats)?;
+    check_finite(&preds, feats)?;
 
-    let propagation = scores::score_propagation(spec, data, &folds, &preds);
+    let propagation = scores::score_propagation(spec, data, folds, &preds);
     run.log.info(scores::propagation_table(&propagation));
     let metrics = Metrics {
         name: spec.name.clone(),
@@ -137,7 +233,7 @@ fn run_in(run: &Run<'_>, dir: &mut RunDir) -> anyhow::Result<Metrics> {
     dir.write("metrics.json", &serde_json::to_vec_pretty(&metrics)?)?;
     dir.write("folds.csv", &tables::folds_csv(&metrics.heads)?)?;
     let oof = mean(&preds.oof.iter().collect::<Vec<_>>());
-    dir.write("oof.csv", &tables::oof_csv(data, &folds, &oof)?)?;
+    dir.write("oof.csv", &tables::oof_csv(data, folds, &oof)?)?;
     if !data.test.is_empty() {
         let all: Vec<&Matrix> = preds.test.iter().flatten().collect();
         dir.write(
@@ -149,10 +245,11 @@ fn run_in(run: &Run<'_>, dir: &mut RunDir) -> anyhow::Result<Metrics> {
 }
 
 /// The spec's folds over the training images; an error when a fold would
-/// have no training or no validation rows.
-fn fold_plan(run: &Run<'_>) -> anyhow::Result<FoldPlan> {
-    let (cv, data) = (&run.spec.cv, run.data);
-    let folds = FoldPlan::new(&data.labels, cv.folds, cv.stratified, run.spec.seed);
+/// have no training or no validation rows (checked before a run starts,
+/// too, so a sweep member with too many folds stops the sweep early).
+pub fn fold_plan(spec: &Spec, data: &Dataset) -> anyhow::Result<FoldPlan> {
+    let cv = &spec.cv;
+    let folds = FoldPlan::new(&data.labels, cv.folds, cv.stratified, spec.seed);
     if let Some(f) = folds
         .folds
         .iter()

@@ -2,17 +2,25 @@
 //! in out.
 //!
 //! `raw` mirrors the file (serde, unknown keys rejected, so a typo is an error
-//! rather than a silently ignored setting); [`Spec`] is the resolved form the
-//! rest of the tool uses and the run directory records as `spec.toml`.
+//! rather than a silently ignored setting); `compose` follows `extends` and
+//! anchors paths; `overrides` applies `--set`; `sweep` expands `[sweep]`;
+//! `load` strings them together; `resolve` fills in defaults. [`Spec`] is the
+//! resolved form the rest of the tool uses and the run directory records as
+//! `spec.toml`, with absolute paths, so the saved file runs again as it is.
 
+mod compose;
+mod load;
+pub mod overrides;
 mod raw;
 mod resolve;
+pub mod sweep;
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use resolve::{load, parse, DEFAULT_EXTRACT_BATCH, DEFAULT_GPU_EXTRACT_BATCH};
+pub use load::{load, load_experiment, parse, Experiment, Member, Overrides};
+pub use resolve::{DEFAULT_EXTRACT_BATCH, DEFAULT_GPU_EXTRACT_BATCH};
 pub use runner_models::{BackboneSpec, Resize};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +35,13 @@ pub enum SpecError {
     /// column and, for enums and keys, the allowed values.
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
+    /// A `--set`, `--sweep` or sweep value that does not fit the spec.
+    #[error("{flag} {arg}: {message}")]
+    Override {
+        flag: &'static str,
+        arg: String,
+        message: String,
+    },
     #[error("{path}: `{key}` {problem}; {allowed}")]
     Invalid {
         path: String,
@@ -94,8 +109,7 @@ pub enum Optimizer {
     Adam,
 }
 
-/// A resolved experiment: every default filled in, every path absolute or
-/// relative to the working directory.
+/// A resolved experiment: every default filled in, every path absolute.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {

@@ -1,5 +1,7 @@
-//! The spec file as written: every key optional except the essentials,
-//! unknown keys rejected (serde names the key, its line and the allowed keys).
+//! The spec file as written: every key optional (a spec that `extends`
+//! another may set only what it changes; the resolver names what the merged
+//! spec still lacks), unknown keys rejected (serde names the key, its line
+//! and the allowed keys).
 
 use std::path::PathBuf;
 
@@ -12,22 +14,31 @@ use runner_models::{Arch, Preprocess};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSpec {
-    pub name: String,
+    /// Another spec (relative to this one) whose tables this one overrides
+    /// key by key. Read from the table by [`super::compose`]; declared here
+    /// so the schema check knows the key and its type.
+    #[allow(dead_code)]
+    pub extends: Option<String>,
+    pub name: Option<String>,
     pub seed: Option<u64>,
     pub views: Option<Vec<View>>,
     pub device: Option<String>,
-    pub data: RawData,
+    pub data: Option<RawData>,
     #[serde(rename = "backbone")]
     pub backbones: Option<Vec<RawBackbone>>,
     pub extract: Option<RawExtract>,
     pub cv: Option<RawCv>,
     pub head: Option<RawHead>,
+    /// Dotted keys mapped to lists of values, plus `mode`; read from the
+    /// table and checked by [`super::sweep`].
+    #[allow(dead_code)]
+    pub sweep: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawData {
-    pub layout: Layout,
+    pub layout: Option<Layout>,
     /// Kaggle layout: folder holding `labels.csv`, `train/`, `test/`,
     /// `sample_submission.csv`; each can be overridden below.
     pub root: Option<PathBuf>,

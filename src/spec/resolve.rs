@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::compose::normalize;
 use super::raw::{RawBackbone, RawData, RawSpec};
 use super::{
     BackboneSpec, CvSpec, DataSpec, ExtractSpec, HeadSpec, Layout, Optimizer, Spec, SpecError, View,
@@ -18,50 +19,15 @@ pub const DEFAULT_EPOCHS: usize = 50;
 pub const DEFAULT_PATIENCE: usize = 3;
 pub const DEFAULT_HEAD_BATCH: usize = 128;
 
-/// Reads and resolves a spec file; relative paths resolve against its folder.
-pub fn load(path: &Path) -> Result<Spec, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    parse(&text, &path.display().to_string(), base)
-}
-
-/// Parses spec text; `origin` names the file in errors, `base` anchors
-/// relative paths.
-pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Spec, SpecError> {
-    let raw: RawSpec = toml::from_str(text).map_err(|e| SpecError::Parse {
-        path: origin.to_string(),
-        message: e.to_string().trim_end().to_string(),
-    })?;
-    Resolver { origin, base }.spec(raw)
-}
-
-/// Removes `.` and folds `dir/..` lexically, so logs and the resolved spec
-/// show `../shared/x` rather than `experiments/../../shared/x`.
-fn normalize(p: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out: Vec<Component> = Vec::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    if out.is_empty() {
-        PathBuf::from(".")
-    } else {
-        out.iter().collect()
-    }
+/// Checks a raw spec's values and fills in every default; `origin` names
+/// the spec (and the sweep member) in errors. Paths arrive absolute
+/// ([`super::compose`] anchored them).
+pub fn resolve(raw: RawSpec, origin: &str) -> Result<Spec, SpecError> {
+    Resolver { origin }.spec(raw)
 }
 
 struct Resolver<'a> {
     origin: &'a str,
-    base: &'a Path,
 }
 
 impl Resolver<'_> {
@@ -82,26 +48,36 @@ impl Resolver<'_> {
     }
 
     fn path(&self, p: PathBuf) -> PathBuf {
-        if p.is_absolute() {
-            p
-        } else {
-            normalize(&self.base.join(p))
-        }
+        normalize(&p)
     }
 
     fn spec(&self, raw: RawSpec) -> Result<Spec, SpecError> {
-        let name = raw.name.trim().to_string();
+        let Some(raw_name) = raw.name else {
+            return Err(self.invalid(
+                "name",
+                "is missing".into(),
+                "add name = \"...\" (it names the run directories)",
+            ));
+        };
+        let name = raw_name.trim().to_string();
         if name.is_empty()
             || !name
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                .all(|c| c.is_ascii_alphanumeric() || "-_.=+,".contains(c))
         {
             return Err(self.invalid(
                 "name",
-                format!("= {:?} cannot name a run directory", raw.name),
-                "allowed: letters, digits, '-', '_' and '.'",
+                format!("= {raw_name:?} cannot name a run directory"),
+                "allowed: letters, digits and - _ . = + ,",
             ));
         }
+        let Some(data) = raw.data else {
+            return Err(self.invalid(
+                "data",
+                "is missing".into(),
+                "add a [data] table with `layout` and `root` (or the paths one by one)",
+            ));
+        };
         let views = raw.views.unwrap_or_else(|| vec![View::Original]);
         if views.is_empty() {
             return Err(self.invalid(
@@ -209,7 +185,7 @@ impl Resolver<'_> {
             seed: raw.seed.unwrap_or(DEFAULT_SEED),
             views,
             device: raw.device,
-            data: self.data(raw.data)?,
+            data: self.data(data)?,
             backbones,
             extract: ExtractSpec {
                 batch_size: extract.batch_size,
@@ -226,6 +202,13 @@ impl Resolver<'_> {
     }
 
     fn data(&self, raw: RawData) -> Result<DataSpec, SpecError> {
+        let Some(layout) = raw.layout else {
+            return Err(self.invalid(
+                "data.layout",
+                "is missing".into(),
+                "allowed: \"kaggle\" (labels.csv, train/, test/) or \"folders\" (one folder per class)",
+            ));
+        };
         let root = raw.root.map(|r| self.path(r));
         let under_root = |key: &str, default: &str| -> Option<PathBuf> {
             root.as_ref().map(|r| r.join(default)).filter(|p| {
@@ -245,7 +228,7 @@ impl Resolver<'_> {
         // What both layouts read the same way: the test side and the image
         // extension (the layout and training side are set below).
         let test_side = DataSpec {
-            layout: raw.layout,
+            layout,
             train_dir: PathBuf::new(),
             labels: None,
             test_dir: pick(raw.test_dir, "test_dir", "test"),
@@ -257,7 +240,7 @@ impl Resolver<'_> {
             test_labels: pick(raw.test_labels, "test_labels", "test_labels.csv"),
             image_ext,
         };
-        match raw.layout {
+        match layout {
             Layout::Kaggle => {
                 let labels = pick(raw.labels, "labels", "labels.csv");
                 let train_dir = pick(raw.train_dir, "train_dir", "train");
@@ -389,6 +372,7 @@ impl Resolver<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::parse;
 
     const MINIMAL: &str = r#"
 name = "t"
@@ -399,16 +383,6 @@ root = "data"
 arch = "efficientnet_lite0"
 weights = "w.safetensors"
 "#;
-
-    #[test]
-    fn relative_paths_resolve_against_the_spec_folder() {
-        assert_eq!(
-            normalize(Path::new("experiments/../../shared/m")),
-            Path::new("../shared/m")
-        );
-        assert_eq!(normalize(Path::new("./a/./b/../c")), Path::new("a/c"));
-        assert_eq!(normalize(Path::new("/x/../y")), Path::new("/y"));
-    }
 
     #[test]
     fn defaults_fill_every_key() {
