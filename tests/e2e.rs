@@ -16,6 +16,7 @@ use runner::spec::Spec;
 use crate::common::{model, runner, runner_dev, stderr, stdout, woof_subset};
 
 mod bad_inputs;
+mod experiments;
 
 const CLASSES: usize = 3;
 const TRAIN_PER_CLASS: usize = 10;

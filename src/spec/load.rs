@@ -112,6 +112,14 @@ fn expand(mut table: Table, origin: &str, overrides: &Overrides) -> Result<Exper
         check_schema(&table).map_err(flag_error)?;
     }
 
+    let with_sets;
+    let origin = if overrides.set.is_empty() {
+        origin
+    } else {
+        with_sets = format!("{origin} with --set {}", overrides.set.join(" --set "));
+        &with_sets
+    };
+
     // Every swept value on its own first: the error names the axis value
     // rather than a member.
     for axis in &sweep.axes {
