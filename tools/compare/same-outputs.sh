@@ -20,7 +20,7 @@ fi
 old="$(realpath "$1")"
 new="$(realpath "$2")"
 work="${3:-$(mktemp -d)}"
-specs=(quickstart xception_inception_flip ablation_one_fold ablation_no_flip onnx_efficientnet_lite0)
+specs=(quickstart xception_inception_flip ablations onnx_efficientnet_lite0)
 
 for side in old new; do
   bin="${!side}"
@@ -33,15 +33,23 @@ for side in old new; do
 done
 
 differ=0
-for s in "${specs[@]}"; do
-  a="$(ls -d "$work"/old/*-"$s"-*)"
-  b="$(ls -d "$work"/new/*-"$s"-*)"
+# Runs pair up by their folder name after the start time: the spec's name
+# (with a sweep member's values) and the resolved spec's hash.
+for a in "$work"/old/*/; do
+  run="$(basename "$a")"
+  run="${run#*Z-}"
+  b="$(ls -d "$work"/new/*Z-"$run" 2>/dev/null || true)"
+  if [ -z "$b" ]; then
+    echo "DIFFERENT  $run: no such run from the new binary"
+    differ=1
+    continue
+  fi
   for f in oof.csv submission.csv folds.csv metrics.json spec.toml; do
     [ -f "$a/$f" ] || continue
     if cmp -s "$a/$f" "$b/$f"; then
-      echo "identical  $s/$f"
+      echo "identical  $run/$f"
     else
-      echo "DIFFERENT  $s/$f"
+      echo "DIFFERENT  $run/$f"
       differ=1
     fi
   done
