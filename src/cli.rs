@@ -103,8 +103,40 @@ enum Command {
         #[command(flatten)]
         changes: SpecChanges,
     },
-    /// Compare every run in one table.
+    /// Compare runs in one table: the scores and the parameters that
+    /// differ between the listed runs.
     Report {
+        #[arg(long, value_enum, default_value = "table")]
+        format: report::Format,
+        /// Show every parameter column, not only those that differ.
+        #[arg(long)]
+        all_columns: bool,
+        /// Sort by a column (`-KEY`: descending) [default: oof_log_loss]
+        #[arg(long, value_name = "KEY", allow_hyphen_values = true)]
+        sort: Option<String>,
+        /// Keep runs where a column compares true: KEY=VALUE, KEY!=VALUE,
+        /// KEY<VALUE, KEY<=VALUE, KEY>VALUE, KEY>=VALUE. Repeatable (all hold).
+        #[arg(long = "where", value_name = "EXPR")]
+        wheres: Vec<String>,
+        /// Only the runs of one sweep (its id, or a prefix of it).
+        #[arg(long = "sweep", value_name = "ID")]
+        sweep_id: Option<String>,
+        /// Only runs whose spec name matches a glob (`'ablations*'`).
+        #[arg(long = "name", value_name = "GLOB")]
+        name_glob: Option<String>,
+        /// Only the N most recently started runs.
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
+        /// One row per value of these columns, with each score's mean and
+        /// standard deviation (`--group-by head.dropout`).
+        #[arg(long, value_name = "KEY", value_delimiter = ',')]
+        group_by: Vec<String>,
+    },
+    /// Two runs side by side: the parameters that differ, every score and
+    /// its change.
+    Diff {
+        run_a: PathBuf,
+        run_b: PathBuf,
         #[arg(long, value_enum, default_value = "table")]
         format: report::Format,
     },
@@ -158,7 +190,37 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
     let log = Log::new(g.quiet);
     match cli.command {
-        Some(Command::Report { format }) => report(g, format),
+        Some(Command::Report {
+            format,
+            all_columns,
+            sort,
+            wheres,
+            sweep_id,
+            name_glob,
+            last,
+            group_by,
+        }) => {
+            let selection = report::Selection {
+                sweep: sweep_id,
+                name: name_glob,
+                last,
+                wheres,
+            };
+            let options = report::Options {
+                all_columns,
+                sort,
+                group_by,
+            };
+            report(g, &selection, &options, format)
+        }
+        Some(Command::Diff {
+            run_a,
+            run_b,
+            format,
+        }) => {
+            print!("{}", report::diff(&run_a, &run_b, format)?);
+            Ok(())
+        }
         Some(Command::Extract { spec, out }) => {
             g.init_threads(&log)?;
             let origin = spec.display().to_string();
@@ -184,14 +246,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn report(g: &Global, format: report::Format) -> anyhow::Result<()> {
+fn report(
+    g: &Global,
+    selection: &report::Selection,
+    options: &report::Options,
+    format: report::Format,
+) -> anyhow::Result<()> {
     if g.runs.exists() && !g.runs.is_dir() {
         bail!(
             "--runs {} is a file, not a folder of runs",
             g.runs.display()
         );
     }
-    let (report, warnings) = report::load(&g.runs)?;
+    let (report, warnings) = report::Report::build(&g.runs, selection, options)?;
     for w in &warnings {
         eprintln!("warning: {w}");
     }
@@ -201,7 +268,7 @@ fn report(g: &Global, format: report::Format) -> anyhow::Result<()> {
         } else {
             " (no such folder; pass --runs DIR)"
         };
-        eprintln!("no runs under {}{why}", g.runs.display());
+        eprintln!("no runs selected under {}{why}", g.runs.display());
     }
     print!("{}", report.render(format)?);
     Ok(())
@@ -256,8 +323,8 @@ fn run_specs(
 
 /// The comparison of a sweep's runs, printed when the sweep ends.
 fn print_sweep(g: &Global, id: &str) -> anyhow::Result<()> {
-    let (report, _) = report::load(&g.runs)?;
-    let _ = id;
+    let selection = report::Selection::sweep(id);
+    let (report, _) = report::Report::build(&g.runs, &selection, &report::Options::default())?;
     print!("{}", report.render(report::Format::Table)?);
     Ok(())
 }
