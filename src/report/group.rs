@@ -36,20 +36,26 @@ pub fn aggregate(
                 GroupsIndicator::Slice([first, len]) => (first..first + len).collect(),
             };
             let first = rows[0] as usize;
-            let mut row: Vec<Cell> = (0..keys.len())
-                .map(|k| runs_cell(runs, first, &keys[k]))
-                .collect();
+            let mut row: Vec<Cell> = keys.iter().map(|k| runs[first].cell(k)).collect();
             row.push(Cell::Int(rows.len() as i64));
             for m in METRICS {
                 let values = df.column(m)?.as_materialized_series().take_slice(&rows)?;
                 let values = values.cast(&DataType::Float64)?;
-                row.push(values.mean().into());
-                // Sample deviation (n - 1): none for a single run.
-                row.push(if values.len() - values.null_count() > 1 {
-                    values.std(1).into()
-                } else {
-                    Cell::Null
-                });
+                let mean = values.mean();
+                row.push(mean.into());
+                // Sample deviation (n - 1): none for a single run; equal
+                // values give exactly 0, not the summation's rounding.
+                let std = (values.len() - values.null_count() > 1)
+                    .then(|| values.std(1))
+                    .flatten()
+                    .map(|s| {
+                        if s <= 1e-12 * mean.unwrap_or(0.0).abs() {
+                            0.0
+                        } else {
+                            s
+                        }
+                    });
+                row.push(std.into());
             }
             out_rows.push(row);
         }
@@ -63,8 +69,4 @@ pub fn aggregate(
             .unwrap_or(std::cmp::Ordering::Equal)
     });
     Ok((out_columns, out_rows))
-}
-
-fn runs_cell(runs: &[RunRecord], row: usize, key: &str) -> Cell {
-    runs[row].cell(key)
 }
