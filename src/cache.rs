@@ -38,6 +38,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })
 }
 
+/// Removes the temporary files [`write_atomic`] leaves in `dir` when its
+/// process is killed mid-write. Only for a folder no live process writes
+/// (a dead run's directory).
+pub fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for path in entries.flatten().map(|e| e.path()) {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with('.') && name.contains(".tmp-") {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// What says a file is unchanged: its absolute path, size, modification
 /// time (nanoseconds) and, on Unix, inode (a file replaced by a rename is
 /// another file even with the same size and time).

@@ -103,6 +103,12 @@ enum Command {
         #[command(flatten)]
         changes: SpecChanges,
     },
+    /// Continue an unfinished (interrupted or failed) run in its own
+    /// directory: every feature chunk it cached is reused.
+    Resume {
+        #[arg(required = true, value_name = "RUN_DIR")]
+        run_dirs: Vec<PathBuf>,
+    },
     /// Compare runs in one table: the scores and the parameters that
     /// differ between the listed runs.
     Report {
@@ -242,6 +248,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Run { specs, changes }) => run_specs(&specs, &changes, g, &log).map(drop),
         Some(Command::Rerun { run_dirs, changes }) => rerun(&run_dirs, &changes, g, &log),
+        Some(Command::Resume { run_dirs }) => resume(&run_dirs, g, &log),
         None => run_specs(&cli.specs, &cli.changes, g, &log).map(drop),
     }
 }
@@ -258,6 +265,7 @@ fn report(
             g.runs.display()
         );
     }
+    crate::rundir::mark_dead_runs(&g.runs);
     let (report, warnings) = report::Report::build(&g.runs, selection, options)?;
     for w in &warnings {
         eprintln!("warning: {w}");
@@ -287,6 +295,7 @@ fn run_specs(
         bail!("no spec given; usage: runner SPEC.toml [SPEC.toml ...] (see --help)");
     }
     let experiments = experiment::check_all(paths, &changes.overrides())?;
+    note_dead_runs(g, log);
     g.init_threads(log)?;
     let cache = g.cache();
     let ctx = Context {
@@ -299,6 +308,8 @@ fn run_specs(
     let mut finished = Vec::new();
     let mut total = 0;
     for checked in &experiments {
+        // A stop request ends the command after the run it stopped.
+        crate::interrupt::check()?;
         log.info(format!("spec {}", checked.experiment.origin));
         total += checked.members.len();
         let outcome = experiment::run(checked, &ctx);
@@ -311,6 +322,7 @@ fn run_specs(
         finished.extend(outcome.runs.into_iter().map(|r| r.dir));
         failed.extend(outcome.failed);
     }
+    crate::interrupt::check()?;
     if !failed.is_empty() {
         bail!(
             "{} of {total} run(s) failed:\n{}",
@@ -326,6 +338,48 @@ fn print_sweep(g: &Global, id: &str) -> anyhow::Result<()> {
     let selection = report::Selection::sweep(id);
     let (report, _) = report::Report::build(&g.runs, &selection, &report::Options::default())?;
     print!("{}", report.render(report::Format::Table)?);
+    Ok(())
+}
+
+/// Runs whose process died without a word (kill -9, a power cut) are
+/// marked `interrupted`, so nothing shows them as running forever.
+fn note_dead_runs(g: &Global, log: &Log) {
+    for dir in crate::rundir::mark_dead_runs(&g.runs) {
+        log.info(format!(
+            "{}: its process is gone; marked interrupted (`runner resume` continues it)",
+            dir.display()
+        ));
+    }
+}
+
+/// `runner resume RUN_DIR...`: each unfinished run, continued in place.
+fn resume(run_dirs: &[PathBuf], g: &Global, log: &Log) -> anyhow::Result<()> {
+    note_dead_runs(g, log);
+    let mut datasets = Datasets::default();
+    let mut checked = Vec::new();
+    for dir in run_dirs {
+        let spec_path = dir.join("spec.toml");
+        if !spec_path.is_file() {
+            bail!(
+                "{} is not a run directory (it has no spec.toml); give a folder under --runs, e.g. runs/<run>",
+                dir.display()
+            );
+        }
+        let origin = spec_path.display().to_string();
+        checked.push(preflight(
+            crate::spec::load(&spec_path)?,
+            &origin,
+            &mut datasets,
+        )?);
+    }
+    g.init_threads(log)?;
+    let cache = g.cache();
+    for (dir, checked) in run_dirs.iter().zip(&checked) {
+        crate::interrupt::check()?;
+        let device = g.device(&checked.spec, log)?;
+        let outcome = crate::pipeline::resume(&checked.run(&cache, &device, log), dir)?;
+        log.info(format!("wrote {}", outcome.dir.display()));
+    }
     Ok(())
 }
 

@@ -144,6 +144,12 @@ fn run_sweep(checked: &CheckedExperiment, ctx: &Context<'_>) -> Outcome {
     let mut loaded = Loaded::new();
     let mut ready = Vec::new();
     for (i, (member, checked)) in experiment.members.iter().zip(&checked.members).enumerate() {
+        if let Err(stop) = crate::interrupt::check() {
+            outcome
+                .failed
+                .push(format!("{}: {stop}", experiment.origin));
+            break;
+        }
         let label = member
             .values
             .iter()

@@ -26,6 +26,7 @@ pub mod experiment;
 pub mod export;
 pub mod features;
 pub mod inspect;
+pub mod interrupt;
 pub mod log;
 pub mod metrics;
 pub mod npy;

@@ -8,10 +8,15 @@
 //! oof.csv          id, label, one probability column per class
 //! submission.csv   the sample submission's header and id order
 //! run.log          everything the run printed
+//! run.lock         locked while the run's process lives
 //! ```
 //!
 //! `run.json` is written first with status `running` and rewritten at the
-//! end, so a run that crashed or was interrupted stays visibly incomplete.
+//! end (`complete`, `failed`, or `interrupted` with the stage a signal
+//! stopped it in). A process that dies without a word (kill -9, power
+//! cut) leaves `running`; its `run.lock` is no longer locked (the kernel
+//! drops a dead process's locks), which is how [`is_live`] tells a dead run
+//! from a live one.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +32,9 @@ pub enum Status {
     Running,
     Complete,
     Failed,
+    /// Stopped by a signal, or found dead (`running` with no live
+    /// process holding its lock).
+    Interrupted,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,6 +50,10 @@ pub struct Manifest {
     pub feature_stages_computed: usize,
     /// Seconds per part of the run.
     pub timings: Timings,
+    /// The part of the run in progress (`features`, `heads`, `outputs`):
+    /// where an interrupted or failed run stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
     /// The sweep this run is a member of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<SweepRecord>,
@@ -81,6 +93,78 @@ pub struct Timings {
 pub struct RunDir {
     pub path: PathBuf,
     pub manifest: Manifest,
+    /// `run.lock`, exclusively locked for as long as this value lives.
+    _lock: std::fs::File,
+}
+
+/// Locks `dir/run.lock` for this process; `None` when another live process
+/// holds it.
+fn lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("run.lock"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Whether a live process holds the run's lock. A run directory without a
+/// lock file (or whose lock cannot be taken) counts as not live.
+pub fn is_live(dir: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(dir.join("run.lock")) else {
+        return false;
+    };
+    matches!(
+        file.try_lock_shared(),
+        Err(std::fs::TryLockError::WouldBlock)
+    )
+}
+
+/// Marks every run under `runs_root` that says `running` but whose process
+/// is gone as `interrupted`, and removes the temporary files its writes
+/// left; returns those runs.
+pub fn mark_dead_runs(runs_root: &Path) -> Vec<PathBuf> {
+    let mut dead = Vec::new();
+    let Ok(entries) = std::fs::read_dir(runs_root) else {
+        return dead;
+    };
+    for dir in entries.flatten().map(|e| e.path()) {
+        let manifest_path = dir.join("run.json");
+        let Some(mut manifest) = std::fs::read(&manifest_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+        else {
+            continue;
+        };
+        if manifest.status != Status::Running || is_live(&dir) {
+            continue;
+        }
+        // Take the lock while rewriting: a run starting on this folder
+        // right now (a `resume`) wins, and this leaves it alone.
+        let Ok(Some(_lock)) = lock(&dir) else {
+            continue;
+        };
+        manifest.status = Status::Interrupted;
+        if manifest.finished.is_none() {
+            manifest.finished = Some(Finished {
+                finished_utc: utc_stamp(Utc::now(), false),
+                seconds: 0.0,
+                error: Some(
+                    "the process ended without finishing (killed, or the machine stopped)".into(),
+                ),
+            });
+        }
+        let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+        if write_atomic(&manifest_path, &json).is_ok() {
+            crate::cache::remove_stale_temp_files(&dir);
+            dead.push(dir);
+        }
+    }
+    dead
 }
 
 /// A UTC time as `2026-12-04T18:00:57Z`, or `20261204T180057Z` when
@@ -130,7 +214,11 @@ impl RunDir {
             path = runs_root.join(format!("{base}.{n}"));
             n += 1;
         }
+        let lock = lock(&path)?.ok_or_else(|| {
+            std::io::Error::other(format!("{} is locked by another process", path.display()))
+        })?;
         let run = RunDir {
+            _lock: lock,
             path,
             manifest: Manifest {
                 status: Status::Running,
@@ -140,12 +228,56 @@ impl RunDir {
                 feature_stages_cached: 0,
                 feature_stages_computed: 0,
                 timings: Timings::default(),
+                stage: None,
                 sweep,
             },
         };
         run.write("spec.toml", spec.to_toml().as_bytes())?;
         run.write_manifest()?;
         Ok(run)
+    }
+
+    /// Opens an existing, unfinished run directory to run it again in
+    /// place (`runner resume`): its sweep record is kept, its status set
+    /// back to `running`.
+    pub fn reopen(path: &Path, spec: &Spec) -> anyhow::Result<RunDir> {
+        let old: Manifest = serde_json::from_slice(&std::fs::read(path.join("run.json"))?)
+            .map_err(|e| {
+                anyhow::anyhow!("{}: cannot parse ({e})", path.join("run.json").display())
+            })?;
+        let Some(lock) = lock(path)? else {
+            anyhow::bail!("{} is still running in another process", path.display());
+        };
+        if old.status == Status::Complete {
+            anyhow::bail!(
+                "{} is complete; `runner rerun` runs its spec again into a new run directory",
+                path.display()
+            );
+        }
+        let run = RunDir {
+            _lock: lock,
+            path: path.to_path_buf(),
+            manifest: Manifest {
+                status: Status::Running,
+                runner_version: env!("CARGO_PKG_VERSION").to_string(),
+                started_utc: utc_stamp(Utc::now(), false),
+                finished: None,
+                feature_stages_cached: 0,
+                feature_stages_computed: 0,
+                timings: Timings::default(),
+                stage: None,
+                sweep: old.sweep,
+            },
+        };
+        run.write("spec.toml", spec.to_toml().as_bytes())?;
+        run.write_manifest()?;
+        Ok(run)
+    }
+
+    /// Records the part of the run now in progress.
+    pub fn enter(&mut self, stage: &str) -> std::io::Result<()> {
+        self.manifest.stage = Some(stage.to_string());
+        self.write_manifest()
     }
 
     pub fn file(&self, name: &str) -> PathBuf {

@@ -69,6 +69,7 @@ impl<'a> SplitExtraction<'a> {
         std::thread::scope(|scope| -> Result<(), FeatureError> {
             let decoded = decode::spawn(scope, &chunks, &sizes, pool.as_ref());
             for (c, chunk) in chunks.iter().enumerate() {
+                crate::interrupt::check()?;
                 if sizes[c].is_empty() {
                     progress.inc(chunk.len() as u64);
                     continue;
@@ -222,6 +223,9 @@ impl<'a> SplitExtraction<'a> {
         let mut parts: Vec<Vec<Tensor>> = todo.iter().map(|_| Vec::new()).collect();
         for first in (0..chunk.len()).step_by(self.batch_size) {
             let last = (first + self.batch_size).min(chunk.len());
+            // A stop request waits at most one batch; the chunks stored so
+            // far are what a resumed run starts from.
+            crate::interrupt::check()?;
             for (slot, &i) in todo.iter().enumerate() {
                 let stage = self.stages[i];
                 let bb = &self.run.spec.backbones[stage.backbone];

@@ -46,6 +46,8 @@ pub fn chunk_images(batch_size: usize) -> usize {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FeatureError {
+    #[error("extraction stopped")]
+    Interrupted(#[from] crate::interrupt::Interrupted),
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]

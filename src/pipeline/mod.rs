@@ -99,8 +99,20 @@ pub fn prepare(
     sweep: Option<SweepRecord>,
     loaded: &Loaded,
 ) -> anyhow::Result<Prepared> {
+    let dir = RunDir::create(runs_root, run.spec, sweep)?;
+    prepare_dir(run, dir, loaded)
+}
+
+/// Runs a spec again inside an unfinished run directory (`runner resume`):
+/// every feature chunk the earlier attempt cached is reused.
+pub fn resume(run: &Run<'_>, dir: &Path) -> anyhow::Result<RunOutcome> {
+    let dir = RunDir::reopen(dir, run.spec)?;
+    let prepared = prepare_dir(run, dir, &Loaded::new())?;
+    finish(run, prepared)
+}
+
+fn prepare_dir(run: &Run<'_>, mut dir: RunDir, loaded: &Loaded) -> anyhow::Result<Prepared> {
     let started = Instant::now();
-    let mut dir = RunDir::create(runs_root, run.spec, sweep)?;
     run.log.attach_file(&dir.file("run.log"))?;
     run.log.info(format!("run {}", dir.path.display()));
     let result = prepare_in(run, &mut dir, loaded);
@@ -142,6 +154,7 @@ fn conclude(
 ) -> anyhow::Result<RunOutcome> {
     match result {
         Ok(metrics) => {
+            dir.manifest.stage = None;
             dir.finish(Status::Complete, started.elapsed().as_secs_f64(), None)?;
             run.log.detach_file();
             Ok(RunOutcome {
@@ -153,11 +166,17 @@ fn conclude(
     }
 }
 
-/// Records a failed run (status, error, time) and hands the error back.
+/// Records a failed or interrupted run (status, error, time, the stage it
+/// was in) and hands the error back.
 fn fail(run: &Run<'_>, mut dir: RunDir, started: Instant, e: anyhow::Error) -> anyhow::Error {
     let msg = format!("{e:#}");
-    run.log.info(format!("run failed: {msg}"));
-    let recorded = dir.finish(Status::Failed, started.elapsed().as_secs_f64(), Some(msg));
+    let (status, word) = match crate::interrupt::cause(&e) {
+        Some(_) => (Status::Interrupted, "interrupted"),
+        None => (Status::Failed, "failed"),
+    };
+    let stage = dir.manifest.stage.clone().unwrap_or_else(|| "setup".into());
+    run.log.info(format!("run {word} during {stage}: {msg}"));
+    let recorded = dir.finish(status, started.elapsed().as_secs_f64(), Some(msg));
     run.log.detach_file();
     match recorded {
         Ok(()) => e,
@@ -191,10 +210,12 @@ fn prepare_in(
     // an hour of extraction.
     let folds = fold_plan(run.spec, run.data)?;
 
+    dir.enter("hashing")?;
     let t = Instant::now();
     let plan = Plan::new(spec, data, Some(run.cache))?;
     dir.manifest.timings.hash_seconds = t.elapsed().as_secs_f64();
 
+    dir.enter("features")?;
     let t = Instant::now();
     let feats = features::ensure_with(run, &plan, loaded)?;
     dir.manifest.timings.features_seconds = t.elapsed().as_secs_f64();
@@ -213,8 +234,12 @@ fn finish_in(
     feats: &Features,
 ) -> anyhow::Result<Metrics> {
     let (spec, data) = (run.spec, run.data);
+    crate::interrupt::check()?;
+    dir.enter("heads")?;
     let t = Instant::now();
     let preds = train_heads(run, plan, feats, folds)?;
+    crate::interrupt::check()?;
+    dir.enter("outputs")?;
     dir.manifest.timings.heads_seconds = t.elapsed().as_secs_f64();
     check_finite(&preds, feats)?;
 

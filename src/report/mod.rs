@@ -131,7 +131,10 @@ pub fn read_run(dir: &Path, warnings: &mut Vec<String>) -> RunRecord {
         Some(m) => match m.status {
             Status::Complete => "complete",
             Status::Failed => "failed",
-            Status::Running => "incomplete",
+            Status::Interrupted => "interrupted",
+            // A live process holds the lock; a dead one left `running`.
+            Status::Running if crate::rundir::is_live(dir) => "running",
+            Status::Running => "interrupted",
         },
         None => "unreadable",
     }

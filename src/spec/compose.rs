@@ -151,6 +151,12 @@ pub fn anchor(value: &mut Value, base: &Path) {
 
 /// `path` as an absolute path (against the working directory when relative).
 pub fn absolute(path: &Path) -> PathBuf {
+    // `a.toml`'s parent is the empty path: the working directory.
+    let path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
     normalize(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
 }
 
@@ -282,6 +288,12 @@ mod tests {
             err.contains("base.toml") && err.contains("line 3") && err.contains("`lrr`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_spec_in_the_working_directory_gets_absolute_paths() {
+        assert!(absolute(Path::new("")).is_absolute());
+        assert_eq!(absolute(Path::new("")), absolute(Path::new(".")));
     }
 
     #[test]
