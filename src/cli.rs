@@ -75,10 +75,10 @@ struct Global {
     #[arg(long, global = true)]
     cache: Option<PathBuf>,
     /// auto | cpu | cuda | cuda:N [default: the spec's `device`, else auto]
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = parse_device)]
     device: Option<String>,
-    /// Worker threads [default: all cores].
-    #[arg(long, global = true)]
+    /// Worker threads, 1 or more [default: all cores].
+    #[arg(long, global = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     threads: Option<usize>,
     /// Plain log lines only: no progress bars or periodic progress lines.
     #[arg(long, short, global = true)]
@@ -164,6 +164,19 @@ enum Command {
         #[arg(long)]
         output: Option<String>,
     },
+}
+
+/// A device name the command line may give (a usage error otherwise, before
+/// anything runs).
+fn parse_device(s: &str) -> Result<String, String> {
+    let known = matches!(s, "auto" | "cpu" | "cuda")
+        || s.strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<usize>().is_ok());
+    if known {
+        Ok(s.to_string())
+    } else {
+        Err("not a device; allowed: auto, cpu, cuda, cuda:N".into())
+    }
 }
 
 impl Global {
@@ -406,4 +419,25 @@ fn rerun(runs: &[PathBuf], changes: &SpecChanges, g: &Global, log: &Log) -> anyh
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_global_options_are_usage_errors() {
+        for args in [
+            ["runner", "--device", "tpu", "a.toml"],
+            ["runner", "--threads", "0", "a.toml"],
+            ["runner", "--device", "cuda:x", "a.toml"],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+        assert!(
+            Cli::try_parse_from(["runner", "--device", "cuda:1", "--threads", "2", "a.toml"])
+                .is_ok()
+        );
+    }
 }
