@@ -38,6 +38,50 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })
 }
 
+/// Where the BLAKE3 checksum of a cached `.npy` is kept: `<file>.npy.b3`.
+fn checksum_path(npy: &Path) -> PathBuf {
+    let mut name = npy.file_name().unwrap_or_default().to_os_string();
+    name.push(".b3");
+    npy.with_file_name(name)
+}
+
+/// Writes a matrix as `.npy` with its checksum beside it (the checksum
+/// first: a `.npy` never exists without the sum that vouches for it).
+fn write_verified(path: &Path, m: &Matrix) -> std::io::Result<()> {
+    let bytes = npy::to_bytes(m);
+    write_atomic(
+        &checksum_path(path),
+        blake3::hash(&bytes).to_hex().as_bytes(),
+    )?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads a cached `.npy` whose bytes match its stored checksum: a byte
+/// changed on disk (or a file without a checksum) is an error, not data.
+fn read_verified(path: &Path) -> Result<Matrix, String> {
+    let sum_path = checksum_path(path);
+    let want = std::fs::read_to_string(&sum_path).map_err(|_| {
+        format!(
+            "{} has no checksum ({} is missing)",
+            path.display(),
+            sum_path.display()
+        )
+    })?;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if blake3::hash(&bytes).to_hex().as_str() != want.trim() {
+        return Err(format!(
+            "{}: its bytes do not match their checksum (changed on disk)",
+            path.display()
+        ));
+    }
+    npy::from_bytes(&bytes, path).map_err(|e| e.to_string())
+}
+
+fn remove_verified(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(checksum_path(path));
+}
+
 /// Removes the temporary files [`write_atomic`] leaves in `dir` when its
 /// process is killed mid-write. Only for a folder no live process writes
 /// (a dead run's directory).
@@ -181,26 +225,26 @@ impl FeatureCache {
         self.path(key).is_file()
     }
 
-    /// Loads a finished stage; `Ok(None)` on a miss. A corrupt file (bad
-    /// header, truncated, wrong row count, values that are not finite) is
-    /// removed and reported as a miss
-    /// with the reason, so the stage is recomputed.
+    /// Loads a finished stage; `Ok(None)` on a miss. A corrupt file (bytes
+    /// that do not match the checksum stored beside it, a bad header, a
+    /// wrong row count, values that are not finite) is removed and reported
+    /// as a miss with the reason, so the stage is recomputed.
     pub fn get(&self, key: &str, rows: usize) -> Result<Option<Matrix>, String> {
         let path = self.path(key);
         if !path.is_file() {
             return Ok(None);
         }
-        match npy::read(&path) {
+        match read_verified(&path) {
             Ok(m) if m.rows == rows && m.data.iter().all(|v| v.is_finite()) => Ok(Some(m)),
             Ok(m) if m.rows == rows => {
-                let _ = std::fs::remove_file(&path);
+                remove_verified(&path);
                 Err(format!(
                     "{} holds NaN or infinite values (damaged on disk?); removed, recomputing",
                     path.display()
                 ))
             }
             Ok(m) => {
-                let _ = std::fs::remove_file(&path);
+                remove_verified(&path);
                 Err(format!(
                     "{} holds {} rows, expected {rows}; removed, recomputing",
                     path.display(),
@@ -208,7 +252,7 @@ impl FeatureCache {
                 ))
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&path);
+                remove_verified(&path);
                 Err(format!("{e}; removed, recomputing"))
             }
         }
@@ -218,7 +262,7 @@ impl FeatureCache {
     pub fn put(&self, key: &str, m: &Matrix, meta: &serde_json::Value) -> std::io::Result<()> {
         let meta = serde_json::to_vec_pretty(meta).expect("json serialises");
         write_atomic(&self.stem(key).with_extension("json"), &meta)?;
-        write_atomic(&self.path(key), &npy::to_bytes(m))?;
+        write_verified(&self.path(key), m)?;
         // The stage is safely stored; leftover chunks only cost disk space,
         // so failing to remove them must not fail the run.
         let _ = std::fs::remove_dir_all(self.partial_dir(key));
@@ -240,17 +284,21 @@ impl FeatureCache {
     /// earlier (interrupted) run wrote them with `cols` columns.
     pub fn chunk(&self, key: &str, first_row: usize, rows: usize, cols: usize) -> Option<Matrix> {
         let path = self.chunk_path(key, first_row, rows);
-        match npy::read(&path) {
+        if !path.is_file() {
+            return None;
+        }
+        match read_verified(&path) {
             Ok(m) if m.rows == rows && m.cols == cols => Some(m),
             Ok(_) | Err(_) => {
-                let _ = std::fs::remove_file(&path);
+                // Recomputed, never built into the finished entry.
+                remove_verified(&path);
                 None
             }
         }
     }
 
     pub fn put_chunk(&self, key: &str, first_row: usize, m: &Matrix) -> std::io::Result<()> {
-        write_atomic(&self.chunk_path(key, first_row, m.rows), &npy::to_bytes(m))
+        write_verified(&self.chunk_path(key, first_row, m.rows), m)
     }
 }
 
@@ -287,6 +335,34 @@ mod tests {
         }
         assert_eq!(fingerprint("a"), "7");
         assert_eq!(calls.get(), 4);
+    }
+
+    #[test]
+    fn a_byte_changed_inside_an_entry_or_a_chunk_is_caught_by_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FeatureCache::new(dir.path());
+        let key = "abcdef0123";
+        // Still a well-formed .npy of finite values after the change: only
+        // the checksum can tell.
+        let m = Matrix::new(4, 8, (0..32).map(|i| i as f32 + 1.0).collect());
+        let flip = |path: &Path| {
+            let mut bytes = std::fs::read(path).unwrap();
+            let at = bytes.len() - 40;
+            bytes[at] ^= 0x01;
+            std::fs::write(path, bytes).unwrap();
+        };
+        cache.put(key, &m, &serde_json::json!({})).unwrap();
+        flip(&cache.path(key));
+        let err = cache.get(key, 4).unwrap_err();
+        assert!(err.contains("do not match their checksum"), "{err}");
+        assert!(!cache.contains(key));
+
+        cache.put_chunk(key, 0, &m).unwrap();
+        assert_eq!(cache.chunk(key, 0, 4, 8), Some(m.clone()));
+        flip(&cache.chunk_path(key, 0, 4));
+        assert_eq!(cache.chunk(key, 0, 4, 8), None);
+        assert!(!cache.chunk_path(key, 0, 4).exists());
+        assert!(!checksum_path(&cache.chunk_path(key, 0, 4)).exists());
     }
 
     #[test]

@@ -93,10 +93,6 @@ pub fn write(path: &Path, m: &Matrix) -> Result<(), NpyError> {
 }
 
 pub fn read(path: &Path) -> Result<Matrix, NpyError> {
-    let fmt = |problem: &str| NpyError::Format {
-        path: path.display().to_string(),
-        problem: problem.to_string(),
-    };
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -104,6 +100,15 @@ pub fn read(path: &Path) -> Result<Matrix, NpyError> {
             path: path.display().to_string(),
             source,
         })?;
+    from_bytes(&bytes, path)
+}
+
+/// Parses `.npy` bytes read from `path` (named in errors).
+pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Matrix, NpyError> {
+    let fmt = |problem: &str| NpyError::Format {
+        path: path.display().to_string(),
+        problem: problem.to_string(),
+    };
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(fmt("bad magic"));
     }
