@@ -169,10 +169,7 @@ enum Command {
 /// A device name the command line may give (a usage error otherwise, before
 /// anything runs).
 fn parse_device(s: &str) -> Result<String, String> {
-    let known = matches!(s, "auto" | "cpu" | "cuda")
-        || s.strip_prefix("cuda:")
-            .is_some_and(|n| n.parse::<usize>().is_ok());
-    if known {
+    if crate::spec::is_device_name(s) {
         Ok(s.to_string())
     } else {
         Err("not a device; allowed: auto, cpu, cuda, cuda:N".into())
@@ -365,19 +362,26 @@ fn note_dead_runs(g: &Global, log: &Log) {
     }
 }
 
+/// A run directory's saved spec, or an error saying it is not a run
+/// directory.
+fn saved_spec(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let spec = dir.join("spec.toml");
+    if !spec.is_file() {
+        bail!(
+            "{} is not a run directory (it has no spec.toml); give a folder under --runs, e.g. runs/<run>",
+            dir.display()
+        );
+    }
+    Ok(spec)
+}
+
 /// `runner resume RUN_DIR...`: each unfinished run, continued in place.
 fn resume(run_dirs: &[PathBuf], g: &Global, log: &Log) -> anyhow::Result<()> {
     note_dead_runs(g, log);
     let mut datasets = Datasets::default();
     let mut checked = Vec::new();
     for dir in run_dirs {
-        let spec_path = dir.join("spec.toml");
-        if !spec_path.is_file() {
-            bail!(
-                "{} is not a run directory (it has no spec.toml); give a folder under --runs, e.g. runs/<run>",
-                dir.display()
-            );
-        }
+        let spec_path = saved_spec(dir)?;
         let origin = spec_path.display().to_string();
         checked.push(preflight(
             crate::spec::load(&spec_path)?,
@@ -400,14 +404,7 @@ fn resume(run_dirs: &[PathBuf], g: &Global, log: &Log) -> anyhow::Result<()> {
 fn rerun(runs: &[PathBuf], changes: &SpecChanges, g: &Global, log: &Log) -> anyhow::Result<()> {
     let mut specs = Vec::new();
     for dir in runs {
-        let spec = dir.join("spec.toml");
-        if !spec.is_file() {
-            bail!(
-                "{} is not a run directory (it has no spec.toml); give a folder under --runs, e.g. runs/<run>",
-                dir.display()
-            );
-        }
-        specs.push(spec);
+        specs.push(saved_spec(dir)?);
     }
     let finished = run_specs(&specs, changes, g, log)?;
     let changed = !changes.set.is_empty() || !changes.sweep.is_empty();

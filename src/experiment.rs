@@ -43,13 +43,7 @@ pub fn check_all(
             let members = experiment
                 .members
                 .iter()
-                .map(|m| {
-                    preflight(
-                        m.spec.clone(),
-                        &origin(&experiment, &m.values),
-                        &mut datasets,
-                    )
-                })
+                .map(|m| preflight(m.spec.clone(), &m.origin, &mut datasets))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             Ok(CheckedExperiment {
                 experiment,
@@ -57,14 +51,6 @@ pub fn check_all(
             })
         })
         .collect()
-}
-
-fn origin(experiment: &Experiment, values: &[Assignment]) -> String {
-    if values.is_empty() {
-        return experiment.origin.clone();
-    }
-    let args: Vec<String> = values.iter().map(Assignment::to_arg).collect();
-    format!("{} (sweep member {})", experiment.origin, args.join(", "))
 }
 
 /// Where runs go and what they run on.
@@ -187,9 +173,7 @@ fn run_sweep(checked: &CheckedExperiment, ctx: &Context<'_>) -> Outcome {
                     prepared,
                 });
             }
-            Err(e) => outcome
-                .failed
-                .push(format!("{}: {e:#}", origin(experiment, &member.values))),
+            Err(e) => outcome.failed.push(format!("{}: {e:#}", member.origin)),
         }
     }
     // The features of runs still to train are held by their `Prepared`.

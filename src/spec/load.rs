@@ -29,6 +29,8 @@ pub struct Overrides {
 pub struct Member {
     pub spec: Spec,
     pub values: Vec<Assignment>,
+    /// The spec file, its `--set`s and this member's values, for messages.
+    pub origin: String,
 }
 
 /// A spec file with its overrides: one member, or a sweep's members.
@@ -186,7 +188,11 @@ fn member(
             message: e.to_string().trim_end().to_string(),
         })?;
     let spec = resolve::resolve(raw, &origin)?;
-    Ok(Member { spec, values })
+    Ok(Member {
+        spec,
+        values,
+        origin,
+    })
 }
 
 /// The table read as a spec: unknown keys and wrong types are errors naming

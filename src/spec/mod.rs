@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use load::{load, load_experiment, parse, Experiment, Member, Overrides};
-pub use resolve::{DEFAULT_EXTRACT_BATCH, DEFAULT_GPU_EXTRACT_BATCH};
+pub use resolve::{is_device_name, DEFAULT_EXTRACT_BATCH, DEFAULT_GPU_EXTRACT_BATCH};
 pub use runner_models::{BackboneSpec, Resize};
 
 #[derive(Debug, thiserror::Error)]

@@ -19,6 +19,14 @@ pub const DEFAULT_EPOCHS: usize = 50;
 pub const DEFAULT_PATIENCE: usize = 3;
 pub const DEFAULT_HEAD_BATCH: usize = 128;
 
+/// Whether `d` names a device: `auto`, `cpu`, `cuda` or `cuda:N` (the
+/// spec's `device` and `--device` accept the same names).
+pub fn is_device_name(d: &str) -> bool {
+    matches!(d, "auto" | "cpu" | "cuda")
+        || d.strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<usize>().is_ok())
+}
+
 /// Checks a raw spec's values and fills in every default; `origin` names
 /// the spec (and the sweep member) in errors. Paths arrive absolute
 /// ([`super::compose`] anchored them).
@@ -167,12 +175,7 @@ impl Resolver<'_> {
         }
 
         if let Some(d) = &raw.device {
-            let known = d == "auto"
-                || d == "cpu"
-                || d == "cuda"
-                || d.strip_prefix("cuda:")
-                    .is_some_and(|n| n.parse::<usize>().is_ok());
-            if !known {
+            if !is_device_name(d) {
                 return Err(self.invalid(
                     "device",
                     format!("= {d:?} is not a device"),
