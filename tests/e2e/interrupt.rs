@@ -20,7 +20,7 @@ fn spawn(dir: &Path, args: &[&str]) -> Child {
 }
 
 /// Waits until the only run under `runs` is extracting features and has
-/// cached at least one chunk; returns its directory.
+/// cached at least one complete chunk; returns its directory.
 fn wait_for_extraction(runs: &Path, cache: &Path) -> PathBuf {
     let started = Instant::now();
     loop {
@@ -40,9 +40,12 @@ fn wait_for_extraction(runs: &Path, cache: &Path) -> PathBuf {
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .and_then(|m| m["stage"].as_str().map(String::from));
-        let chunk_cached = walk(cache)
-            .iter()
-            .any(|p| p.to_string_lossy().contains(".partial/"));
+        // A chunk counts once its `.npy` is published: the checksum beside
+        // it is written first, and temp files end in `.tmp-<pid>`.
+        let chunk_cached = walk(cache).iter().any(|p| {
+            let p = p.to_string_lossy();
+            p.contains(".partial/") && p.ends_with(".npy")
+        });
         if stage.as_deref() == Some("features") && chunk_cached {
             return run;
         }
