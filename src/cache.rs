@@ -5,26 +5,42 @@
 //! ```text
 //! <cache>/features/ab/<key>.npy          finished stage: rows in image order
 //! <cache>/features/ab/<key>.json         what produced it (arch, view, rows)
+//! <cache>/features/ab/<key>.npy.b3       its BLAKE3 checksum
 //! <cache>/features/ab/<key>.partial/     chunks of an unfinished stage
+//! <cache>/features/ab/<key>.lock         held while a process computes it
 //! <cache>/memo/<hash>.json               weights fingerprints, image-set hashes
 //! ```
 //!
 //! Every write goes to a temporary file that is renamed into place, so an
-//! interrupted run leaves either a whole file or none. A corrupt entry is
-//! reported, removed and treated as a miss.
+//! interrupted run leaves either a whole file or none. Every `.npy` has a
+//! BLAKE3 checksum beside it (`<file>.npy.b3`), verified on each read: a
+//! corrupt entry or chunk is reported, removed and recomputed. Processes
+//! sharing a cache take a stage's lock before computing it
+//! ([`crate::lock`]); the others wait and then read the finished entry.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
+use crate::lock::{Attempt, LockFile};
 use crate::npy::{self, Matrix};
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder,
-/// flushed, then renamed over the target.
-/// The error names `path`.
+/// flushed, then renamed over the target. The error names `path` and, for
+/// a full disk, the bytes needed ([`crate::disk::write_error`]); no
+/// temporary file is left behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    // Unique per process and write: threads of one process may write the
+    // same file (two sweep members' memo entries) at once.
+    let tmp = dir.join(format!(
+        ".{file_name}{TEMP_MARK}{}-{}",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
     let result = std::fs::create_dir_all(dir)
         .and_then(|()| {
             let mut f = std::fs::File::create(&tmp)?;
@@ -34,9 +50,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .and_then(|()| std::fs::rename(&tmp, path));
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        std::io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))
+        crate::disk::write_error(path, bytes.len(), e)
     })
 }
+
+/// What marks [`write_atomic`]'s temporary files: `.<name>.tmp-<pid>-<n>`.
+const TEMP_MARK: &str = ".tmp-";
 
 /// Where the BLAKE3 checksum of a cached `.npy` is kept: `<file>.npy.b3`.
 fn checksum_path(npy: &Path) -> PathBuf {
@@ -83,19 +102,49 @@ fn remove_verified(path: &Path) {
 }
 
 /// Removes the temporary files [`write_atomic`] leaves in `dir` when its
-/// process is killed mid-write. Only for a folder no live process writes
-/// (a dead run's directory).
-pub fn remove_stale_temp_files(dir: &Path) {
+/// process is killed mid-write, once they are older than `min_age`: zero
+/// for a folder no live process writes (a dead run's directory), more for
+/// a shared cache folder, where another machine may be writing one now.
+/// Returns the bytes freed.
+pub fn remove_stale_temp_files(dir: &Path, min_age: Duration) -> u64 {
+    remove_temp_files(dir, "", min_age)
+}
+
+/// [`remove_stale_temp_files`] of the files whose name starts with
+/// `.{prefix}`.
+fn remove_temp_files(dir: &Path, prefix: &str, min_age: Duration) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return 0;
     };
-    for path in entries.flatten().map(|e| e.path()) {
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if name.starts_with('.') && name.contains(".tmp-") {
-            let _ = std::fs::remove_file(&path);
+    let mut freed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name
+            .strip_prefix('.')
+            .is_some_and(|n| n.starts_with(prefix))
+            && name.contains(TEMP_MARK))
+        {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default();
+        if age >= min_age && std::fs::remove_file(entry.path()).is_ok() {
+            freed += meta.len();
         }
     }
+    freed
 }
+
+/// Temporary files in a shared cache folder older than this belong to no
+/// write in progress (a write takes seconds).
+pub const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 
 /// What says a file is unchanged: its absolute path, size, modification
 /// time (nanoseconds) and, on Unix, inode (a file replaced by a rename is
@@ -300,6 +349,186 @@ impl FeatureCache {
     pub fn put_chunk(&self, key: &str, first_row: usize, m: &Matrix) -> std::io::Result<()> {
         write_verified(&self.chunk_path(key, first_row, m.rows), m)
     }
+
+    /// Where the chunk holding rows `first_row..first_row + rows` goes.
+    pub fn chunk_file(&self, key: &str, first_row: usize, rows: usize) -> PathBuf {
+        self.chunk_path(key, first_row, rows)
+    }
+
+    /// Takes stage `key`'s lock to compute it, unless a live process holds
+    /// it. Once taken, nobody else writes the stage's files, so temporary
+    /// files left there by a dead holder are removed.
+    pub fn lock_stage(&self, key: &str) -> std::io::Result<Attempt> {
+        let attempt = LockFile::try_acquire(&self.stem(key).with_extension("lock"))?;
+        if let Attempt::Acquired(_) = &attempt {
+            remove_temp_files(&self.partial_dir(key), "", Duration::ZERO);
+            if let Some(dir) = self.stem(key).parent() {
+                remove_temp_files(dir, key, Duration::ZERO);
+            }
+        }
+        Ok(attempt)
+    }
+
+    /// Whether a live process is computing stage `key`.
+    pub fn stage_locked(&self, key: &str) -> bool {
+        crate::lock::is_held(&self.stem(key).with_extension("lock"))
+    }
+
+    /// Every stage the cache has files of (finished, partial or locked),
+    /// by key, with its files.
+    fn stages(&self) -> std::collections::BTreeMap<String, Vec<PathBuf>> {
+        let mut stages = std::collections::BTreeMap::<String, Vec<PathBuf>>::new();
+        let Ok(shards) = std::fs::read_dir(self.root.join("features")) else {
+            return stages;
+        };
+        for shard in shards.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+            let Ok(files) = std::fs::read_dir(&shard) else {
+                continue;
+            };
+            for path in files.flatten().map(|e| e.path()) {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                if name.starts_with('.') {
+                    continue; // temporary files
+                }
+                let key = name.split('.').next().unwrap_or_default().to_string();
+                stages.entry(key).or_default().push(path);
+            }
+        }
+        stages
+    }
+
+    /// Checks every finished entry and every chunk against its checksum;
+    /// with `remove`, corrupt ones are removed (the next run recomputes
+    /// them).
+    pub fn verify(&self, remove: bool) -> Verification {
+        let mut report = Verification::default();
+        for (_, files) in self.stages() {
+            for path in files {
+                let chunks: Vec<PathBuf> = if path.is_dir() {
+                    std::fs::read_dir(&path)
+                        .map(|d| d.flatten().map(|e| e.path()).collect())
+                        .unwrap_or_default()
+                } else {
+                    vec![path]
+                };
+                for file in chunks {
+                    let name = file.file_name().unwrap_or_default().to_string_lossy();
+                    if name.starts_with('.') || !name.ends_with(".npy") {
+                        continue;
+                    }
+                    let bytes = file.metadata().map_or(0, |m| m.len());
+                    match read_verified(&file) {
+                        Ok(_) => {
+                            report.files += 1;
+                            report.bytes += bytes;
+                        }
+                        Err(why) => {
+                            if remove {
+                                remove_verified(&file);
+                            }
+                            report.corrupt.push(why);
+                        }
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    /// Removes the stages no run in `referenced` uses and nobody touched
+    /// for `keep` (finished entries, chunks of abandoned stages), locks of
+    /// dead processes and old temporary files; with `dry_run`, only counts
+    /// them.
+    pub fn gc(
+        &self,
+        referenced: &std::collections::HashSet<String>,
+        keep: Duration,
+        dry_run: bool,
+    ) -> Collection {
+        let mut out = Collection::default();
+        for (key, mut files) in self.stages() {
+            // A dead process's lock says nothing; a live one keeps its stage.
+            let lock = self.stem(&key).with_extension("lock");
+            if lock.exists() && !self.stage_locked(&key) && !dry_run {
+                let _ = std::fs::remove_file(&lock);
+                files.retain(|p| *p != lock);
+            }
+            let bytes: u64 = files.iter().map(|p| tree_size(p)).sum();
+            let newest = files
+                .iter()
+                .filter_map(|p| p.metadata().and_then(|m| m.modified()).ok())
+                .max()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .unwrap_or_default();
+            if referenced.contains(&key) || self.stage_locked(&key) || newest < keep {
+                out.kept += 1;
+                out.kept_bytes += bytes;
+                continue;
+            }
+            out.removed += 1;
+            out.removed_bytes += bytes;
+            if dry_run {
+                continue;
+            }
+            for path in files {
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+        if !dry_run {
+            let mut dirs = vec![self.root.join("memo")];
+            if let Ok(shards) = std::fs::read_dir(self.root.join("features")) {
+                for shard in shards.flatten().map(|e| e.path()) {
+                    dirs.extend(
+                        std::fs::read_dir(&shard)
+                            .into_iter()
+                            .flatten()
+                            .flatten()
+                            .map(|e| e.path())
+                            .filter(|p| p.is_dir()),
+                    );
+                    dirs.push(shard);
+                }
+            }
+            for dir in dirs {
+                out.removed_bytes += remove_stale_temp_files(&dir, STALE_TEMP_AGE);
+            }
+        }
+        out
+    }
+}
+
+/// Bytes of a file, or of every file under a folder.
+fn tree_size(path: &Path) -> u64 {
+    if path.is_dir() {
+        std::fs::read_dir(path)
+            .map(|d| d.flatten().map(|e| tree_size(&e.path())).sum())
+            .unwrap_or(0)
+    } else {
+        path.metadata().map_or(0, |m| m.len())
+    }
+}
+
+/// What `runner cache verify` found.
+#[derive(Debug, Default)]
+pub struct Verification {
+    /// Entries and chunks whose bytes match their checksums, and their size.
+    pub files: usize,
+    pub bytes: u64,
+    /// Why each corrupt file failed.
+    pub corrupt: Vec<String>,
+}
+
+/// What `runner cache gc` removed and kept (stages, bytes).
+#[derive(Debug, Default)]
+pub struct Collection {
+    pub removed: usize,
+    pub removed_bytes: u64,
+    pub kept: usize,
+    pub kept_bytes: u64,
 }
 
 #[cfg(test)]

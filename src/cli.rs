@@ -1,5 +1,6 @@
 //! Command line: `runner SPEC.toml`, `runner run`, `runner rerun`,
-//! `runner report`, `runner extract`, `runner inspect`. Glue only: parse,
+//! `runner resume`, `runner report`, `runner diff`, `runner extract`,
+//! `runner cache`, `runner inspect`. Glue only: parse,
 //! set up threads and device, dispatch to `experiment` / `report` /
 //! `export` / `inspect`.
 
@@ -23,7 +24,6 @@ use crate::{export, report};
     name = "runner",
     version,
     about = "Declarative, cached transfer-learning experiments for image classification",
-    subcommand_precedence_over_arg = true,
     arg_required_else_help = true
 )]
 pub struct Cli {
@@ -153,6 +153,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Check or clean the feature cache (--cache, default <runs>/.cache).
+    Cache {
+        #[command(subcommand)]
+        action: CacheCommand,
+    },
     /// Show what a weights file holds and what runner would run from it:
     /// format, architecture, tensors or graph nodes, input size, features.
     Inspect {
@@ -163,6 +168,31 @@ enum Command {
         /// ONNX: the value to take features from (the spec's `output`).
         #[arg(long)]
         output: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// Check every cached entry and chunk against its checksum; exits 1
+    /// when any is corrupt.
+    Verify {
+        /// Remove the corrupt files (the next run recomputes them).
+        #[arg(long)]
+        remove_corrupt: bool,
+    },
+    /// Remove feature stages that no run under --runs (or --also-runs)
+    /// reads and that nobody touched for N days; locks of dead processes
+    /// and stale temporary files go too.
+    Gc {
+        /// Keep anything written or used in the last N days.
+        #[arg(long, value_name = "N")]
+        keep_days: u64,
+        /// More run folders whose runs read this cache.
+        #[arg(long, value_name = "DIR")]
+        also_runs: Vec<PathBuf>,
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -244,6 +274,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let device = g.device(&checked.spec, &log)?;
             export::extract(&checked.run(&g.cache(), &device, &log), &out)
         }
+        Some(Command::Cache { action }) => cache_command(g, action),
         Some(Command::Inspect {
             weights,
             all,
@@ -343,6 +374,74 @@ fn run_specs(
     Ok(finished)
 }
 
+/// `runner cache verify` / `runner cache gc`.
+fn cache_command(g: &Global, action: CacheCommand) -> anyhow::Result<()> {
+    let cache = g.cache();
+    if !cache.root().is_dir() {
+        bail!(
+            "{} is not a feature cache folder (pass --cache DIR, or --runs DIR for <runs>/.cache)",
+            cache.root().display()
+        );
+    }
+    let human = crate::disk::human;
+    match action {
+        CacheCommand::Verify { remove_corrupt } => {
+            let found = cache.verify(remove_corrupt);
+            println!(
+                "{}: {} file(s), {} verified against their checksums",
+                cache.root().display(),
+                found.files,
+                human(found.bytes)
+            );
+            for why in &found.corrupt {
+                println!("corrupt: {why}");
+            }
+            if !found.corrupt.is_empty() {
+                bail!(
+                    "{} corrupt file(s){}",
+                    found.corrupt.len(),
+                    if remove_corrupt {
+                        "; removed, the next run recomputes them"
+                    } else {
+                        "; `runner cache verify --remove-corrupt` removes them (a run also does, on reading one)"
+                    }
+                );
+            }
+            Ok(())
+        }
+        CacheCommand::Gc {
+            keep_days,
+            also_runs,
+            dry_run,
+        } => {
+            let mut roots = vec![g.runs.clone()];
+            roots.extend(also_runs);
+            for root in &roots {
+                crate::rundir::mark_dead_runs(root);
+            }
+            let refs = crate::rundir::referenced_stages(&roots);
+            if refs.unrecorded > 0 {
+                eprintln!(
+                    "warning: {} run(s) do not record their feature stages (made by an older runner); only --keep-days protects theirs",
+                    refs.unrecorded
+                );
+            }
+            let keep = std::time::Duration::from_secs(keep_days.saturating_mul(86_400));
+            let done = cache.gc(&refs.keys, keep, dry_run);
+            println!(
+                "{} stage(s), {} {}; kept {} stage(s), {} (read by {} run(s) or newer than {keep_days} day(s))",
+                done.removed,
+                human(done.removed_bytes),
+                if dry_run { "would be removed" } else { "removed" },
+                done.kept,
+                human(done.kept_bytes),
+                refs.runs
+            );
+            Ok(())
+        }
+    }
+}
+
 /// The comparison of a sweep's runs, printed when the sweep ends.
 fn print_sweep(g: &Global, id: &str) -> anyhow::Result<()> {
     let selection = report::Selection::sweep(id);
@@ -436,5 +535,16 @@ mod tests {
             Cli::try_parse_from(["runner", "--device", "cuda:1", "--threads", "2", "a.toml"])
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_folder_named_like_a_subcommand_is_a_value() {
+        let cli = Cli::try_parse_from(["runner", "--cache", "cache", "a.toml"]).unwrap();
+        assert_eq!(cli.global.cache, Some(PathBuf::from("cache")));
+        assert_eq!(cli.specs, [PathBuf::from("a.toml")]);
+        assert!(cli.command.is_none());
+        let cli = Cli::try_parse_from(["runner", "--runs", "report", "report"]).unwrap();
+        assert_eq!(cli.global.runs, PathBuf::from("report"));
+        assert!(matches!(cli.command, Some(Command::Report { .. })));
     }
 }

@@ -8,15 +8,14 @@
 //! oof.csv          id, label, one probability column per class
 //! submission.csv   the sample submission's header and id order
 //! run.log          everything the run printed
-//! run.lock         locked while the run's process lives
+//! run.lock         held while the run's process lives ([`crate::lock`])
 //! ```
 //!
 //! `run.json` is written first with status `running` and rewritten at the
 //! end (`complete`, `failed`, or `interrupted` with the stage a signal
 //! stopped it in). A process that dies without a word (kill -9, power
-//! cut) leaves `running`; its `run.lock` is no longer locked (the kernel
-//! drops a dead process's locks), which is how [`is_live`] tells a dead run
-//! from a live one.
+//! cut) leaves `running`; its `run.lock` names a process that is gone,
+//! which is how [`is_live`] tells a dead run from a live one.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +23,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::write_atomic;
+use crate::lock::{Attempt, LockFile};
 use crate::spec::Spec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +57,10 @@ pub struct Manifest {
     /// The sweep this run is a member of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<SweepRecord>,
+    /// The cache keys of the feature stages the run reads (what
+    /// `runner cache gc` keeps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feature_stages: Vec<String>,
 }
 
 /// Which sweep a run belongs to and what its member's values are.
@@ -93,35 +97,23 @@ pub struct Timings {
 pub struct RunDir {
     pub path: PathBuf,
     pub manifest: Manifest,
-    /// `run.lock`, exclusively locked for as long as this value lives.
-    _lock: std::fs::File,
+    /// `run.lock`, held for as long as this value lives.
+    _lock: LockFile,
 }
 
-/// Locks `dir/run.lock` for this process; `None` when another live process
-/// holds it.
-fn lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("run.lock"))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(e)) => Err(e),
+/// Takes `dir/run.lock` for this process ([`crate::lock`]); `None` when a
+/// live process holds it.
+fn lock(dir: &Path) -> std::io::Result<Option<LockFile>> {
+    match LockFile::try_acquire(&dir.join("run.lock"))? {
+        Attempt::Acquired(lock) => Ok(Some(lock)),
+        Attempt::HeldBy(_) => Ok(None),
     }
 }
 
 /// Whether a live process holds the run's lock. A run directory without a
-/// lock file (or whose lock cannot be taken) counts as not live.
+/// lock file counts as not live.
 pub fn is_live(dir: &Path) -> bool {
-    let Ok(file) = std::fs::File::open(dir.join("run.lock")) else {
-        return false;
-    };
-    matches!(
-        file.try_lock_shared(),
-        Err(std::fs::TryLockError::WouldBlock)
-    )
+    crate::lock::is_held(&dir.join("run.lock"))
 }
 
 /// Marks every run under `runs_root` that says `running` but whose process
@@ -160,11 +152,44 @@ pub fn mark_dead_runs(runs_root: &Path) -> Vec<PathBuf> {
         }
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
         if write_atomic(&manifest_path, &json).is_ok() {
-            crate::cache::remove_stale_temp_files(&dir);
+            crate::cache::remove_stale_temp_files(&dir, std::time::Duration::ZERO);
             dead.push(dir);
         }
     }
     dead
+}
+
+/// The feature stages the runs under some folders read.
+#[derive(Debug, Default)]
+pub struct StageReferences {
+    pub keys: std::collections::HashSet<String>,
+    /// Runs found, and those among them that do not list their stages.
+    pub runs: usize,
+    pub unrecorded: usize,
+}
+
+/// Every feature stage a run under `roots` reads (`runner cache gc`).
+pub fn referenced_stages(roots: &[PathBuf]) -> StageReferences {
+    let mut refs = StageReferences::default();
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for dir in entries.flatten().map(|e| e.path()) {
+            let Some(manifest) = std::fs::read(dir.join("run.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+            else {
+                continue;
+            };
+            refs.runs += 1;
+            if manifest.feature_stages.is_empty() {
+                refs.unrecorded += 1;
+            }
+            refs.keys.extend(manifest.feature_stages);
+        }
+    }
+    refs
 }
 
 /// A UTC time as `2026-12-04T18:00:57Z`, or `20261204T180057Z` when
@@ -230,6 +255,7 @@ impl RunDir {
                 timings: Timings::default(),
                 stage: None,
                 sweep,
+                feature_stages: Vec::new(),
             },
         };
         run.write("spec.toml", spec.to_toml().as_bytes())?;
@@ -267,6 +293,7 @@ impl RunDir {
                 timings: Timings::default(),
                 stage: None,
                 sweep: old.sweep,
+                feature_stages: Vec::new(),
             },
         };
         run.write("spec.toml", spec.to_toml().as_bytes())?;
@@ -291,7 +318,15 @@ impl RunDir {
 
     pub fn write_manifest(&self) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(&self.manifest).expect("manifest serialises");
-        self.write("run.json", &json)
+        match self.write("run.json", &json) {
+            // A full disk has no room for the temporary copy, but the
+            // status must still be recorded: overwritten in place, the
+            // file reuses its own blocks.
+            Err(e) if crate::disk::is_full(&e) => {
+                std::fs::write(self.file("run.json"), &json).map_err(|_| e)
+            }
+            other => other,
+        }
     }
 
     /// Marks the run finished (complete or failed) after `seconds`.

@@ -18,6 +18,7 @@ use crate::common::{model, runner, runner_dev, stderr, stdout, woof_subset};
 mod bad_inputs;
 mod experiments;
 mod interrupt;
+mod reliability;
 
 const CLASSES: usize = 3;
 const TRAIN_PER_CLASS: usize = 10;

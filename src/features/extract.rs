@@ -62,6 +62,9 @@ impl<'a> SplitExtraction<'a> {
         let mut progress = self.progress();
         let chunks: Vec<&[Item]> = self.items.chunks(self.chunk_len).collect();
         let mut haves = self.resume_lookup(&chunks);
+        // Chunks of single stages count: a kill between the stages of one
+        // chunk leaves some of them cached.
+        let resumed = haves.iter().flatten().filter(|h| h.is_some()).count();
         let sizes = self.plan_chunks(&haves);
         let threads = decode_threads(self.run.spec, self.run.device);
         let pool = decode::pool(threads)?;
@@ -100,10 +103,9 @@ impl<'a> SplitExtraction<'a> {
                 out.forward_seconds - forward_before,
             );
         }
-        let resumed = sizes.iter().filter(|s| s.is_empty()).count();
         if resumed > 0 {
             self.run.log.info(format!(
-                "features {}: resumed {resumed} chunk(s) of {} images left by an interrupted run",
+                "features {}: resumed {resumed} stage chunk(s) of {} images left by an interrupted run",
                 self.split.name(),
                 self.chunk_len
             ));
@@ -288,7 +290,10 @@ impl<'a> SplitExtraction<'a> {
         cache
             .put_chunk(&stage.key, c * self.chunk_len, m)
             .map_err(|source| FeatureError::CacheWrite {
-                path: cache.root().display().to_string(),
+                path: cache
+                    .chunk_file(&stage.key, c * self.chunk_len, m.rows)
+                    .display()
+                    .to_string(),
                 source,
             })
     }

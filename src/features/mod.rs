@@ -19,11 +19,12 @@ mod input;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::Device;
 
 use crate::data::image::ImageError;
+use crate::lock::{Attempt, Holder, LockFile};
 use crate::npy::Matrix;
 use crate::plan::{FeatureStage, Plan, Split};
 use crate::run::Run;
@@ -75,6 +76,12 @@ pub enum FeatureError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the feature cache {path} needs about {needed} for the stages to compute and has {free} free: free some space or pass --cache DIR on a larger disk (chunks already computed are kept and reused)")]
+    NoSpace {
+        path: String,
+        needed: String,
+        free: String,
+    },
     #[error("cannot start the decoding threads: {0}")]
     DecodePool(String),
     #[error("[extract] precision = \"{0}\" needs a GPU (the CPU kernels compute in f32); use precision = \"f32\" or --device cuda")]
@@ -122,6 +129,9 @@ impl Features {
     ) -> Vec<&'p FeatureStage> {
         let mut missing = Vec::new();
         for stage in &plan.stages {
+            if self.by_key.contains_key(&stage.key) {
+                continue;
+            }
             if let Some(m) = loaded.get(&stage.key) {
                 self.by_key.insert(stage.key.clone(), m.clone());
                 self.cached += 1;
@@ -185,41 +195,60 @@ pub fn ensure(run: &Run<'_>, plan: &Plan) -> Result<Features, FeatureError> {
     ensure_with(run, plan, &Loaded::new())
 }
 
+/// How often a run waiting for another process's stages looks again.
+const WAIT_POLL: Duration = Duration::from_millis(250);
+
 /// [`ensure`], taking the stages `loaded` holds from memory.
+///
+/// Several processes may share one cache: before computing a stage, a run
+/// takes its lock; stages another live process is computing are left to
+/// it, and once their locks go, read from the cache (or, if that process
+/// died, taken over and resumed from its chunks).
 pub fn ensure_with(run: &Run<'_>, plan: &Plan, loaded: &Loaded) -> Result<Features, FeatureError> {
     check_precision(run.spec, run.device)?;
     let mut out = Features::default();
-    let missing = out.take_cached(run, plan, loaded);
-    if missing.is_empty() {
-        run.log.info(format!(
-            "features: all {} stages served from the cache {}, nothing to compute",
-            out.cached,
-            run.cache.root().display()
-        ));
-        return Ok(out);
-    }
-    run.log.info(format!(
-        "features: {} stage(s) from the cache, {} to compute",
-        out.cached,
-        missing.len()
-    ));
-
-    let nets = load_backbones(run, &missing)?;
-    for split in [Split::Train, Split::Test] {
-        let stages: Vec<&FeatureStage> = missing
-            .iter()
-            .copied()
-            .filter(|s| s.split == split)
-            .collect();
-        if stages.is_empty() {
+    let mut first_look = true;
+    let mut waiting_on: Option<BTreeSet<String>> = None;
+    loop {
+        let missing = out.take_cached(run, plan, loaded);
+        if first_look {
+            first_look = false;
+            if missing.is_empty() {
+                run.log.info(format!(
+                    "features: all {} stages served from the cache {}, nothing to compute",
+                    out.cached,
+                    run.cache.root().display()
+                ));
+                return Ok(out);
+            }
+            run.log.info(format!(
+                "features: {} stage(s) from the cache, {} to compute",
+                out.cached,
+                missing.len()
+            ));
+        }
+        if missing.is_empty() {
+            break;
+        }
+        let (locks, held) = lock_stages(run, &missing)?;
+        if locks.is_empty() {
+            let keys: BTreeSet<String> = held.iter().map(|(s, _)| s.key.clone()).collect();
+            if waiting_on.as_ref() != Some(&keys) {
+                run.log.info(format!(
+                    "features: waiting for {} stage(s) that {} is computing in the same cache",
+                    keys.len(),
+                    held[0]
+                        .1
+                        .as_ref()
+                        .map_or("another process".to_string(), |h| h.to_string())
+                ));
+                waiting_on = Some(keys);
+            }
+            crate::interrupt::check()?;
+            std::thread::sleep(WAIT_POLL);
             continue;
         }
-        let computed = SplitExtraction::new(run, split, &stages, &nets).compute(&mut out)?;
-        for (stage, m) in stages.iter().zip(computed) {
-            store_stage(run, stage, &m)?;
-            out.by_key.insert(stage.key.clone(), Arc::new(m));
-            out.computed += 1;
-        }
+        compute_locked(run, locks, &mut out)?;
     }
     if models::profile::enabled() {
         run.log.info(format!(
@@ -228,6 +257,98 @@ pub fn ensure_with(run: &Run<'_>, plan: &Plan, loaded: &Loaded) -> Result<Featur
         ));
     }
     Ok(out)
+}
+
+/// The stages whose locks this process took, and those another live
+/// process holds (with who holds them).
+type LockedStages<'p> = (
+    Vec<(&'p FeatureStage, LockFile)>,
+    Vec<(&'p FeatureStage, Option<Holder>)>,
+);
+
+fn lock_stages<'p>(
+    run: &Run<'_>,
+    missing: &[&'p FeatureStage],
+) -> Result<LockedStages<'p>, FeatureError> {
+    let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+    for &stage in missing {
+        match run.cache.lock_stage(&stage.key) {
+            Ok(Attempt::Acquired(lock)) => mine.push((stage, lock)),
+            Ok(Attempt::HeldBy(holder)) => theirs.push((stage, holder)),
+            Err(source) => {
+                return Err(FeatureError::CacheWrite {
+                    path: run.cache.path(&stage.key).display().to_string(),
+                    source,
+                })
+            }
+        }
+    }
+    Ok((mine, theirs))
+}
+
+/// Computes the stages whose locks are held, split by split, and stores
+/// them; a stage another process finished just before the lock was taken
+/// is read instead.
+fn compute_locked(
+    run: &Run<'_>,
+    locks: Vec<(&FeatureStage, LockFile)>,
+    out: &mut Features,
+) -> Result<(), FeatureError> {
+    let mut todo = Vec::new();
+    let mut held = HashMap::new();
+    for (stage, lock) in locks {
+        match run.cache.get(&stage.key, run.items(stage.split).len()) {
+            Ok(Some(m)) => {
+                out.by_key.insert(stage.key.clone(), Arc::new(m));
+                out.cached += 1;
+            }
+            _ => {
+                todo.push(stage);
+                held.insert(stage.key.as_str(), lock);
+            }
+        }
+    }
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let nets = load_backbones(run, &todo)?;
+    check_space(run, &todo, &nets)?;
+    for split in [Split::Train, Split::Test] {
+        let stages: Vec<&FeatureStage> =
+            todo.iter().copied().filter(|s| s.split == split).collect();
+        if stages.is_empty() {
+            continue;
+        }
+        let computed = SplitExtraction::new(run, split, &stages, &nets).compute(out)?;
+        for (stage, m) in stages.iter().zip(computed) {
+            store_stage(run, stage, &m)?;
+            // Stored: waiting processes may read it now.
+            held.remove(stage.key.as_str());
+            out.by_key.insert(stage.key.clone(), Arc::new(m));
+            out.computed += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to start an extraction whose results cannot fit in the cache:
+/// the chunks of every stage, plus, while the largest stage's entry is
+/// written, a second copy of it. Better than failing after an hour.
+fn check_space(run: &Run<'_>, stages: &[&FeatureStage], nets: &Nets) -> Result<(), FeatureError> {
+    let bytes = |s: &FeatureStage| {
+        let rows = run.items(s.split).len() as u64;
+        rows * nets[&s.backbone].num_features() as u64 * 4
+    };
+    let needed = stages.iter().map(|s| bytes(s)).sum::<u64>()
+        + stages.iter().map(|s| bytes(s)).max().unwrap_or(0);
+    match crate::disk::available_bytes(run.cache.root()) {
+        Some(free) if free < needed => Err(FeatureError::NoSpace {
+            path: run.cache.root().display().to_string(),
+            needed: crate::disk::human(needed),
+            free: crate::disk::human(free),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Loads each backbone that has work, once.

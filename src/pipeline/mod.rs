@@ -214,6 +214,7 @@ fn prepare_in(
     let t = Instant::now();
     let plan = Plan::new(spec, data, Some(run.cache))?;
     dir.manifest.timings.hash_seconds = t.elapsed().as_secs_f64();
+    dir.manifest.feature_stages = plan.stages.iter().map(|s| s.key.clone()).collect();
 
     dir.enter("features")?;
     let t = Instant::now();

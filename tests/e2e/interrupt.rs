@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::{json, run_dirs, write_spec};
 use crate::common::{runner, stderr, woof_subset};
 
-fn spawn(dir: &Path, args: &[&str]) -> Child {
+pub(super) fn spawn(dir: &Path, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_runner"))
         .current_dir(dir)
         .args(args)
@@ -52,7 +52,7 @@ fn wait_for_extraction(runs: &Path, cache: &Path) -> PathBuf {
     }
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for p in entries.flatten().map(|e| e.path()) {
@@ -65,7 +65,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn same_tables(a: &Path, b: &Path) {
+pub(super) fn same_tables(a: &Path, b: &Path) {
     for file in ["oof.csv", "submission.csv", "folds.csv"] {
         let (x, y) = (
             std::fs::read(a.join(file)).unwrap(),
