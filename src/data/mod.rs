@@ -6,6 +6,7 @@
 //! there is one, sorted label names otherwise).
 
 pub mod image;
+mod jpeg_check;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

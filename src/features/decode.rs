@@ -10,7 +10,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::FeatureError;
-use crate::data::image::{decode_file, resize, RgbImage};
+use crate::data::image::{decode_file, resize, Damage, RgbImage};
 use crate::data::Item;
 use crate::spec::Resize;
 
@@ -21,8 +21,9 @@ pub type InputSize = (usize, Resize);
 pub struct Decoded {
     pub images: HashMap<InputSize, Vec<RgbImage>>,
     pub seconds: f64,
-    /// Images that decoded but look damaged, to warn about.
-    pub suspicious: Vec<String>,
+    /// Images that decoded but are damaged, to warn about: path and what
+    /// is wrong.
+    pub damaged: Vec<(String, Damage)>,
 }
 
 /// A pool of `threads` decoders; `None` for one, which decodes on the
@@ -75,15 +76,15 @@ pub fn decode_chunk(
     pool: Option<&rayon::ThreadPool>,
 ) -> Result<Decoded, FeatureError> {
     let started = Instant::now();
-    let one = |item: &Item| -> Result<(Vec<RgbImage>, bool), FeatureError> {
+    let one = |item: &Item| -> Result<(Vec<RgbImage>, Option<Damage>), FeatureError> {
         let decoded = decode_file(&item.path)?;
         let resized = sizes
             .iter()
             .map(|&(size, filter)| resize(&decoded.image, size, size, filter))
             .collect();
-        Ok((resized, decoded.truncated))
+        Ok((resized, decoded.damage))
     };
-    let per_image: Vec<(Vec<RgbImage>, bool)> = match pool {
+    let per_image: Vec<(Vec<RgbImage>, Option<Damage>)> = match pool {
         Some(pool) => pool.install(|| chunk.par_iter().map(one).collect::<Result<_, _>>())?,
         None => chunk.iter().map(one).collect::<Result<_, _>>()?,
     };
@@ -91,19 +92,19 @@ pub fn decode_chunk(
         .iter()
         .map(|&k| (k, Vec::with_capacity(chunk.len())))
         .collect();
-    let mut suspicious = Vec::new();
-    for (item, (resized, truncated)) in chunk.iter().zip(per_image) {
+    let mut damaged = Vec::new();
+    for (item, (resized, damage)) in chunk.iter().zip(per_image) {
         for (&key, img) in sizes.iter().zip(resized) {
             images.get_mut(&key).expect("one entry per size").push(img);
         }
-        if truncated {
-            suspicious.push(item.path.display().to_string());
+        if let Some(damage) = damage {
+            damaged.push((item.path.display().to_string(), damage));
         }
     }
     Ok(Decoded {
         images,
         seconds: started.elapsed().as_secs_f64(),
-        suspicious,
+        damaged,
     })
 }
 

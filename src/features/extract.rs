@@ -181,9 +181,9 @@ impl<'a> SplitExtraction<'a> {
     }
 
     fn warn_suspicious(&self, decoded: &Decoded) {
-        for path in &decoded.suspicious {
+        for (path, damage) in &decoded.damaged {
             self.run.log.info(format!(
-                "warning: {path} has no JPEG end marker (truncated?); decoded anyway, with what is missing filled in: replace it and rerun"
+                "warning: {path} {damage}; decoded anyway, with what is missing filled in: replace it and rerun"
             ));
         }
     }
