@@ -39,6 +39,8 @@ pub enum ImageError {
         #[source]
         source: image::ImageError,
     },
+    #[error("image {path} {damage}; [data] on_bad_image = \"error\" refuses it: replace the file, or set on_bad_image = \"warn\" (use what decodes) or \"skip\" (leave it out of training)")]
+    Damaged { path: String, damage: Damage },
     #[error("image {path} is {width} x {height} pixels; runner decodes images of up to {} megapixels: resize it first (a header claiming this much is often a damaged file)", MAX_PIXELS / 1_000_000)]
     TooLarge {
         path: String,

@@ -30,6 +30,8 @@ pub struct Dataset {
     pub test_labels: Option<Vec<usize>>,
     /// The sample submission's header, when there is one.
     pub submission_header: Option<Vec<String>>,
+    /// Training images left out (`on_bad_image = "skip"`), each with why.
+    pub skipped: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +254,38 @@ fn class_index(classes: &[String]) -> HashMap<&str, usize> {
 }
 
 impl Dataset {
+    /// Leaves out the training images at `bad` (indices, with why), as
+    /// `on_bad_image = "skip"` does; an error when what is left cannot
+    /// train a classifier. `source` names the training list in errors.
+    pub fn leave_out(&mut self, bad: &[(usize, String)], source: &Path) -> Result<(), DataError> {
+        if bad.is_empty() {
+            return Ok(());
+        }
+        let drop: BTreeSet<usize> = bad.iter().map(|(i, _)| *i).collect();
+        let keep = |i: &usize| !drop.contains(i);
+        self.train = (0..self.train.len())
+            .filter(keep)
+            .map(|i| self.train[i].clone())
+            .collect();
+        self.labels = (0..self.labels.len())
+            .filter(keep)
+            .map(|i| self.labels[i])
+            .collect();
+        self.skipped.extend(bad.iter().map(|(_, why)| why.clone()));
+        let trained: BTreeSet<usize> = self.labels.iter().copied().collect();
+        if trained.len() < 2 {
+            return Err(DataError::Invalid {
+                path: source.display().to_string(),
+                problem: format!(
+                    "has training images of {} class(es) once the {} bad image(s) are left out ([data] on_bad_image = \"skip\"); a classifier needs at least 2",
+                    trained.len(),
+                    drop.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Training images per class, in class order (a class of the sample
     /// submission may have none).
     pub fn class_counts(&self) -> Vec<usize> {
@@ -473,6 +507,7 @@ impl Dataset {
             test,
             test_labels,
             submission_header: sample.map(|(header, _)| header),
+            skipped: Vec::new(),
         })
     }
 }
