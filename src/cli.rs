@@ -270,7 +270,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Extract { spec, out }) => {
             g.init_threads(&log)?;
             let origin = spec.display().to_string();
-            let checked = preflight(crate::spec::load(&spec)?, &origin, &mut Datasets::default())?;
+            let checked = preflight(
+                crate::spec::load(&spec)?,
+                &origin,
+                &mut Datasets::new(g.cache()),
+            )?;
             let device = g.device(&checked.spec, &log)?;
             export::extract(&checked.run(&g.cache(), &device, &log), &out)
         }
@@ -335,7 +339,7 @@ fn run_specs(
     if paths.is_empty() {
         bail!("no spec given; usage: runner SPEC.toml [SPEC.toml ...] (see --help)");
     }
-    let experiments = experiment::check_all(paths, &changes.overrides())?;
+    let experiments = experiment::check_all(paths, &changes.overrides(), g.cache())?;
     note_dead_runs(g, log);
     g.init_threads(log)?;
     let cache = g.cache();
@@ -477,7 +481,7 @@ fn saved_spec(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
 /// `runner resume RUN_DIR...`: each unfinished run, continued in place.
 fn resume(run_dirs: &[PathBuf], g: &Global, log: &Log) -> anyhow::Result<()> {
     note_dead_runs(g, log);
-    let mut datasets = Datasets::default();
+    let mut datasets = Datasets::new(g.cache());
     let mut checked = Vec::new();
     for dir in run_dirs {
         let spec_path = saved_spec(dir)?;

@@ -370,6 +370,7 @@ mod tests {
             sample_submission: Some(out.join("sample_submission.csv")),
             test_labels: Some(out.join("test_labels.csv")),
             image_ext: "jpg".into(),
+            on_bad_image: Default::default(),
         };
         let data = Dataset::load(&spec).unwrap();
         assert_eq!((data.train.len(), data.test.len()), (12, 5));

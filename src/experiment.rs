@@ -34,8 +34,9 @@ pub struct CheckedExperiment {
 pub fn check_all(
     paths: &[PathBuf],
     overrides: &Overrides,
+    cache: FeatureCache,
 ) -> anyhow::Result<Vec<CheckedExperiment>> {
-    let mut datasets = Datasets::default();
+    let mut datasets = Datasets::new(cache);
     paths
         .iter()
         .map(|path| {

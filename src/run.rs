@@ -15,7 +15,7 @@ use crate::cache::FeatureCache;
 use crate::data::{Dataset, Item};
 use crate::log::Log;
 use crate::plan::Split;
-use crate::spec::{DataSpec, Spec};
+use crate::spec::{DataSpec, Layout, OnBadImage, Spec};
 
 /// A spec whose weights and images exist, with its dataset loaded.
 pub struct Checked {
@@ -57,9 +57,23 @@ impl Run<'_> {
     }
 }
 
-/// Datasets loaded so far, by the `[data]` that describes them.
+/// Datasets loaded so far, by the `[data]` that describes them, and the
+/// feature cache that remembers which images `on_bad_image = "skip"`
+/// leaves out (no cache: checked every time).
 #[derive(Default)]
-pub struct Datasets(Vec<(DataSpec, Arc<Dataset>)>);
+pub struct Datasets {
+    loaded: Vec<(DataSpec, Arc<Dataset>)>,
+    cache: Option<FeatureCache>,
+}
+
+impl Datasets {
+    pub fn new(cache: FeatureCache) -> Datasets {
+        Datasets {
+            loaded: Vec::new(),
+            cache: Some(cache),
+        }
+    }
+}
 
 /// Checks what can fail cheaply before any work starts (weights present,
 /// ONNX graphs lowerable, every listed image present, labels valid, every
@@ -85,11 +99,16 @@ pub fn preflight(spec: Spec, origin: &str, datasets: &mut Datasets) -> anyhow::R
             .with_context(|| format!("{origin}: backbone[{i}]"))?;
         }
     }
-    let data = match datasets.0.iter().find(|(s, _)| *s == spec.data) {
+    let data = match datasets.loaded.iter().find(|(s, _)| *s == spec.data) {
         Some((_, d)) => d.clone(),
         None => {
-            let d = Arc::new(load_data(&spec, origin)?);
-            datasets.0.push((spec.data.clone(), d.clone()));
+            let mut d = load_data(&spec, origin)?;
+            if spec.data.on_bad_image == OnBadImage::Skip {
+                skip_bad_images(&spec, &mut d, datasets.cache.as_ref())
+                    .with_context(|| format!("{origin}: [data]"))?;
+            }
+            let d = Arc::new(d);
+            datasets.loaded.push((spec.data.clone(), d.clone()));
             d
         }
     };
@@ -111,4 +130,68 @@ fn load_data(spec: &Spec, origin: &str) -> anyhow::Result<Dataset> {
         }
     }
     Dataset::load(data).with_context(|| format!("{origin}: [data]"))
+}
+
+/// What version of the image check a memo holds: a change to what counts as
+/// a bad image must not be served from an older memo.
+const IMAGE_CHECK_MEMO: &str = "bad-training-images-1";
+
+/// `on_bad_image = "skip"`: decodes every training image before the folds
+/// are planned (the fold plan depends on which images there are) and leaves
+/// out those that are damaged or do not decode. The verdict is memoised on
+/// the image files, so it is paid once.
+fn skip_bad_images(
+    spec: &Spec,
+    data: &mut Dataset,
+    cache: Option<&FeatureCache>,
+) -> anyhow::Result<()> {
+    let paths: Vec<&std::path::Path> = data.train.iter().map(|i| i.path.as_path()).collect();
+    // A pool of its own: the global one is sized by --threads after every
+    // spec is checked.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("check-{i}"))
+        .build()
+        .context("cannot start the image-checking threads")?;
+    let check = || -> Result<String, std::convert::Infallible> {
+        let bad = bad_images(&data.train);
+        Ok(serde_json::to_string(&bad).expect("pairs serialise"))
+    };
+    let memo = pool.install(|| match cache {
+        Some(cache) => cache.memoised(IMAGE_CHECK_MEMO, &paths, check),
+        None => check(),
+    });
+    let memo = memo.unwrap_or_else(|never| match never {});
+    let bad: Vec<(usize, String)> = serde_json::from_str(&memo)
+        .context("the memo of damaged images does not parse (delete the cache's memo folder)")?;
+    let source = match spec.data.layout {
+        Layout::Kaggle => spec.data.labels.clone().unwrap_or_default(),
+        Layout::Folders => spec.data.train_dir.clone(),
+    };
+    data.leave_out(&bad, &source)?;
+    Ok(())
+}
+
+/// The training images that are damaged or do not decode, by index, each
+/// with a message naming it and what is wrong.
+fn bad_images(items: &[crate::data::Item]) -> Vec<(usize, String)> {
+    use rayon::prelude::*;
+    items
+        .par_iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let why = match crate::data::image::decode_file(&item.path) {
+                Ok(d) => format!("{} {}", item.path.display(), d.damage?),
+                Err(e) => {
+                    let mut why = e.to_string();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(s) = source {
+                        why.push_str(&format!(": {s}"));
+                        source = s.source();
+                    }
+                    why
+                }
+            };
+            Some((i, why))
+        })
+        .collect()
 }

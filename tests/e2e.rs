@@ -15,6 +15,7 @@ use runner::spec::Spec;
 
 use crate::common::{model, runner, runner_dev, stderr, stdout, woof_subset};
 
+mod bad_input_corpus;
 mod bad_inputs;
 mod experiments;
 mod interrupt;

@@ -6,6 +6,7 @@
 //! there is one, sorted label names otherwise).
 
 pub mod image;
+mod jpeg_check;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -29,6 +30,8 @@ pub struct Dataset {
     pub test_labels: Option<Vec<usize>>,
     /// The sample submission's header, when there is one.
     pub submission_header: Option<Vec<String>>,
+    /// Training images left out (`on_bad_image = "skip"`), each with why.
+    pub skipped: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,13 +72,44 @@ fn open_csv(path: &Path) -> Result<(csv::Reader<std::fs::File>, Vec<String>), Da
         .has_headers(true)
         .from_path(path)
         .map_err(|e| csv_err(path, e))?;
-    let header = reader
-        .headers()
-        .map_err(|e| csv_err(path, e))?
-        .iter()
-        .map(str::to_string)
-        .collect();
+    let headers = reader.headers().map_err(|e| csv_err(path, e))?;
+    check_no_line_break(path, headers)?;
+    let header = headers.iter().map(str::to_string).collect();
     Ok((reader, header))
+}
+
+/// The next record of `reader`, checked like every row ([`check_no_line_break`]).
+fn next_record(
+    path: &Path,
+    records: &mut csv::StringRecordsIter<'_, std::fs::File>,
+) -> Result<Option<csv::StringRecord>, DataError> {
+    match records.next() {
+        None => Ok(None),
+        Some(record) => {
+            let record = record.map_err(|e| csv_err(path, e))?;
+            check_no_line_break(path, &record)?;
+            Ok(Some(record))
+        }
+    }
+}
+
+/// No id, label or class name holds a line break: a field that does was
+/// opened by a stray quote that is never closed (or closed rows later),
+/// and swallowed every row up to there; read on, the file would silently
+/// lose those rows.
+fn check_no_line_break(path: &Path, record: &csv::StringRecord) -> Result<(), DataError> {
+    let Some(field) = record.iter().find(|f| f.contains(['\n', '\r'])) else {
+        return Ok(());
+    };
+    let line = record.position().map_or(1, |p| p.line());
+    let lines = field.lines().count();
+    Err(DataError::Csv {
+        path: path.display().to_string(),
+        line,
+        problem: format!(
+            "a quote opened on this line is not closed where its field should end: the field runs over {lines} lines, swallowing the rows after it; remove the stray `\"` (or close it)"
+        ),
+    })
 }
 
 /// Reads an `id,label` CSV (header row first, names free). Exactly two
@@ -95,8 +129,8 @@ fn read_id_label_csv(path: &Path) -> Result<IdLabelCsv, DataError> {
         });
     }
     let mut rows = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|e| csv_err(path, e))?;
+    let mut records = reader.records();
+    while let Some(record) = next_record(path, &mut records)? {
         let line = record.position().map_or(0, |p| p.line());
         let (id, label) = (record[0].trim(), record[1].trim());
         if id.is_empty() || label.is_empty() {
@@ -170,8 +204,8 @@ fn read_sample_submission(path: &Path) -> Result<(Vec<String>, Vec<String>), Dat
         });
     }
     let mut ids = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|e| csv_err(path, e))?;
+    let mut records = reader.records();
+    while let Some(record) = next_record(path, &mut records)? {
         ids.push(record[0].trim().to_string());
     }
     Ok((header, ids))
@@ -220,6 +254,38 @@ fn class_index(classes: &[String]) -> HashMap<&str, usize> {
 }
 
 impl Dataset {
+    /// Leaves out the training images at `bad` (indices, with why), as
+    /// `on_bad_image = "skip"` does; an error when what is left cannot
+    /// train a classifier. `source` names the training list in errors.
+    pub fn leave_out(&mut self, bad: &[(usize, String)], source: &Path) -> Result<(), DataError> {
+        if bad.is_empty() {
+            return Ok(());
+        }
+        let drop: BTreeSet<usize> = bad.iter().map(|(i, _)| *i).collect();
+        let keep = |i: &usize| !drop.contains(i);
+        self.train = (0..self.train.len())
+            .filter(keep)
+            .map(|i| self.train[i].clone())
+            .collect();
+        self.labels = (0..self.labels.len())
+            .filter(keep)
+            .map(|i| self.labels[i])
+            .collect();
+        self.skipped.extend(bad.iter().map(|(_, why)| why.clone()));
+        let trained: BTreeSet<usize> = self.labels.iter().copied().collect();
+        if trained.len() < 2 {
+            return Err(DataError::Invalid {
+                path: source.display().to_string(),
+                problem: format!(
+                    "has training images of {} class(es) once the {} bad image(s) are left out ([data] on_bad_image = \"skip\"); a classifier needs at least 2",
+                    trained.len(),
+                    drop.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Training images per class, in class order (a class of the sample
     /// submission may have none).
     pub fn class_counts(&self) -> Vec<usize> {
@@ -441,6 +507,33 @@ impl Dataset {
             test,
             test_labels,
             submission_header: sample.map(|(header, _)| header),
+            skipped: Vec::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unclosed_quote_is_named_with_the_line_it_opened_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("labels.csv");
+        std::fs::write(&path, "id,label\na,pug\nb,\"pug\nc,beagle\nd,beagle\n").unwrap();
+        let Err(DataError::Csv { line, problem, .. }) = read_id_label_csv(&path) else {
+            panic!("an unclosed quote was read as data");
+        };
+        assert_eq!(line, 3, "{problem}");
+        assert!(problem.contains("quote"), "{problem}");
+    }
+
+    #[test]
+    fn a_quoted_comma_stays_inside_its_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("labels.csv");
+        std::fs::write(&path, "\u{feff}id,label\r\na,\"terrier, silky\"\r\n").unwrap();
+        let csv = read_id_label_csv(&path).unwrap();
+        assert_eq!(csv.rows, vec![("a".into(), "terrier, silky".into())]);
     }
 }

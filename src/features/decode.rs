@@ -10,9 +10,9 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::FeatureError;
-use crate::data::image::{decode_file, resize, RgbImage};
+use crate::data::image::{decode_file, resize, Damage, ImageError, RgbImage};
 use crate::data::Item;
-use crate::spec::Resize;
+use crate::spec::{OnBadImage, Resize};
 
 /// An input size: side length and resize filter.
 pub type InputSize = (usize, Resize);
@@ -21,8 +21,9 @@ pub type InputSize = (usize, Resize);
 pub struct Decoded {
     pub images: HashMap<InputSize, Vec<RgbImage>>,
     pub seconds: f64,
-    /// Images that decoded but look damaged, to warn about.
-    pub suspicious: Vec<String>,
+    /// Images that decoded but are damaged, to warn about: path and what
+    /// is wrong.
+    pub damaged: Vec<(String, Damage)>,
 }
 
 /// A pool of `threads` decoders; `None` for one, which decodes on the
@@ -49,6 +50,7 @@ pub fn spawn<'scope, 'env>(
     chunks: &'env [&'env [Item]],
     sizes: &'env [BTreeSet<InputSize>],
     pool: Option<&'env rayon::ThreadPool>,
+    on_bad_image: OnBadImage,
 ) -> Receiver<Result<Decoded, FeatureError>> {
     let (tx, rx) = sync_channel(1);
     scope.spawn(move || {
@@ -56,7 +58,7 @@ pub fn spawn<'scope, 'env>(
             if sizes.is_empty() {
                 continue;
             }
-            let decoded = decode_chunk(chunk, sizes, pool);
+            let decoded = decode_chunk(chunk, sizes, pool, on_bad_image);
             let failed = decoded.is_err();
             // A closed channel means the consumer stopped (it failed).
             if tx.send(decoded).is_err() || failed {
@@ -68,22 +70,32 @@ pub fn spawn<'scope, 'env>(
 }
 
 /// Decodes `chunk` and resizes it to `sizes`: on the calling thread alone,
-/// or spread over `pool` (images in their order either way).
+/// or spread over `pool` (images in their order either way). A damaged
+/// image is an error under `on_bad_image = "error"`, else passed on to be
+/// warned about.
 pub fn decode_chunk(
     chunk: &[Item],
     sizes: &BTreeSet<InputSize>,
     pool: Option<&rayon::ThreadPool>,
+    on_bad_image: OnBadImage,
 ) -> Result<Decoded, FeatureError> {
     let started = Instant::now();
-    let one = |item: &Item| -> Result<(Vec<RgbImage>, bool), FeatureError> {
+    let one = |item: &Item| -> Result<(Vec<RgbImage>, Option<Damage>), FeatureError> {
         let decoded = decode_file(&item.path)?;
+        if let (OnBadImage::Error, Some(damage)) = (on_bad_image, &decoded.damage) {
+            return Err(ImageError::Damaged {
+                path: item.path.display().to_string(),
+                damage: damage.clone(),
+            }
+            .into());
+        }
         let resized = sizes
             .iter()
             .map(|&(size, filter)| resize(&decoded.image, size, size, filter))
             .collect();
-        Ok((resized, decoded.truncated))
+        Ok((resized, decoded.damage))
     };
-    let per_image: Vec<(Vec<RgbImage>, bool)> = match pool {
+    let per_image: Vec<(Vec<RgbImage>, Option<Damage>)> = match pool {
         Some(pool) => pool.install(|| chunk.par_iter().map(one).collect::<Result<_, _>>())?,
         None => chunk.iter().map(one).collect::<Result<_, _>>()?,
     };
@@ -91,19 +103,19 @@ pub fn decode_chunk(
         .iter()
         .map(|&k| (k, Vec::with_capacity(chunk.len())))
         .collect();
-    let mut suspicious = Vec::new();
-    for (item, (resized, truncated)) in chunk.iter().zip(per_image) {
+    let mut damaged = Vec::new();
+    for (item, (resized, damage)) in chunk.iter().zip(per_image) {
         for (&key, img) in sizes.iter().zip(resized) {
             images.get_mut(&key).expect("one entry per size").push(img);
         }
-        if truncated {
-            suspicious.push(item.path.display().to_string());
+        if let Some(damage) = damage {
+            damaged.push((item.path.display().to_string(), damage));
         }
     }
     Ok(Decoded {
         images,
         seconds: started.elapsed().as_secs_f64(),
-        suspicious,
+        damaged,
     })
 }
 
@@ -124,8 +136,8 @@ mod tests {
             .collect();
         let sizes = BTreeSet::from([(32, Resize::Box), (48, Resize::Area)]);
         let pool = pool(3).unwrap().expect("a pool for 3 threads");
-        let serial = decode_chunk(&chunk, &sizes, None).unwrap();
-        let parallel = decode_chunk(&chunk, &sizes, Some(&pool)).unwrap();
+        let serial = decode_chunk(&chunk, &sizes, None, OnBadImage::Warn).unwrap();
+        let parallel = decode_chunk(&chunk, &sizes, Some(&pool), OnBadImage::Warn).unwrap();
         for key in &sizes {
             let (a, b) = (&serial.images[key], &parallel.images[key]);
             assert_eq!(a.len(), 12);

@@ -70,7 +70,13 @@ impl<'a> SplitExtraction<'a> {
         let pool = decode::pool(threads)?;
         let (decode_before, forward_before) = (out.decode_seconds, out.forward_seconds);
         std::thread::scope(|scope| -> Result<(), FeatureError> {
-            let decoded = decode::spawn(scope, &chunks, &sizes, pool.as_ref());
+            let decoded = decode::spawn(
+                scope,
+                &chunks,
+                &sizes,
+                pool.as_ref(),
+                self.run.spec.data.on_bad_image,
+            );
             for (c, chunk) in chunks.iter().enumerate() {
                 crate::interrupt::check()?;
                 if sizes[c].is_empty() {
@@ -183,9 +189,17 @@ impl<'a> SplitExtraction<'a> {
     }
 
     fn warn_suspicious(&self, decoded: &Decoded) {
-        for path in &decoded.suspicious {
+        // Under "skip", damaged training images were left out before the
+        // folds were planned; a test image is a submission row and stays.
+        let kept = match (self.run.spec.data.on_bad_image, self.split) {
+            (crate::spec::OnBadImage::Skip, Split::Test) => {
+                " ([data] on_bad_image = \"skip\" leaves out training images only: the submission needs a row for every test image)"
+            }
+            _ => "",
+        };
+        for (path, damage) in &decoded.damaged {
             self.run.log.info(format!(
-                "warning: {path} has no JPEG end marker (truncated?); decoded anyway, with what is missing filled in: replace it and rerun"
+                "warning: {path} {damage}; decoded anyway, with what is missing filled in{kept}: replace it and rerun"
             ));
         }
     }

@@ -204,6 +204,11 @@ fn prepare_in(
             ""
         }
     ));
+    for why in &data.skipped {
+        run.log.info(format!(
+            "warning: left out of training ([data] on_bad_image = \"skip\"): {why}"
+        ));
+    }
     warn_about_class_sizes(run);
 
     // Folds before features: a bad fold count fails in seconds, not after

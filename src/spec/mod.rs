@@ -101,6 +101,36 @@ impl Precision {
     }
 }
 
+/// What a run does with an image that is damaged (JPEG data the decoder
+/// had to fill in) or, under `Skip`, does not decode at all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadImage {
+    /// The run fails naming the image; nothing is cached for its stage.
+    Error,
+    /// The decoded pixels are used, with a warning naming the image.
+    #[default]
+    Warn,
+    /// Training images are left out before the folds are planned, each
+    /// named in a warning; test images (every one is a submission row) are
+    /// used with a warning, as under `Warn`.
+    Skip,
+}
+
+impl OnBadImage {
+    pub fn name(self) -> &'static str {
+        match self {
+            OnBadImage::Error => "error",
+            OnBadImage::Warn => "warn",
+            OnBadImage::Skip => "skip",
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == OnBadImage::default()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Optimizer {
@@ -145,6 +175,10 @@ pub struct DataSpec {
     pub test_labels: Option<PathBuf>,
     /// File extension of `<id>.<ext>` images in the Kaggle layout.
     pub image_ext: String,
+    /// Omitted when `warn`, the default, so specs that do not set it keep
+    /// their hash (and saved specs from before it existed still read).
+    #[serde(default, skip_serializing_if = "OnBadImage::is_default")]
+    pub on_bad_image: OnBadImage,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{Layout, Optimizer, Precision, Resize, View};
+use super::{Layout, OnBadImage, Optimizer, Precision, Resize, View};
 use runner_models::onnx::InputLayout;
 use runner_models::{Arch, Preprocess};
 
@@ -48,6 +48,7 @@ pub struct RawData {
     pub sample_submission: Option<PathBuf>,
     pub test_labels: Option<PathBuf>,
     pub image_ext: Option<String>,
+    pub on_bad_image: Option<OnBadImage>,
 }
 
 #[derive(Debug, Deserialize)]

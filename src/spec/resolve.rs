@@ -242,6 +242,7 @@ impl Resolver<'_> {
             ),
             test_labels: pick(raw.test_labels, "test_labels", "test_labels.csv"),
             image_ext,
+            on_bad_image: raw.on_bad_image.unwrap_or_default(),
         };
         match layout {
             Layout::Kaggle => {
