@@ -339,9 +339,10 @@ fn run_specs(
     if paths.is_empty() {
         bail!("no spec given; usage: runner SPEC.toml [SPEC.toml ...] (see --help)");
     }
+    // Threads first: the checks hash weights on the pool.
+    g.init_threads(log)?;
     let experiments = experiment::check_all(paths, &changes.overrides(), g.cache())?;
     note_dead_runs(g, log);
-    g.init_threads(log)?;
     let cache = g.cache();
     let ctx = Context {
         runs_root: &g.runs,
@@ -481,6 +482,7 @@ fn saved_spec(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
 /// `runner resume RUN_DIR...`: each unfinished run, continued in place.
 fn resume(run_dirs: &[PathBuf], g: &Global, log: &Log) -> anyhow::Result<()> {
     note_dead_runs(g, log);
+    g.init_threads(log)?;
     let mut datasets = Datasets::new(g.cache());
     let mut checked = Vec::new();
     for dir in run_dirs {
@@ -492,7 +494,6 @@ fn resume(run_dirs: &[PathBuf], g: &Global, log: &Log) -> anyhow::Result<()> {
             &mut datasets,
         )?);
     }
-    g.init_threads(log)?;
     let cache = g.cache();
     for (dir, checked) in run_dirs.iter().zip(&checked) {
         crate::interrupt::check()?;

@@ -69,11 +69,15 @@ pub fn is_read_only(e: &std::io::Error) -> bool {
 pub fn write_error(path: &Path, bytes: usize, e: std::io::Error) -> std::io::Error {
     let why = if is_full(&e) {
         let free = available_bytes(path)
-            .map(|b| format!(", {} free", human(b)))
+            .map(|b| format!("{} free", human(b)))
             .unwrap_or_default();
+        let needed = if bytes > 0 {
+            format!("needed {}, ", human(bytes as u64))
+        } else {
+            String::new()
+        };
         format!(
-            "the disk is full (needed {}{free}): free some space, or write elsewhere (--runs, --cache)",
-            human(bytes as u64)
+            "the disk is full ({needed}{free}): free some space, or write elsewhere (--runs, --cache)"
         )
     } else if is_read_only(&e) {
         format!("{e} (the folder is read-only for this user: choose a writable one with --runs / --cache)")
@@ -113,6 +117,6 @@ mod tests {
         );
         let text = e.to_string();
         assert!(text.contains("/runs/r/oof.csv"), "{text}");
-        assert!(text.contains("disk is full (needed 2.0 MB"), "{text}");
+        assert!(text.contains("disk is full (needed 2.0 MB, "), "{text}");
     }
 }

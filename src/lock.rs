@@ -79,9 +79,7 @@ impl LockFile {
     /// Takes the lock at `path` unless a live process holds it; a stale
     /// lock (its holder dead) is broken and taken. Creates the folder.
     pub fn try_acquire(path: &Path) -> std::io::Result<Attempt> {
-        let named = |e: std::io::Error| {
-            std::io::Error::new(e.kind(), format!("cannot lock {}: {e}", path.display()))
-        };
+        let named = |e: std::io::Error| crate::disk::write_error(path, 0, e);
         // Bounded: each round either takes the lock, finds it live, or
         // removes a stale one (which another waiter may then take first).
         for _ in 0..8 {

@@ -52,7 +52,7 @@ pub struct Plan {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read {path} to hash it")]
+#[error("cannot use {path}")]
 pub struct HashError {
     pub path: String,
     #[source]
@@ -91,7 +91,34 @@ pub fn weights_fingerprint(b: &BackboneSpec) -> Result<String, HashError> {
     };
     let weights =
         runner_models::layers::Weights::read(b.arch.name(), &b.weights).map_err(unreadable)?;
+    // Weights of another architecture are refused now, not when the
+    // backbone is built after the run has started.
+    runner_models::registry::detect_flavour(&weights, &(b.arch.entry().probes)())
+        .map_err(unreadable)?;
     weights.fingerprint().map_err(unreadable)
+}
+
+/// [`weights_fingerprint`], remembered in the cache's memo while the file
+/// is unchanged. Computing it checks the weights (the architecture's
+/// tensors present, every value finite), so a spec's checks run it before
+/// any run starts and the run itself finds it in the memo.
+pub fn checked_fingerprint(
+    b: &BackboneSpec,
+    memo: Option<&FeatureCache>,
+) -> Result<String, HashError> {
+    match memo {
+        // The kind names what the fingerprint depends on besides the file:
+        // the architecture's reader and this version.
+        Some(cache) => cache.memoised(
+            &format!(
+                "weights-fingerprint/{}/v{FEATURE_CODE_VERSION}",
+                b.arch.name()
+            ),
+            &[&b.weights],
+            || weights_fingerprint(b),
+        ),
+        None => weights_fingerprint(b),
+    }
 }
 
 /// One hash over the ordered contents of a list of images.
@@ -142,20 +169,7 @@ impl Plan {
         let mut weights_hashes = std::collections::HashMap::<PathBuf, String>::new();
         for b in &spec.backbones {
             if !weights_hashes.contains_key(&b.weights) {
-                let fingerprint = match memo {
-                    // The kind names what the fingerprint depends on besides
-                    // the file: the architecture's reader and this version.
-                    Some(cache) => cache.memoised(
-                        &format!(
-                            "weights-fingerprint/{}/v{FEATURE_CODE_VERSION}",
-                            b.arch.name()
-                        ),
-                        &[&b.weights],
-                        || weights_fingerprint(b),
-                    )?,
-                    None => weights_fingerprint(b)?,
-                };
-                weights_hashes.insert(b.weights.clone(), fingerprint);
+                weights_hashes.insert(b.weights.clone(), checked_fingerprint(b, memo)?);
             }
         }
         let splits: Vec<(Split, String)> = [(Split::Train, &data.train), (Split::Test, &data.test)]
@@ -288,8 +302,14 @@ mod tests {
         let save = |name: &str, dtype: DType, bias: &Tensor| {
             let path = dir.path().join(name);
             let map = std::collections::HashMap::from([
-                ("conv/kernel".to_string(), w.to_dtype(dtype).unwrap()),
-                ("conv/bias".to_string(), bias.to_dtype(dtype).unwrap()),
+                (
+                    "block1_conv1/kernel".to_string(),
+                    w.to_dtype(dtype).unwrap(),
+                ),
+                (
+                    "block14_sepconv2/pointwise_kernel".to_string(),
+                    bias.to_dtype(dtype).unwrap(),
+                ),
             ]);
             candle_core::safetensors::save(&map, &path).unwrap();
             BackboneSpec {

@@ -81,11 +81,24 @@ impl Datasets {
 /// errors. Specs reading the same data share one dataset from `datasets`.
 pub fn preflight(spec: Spec, origin: &str, datasets: &mut Datasets) -> anyhow::Result<Checked> {
     for (i, b) in spec.backbones.iter().enumerate() {
+        if b.weights.is_dir() {
+            bail!(
+                "{origin}: backbone[{i}].weights = {} is a folder; point it at the weights file inside it (see models/README.md)",
+                b.weights.display()
+            );
+        }
         if !b.weights.is_file() {
             bail!(
                 "{origin}: backbone[{i}].weights = {} does not exist; point it at a weights file (see models/README.md)",
                 b.weights.display()
             );
+        }
+        if b.arch != runner_models::Arch::ONNX {
+            // Truncated, of another architecture, or holding NaN: refused
+            // before any run directory exists (memoised: paid once per file).
+            crate::plan::checked_fingerprint(b, datasets.cache.as_ref()).with_context(|| {
+                format!("{origin}: backbone[{i}] (arch = \"{}\")", b.arch.name())
+            })?;
         }
         if b.arch == runner_models::Arch::ONNX {
             // Parse and lower the graph now: an unsupported op or a missing

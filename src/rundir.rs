@@ -94,6 +94,10 @@ pub struct Timings {
     pub heads_seconds: f64,
 }
 
+/// Bytes a run directory keeps aside while its run runs: room for a few
+/// rewrites of `run.json` (about 2 kB each, and its temporary copy).
+const RESERVE_BYTES: usize = 8 * 1024;
+
 pub struct RunDir {
     pub path: PathBuf,
     pub manifest: Manifest,
@@ -153,6 +157,7 @@ pub fn mark_dead_runs(runs_root: &Path) -> Vec<PathBuf> {
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
         if write_atomic(&manifest_path, &json).is_ok() {
             crate::cache::remove_stale_temp_files(&dir, std::time::Duration::ZERO);
+            let _ = std::fs::remove_file(dir.join(".space-reserve"));
             dead.push(dir);
         }
     }
@@ -216,8 +221,13 @@ impl RunDir {
             std::io::Error::new(
                 e.kind(),
                 format!(
-                    "cannot create the run directory {}: {e} (check --runs)",
-                    what.display()
+                    "cannot create the run directory {}: {e} ({})",
+                    what.display(),
+                    if crate::disk::is_read_only(&e) {
+                        "the folder is read-only for this user: choose a writable one with --runs"
+                    } else {
+                        "check --runs"
+                    }
                 ),
             )
         };
@@ -258,8 +268,16 @@ impl RunDir {
                 feature_stages: Vec::new(),
             },
         };
-        run.write("spec.toml", spec.to_toml().as_bytes())?;
-        run.write_manifest()?;
+        run.make_reserve();
+        let written = run
+            .write("spec.toml", spec.to_toml().as_bytes())
+            .and_then(|()| run.write_manifest());
+        if let Err(e) = written {
+            // A folder without its spec and status is no run: gone, not
+            // left for `report` to puzzle over.
+            let _ = std::fs::remove_dir_all(&run.path);
+            return Err(e);
+        }
         Ok(run)
     }
 
@@ -296,6 +314,7 @@ impl RunDir {
                 feature_stages: Vec::new(),
             },
         };
+        run.make_reserve();
         run.write("spec.toml", spec.to_toml().as_bytes())?;
         run.write_manifest()?;
         Ok(run)
@@ -318,18 +337,27 @@ impl RunDir {
 
     pub fn write_manifest(&self) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(&self.manifest).expect("manifest serialises");
-        match self.write("run.json", &json) {
-            // A full disk has no room for the temporary copy, but the
-            // status must still be recorded: overwritten in place, the
-            // file reuses its own blocks.
-            Err(e) if crate::disk::is_full(&e) => {
-                std::fs::write(self.file("run.json"), &json).map_err(|_| e)
-            }
-            other => other,
-        }
+        self.write("run.json", &json)
     }
 
-    /// Marks the run finished (complete or failed) after `seconds`.
+    /// Space kept aside so that a run on a disk that fills up can still
+    /// record that it failed (a hidden file of [`RESERVE_BYTES`]).
+    fn reserve_path(&self) -> PathBuf {
+        self.file(".space-reserve")
+    }
+
+    fn make_reserve(&self) {
+        // Best effort: without it, a full disk may leave `running`, which
+        // the next start corrects to `interrupted`.
+        let _ = std::fs::write(self.reserve_path(), vec![0u8; RESERVE_BYTES]);
+    }
+
+    fn release_reserve(&self) {
+        let _ = std::fs::remove_file(self.reserve_path());
+    }
+
+    /// Marks the run finished (complete or failed) after `seconds`, and
+    /// frees its space reserve.
     pub fn finish(
         &mut self,
         status: Status,
@@ -342,6 +370,8 @@ impl RunDir {
             seconds,
             error,
         });
+        // On a full disk the reserve is the room for this last word.
+        self.release_reserve();
         self.write_manifest()
     }
 }

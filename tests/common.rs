@@ -115,3 +115,13 @@ pub fn rel_err(ours: &candle_core::Tensor, want: &candle_core::Tensor) -> f32 {
     };
     max_abs(&(ours - want).expect("diff")) / max_abs(want)
 }
+
+/// Whether `runs` holds no run directory (the feature cache's `.cache`
+/// may exist: spec checks remember weights fingerprints there).
+pub fn no_run_dirs(runs: &Path) -> bool {
+    std::fs::read_dir(runs).map_or(true, |entries| {
+        entries
+            .flatten()
+            .all(|e| e.file_name().to_string_lossy().starts_with('.'))
+    })
+}

@@ -20,6 +20,7 @@ mod bad_inputs;
 mod experiments;
 mod interrupt;
 mod reliability;
+mod resources;
 
 const CLASSES: usize = 3;
 const TRAIN_PER_CLASS: usize = 10;

@@ -14,7 +14,7 @@ fn fails_with(spec: &str, expected: &[&str]) {
         assert!(err.contains(e), "expected {e:?} in:\n{err}");
     }
     assert!(
-        !dir.path().join("runs").exists(),
+        crate::common::no_run_dirs(&dir.path().join("runs")),
         "no run directory for a bad spec"
     );
 }
@@ -130,5 +130,105 @@ fn a_gpu_precision_on_the_cpu_fails_before_any_run_directory() {
     ] {
         assert!(err.contains(e), "expected {e:?} in:\n{err}");
     }
-    assert!(!dir.path().join("runs").exists(), "no run directory");
+    assert!(
+        crate::common::no_run_dirs(&dir.path().join("runs")),
+        "no run directory"
+    );
+}
+
+/// A copy of the EfficientNet-Lite0 weights with the first value of its
+/// first float tensor set to NaN.
+fn weights_with_a_nan(to: &std::path::Path) {
+    let mut bytes = std::fs::read(crate::common::model(
+        "efficientnet_lite0_imagenet.safetensors",
+    ))
+    .unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let (_, tensor) = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(name, t)| *name != "__metadata__" && t["dtype"] == "F32")
+        .unwrap();
+    let at = 8 + header_len + tensor["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(to, bytes).unwrap();
+}
+
+#[test]
+fn bad_weights_and_names_are_refused_before_any_run_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = crate::common::model("efficientnet_lite0_imagenet.safetensors");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(d.join("truncated.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    weights_with_a_nan(&d.join("nan.safetensors"));
+    std::fs::create_dir(d.join("folder.safetensors")).unwrap();
+    let spec = |name: &str, arch: &str, weights: &std::path::Path| {
+        format!(
+            "name = \"{name}\"\n[data]\nlayout = \"kaggle\"\nroot = {:?}\n[[backbone]]\narch = \"{arch}\"\nweights = {weights:?}\n",
+            crate::common::woof(),
+        )
+    };
+    let long = "n".repeat(300);
+    let cases: [(&str, String, &[&str]); 5] = [
+        (
+            "truncated",
+            spec("t", "efficientnet_lite0", &d.join("truncated.safetensors")),
+            &["truncated.safetensors", "backbone[0]"],
+        ),
+        (
+            "nan",
+            spec("t", "efficientnet_lite0", &d.join("nan.safetensors")),
+            &["nan.safetensors", "NaN or infinite", "download it again"],
+        ),
+        (
+            "wrong_arch",
+            spec("t", "xception", &good),
+            &[
+                "efficientnet_lite0_imagenet.safetensors",
+                "arch = \"xception\"",
+                "none of these sets of tensors",
+            ],
+        ),
+        (
+            "folder",
+            spec("t", "efficientnet_lite0", &d.join("folder.safetensors")),
+            &["folder.safetensors", "is a folder"],
+        ),
+        (
+            "long_name",
+            spec(&long, "efficientnet_lite0", &good),
+            &["name", "300 characters", "at most 180"],
+        ),
+    ];
+    let good_spec = spec("fine", "efficientnet_lite0", &good);
+    std::fs::write(d.join("good.toml"), &good_spec).unwrap();
+    for (case, text, needles) in cases {
+        let file = format!("{case}.toml");
+        std::fs::write(d.join(&file), text).unwrap();
+        // The bad spec comes second: it is refused before the first runs.
+        let out = runner(d, &["--quiet", "good.toml", &file]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{case}: {err}");
+        assert!(!err.contains("panicked"), "{case}: {err}");
+        for needle in needles.iter().chain(&[file.as_str()]) {
+            assert!(
+                err.contains(needle),
+                "{case}: expected {needle:?} in:\n{err}"
+            );
+        }
+        assert!(
+            !d.join("runs")
+                .join(".")
+                .read_dir()
+                .is_ok_and(|mut r| r.any(|e| !e
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.'))),
+            "{case}: no run directory"
+        );
+    }
 }

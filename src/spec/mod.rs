@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 
 pub use load::{load, load_experiment, parse, Experiment, Member, Overrides};
 pub use resolve::{is_device_name, DEFAULT_EXTRACT_BATCH, DEFAULT_GPU_EXTRACT_BATCH};
+
+/// Longest spec (and sweep member) name: a run directory's name adds ~30
+/// characters to it, and file systems allow 255 bytes.
+pub const MAX_NAME_LEN: usize = 180;
 pub use runner_models::{BackboneSpec, Resize};
 
 #[derive(Debug, thiserror::Error)]

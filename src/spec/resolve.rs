@@ -68,6 +68,16 @@ impl Resolver<'_> {
             ));
         };
         let name = raw_name.trim().to_string();
+        if name.len() > super::MAX_NAME_LEN {
+            return Err(self.invalid(
+                "name",
+                format!("is {} characters long", name.len()),
+                &format!(
+                    "at most {} (it names run directories, which file systems limit to 255 bytes)",
+                    super::MAX_NAME_LEN
+                ),
+            ));
+        }
         if name.is_empty()
             || !name
                 .chars()

@@ -174,6 +174,8 @@ fn flatten(prefix: &str, value: Value, axes: &mut Vec<Axis>) -> Result<(), Strin
 /// A member's name: the spec's name followed by each swept `key=value`
 /// (`ablations-cv.folds=1-views=original+hflip`), with characters a
 /// folder name should not hold replaced by `_`.
+/// A name too long for a folder is cut, with a hash of the whole name
+/// keeping members apart.
 pub fn member_name(base: &str, values: &[Assignment]) -> String {
     let mut name = base.to_string();
     for a in values {
@@ -182,7 +184,8 @@ pub fn member_name(base: &str, values: &[Assignment]) -> String {
         name.push('=');
         name.push_str(&render(&a.value));
     }
-    name.chars()
+    let name: String = name
+        .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "-_.=+,".contains(c) {
                 c
@@ -190,7 +193,12 @@ pub fn member_name(base: &str, values: &[Assignment]) -> String {
                 '_'
             }
         })
-        .collect()
+        .collect();
+    if name.len() <= super::MAX_NAME_LEN {
+        return name;
+    }
+    let hash = blake3::hash(name.as_bytes()).to_hex();
+    format!("{}-{}", &name[..super::MAX_NAME_LEN - 9], &hash[..8])
 }
 
 #[cfg(test)]
@@ -297,5 +305,18 @@ mod tests {
             member_name("ablations", &values),
             "ablations-cv.folds=1-views=original+hflip-data.root=_data_my_set"
         );
+    }
+
+    #[test]
+    fn a_member_name_too_long_for_a_folder_is_cut_and_stays_unique() {
+        let long = |v: &str| {
+            vec![Assignment {
+                key: "data.root".into(),
+                value: v.repeat(300).into(),
+            }]
+        };
+        let (a, b) = (member_name("s", &long("a")), member_name("s", &long("b")));
+        assert_eq!(a.len(), super::super::MAX_NAME_LEN);
+        assert_ne!(a, b);
     }
 }

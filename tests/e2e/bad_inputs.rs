@@ -37,7 +37,8 @@ fn run_with_damaged_image(
     let run = dir
         .join("runs")
         .exists()
-        .then(|| run_dirs(&dir.join("runs")).remove(0));
+        .then(|| run_dirs(&dir.join("runs")).into_iter().next())
+        .flatten();
     (name, err, run, tmp)
 }
 

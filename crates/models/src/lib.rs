@@ -67,6 +67,14 @@ pub enum ModelError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    #[error("{arch} weights {path}: tensor `{name}` holds {count} NaN or infinite value(s) of {total}: the file is damaged (or saved from a diverged model); download it again")]
+    NonFinite {
+        arch: &'static str,
+        path: String,
+        name: String,
+        count: usize,
+        total: usize,
+    },
     #[error(transparent)]
     Onnx(#[from] onnx::OnnxError),
 }

@@ -72,6 +72,10 @@ impl Weights {
     /// names in sorted order, each with its dims and its values as f32
     /// (exact for f16 / bf16 sources). The same weights as safetensors or
     /// Keras `.h5` give the same fingerprint and so share cached features.
+    ///
+    /// A checkpoint holding a NaN or an infinity is refused here, naming
+    /// the tensor: such weights give constant or NaN features, which would
+    /// be cached and trained on. (This pass already reads every value.)
     pub fn fingerprint(&self) -> Result<String, ModelError> {
         let mut names: Vec<&String> = self.tensors.keys().collect();
         names.sort();
@@ -85,6 +89,16 @@ impl Weights {
                 .and_then(|t| t.flatten_all())
                 .and_then(|t| t.to_vec1::<f32>())
                 .map_err(|e| self.candle_err(e))?;
+            let count = values.iter().filter(|v| !v.is_finite()).count();
+            if count > 0 {
+                return Err(ModelError::NonFinite {
+                    arch: self.arch,
+                    path: self.path.clone(),
+                    name: name.clone(),
+                    count,
+                    total: values.len(),
+                });
+            }
             for chunk in values.chunks(1 << 16) {
                 let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
                 hasher.update(&bytes);
