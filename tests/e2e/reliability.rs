@@ -300,3 +300,73 @@ fn results_do_not_depend_on_the_thread_count() {
     assert_eq!(a.len(), 4);
     assert!(a == b, "features differ between --threads 1 and 2");
 }
+
+#[test]
+fn cache_verify_finds_a_changed_byte_and_gc_keeps_what_runs_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    woof_subset(&dir.join("data"), 3, 10, 2);
+    write_spec(dir, "v", 2, 0.5);
+    let out = runner(dir, &["--quiet", "--runs", "runs", "v.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cache = dir.join("runs/.cache");
+    let entries: Vec<PathBuf> = walk(&cache.join("features"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "npy"))
+        .collect();
+    assert_eq!(entries.len(), 4);
+
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["--runs", "runs", "cache", "verify"];
+        args.extend(extra);
+        runner(dir, &args)
+    };
+    let out = verify(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = crate::common::stdout(&out);
+    assert!(text.contains("4 file(s)") && text.contains("kB"), "{text}");
+
+    // One byte changed in the middle of an entry.
+    let mut bytes = std::fs::read(&entries[0]).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&entries[0], bytes).unwrap();
+    let out = verify(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = crate::common::stdout(&out);
+    assert!(
+        text.contains("corrupt:") && text.contains("checksum"),
+        "{text}"
+    );
+    assert!(entries[0].exists(), "verify alone changes nothing");
+    let out = verify(&["--remove-corrupt"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!entries[0].exists());
+    assert!(verify(&[]).status.success());
+
+    // gc: the run reads every stage, so nothing goes; once the run is
+    // gone, everything older than the cut-off does.
+    let gc = |days: &str| {
+        let out = runner(dir, &["--runs", "runs", "cache", "gc", "--keep-days", days]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        crate::common::stdout(&out)
+    };
+    let text = gc("0");
+    assert!(text.starts_with("0 stage(s)"), "{text}");
+    for run in run_dirs(&dir.join("runs")) {
+        std::fs::remove_dir_all(run).unwrap();
+    }
+    let text = gc("1");
+    assert!(
+        text.starts_with("0 stage(s)"),
+        "recent stages are kept: {text}"
+    );
+    // Four: the entry removed as corrupt left its provenance behind.
+    let text = gc("0");
+    assert!(text.starts_with("4 stage(s)"), "{text}");
+    let left: Vec<PathBuf> = walk(&cache.join("features"))
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
