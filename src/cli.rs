@@ -457,7 +457,13 @@ fn print_sweep(g: &Global, id: &str) -> anyhow::Result<()> {
 
 /// Runs whose process died without a word (kill -9, a power cut) are
 /// marked `interrupted`, so nothing shows them as running forever.
+/// Temporary memo files that no write will finish (a kill mid-write) go
+/// too, once old enough not to be another machine's write in progress.
 fn note_dead_runs(g: &Global, log: &Log) {
+    crate::cache::remove_stale_temp_files(
+        &g.cache().root().join("memo"),
+        crate::cache::STALE_TEMP_AGE,
+    );
     for dir in crate::rundir::mark_dead_runs(&g.runs) {
         log.info(format!(
             "{}: its process is gone; marked interrupted (`runner resume` continues it)",

@@ -456,9 +456,14 @@ impl Dataset {
 
         for item in train.iter().chain(&test) {
             if !item.path.is_file() {
+                let problem = if item.path.is_dir() {
+                    format!("image for id {:?} is a folder, not a file", item.id)
+                } else {
+                    format!("image for id {:?} does not exist", item.id)
+                };
                 return Err(DataError::Invalid {
                     path: item.path.display().to_string(),
-                    problem: format!("image for id {:?} does not exist", item.id),
+                    problem,
                 });
             }
         }

@@ -385,17 +385,25 @@ fn damaged_images_under_each_policy(dir: &Path) {
 
 fn undecodable_images_fail_naming_the_file(dir: &Path) {
     type Damage = fn(&Path);
-    let cases: [(&str, Damage); 2] = [
-        ("zero-byte", |p| std::fs::write(p, b"").unwrap()),
-        ("header-20000", |p| claim_dimensions(p, 20000)),
+    let cases: [(&str, Damage, &str); 3] = [
+        ("zero-byte", |p| std::fs::write(p, b"").unwrap(), ""),
+        ("header-20000", |p| claim_dimensions(p, 20000), ""),
+        (
+            "a-folder-named-like-an-image",
+            |p| {
+                std::fs::remove_file(p).unwrap();
+                std::fs::create_dir(p).unwrap();
+            },
+            "is a folder",
+        ),
     ];
-    for (case, damage) in cases {
+    for (case, damage, why) in cases {
         let dir = dir.join(case);
         woof_subset(&dir.join("data"), 2, 2, 1);
         let first = &train_images(&dir)[0];
         damage(first);
         write_spec(&dir, case, None);
-        assert_fails(&dir, case, &[&file_name(first)]);
+        assert_fails(&dir, case, &[&file_name(first), why]);
         assert!(cached_features(&dir).is_empty(), "{case}");
     }
 }
