@@ -110,9 +110,12 @@ fn killed_at_ten_points_and_continued_gives_the_uninterrupted_tables() {
     let mut seed = 0x5eed_u64;
     let mut random = || Point::After(Duration::from_secs_f64(clean_seconds * lcg(&mut seed)));
     let points = [
+        // A chunk's stages are stored back to back, then the next chunk
+        // is computed: 1 lands between (or just after) the two stores of
+        // the first chunk, 2 and 4 while the second and third compute.
         Point::Chunks(1),
-        Point::Chunks(3),
-        Point::Chunks(5),
+        Point::Chunks(2),
+        Point::Chunks(4),
         Point::TestSplit,
         random(),
         random(),
