@@ -103,7 +103,16 @@ impl LockFile {
     /// Fills in a freshly created lock file: `flock` first, so that no
     /// other process on this host ever sees it unlocked with a holder in it.
     fn take(path: &Path, mut file: File) -> std::io::Result<LockFile> {
-        let _ = file.try_lock();
+        // A waiter checking the new file holds a shared lock on it for a
+        // moment: try again rather than go without (unsupported: go on).
+        for _ in 0..200 {
+            match file.try_lock() {
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                _ => break,
+            }
+        }
         let me = Holder::me();
         let written = serde_json::to_vec(&me)
             .map_err(std::io::Error::other)
