@@ -250,9 +250,16 @@ impl<'a> SplitExtraction<'a> {
                     Some(images) => Input::Device(images),
                     None => Input::Host(&resized[&key]),
                 };
-                let feats = self
-                    .forward_batch(stage, x, first, last)
-                    .map_err(forward_error(chunk, bb.arch.name(), first, last))?;
+                let feats = self.forward_batch(stage, x, first, last).map_err(|e| {
+                    // Out of memory: find a batch that fits before failing,
+                    // so the message says what to set.
+                    let fits = is_out_of_memory(&e).then(|| {
+                        largest_fitting_batch(last - first, |n| {
+                            self.forward_batch(stage, x, first, first + n).map(drop)
+                        })
+                    });
+                    forward_error(chunk, bb.arch.name(), first, last, fits.flatten())(e)
+                })?;
                 parts[slot].push(feats);
             }
             progress.inc((last - first) as u64);
@@ -262,7 +269,7 @@ impl<'a> SplitExtraction<'a> {
             let arch = self.run.spec.backbones[stage.backbone].arch.name();
             let data = Tensor::cat(&parts, 0)
                 .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-                .map_err(forward_error(chunk, arch, 0, chunk.len()))?;
+                .map_err(forward_error(chunk, arch, 0, chunk.len(), None))?;
             let m = Matrix::new(chunk.len(), self.nets[&stage.backbone].num_features(), data);
             self.store_chunk(stage, c, &m)?;
             have[i] = Some(m);
@@ -340,6 +347,7 @@ fn forward_error(
     arch: &'static str,
     first: usize,
     last: usize,
+    fits: Option<usize>,
 ) -> impl FnOnce(candle_core::Error) -> FeatureError {
     let batch = last - first;
     let (first, last) = (chunk[first].id.clone(), chunk[last - 1].id.clone());
@@ -351,6 +359,7 @@ fn forward_error(
                 batch,
                 first,
                 last,
+                fits,
                 source,
             }
         } else {
@@ -362,6 +371,23 @@ fn forward_error(
             }
         }
     }
+}
+
+/// The largest of `batch / 2`, `batch / 4`, ... 1 images that `run`
+/// computes without running out of memory; `None` if not even one does.
+fn largest_fitting_batch(
+    batch: usize,
+    mut run: impl FnMut(usize) -> candle_core::Result<()>,
+) -> Option<usize> {
+    let mut n = batch / 2;
+    while n >= 1 {
+        match run(n) {
+            Ok(()) => return Some(n),
+            Err(e) if is_out_of_memory(&e) => n /= 2,
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// Whether a backbone failed for want of device memory (the CUDA driver's
@@ -386,5 +412,23 @@ mod tests {
         assert!(!is_out_of_memory(&candle_core::Error::Msg(
             "shape mismatch".into()
         )));
+    }
+
+    #[test]
+    fn the_largest_batch_that_fits_is_found_by_halving() {
+        let oom = || candle_core::Error::Msg("CUDA_ERROR_OUT_OF_MEMORY".into());
+        let mut tried = Vec::new();
+        let fits = largest_fitting_batch(128, |n| {
+            tried.push(n);
+            if n > 20 {
+                Err(oom())
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(fits, Some(16));
+        assert_eq!(tried, [64, 32, 16]);
+        assert_eq!(largest_fitting_batch(8, |_| Err(oom())), None);
+        assert_eq!(largest_fitting_batch(1, |_| Ok(())), None);
     }
 }

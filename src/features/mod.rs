@@ -61,12 +61,17 @@ pub enum FeatureError {
         #[source]
         source: Box<candle_core::Error>,
     },
-    #[error("{arch} ran out of device memory on a batch of {batch} images ({first}..{last}): set [extract] batch_size lower, e.g. {}", (batch / 2).max(1))]
+    #[error("{arch} ran out of device memory on a batch of {batch} images ({first}..{last}): {}", match fits {
+        Some(n) => format!("a batch of {n} fits: set [extract] batch_size = {n}"),
+        None => "not even one image fits: free device memory (other processes?), or use precision = \"f16\" or a smaller input_size".to_string(),
+    })]
     OutOfMemory {
         arch: &'static str,
         batch: usize,
         first: String,
         last: String,
+        /// The largest batch found to fit (halving from `batch`).
+        fits: Option<usize>,
         #[source]
         source: Box<candle_core::Error>,
     },
