@@ -148,11 +148,25 @@ pub fn summarize(model: &onnx::ModelProto, path: &Path) -> Result<GraphSummary, 
             .map(|o| (o.name.clone(), proto::declared_dims(o)))
             .collect(),
         op_counts,
-        parameters: graph
-            .initializer
-            .iter()
-            .map(|t| t.dims.iter().product::<i64>().max(0) as usize)
-            .sum(),
+        parameters: parameters(graph, &p)?,
+    })
+}
+
+/// The number of values in the graph's initializers; an error naming the
+/// tensor when its declared shape cannot be a real one.
+fn parameters(graph: &onnx::GraphProto, path: &str) -> Result<usize, OnnxError> {
+    graph.initializer.iter().try_fold(0usize, |sum, t| {
+        let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+        proto::element_count(&dims)
+            .and_then(|n| sum.checked_add(n))
+            .ok_or_else(|| OnnxError::Graph {
+                path: path.to_string(),
+                message: format!(
+                    "initializer `{}` has shape {:?}, more elements than can be addressed; \
+                     the file is damaged",
+                    t.name, t.dims
+                ),
+            })
     })
 }
 

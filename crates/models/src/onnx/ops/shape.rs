@@ -177,12 +177,23 @@ pub fn pad(
     Ok(y)
 }
 
+/// The most elements a `ConstantOfShape` may make. CNN exports use it for
+/// shape-sized helpers (pads, masks), never near this; a larger request is
+/// a damaged or hostile graph asking for memory it does not need.
+pub const MAX_CONSTANT_ELEMENTS: usize = 1 << 24;
+
 /// A tensor of the shape in input 0, filled with the one value of `value`.
 pub fn constant_of_shape(ins: &Inputs, value: &Tensor) -> Result<Tensor> {
     let dims: Vec<usize> = to_i64s(ins.x()?)?
         .iter()
         .map(|&d| d.max(0) as usize)
         .collect();
+    match crate::onnx::proto::element_count(&dims) {
+        Some(n) if n <= MAX_CONSTANT_ELEMENTS => {}
+        _ => candle_core::bail!(
+            "ConstantOfShape: shape {dims:?} asks for more than {MAX_CONSTANT_ELEMENTS} elements"
+        ),
+    }
     let v = value.flatten_all()?;
     v.reshape(())?.broadcast_as(dims)?.contiguous()
 }
@@ -209,14 +220,16 @@ fn reshape_dims(input: &[usize], spec: &[i64], allowzero: bool) -> Result<Vec<us
             _ => candle_core::bail!("Reshape: invalid target {spec:?}"),
         }
     }
+    // Checked: the target comes from the graph; a product that overflows
+    // cannot equal the input's element count.
+    let count = |dims: &[usize]| crate::onnx::proto::element_count(dims);
     if let Some(i) = infer {
-        let known: usize = dims.iter().product();
-        if known == 0 || !total.is_multiple_of(known) {
-            candle_core::bail!("Reshape: cannot infer -1 in {spec:?} from {input:?}")
+        match count(&dims) {
+            Some(known) if known != 0 && total.is_multiple_of(known) => dims[i] = total / known,
+            _ => candle_core::bail!("Reshape: cannot infer -1 in {spec:?} from {input:?}"),
         }
-        dims[i] = total / known;
     }
-    if dims.iter().product::<usize>() != total {
+    if count(&dims) != Some(total) {
         candle_core::bail!("Reshape: {input:?} has {total} values, target {spec:?} does not")
     }
     Ok(dims)
