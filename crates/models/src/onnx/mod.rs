@@ -329,7 +329,18 @@ impl Backbone for OnnxBackbone {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use testutil::{node, with_ints};
+    use testutil::{init, model, node, with_ints};
+
+    #[test]
+    fn an_initializer_shape_whose_element_count_overflows_is_a_summary_error() {
+        let m = model(
+            vec![node("Relu", &["x"], "y")],
+            vec![init("w", &[1 << 40, 1 << 40], &[])],
+            "y",
+        );
+        let e = summarize(&m, Path::new("m.onnx")).unwrap_err().to_string();
+        assert!(e.contains("m.onnx") && e.contains("`w`"), "{e}");
+    }
 
     /// tf2onnx's shape of a Keras graph: NHWC in, NCHW inside, NHWC out.
     #[test]

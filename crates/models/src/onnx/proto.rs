@@ -252,6 +252,19 @@ mod tests {
     }
 
     #[test]
+    fn a_shape_whose_element_count_overflows_is_an_error_naming_the_tensor() {
+        let t = onnx::TensorProto {
+            name: "w".into(),
+            dims: vec![2, 1 << 62],
+            data_type: onnx::tensor_proto::DataType::Float as i32,
+            float_data: vec![1.0],
+            ..Default::default()
+        };
+        let e = tensor(&t).unwrap_err();
+        assert!(e.contains("`w`") && e.contains("shape"), "{e}");
+    }
+
+    #[test]
     fn a_short_buffer_is_an_error_naming_the_tensor() {
         let t = onnx::TensorProto {
             name: "w".into(),

@@ -361,6 +361,28 @@ mod tests {
     }
 
     #[test]
+    fn a_reshape_target_whose_product_overflows_is_an_error() {
+        let huge = 1i64 << 40;
+        assert!(reshape_dims(&[2, 3], &[huge, huge], false).is_err());
+        assert!(reshape_dims(&[2, 3], &[huge, huge, -1], false).is_err());
+    }
+
+    #[test]
+    fn a_constant_of_shape_beyond_the_limit_is_refused_before_allocating() {
+        let value = tensor(&[0.0], &[1]);
+        for shape in [[1i64 << 20, 1 << 20], [1 << 40, 1 << 40]] {
+            let shape = Tensor::new(&shape, &Device::Cpu).unwrap();
+            let e = super::super::Op::ConstantOfShape {
+                value: value.clone(),
+            }
+            .eval(&[Some(&shape)])
+            .err()
+            .expect("a huge constant was made");
+            assert!(e.to_string().contains("ConstantOfShape"), "{e}");
+        }
+    }
+
+    #[test]
     fn gather_with_a_scalar_index_drops_the_axis() {
         let shape = Tensor::new(&[8i64, 3, 224, 224], &Device::Cpu).unwrap();
         let idx = Tensor::new(0i64, &Device::Cpu).unwrap();
