@@ -167,7 +167,7 @@ fn dataset_loading_survives_mutated_csvs() {
     let strategy = (csv_case(), csv_case(), csv_case(), any::<bool>());
     fuzz(
         "dataset csvs",
-        800,
+        3000,
         strategy,
         |(labels, sample, test_labels, folders)| {
             write(&folder.path("labels.csv"), LABELS, &labels);
@@ -190,7 +190,7 @@ fn image_decoding_survives_mutated_pngs_and_jpegs() {
         ("2x2.png", &*Box::leak(png().into_boxed_slice())),
         ("2x2.jpg", &*Box::leak(jpeg().into_boxed_slice())),
     ];
-    fuzz("images", 1500, mutated(bases), |m| {
+    fuzz("images", 4000, mutated(bases), |m| {
         let path = dir.path().join(if m.base.ends_with("png") {
             "i.png"
         } else {

@@ -151,6 +151,7 @@ unsafe impl GlobalAlloc for CappedAlloc {
 
 #[test]
 fn the_allocator_refuses_an_allocation_above_the_cap() {
+    set_current_case("the allocator's own test: this refusal is expected".into());
     let before = refused_on_this_thread();
     let mut v: Vec<u8> = Vec::new();
     assert!(v.try_reserve_exact(CAP + 1).is_err());

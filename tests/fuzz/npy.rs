@@ -30,14 +30,14 @@ fn npy_reader_survives_random_bytes() {
             v
         }),
     ];
-    fuzz("npy random bytes", 2000, strategy, |b| read(&b));
+    fuzz("npy random bytes", 5000, strategy, |b| read(&b));
 }
 
 #[test]
 fn npy_reader_survives_mutated_files() {
     fuzz(
         "npy mutations",
-        2000,
+        5000,
         mutated(vec![("3x2.npy", valid())]),
         |m| read(&m.bytes),
     );
@@ -67,7 +67,7 @@ fn npy_reader_survives_edited_headers() {
     );
     fuzz(
         "npy headers",
-        2000,
+        5000,
         strategy,
         |(dims, descr, fortran, body, version)| {
             let dict = format!(

@@ -41,7 +41,7 @@ fn load(path: &Path) -> bool {
 fn onnx_loader_survives_mutated_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let path: PathBuf = dir.path().join("m.onnx");
-    fuzz("onnx bytes", 120, mutated(bases()), |m| {
+    fuzz("onnx bytes", 3000, mutated(bases()), |m| {
         std::fs::write(&path, &m.bytes).unwrap();
         load(&path)
     });
@@ -292,7 +292,7 @@ fn onnx_lowering_survives_mutated_graphs() {
             edits,
             via_file,
         });
-    fuzz("onnx graphs", 250, strategy, |c| {
+    fuzz("onnx graphs", 4000, strategy, |c| {
         let (_, base) = &models[c.base.index(models.len())];
         let mut model = base.clone();
         for e in &c.edits {

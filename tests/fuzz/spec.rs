@@ -283,7 +283,7 @@ fn load(tree: &Tree, text: &[u8], overrides: &Overrides) -> bool {
 #[test]
 fn spec_loading_survives_edited_experiments() {
     let tree = tree();
-    fuzz("spec edits", 600, case(), |c| {
+    fuzz("spec edits", 4000, case(), |c| {
         let (_, text) = &tree.specs[c.base.index(tree.specs.len())];
         let edited = edit_lines(text, &c.edits);
         let bytes = apply(edited.as_bytes(), &c.bytes);
@@ -327,7 +327,7 @@ fn spec_loading_survives_random_toml_ish_text() {
         Just("0x7fffffffffffffff"),
     ];
     let text = proptest::collection::vec(token, 0..64).prop_map(|t| t.concat());
-    fuzz("spec random text", 600, text, |t| {
+    fuzz("spec random text", 3000, text, |t| {
         load(&tree, t.as_bytes(), &Overrides::default())
     });
 }

@@ -31,7 +31,7 @@ fn read(dir: &Path, name: &str, bytes: &[u8]) -> bool {
 fn h5_reader_survives_mutated_files() {
     let dir = tempfile::tempdir().unwrap();
     let bases = vec![data("xception_small_f16.h5"), data("xception_small.h5")];
-    fuzz("h5", 400, mutated(bases), |m| {
+    fuzz("h5", 3000, mutated(bases), |m| {
         read(dir.path(), "w.h5", &m.bytes)
     });
 }
@@ -40,7 +40,7 @@ fn h5_reader_survives_mutated_files() {
 fn pth_reader_survives_mutated_files() {
     let dir = tempfile::tempdir().unwrap();
     let bases = vec![data("timm/tiny_bare.pt"), data("timm/tiny_nested.pth")];
-    fuzz("pth", 600, mutated(bases), |m| {
+    fuzz("pth", 4000, mutated(bases), |m| {
         read(dir.path(), "w.pth", &m.bytes)
     });
 }
@@ -52,7 +52,7 @@ fn safetensors_reading_survives_mutated_files() {
         data("timm/resnet18.safetensors"),
         data("timm/tiny_expected.safetensors"),
     ];
-    fuzz("safetensors", 600, mutated(bases), |m| {
+    fuzz("safetensors", 4000, mutated(bases), |m| {
         read(dir.path(), "w.safetensors", &m.bytes)
     });
 }

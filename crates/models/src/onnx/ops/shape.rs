@@ -376,8 +376,7 @@ mod tests {
                 value: value.clone(),
             }
             .eval(&[Some(&shape)])
-            .err()
-            .expect("a huge constant was made");
+            .expect_err("a huge constant was made");
             assert!(e.to_string().contains("ConstantOfShape"), "{e}");
         }
     }
