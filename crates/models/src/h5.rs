@@ -113,7 +113,7 @@ pub fn read_keras_weights(path: &Path) -> Result<HashMap<String, Tensor>, H5Erro
             })?;
         for weight in &weight_names {
             let dataset_path = format!("{layer_path}/{weight}");
-            let tensor = read_dataset(&group, weight)
+            let tensor = read_dataset(&group, weight, size)
                 .map_err(|e| err(format!("dataset `{dataset_path}`: {e}")))?;
             let name = tensor_name(layer, weight);
             if tensors.insert(name.clone(), tensor).is_some() {
@@ -178,8 +178,8 @@ fn list_attr(attrs: &[Attribute], name: &str) -> Result<Vec<String>, String> {
 
 /// The dataset at `weight` (a path relative to the layer group: h5py made
 /// `block1_conv1/kernel:0` a nested group and a dataset) as a CPU tensor in
-/// its own float dtype.
-fn read_dataset(layer: &Group, weight: &str) -> Result<Tensor, String> {
+/// its own float dtype. `file_size` bounds what its shape may ask for.
+fn read_dataset(layer: &Group, weight: &str, file_size: u64) -> Result<Tensor, String> {
     let parts: Vec<&str> = weight.split('/').filter(|p| !p.is_empty()).collect();
     let Some((last, groups)) = parts.split_last() else {
         return Err("empty weight name".into());
@@ -208,6 +208,24 @@ fn read_dataset(layer: &Group, weight: &str) -> Result<Tensor, String> {
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| format!("dimension {d} too large")))
         .collect::<Result<Vec<_>, _>>()?;
+    // The reader allocates what the shape says before reading; Keras writes
+    // weights uncompressed, so a shape needing more bytes than the whole
+    // file is damage, not data.
+    let needed = shape
+        .iter()
+        .try_fold(dtype.size_in_bytes(), |n, &d| n.checked_mul(d))
+        .map_or(u64::MAX, |n| n as u64);
+    if needed > file_size {
+        return Err(format!(
+            "its shape {shape:?} needs {} bytes, more than the whole file ({file_size}); \
+             {DAMAGED_HINT} (compressed datasets are not read)",
+            if needed == u64::MAX {
+                "more".to_string()
+            } else {
+                needed.to_string()
+            },
+        ));
+    }
     // Native byte order (a big-endian file is swapped here).
     let bytes = dataset
         .read_native_bytes()
@@ -236,6 +254,38 @@ mod tests {
             "batch_normalization_1/beta"
         );
         assert_eq!(tensor_name("a", "b/c:x"), "a/c:x");
+    }
+
+    /// A dataspace dimension of the small Keras fixture set to 2^31 - 1
+    /// (byte 8279: a dimension of a dataset's dataspace message): the shape
+    /// asks for gigabytes from a 15 kB file.
+    #[test]
+    fn a_dataset_shape_larger_than_the_file_is_refused_before_reading() {
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/xception_small_f16.h5");
+        let mut bytes = std::fs::read(fixture).unwrap();
+        bytes[8279..8283].copy_from_slice(&0x7FFF_FFFFu32.to_le_bytes());
+        let dir = tempfile_dir();
+        let path = dir.join("damaged.h5");
+        std::fs::write(&path, &bytes).unwrap();
+        let e = read_keras_weights(&path).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            e.contains("damaged.h5") && e.contains("more than the whole file"),
+            "{e}"
+        );
+    }
+
+    /// A fresh folder under the system temporary directory (this crate has
+    /// no tempfile dependency).
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "runner-models-h5-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     fn attr(name: &str, datatype: Datatype, shape: Vec<u64>, raw: &[u8]) -> Attribute {

@@ -148,11 +148,25 @@ pub fn summarize(model: &onnx::ModelProto, path: &Path) -> Result<GraphSummary, 
             .map(|o| (o.name.clone(), proto::declared_dims(o)))
             .collect(),
         op_counts,
-        parameters: graph
-            .initializer
-            .iter()
-            .map(|t| t.dims.iter().product::<i64>().max(0) as usize)
-            .sum(),
+        parameters: parameters(graph, &p)?,
+    })
+}
+
+/// The number of values in the graph's initializers; an error naming the
+/// tensor when its declared shape cannot be a real one.
+fn parameters(graph: &onnx::GraphProto, path: &str) -> Result<usize, OnnxError> {
+    graph.initializer.iter().try_fold(0usize, |sum, t| {
+        let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+        proto::element_count(&dims)
+            .and_then(|n| sum.checked_add(n))
+            .ok_or_else(|| OnnxError::Graph {
+                path: path.to_string(),
+                message: format!(
+                    "initializer `{}` has shape {:?}, more elements than can be addressed; \
+                     the file is damaged",
+                    t.name, t.dims
+                ),
+            })
     })
 }
 
@@ -315,7 +329,18 @@ impl Backbone for OnnxBackbone {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use testutil::{node, with_ints};
+    use testutil::{init, model, node, with_ints};
+
+    #[test]
+    fn an_initializer_shape_whose_element_count_overflows_is_a_summary_error() {
+        let m = model(
+            vec![node("Relu", &["x"], "y")],
+            vec![init("w", &[1 << 40, 1 << 40], &[])],
+            "y",
+        );
+        let e = summarize(&m, Path::new("m.onnx")).unwrap_err().to_string();
+        assert!(e.contains("m.onnx") && e.contains("`w`"), "{e}");
+    }
 
     /// tf2onnx's shape of a Keras graph: NHWC in, NCHW inside, NHWC out.
     #[test]

@@ -19,7 +19,14 @@ pub fn tensor(t: &onnx::TensorProto) -> Result<Tensor, String> {
         ));
     }
     let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
-    let len: usize = dims.iter().product();
+    // Checked: the dims come from the file, and their product is compared
+    // with the values actually stored before anything is allocated for it.
+    let len = element_count(&dims).ok_or_else(|| {
+        format!(
+            "tensor `{}` has shape {dims:?}, more elements than can be addressed",
+            t.name
+        )
+    })?;
     let raw = &t.raw_data;
     let data_type = D::try_from(t.data_type).unwrap_or(D::Undefined);
     let floats: Option<Vec<f32>> = match data_type {
@@ -72,6 +79,11 @@ pub fn tensor(t: &onnx::TensorProto) -> Result<Tensor, String> {
         Data::I64(v) => Tensor::from_vec(v, dims, &Device::Cpu),
     };
     made.map_err(|e| format!("tensor `{}`: {e}", t.name))
+}
+
+/// The number of elements of `dims`, `None` when it overflows.
+pub fn element_count(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
 }
 
 enum Data {
@@ -237,6 +249,19 @@ mod tests {
         let t = tensor(&ints).unwrap();
         assert_eq!(t.dtype(), DType::I64);
         assert_eq!(t.to_vec1::<i64>().unwrap(), vec![7, -1, 0]);
+    }
+
+    #[test]
+    fn a_shape_whose_element_count_overflows_is_an_error_naming_the_tensor() {
+        let t = onnx::TensorProto {
+            name: "w".into(),
+            dims: vec![2, 1 << 62],
+            data_type: onnx::tensor_proto::DataType::Float as i32,
+            float_data: vec![1.0],
+            ..Default::default()
+        };
+        let e = tensor(&t).unwrap_err();
+        assert!(e.contains("`w`") && e.contains("shape"), "{e}");
     }
 
     #[test]

@@ -177,12 +177,23 @@ pub fn pad(
     Ok(y)
 }
 
+/// The most elements a `ConstantOfShape` may make. CNN exports use it for
+/// shape-sized helpers (pads, masks), never near this; a larger request is
+/// a damaged or hostile graph asking for memory it does not need.
+pub const MAX_CONSTANT_ELEMENTS: usize = 1 << 24;
+
 /// A tensor of the shape in input 0, filled with the one value of `value`.
 pub fn constant_of_shape(ins: &Inputs, value: &Tensor) -> Result<Tensor> {
     let dims: Vec<usize> = to_i64s(ins.x()?)?
         .iter()
         .map(|&d| d.max(0) as usize)
         .collect();
+    match crate::onnx::proto::element_count(&dims) {
+        Some(n) if n <= MAX_CONSTANT_ELEMENTS => {}
+        _ => candle_core::bail!(
+            "ConstantOfShape: shape {dims:?} asks for more than {MAX_CONSTANT_ELEMENTS} elements"
+        ),
+    }
     let v = value.flatten_all()?;
     v.reshape(())?.broadcast_as(dims)?.contiguous()
 }
@@ -209,14 +220,16 @@ fn reshape_dims(input: &[usize], spec: &[i64], allowzero: bool) -> Result<Vec<us
             _ => candle_core::bail!("Reshape: invalid target {spec:?}"),
         }
     }
+    // Checked: the target comes from the graph; a product that overflows
+    // cannot equal the input's element count.
+    let count = |dims: &[usize]| crate::onnx::proto::element_count(dims);
     if let Some(i) = infer {
-        let known: usize = dims.iter().product();
-        if known == 0 || !total.is_multiple_of(known) {
-            candle_core::bail!("Reshape: cannot infer -1 in {spec:?} from {input:?}")
+        match count(&dims) {
+            Some(known) if known != 0 && total.is_multiple_of(known) => dims[i] = total / known,
+            _ => candle_core::bail!("Reshape: cannot infer -1 in {spec:?} from {input:?}"),
         }
-        dims[i] = total / known;
     }
-    if dims.iter().product::<usize>() != total {
+    if count(&dims) != Some(total) {
         candle_core::bail!("Reshape: {input:?} has {total} values, target {spec:?} does not")
     }
     Ok(dims)
@@ -345,6 +358,27 @@ mod tests {
             vec![6, 4]
         );
         assert!(reshape_dims(&[2, 3], &[4, -1], false).is_err());
+    }
+
+    #[test]
+    fn a_reshape_target_whose_product_overflows_is_an_error() {
+        let huge = 1i64 << 40;
+        assert!(reshape_dims(&[2, 3], &[huge, huge], false).is_err());
+        assert!(reshape_dims(&[2, 3], &[huge, huge, -1], false).is_err());
+    }
+
+    #[test]
+    fn a_constant_of_shape_beyond_the_limit_is_refused_before_allocating() {
+        let value = tensor(&[0.0], &[1]);
+        for shape in [[1i64 << 20, 1 << 20], [1 << 40, 1 << 40]] {
+            let shape = Tensor::new(&shape, &Device::Cpu).unwrap();
+            let e = super::super::Op::ConstantOfShape {
+                value: value.clone(),
+            }
+            .eval(&[Some(&shape)])
+            .expect_err("a huge constant was made");
+            assert!(e.to_string().contains("ConstantOfShape"), "{e}");
+        }
     }
 
     #[test]
