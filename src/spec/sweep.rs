@@ -98,7 +98,23 @@ impl Sweep {
         };
         match self.mode {
             Mode::Grid => {
-                let mut members = Vec::new();
+                let count = self
+                    .axes
+                    .iter()
+                    .try_fold(1usize, |n, a| n.checked_mul(a.values.len()))
+                    .filter(|&n| n <= MAX_MEMBERS);
+                let Some(count) = count else {
+                    let sizes: Vec<String> = self
+                        .axes
+                        .iter()
+                        .map(|a| a.values.len().to_string())
+                        .collect();
+                    return Err(format!(
+                        "the grid of {} values has more than {MAX_MEMBERS} members: sweep fewer values, or use mode = \"zip\"",
+                        sizes.join(" x ")
+                    ));
+                };
+                let mut members = Vec::with_capacity(count);
                 let mut choice = vec![0; self.axes.len()];
                 loop {
                     members.push(pick(&choice));
@@ -170,6 +186,10 @@ fn flatten(prefix: &str, value: Value, axes: &mut Vec<Axis>) -> Result<(), Strin
         )),
     }
 }
+
+/// Most members a sweep may have: each is a run directory, and a grid's
+/// size multiplies (ten axes of ten values would be 10^10 runs).
+pub const MAX_MEMBERS: usize = 10_000;
 
 /// A member's name: the spec's name followed by each swept `key=value`
 /// (`ablations-cv.folds=1-views=original+hflip`), with characters a
@@ -283,6 +303,16 @@ mod tests {
             values: vec![Value::Integer(7)],
         });
         assert_eq!(labels(&s.members().unwrap()), ["seed=7"]);
+    }
+
+    #[test]
+    fn a_grid_too_large_to_run_is_refused_before_it_is_built() {
+        let axes: Vec<String> = (0..10)
+            .map(|i| format!("k{i} = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"))
+            .collect();
+        let s = sweep(&format!("[sweep]\n{}\n", axes.join("\n"))).unwrap();
+        let err = s.members().unwrap_err();
+        assert!(err.contains("more than 10000 members"), "{err}");
     }
 
     #[test]
