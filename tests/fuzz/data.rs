@@ -55,6 +55,7 @@ impl Folder {
             sample_submission: Some(self.path("sample_submission.csv")),
             test_labels: Some(self.path("test_labels.csv")),
             image_ext: "png".into(),
+            on_bad_image: Default::default(),
         }
     }
 }
