@@ -1,6 +1,6 @@
 //! Command line: `runner SPEC.toml`, `runner run`, `runner rerun`,
-//! `runner resume`, `runner report`, `runner diff`, `runner extract`,
-//! `runner cache`, `runner inspect`. Glue only: parse,
+//! `runner resume`, `runner report`, `runner diff`, `runner predict`,
+//! `runner extract`, `runner cache`, `runner inspect`. Glue only: parse,
 //! set up threads and device, dispatch to `experiment` / `report` /
 //! `export` / `inspect`.
 
@@ -153,6 +153,23 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Classify images with a finished run's model (its heads averaged
+    /// over folds and views, as for its submission).
+    Predict {
+        run_dir: PathBuf,
+        /// Image files, or folders of .jpg / .jpeg / .png files.
+        #[arg(required = true, value_name = "IMAGE_OR_DIR")]
+        images: Vec<PathBuf>,
+        /// Also write every class's probability per image here (CSV, a
+        /// submission's layout).
+        #[arg(long, value_name = "FILE.csv")]
+        out: Option<PathBuf>,
+        /// How many classes to print per image.
+        #[arg(long, default_value_t = 3, value_name = "K")]
+        top: usize,
+        #[arg(long, value_enum, default_value = "table")]
+        format: crate::predict::Format,
+    },
     /// Check or clean the feature cache (--cache, default <runs>/.cache).
     Cache {
         #[command(subcommand)]
@@ -279,6 +296,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             export::extract(&checked.run(&g.cache(), &device, &log), &out)
         }
         Some(Command::Cache { action }) => cache_command(g, action),
+        Some(Command::Predict {
+            run_dir,
+            images,
+            out,
+            top,
+            format,
+        }) => {
+            g.init_threads(&log)?;
+            let spec = crate::spec::load(&run_dir.join("spec.toml")).ok();
+            let device = match &spec {
+                Some(spec) => g.device(spec, &log)?,
+                None => device(g.device.as_deref().unwrap_or("auto"), &log)?,
+            };
+            // The cache the run used: beside it in its runs folder, unless
+            // --cache names one.
+            let cache = match (&g.cache, run_dir.parent()) {
+                (None, Some(runs)) => FeatureCache::new(runs.join(".cache")),
+                _ => g.cache(),
+            };
+            let preds = crate::predict::predict(&run_dir, &images, &cache, &device, &log)?;
+            if let Some(out) = out {
+                crate::cache::write_atomic(&out, &preds.csv()?)?;
+                log.info(format!("wrote {}", out.display()));
+            }
+            print!("{}", preds.render(top, format)?);
+            Ok(())
+        }
         Some(Command::Inspect {
             weights,
             all,

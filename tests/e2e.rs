@@ -19,6 +19,7 @@ mod bad_input_corpus;
 mod bad_inputs;
 mod experiments;
 mod interrupt;
+mod predict;
 mod reliability;
 mod resources;
 

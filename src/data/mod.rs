@@ -211,7 +211,7 @@ fn read_sample_submission(path: &Path) -> Result<(Vec<String>, Vec<String>), Dat
     Ok((header, ids))
 }
 
-fn is_image(path: &Path) -> bool {
+pub(crate) fn is_image(path: &Path) -> bool {
     matches!(
         path.extension()
             .and_then(|e| e.to_str())
@@ -222,7 +222,7 @@ fn is_image(path: &Path) -> bool {
 }
 
 /// Image files directly inside `dir`, sorted by file name.
-fn list_images(dir: &Path) -> Result<Vec<Item>, DataError> {
+pub(crate) fn list_images(dir: &Path) -> Result<Vec<Item>, DataError> {
     let mut items = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let path = entry.map_err(io_err(dir))?.path();

@@ -13,17 +13,19 @@ use serde::Serialize;
 
 use crate::data::Dataset;
 use crate::features::{self, Features, Loaded};
+use crate::model::SavedHead;
 use crate::npy::Matrix;
 use crate::plan::{Plan, Split};
 use crate::run::Run;
 use crate::rundir::{RunDir, Status, SweepRecord};
 use crate::spec::{Spec, View};
+use crate::train::dense::DenseWeights;
 use crate::train::{CrossValidation, FoldPlan, HeadReport, Labels, ViewFeatures};
 
 pub use scores::Score;
-pub(crate) use tables::csv_bytes;
+pub(crate) use tables::{csv_bytes, submission_csv};
 
-use scores::mean;
+pub use scores::mean;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct HeadRow {
@@ -59,6 +61,8 @@ struct Predictions {
     /// `test[view][fold]`.
     test: Vec<Vec<Matrix>>,
     heads: Vec<HeadRow>,
+    /// Every head's weights, in the order `test` flattens to.
+    weights: Vec<(SavedHead, DenseWeights)>,
 }
 
 /// Runs a checked spec into a new run directory under `runs_root`. The
@@ -272,7 +276,37 @@ fn finish_in(
             &tables::submission_csv(data, &mean(&all))?,
         )?;
     }
+    save_model(run, plan, feats, folds, preds, &dir.path)?;
     Ok(metrics)
+}
+
+/// Writes `model/`: every head and what `runner predict` needs to feed it.
+fn save_model(
+    run: &Run<'_>,
+    plan: &Plan,
+    feats: &Features,
+    folds: &FoldPlan,
+    preds: Predictions,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let spec = run.spec;
+    let fingerprints = spec
+        .backbones
+        .iter()
+        .map(|b| crate::plan::checked_fingerprint(b, Some(run.cache)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let widths: Vec<usize> = (0..spec.backbones.len())
+        .map(|b| feats.get(plan.stage(b, spec.views[0], Split::Train)).cols)
+        .collect();
+    crate::model::Model::new(
+        spec,
+        &run.data.classes,
+        folds.folds.len(),
+        fingerprints,
+        &widths,
+        preds.weights,
+    )
+    .save(dir)
 }
 
 /// The spec's folds over the training images; an error when a fold would
@@ -435,6 +469,7 @@ fn train_heads(
         ],
         test: vec![Vec::new(); spec.views.len()],
         heads: Vec::new(),
+        weights: Vec::new(),
     };
     for head in heads {
         let r = &head.report;
@@ -458,6 +493,11 @@ fn train_heads(
             view: spec.views[head.view],
             report: head.report,
         });
+        let saved = SavedHead {
+            fold: head.fold + 1,
+            view: spec.views[head.view],
+        };
+        preds.weights.push((saved, head.weights));
     }
     Ok(preds)
 }

@@ -11,7 +11,7 @@
 use candle_core::{Device, DeviceLocation, Result};
 use rayon::prelude::*;
 
-use super::dense::Engine;
+use super::dense::{DenseWeights, Engine};
 use super::head::{train_head, HeadReport, Labels};
 use super::FoldPlan;
 use crate::npy::Matrix;
@@ -34,6 +34,8 @@ pub struct FoldHead {
     pub valid: Matrix,
     /// Probabilities for every test row.
     pub test: Option<Matrix>,
+    /// The head's dense layer (what `model/` saves).
+    pub weights: DenseWeights,
 }
 
 /// The device one head trains on: the CPU as it is; on a GPU the same GPU
@@ -96,6 +98,7 @@ impl CrossValidation<'_> {
                     test: view.test.map(|xt| head.predict(xt, engine)).transpose()?,
                     valid: head.valid_probs,
                     report: head.report,
+                    weights: head.weights,
                 };
                 on_head(&out);
                 Ok(out)
