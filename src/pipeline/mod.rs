@@ -276,8 +276,60 @@ fn finish_in(
             &tables::submission_csv(data, &mean(&all))?,
         )?;
     }
+    write_class_tables(run, folds, &oof, &preds, dir)?;
     save_model(run, plan, feats, folds, preds, &dir.path)?;
     Ok(metrics)
+}
+
+/// `per_class.csv` and `confusion.csv`: out-of-fold, and on the test set
+/// when there is an answer key.
+fn write_class_tables(
+    run: &Run<'_>,
+    folds: &FoldPlan,
+    oof: &Matrix,
+    preds: &Predictions,
+    dir: &RunDir,
+) -> anyhow::Result<()> {
+    let data = run.data;
+    let rows = folds.validated_rows();
+    let k = data.classes.len();
+    let oof_rows = Matrix::new(
+        rows.len(),
+        k,
+        rows.iter()
+            .flat_map(|&r| oof.row(r).iter().copied())
+            .collect(),
+    );
+    let oof_labels: Vec<usize> = rows.iter().map(|&r| data.labels[r]).collect();
+    let mut sets = vec![tables::Scored {
+        split: "oof",
+        probs: &oof_rows,
+        labels: &oof_labels,
+    }];
+    let test = data
+        .test_labels
+        .as_ref()
+        .filter(|_| !data.test.is_empty())
+        .map(|labels| {
+            let all: Vec<&Matrix> = preds.test.iter().flatten().collect();
+            (mean(&all), labels)
+        });
+    if let Some((probs, labels)) = &test {
+        sets.push(tables::Scored {
+            split: "test",
+            probs,
+            labels,
+        });
+    }
+    dir.write(
+        "per_class.csv",
+        &tables::per_class_csv(&data.classes, &sets)?,
+    )?;
+    dir.write(
+        "confusion.csv",
+        &tables::confusion_csv(&data.classes, &sets)?,
+    )?;
+    Ok(())
 }
 
 /// Writes `model/`: every head and what `runner predict` needs to feed it.

@@ -1,4 +1,5 @@
-//! The run directory's tables: `folds.csv`, `oof.csv` and `submission.csv`,
+//! The run directory's tables: `folds.csv`, `oof.csv`, `submission.csv`,
+//! `per_class.csv` and `confusion.csv`,
 //! written through `csv::Writer` (fields quoted only where needed). Numbers
 //! are formatted here, with `Display`: probabilities at full `f64`
 //! precision.
@@ -79,6 +80,79 @@ pub fn submission_csv(data: &Dataset, test: &Matrix) -> csv::Result<Vec<u8>> {
         .enumerate()
         .map(|(r, item)| with_probabilities(vec![item.id.clone()], test.row(r)));
     csv_bytes(std::iter::once(header).chain(rows))
+}
+
+/// One scored set of predictions: out-of-fold on the validated training
+/// rows, or test with an answer key.
+pub struct Scored<'a> {
+    pub split: &'static str,
+    pub probs: &'a Matrix,
+    pub labels: &'a [usize],
+}
+
+/// `split,class,images,accuracy,log_loss`: how each class fares.
+pub fn per_class_csv(classes: &[String], sets: &[Scored<'_>]) -> csv::Result<Vec<u8>> {
+    let header = ["split", "class", "images", "accuracy", "log_loss"].map(String::from);
+    let mut rows = vec![header.to_vec()];
+    for set in sets {
+        for (c, class) in classes.iter().enumerate() {
+            let rows_of_c: Vec<usize> = (0..set.labels.len())
+                .filter(|&r| set.labels[r] == c)
+                .collect();
+            let probs = Matrix::new(
+                rows_of_c.len(),
+                set.probs.cols,
+                rows_of_c
+                    .iter()
+                    .flat_map(|&r| set.probs.row(r).iter().copied())
+                    .collect(),
+            );
+            let labels = vec![c; rows_of_c.len()];
+            let (acc, loss) = if rows_of_c.is_empty() {
+                (String::new(), String::new())
+            } else {
+                (
+                    crate::metrics::accuracy(&probs, &labels).to_string(),
+                    crate::metrics::log_loss(&probs, &labels).to_string(),
+                )
+            };
+            rows.push(vec![
+                set.split.to_string(),
+                class.clone(),
+                rows_of_c.len().to_string(),
+                acc,
+                loss,
+            ]);
+        }
+    }
+    csv_bytes(rows)
+}
+
+/// `split,true_class,<predicted class>...`: how many images of each class
+/// went to each predicted class (the most probable one).
+pub fn confusion_csv(classes: &[String], sets: &[Scored<'_>]) -> csv::Result<Vec<u8>> {
+    let header: Vec<String> = ["split", "true_class"]
+        .into_iter()
+        .map(String::from)
+        .chain(classes.iter().cloned())
+        .collect();
+    let mut rows = vec![header];
+    for set in sets {
+        let k = classes.len();
+        let mut counts = vec![0usize; k * k];
+        for (r, &truth) in set.labels.iter().enumerate() {
+            counts[truth * k + crate::metrics::argmax(set.probs.row(r))] += 1;
+        }
+        for (c, class) in classes.iter().enumerate() {
+            rows.push(
+                [set.split.to_string(), class.clone()]
+                    .into_iter()
+                    .chain(counts[c * k..(c + 1) * k].iter().map(|n| n.to_string()))
+                    .collect(),
+            );
+        }
+    }
+    csv_bytes(rows)
 }
 
 #[cfg(test)]

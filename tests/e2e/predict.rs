@@ -54,6 +54,20 @@ fn predict_on_the_runs_test_images_equals_its_submission_and_refuses_changed_wei
     for f in ["model/heads.safetensors", "model/manifest.json"] {
         assert!(run.join(f).is_file(), "{f}");
     }
+    // Per class and confusion, out-of-fold and on the test set (an answer
+    // key is given): every image counted once.
+    let per_class = std::fs::read_to_string(run.join("per_class.csv")).unwrap();
+    assert_eq!(per_class.lines().count(), 1 + 2 * 3, "{per_class}");
+    assert!(per_class.starts_with("split,class,images,accuracy,log_loss\noof,"));
+    let mut reader = csv::Reader::from_path(run.join("confusion.csv")).unwrap();
+    let mut counted = HashMap::<String, usize>::new();
+    for r in reader.records() {
+        let r = r.unwrap();
+        let n: usize = r.iter().skip(2).map(|c| c.parse::<usize>().unwrap()).sum();
+        *counted.entry(r[0].to_string()).or_default() += n;
+    }
+    assert_eq!(counted["oof"], 30);
+    assert_eq!(counted["test"], 6);
     let run_arg = run.to_str().unwrap();
 
     // Every test image, as a folder: the submission's probabilities, to
