@@ -170,6 +170,21 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: crate::predict::Format,
     },
+    /// Blend finished runs that share data and folds: weights (and a
+    /// temperature) fitted out of fold, scored by nested cross-validation,
+    /// written as a run directory of its own.
+    Ensemble {
+        #[arg(required = true, num_args = 2.., value_name = "RUN_DIR")]
+        run_dirs: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "weights")]
+        method: crate::ensemble::Method,
+        /// Calibrate the blend: `temperature` fits one temperature.
+        #[arg(long, value_enum)]
+        calibrate: Option<Calibrate>,
+        /// Names the ensemble's run directory.
+        #[arg(long, default_value = "ensemble")]
+        name: String,
+    },
     /// Check or clean the feature cache (--cache, default <runs>/.cache).
     Cache {
         #[command(subcommand)]
@@ -186,6 +201,11 @@ enum Command {
         #[arg(long)]
         output: Option<String>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Calibrate {
+    Temperature,
 }
 
 #[derive(Debug, Subcommand)]
@@ -296,6 +316,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             export::extract(&checked.run(&g.cache(), &device, &log), &out)
         }
         Some(Command::Cache { action }) => cache_command(g, action),
+        Some(Command::Ensemble {
+            run_dirs,
+            method,
+            calibrate,
+            name,
+        }) => {
+            let options = crate::ensemble::Options {
+                method,
+                temperature: calibrate == Some(Calibrate::Temperature),
+                name,
+            };
+            let (dir, table) = crate::ensemble::ensemble(&run_dirs, &g.runs, &options)?;
+            log.info(table);
+            log.info(format!("wrote {}", dir.display()));
+            Ok(())
+        }
         Some(Command::Predict {
             run_dir,
             images,

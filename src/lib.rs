@@ -23,6 +23,7 @@ pub mod cli;
 pub mod data;
 pub mod devcheck;
 pub mod disk;
+pub mod ensemble;
 pub mod experiment;
 pub mod export;
 pub mod features;

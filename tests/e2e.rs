@@ -17,6 +17,7 @@ use crate::common::{model, runner, runner_dev, stderr, stdout, woof_subset};
 
 mod bad_input_corpus;
 mod bad_inputs;
+mod ensemble;
 mod experiments;
 mod interrupt;
 mod predict;

@@ -25,7 +25,7 @@ use crate::train::{CrossValidation, FoldPlan, HeadReport, Labels, ViewFeatures};
 pub use scores::Score;
 pub(crate) use tables::{csv_bytes, submission_csv};
 
-pub use scores::mean;
+pub use scores::{mean, propagation_table};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct HeadRow {
