@@ -274,8 +274,7 @@ mod tests {
         let good = model(&labels, 0.9);
         let mut bad = model(&labels, 0.2);
         // The bad model is confidently wrong on every row.
-        for i in 0..60 {
-            let y = labels[i];
+        for (i, &y) in labels.iter().enumerate() {
             bad.data[i * 3 + y] = 0.05;
             bad.data[i * 3 + (y + 1) % 3] = 0.9;
             bad.data[i * 3 + (y + 2) % 3] = 0.05;
