@@ -69,6 +69,7 @@ fn main() {
         optimizer: Optimizer::Adagrad,
         lr: 0.01,
         batch_size: 128,
+        ..HeadSpec::default()
     };
     let cv = CrossValidation {
         views: &views,

@@ -525,11 +525,13 @@ fn train_heads(
     };
     for head in heads {
         let r = &head.report;
+        let fit = match r.l2 {
+            Some(l2) => format!("l2 {l2}, {} L-BFGS iterations", r.epochs_run),
+            None => format!("{} epochs, best {}", r.epochs_run, r.best_epoch),
+        };
         log.info(format!(
-            "{}: {} epochs, best {} val log loss {:.4} acc {:.3}",
+            "{}: {fit} val log loss {:.4} acc {:.3}",
             label(head.fold, head.view),
-            r.epochs_run,
-            r.best_epoch,
             r.valid_log_loss,
             r.valid_accuracy
         ));

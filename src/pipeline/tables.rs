@@ -22,9 +22,11 @@ where
     writer.into_inner().map_err(|e| e.into_error().into())
 }
 
-/// A row per fold x view head.
+/// A row per fold x view head; with the logistic head, a last column with
+/// each head's chosen penalty (a dense run's table is as it always was).
 pub fn folds_csv(heads: &[HeadRow]) -> csv::Result<Vec<u8>> {
-    let header = [
+    let penalised = heads.iter().any(|h| h.report.l2.is_some());
+    let mut header: Vec<String> = [
         "fold",
         "view",
         "epochs_run",
@@ -32,16 +34,24 @@ pub fn folds_csv(heads: &[HeadRow]) -> csv::Result<Vec<u8>> {
         "valid_log_loss",
         "valid_accuracy",
     ]
-    .map(String::from);
-    let rows = heads.iter().map(|h| {
-        [
+    .map(String::from)
+    .to_vec();
+    if penalised {
+        header.push("l2".into());
+    }
+    let rows = heads.iter().map(move |h| {
+        let mut row = vec![
             h.fold.to_string(),
             h.view.name().to_string(),
             h.report.epochs_run.to_string(),
             h.report.best_epoch.to_string(),
             h.report.valid_log_loss.to_string(),
             h.report.valid_accuracy.to_string(),
-        ]
+        ];
+        if penalised {
+            row.push(h.report.l2.map_or(String::new(), |l| l.to_string()));
+        }
+        row
     });
     csv_bytes(std::iter::once(header).chain(rows))
 }

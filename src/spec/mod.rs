@@ -219,9 +219,38 @@ pub struct CvSpec {
     pub stratified: bool,
 }
 
+/// Which head is trained on the features.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadKind {
+    /// Dropout + dense softmax, mini-batches, early stopping (the 2017
+    /// recipe's head).
+    #[default]
+    Dense,
+    /// The same softmax layer fitted to convergence with an L2 penalty
+    /// chosen by inner cross-validation.
+    Logistic,
+}
+
+impl HeadKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            HeadKind::Dense => "dense",
+            HeadKind::Logistic => "logistic",
+        }
+    }
+}
+
+/// The resolved `[head]`. Every field is filled whatever the kind, so
+/// training code reads its own keys directly; the saved spec holds only the
+/// kind's own keys ([`SavedHead`]), so a dense spec serialises (and hashes)
+/// as it did before kinds existed, and a logistic run's `spec.toml` names no
+/// setting it ignores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(into = "SavedHead", from = "SavedHead")]
 pub struct HeadSpec {
+    pub kind: HeadKind,
+    // Dense only.
     pub dropout: f64,
     pub epochs: usize,
     pub patience: usize,
@@ -229,6 +258,81 @@ pub struct HeadSpec {
     pub optimizer: Optimizer,
     pub lr: f64,
     pub batch_size: usize,
+    // Logistic only.
+    /// Candidate L2 penalties (one: no inner cross-validation).
+    pub l2: Vec<f64>,
+    /// Folds of the inner cross-validation that picks the penalty.
+    pub inner_folds: usize,
+}
+
+impl Default for HeadSpec {
+    /// What a spec without a `[head]` table resolves to.
+    fn default() -> HeadSpec {
+        resolve::default_head()
+    }
+}
+
+/// `[head]` as written into the saved spec: the kind's keys only.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedHead {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<HeadKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dropout: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    epochs: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    patience: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    restore_best: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    optimizer: Option<Optimizer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lr: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    batch_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    l2: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inner_folds: Option<usize>,
+}
+
+impl From<HeadSpec> for SavedHead {
+    fn from(h: HeadSpec) -> SavedHead {
+        let dense = h.kind == HeadKind::Dense;
+        let logistic = !dense;
+        SavedHead {
+            kind: logistic.then_some(h.kind),
+            dropout: dense.then_some(h.dropout),
+            epochs: dense.then_some(h.epochs),
+            patience: dense.then_some(h.patience),
+            restore_best: dense.then_some(h.restore_best),
+            optimizer: dense.then_some(h.optimizer),
+            lr: dense.then_some(h.lr),
+            batch_size: dense.then_some(h.batch_size),
+            l2: logistic.then_some(h.l2),
+            inner_folds: logistic.then_some(h.inner_folds),
+        }
+    }
+}
+
+impl From<SavedHead> for HeadSpec {
+    fn from(s: SavedHead) -> HeadSpec {
+        let d = HeadSpec::default();
+        HeadSpec {
+            kind: s.kind.unwrap_or(d.kind),
+            dropout: s.dropout.unwrap_or(d.dropout),
+            epochs: s.epochs.unwrap_or(d.epochs),
+            patience: s.patience.unwrap_or(d.patience),
+            restore_best: s.restore_best.unwrap_or(d.restore_best),
+            optimizer: s.optimizer.unwrap_or(d.optimizer),
+            lr: s.lr.unwrap_or(d.lr),
+            batch_size: s.batch_size.unwrap_or(d.batch_size),
+            l2: s.l2.unwrap_or(d.l2),
+            inner_folds: s.inner_folds.unwrap_or(d.inner_folds),
+        }
+    }
 }
 
 impl Spec {

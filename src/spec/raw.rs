@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{Layout, OnBadImage, Optimizer, Precision, Resize, View};
+use super::{HeadKind, Layout, OnBadImage, Optimizer, Precision, Resize, View};
 use runner_models::onnx::InputLayout;
 use runner_models::{Arch, Preprocess};
 
@@ -90,4 +90,43 @@ pub struct RawHead {
     pub optimizer: Option<Optimizer>,
     pub lr: Option<f64>,
     pub batch_size: Option<usize>,
+    pub kind: Option<HeadKind>,
+    pub l2: Option<Penalties>,
+    pub inner_folds: Option<usize>,
+}
+
+/// `[head] l2`: one penalty or a list of candidates.
+#[derive(Debug)]
+pub struct Penalties(pub Vec<f64>);
+
+impl<'de> Deserialize<'de> for Penalties {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Penalties, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Penalties;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a penalty (a number, e.g. 0.01) or a list of candidate penalties")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Penalties, E> {
+                Ok(Penalties(vec![v]))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Penalties, E> {
+                Ok(Penalties(vec![v as f64]))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Penalties, E> {
+                Ok(Penalties(vec![v as f64]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Penalties, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<f64>()? {
+                    out.push(v);
+                }
+                Ok(Penalties(out))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }

@@ -13,9 +13,10 @@ use rayon::prelude::*;
 
 use super::dense::{DenseWeights, Engine};
 use super::head::{train_head, HeadReport, Labels};
+use super::logistic::train_logistic;
 use super::FoldPlan;
 use crate::npy::Matrix;
-use crate::spec::HeadSpec;
+use crate::spec::{HeadKind, HeadSpec};
 use runner_kernels::rng::Rng;
 
 /// One view's features: training rows and, if there is a test set, test rows.
@@ -83,15 +84,21 @@ impl CrossValidation<'_> {
                 let engine = &Engine::for_device(&head_device(device)?);
                 let mut rng = Rng::derive(self.seed, &[f as u64, v as u64]);
                 let view = &self.views[v];
-                let head = train_head(
-                    view.train,
-                    self.labels,
-                    &self.folds.folds[f],
-                    self.head,
-                    &mut rng,
-                    engine,
-                    |epoch, loss| on_epoch(f, v, epoch, loss),
-                )?;
+                let fold = &self.folds.folds[f];
+                let head = match self.head.kind {
+                    HeadKind::Dense => train_head(
+                        view.train,
+                        self.labels,
+                        fold,
+                        self.head,
+                        &mut rng,
+                        engine,
+                        |epoch, loss| on_epoch(f, v, epoch, loss),
+                    )?,
+                    HeadKind::Logistic => {
+                        train_logistic(view.train, self.labels, fold, self.head, &mut rng)?
+                    }
+                };
                 let out = FoldHead {
                     fold: f,
                     view: v,
@@ -144,6 +151,7 @@ mod tests {
             optimizer: Optimizer::Adagrad,
             lr: 0.05,
             batch_size: 16,
+            ..HeadSpec::default()
         };
         let train = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()

@@ -32,6 +32,9 @@ pub struct HeadReport {
     pub best_epoch: usize,
     pub valid_log_loss: f64,
     pub valid_accuracy: f64,
+    /// The logistic head's chosen penalty (absent for the dense head).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l2: Option<f64>,
 }
 
 /// Rows `idx` of `x`, row-major.
@@ -173,6 +176,7 @@ pub fn train_head(
             best_epoch,
             valid_log_loss: metrics::log_loss(&valid_probs, &valid_y),
             valid_accuracy: metrics::accuracy(&valid_probs, &valid_y),
+            l2: None,
         },
         weights,
         valid_probs,
@@ -232,6 +236,7 @@ mod tests {
             optimizer: Kind::Adagrad,
             lr: 0.1,
             batch_size: 32,
+            ..HeadSpec::default()
         };
         let fold = Fold {
             train: (0..150).collect(),

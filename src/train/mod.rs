@@ -1,10 +1,12 @@
 //! Heads on frozen features: fold plans, the dense softmax head (its
-//! training loop in `head`, its arithmetic in `dense`), optimisers.
+//! training loop in `head`, its arithmetic in `dense`), optimisers, and the
+//! logistic head (`logistic`: the same layer, L2-penalised, fitted by L-BFGS).
 
 pub mod cv;
 pub mod dense;
 pub mod folds;
 pub mod head;
+pub mod logistic;
 pub mod optim;
 
 pub use cv::{CrossValidation, FoldHead, ViewFeatures};

@@ -224,3 +224,82 @@ fn overrides_and_sweeps_are_checked_before_anything_runs() {
         assert!(crate::common::no_run_dirs(&dir.join("runs")), "{args:?}");
     }
 }
+
+/// `kind = "logistic"` end to end: the usual files, each head's chosen
+/// penalty in `metrics.json` and `folds.csv`, a saved spec with the
+/// logistic keys only, which runs again to the same tables.
+#[test]
+fn a_logistic_head_run_writes_the_usual_files_and_reruns_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    woof_subset(&dir.join("data"), 3, 6, 1);
+    std::fs::write(
+        dir.join("logistic.toml"),
+        format!(
+            r#"
+name = "logistic"
+seed = 7
+[data]
+layout = "kaggle"
+root = "data"
+[[backbone]]
+arch = "efficientnet_lite0"
+weights = "{weights}"
+[extract]
+batch_size = 8
+[cv]
+folds = 2
+[head]
+kind = "logistic"
+l2 = [0.01, 0.1, 1.0]
+inner_folds = 2
+"#,
+            weights = crate::common::model("efficientnet_lite0_imagenet.safetensors").display()
+        ),
+    )
+    .unwrap();
+    let out = runner(dir, &["--quiet", "logistic.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = run_dirs(&dir.join("runs")).remove(0);
+    for file in [
+        "spec.toml",
+        "run.json",
+        "metrics.json",
+        "folds.csv",
+        "oof.csv",
+        "submission.csv",
+        "run.log",
+    ] {
+        assert!(run.join(file).is_file(), "{file}");
+    }
+    assert_eq!(json(&run.join("run.json"))["status"], "complete");
+    let metrics = json(&run.join("metrics.json"));
+    let heads = metrics["heads"].as_array().unwrap();
+    assert_eq!(heads.len(), 2);
+    for h in heads {
+        let l2 = h["l2"].as_f64().unwrap();
+        assert!([0.01, 0.1, 1.0].contains(&l2), "{h}");
+    }
+    assert!(metrics["final"]["test_log_loss"].as_f64().unwrap().is_finite());
+    let folds = String::from_utf8(read(&run.join("folds.csv"))).unwrap();
+    assert!(folds.lines().next().unwrap().ends_with(",l2"), "{folds}");
+    let submission = String::from_utf8(read(&run.join("submission.csv"))).unwrap();
+    assert_eq!(submission.lines().count(), 1 + 3);
+
+    let saved: toml::Table =
+        toml::from_str(&String::from_utf8(read(&run.join("spec.toml"))).unwrap()).unwrap();
+    let head = saved["head"].as_table().unwrap();
+    let mut keys: Vec<&str> = head.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["inner_folds", "kind", "l2"]);
+
+    let out = runner(dir, &["--quiet", "rerun", run.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    for file in ["oof.csv", "submission.csv"] {
+        assert!(
+            err.contains(&format!("{file}: identical to the original run")),
+            "{err}"
+        );
+    }
+}
