@@ -12,8 +12,8 @@
 //!
 //! A prediction is the mean, over every head in the manifest's order, of
 //! the head's softmax over its view's features: the backbones' features
-//! side by side in manifest order (what the run's `submission.csv` holds
-//! for its test images).
+//! side by side in manifest order; then the run's temperature, if it was
+//! calibrated (what the run's `submission.csv` holds for its test images).
 
 use std::path::{Path, PathBuf};
 
@@ -73,6 +73,10 @@ pub struct Manifest {
     pub heads: Vec<SavedHead>,
     /// How heads combine, for readers of the file.
     pub combine: String,
+    /// `1 / T` of the run's temperature scaling (`[head] calibrate`),
+    /// applied to the mean of the heads; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inverse_temperature: Option<f64>,
 }
 
 /// A run's heads, ready to predict.
@@ -92,6 +96,7 @@ impl Model {
         fingerprints: Vec<String>,
         widths: &[usize],
         heads: Vec<(SavedHead, DenseWeights)>,
+        inverse_temperature: Option<f64>,
     ) -> Model {
         let mut first = 0;
         let backbones = spec
@@ -119,9 +124,12 @@ impl Model {
                 features: first,
                 backbones,
                 heads: heads.iter().map(|(h, _)| h.clone()).collect(),
-                combine:
-                    "mean over heads (in this order) of softmax(features[view] @ weight + bias)"
-                        .into(),
+                combine: match inverse_temperature {
+                    None => "mean over heads (in this order) of softmax(features[view] @ weight + bias)",
+                    Some(_) => "mean over heads (in this order) of softmax(features[view] @ weight + bias), then p ∝ p^inverse_temperature",
+                }
+                .into(),
+                inverse_temperature,
             },
             heads,
         }
@@ -268,7 +276,11 @@ impl Model {
                 .context("a head of a view the manifest does not list")?;
             parts.push(engine.probabilities(w, &features[v])?);
         }
-        Ok(crate::pipeline::mean(&parts.iter().collect::<Vec<_>>()))
+        let mean = crate::pipeline::mean(&parts.iter().collect::<Vec<_>>());
+        Ok(match self.manifest.inverse_temperature {
+            None => mean,
+            Some(t) => crate::pipeline::temperature_scaling(t).apply(&[&mean]),
+        })
     }
 }
 
@@ -306,7 +318,7 @@ mod tests {
             ),
         ];
         let classes = vec!["a".to_string(), "b".into(), "c".into()];
-        let model = Model::new(&spec, &classes, 1, vec!["fp".into()], &[2], heads);
+        let model = Model::new(&spec, &classes, 1, vec!["fp".into()], &[2], heads, None);
         model.save(dir.path()).unwrap();
         let back = Model::load(dir.path()).unwrap();
         assert_eq!(back.heads, model.heads);

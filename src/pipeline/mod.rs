@@ -3,6 +3,8 @@
 //!
 //! `scores` computes the score propagation, `tables` writes the run's CSVs.
 
+mod calibrate;
+pub use calibrate::scaling as temperature_scaling;
 mod scores;
 mod tables;
 
@@ -18,7 +20,7 @@ use crate::npy::Matrix;
 use crate::plan::{Plan, Split};
 use crate::run::Run;
 use crate::rundir::{RunDir, Status, SweepRecord};
-use crate::spec::{Spec, View};
+use crate::spec::{Calibration, Spec, View};
 use crate::train::dense::DenseWeights;
 use crate::train::{CrossValidation, FoldPlan, HeadReport, Labels, ViewFeatures};
 
@@ -45,6 +47,10 @@ pub struct Metrics {
     #[serde(rename = "final")]
     pub final_score: Score,
     pub heads: Vec<HeadRow>,
+    /// `1 / T` of `[head] calibrate = "temperature"`, fitted on every
+    /// out-of-fold row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inverse_temperature: Option<f64>,
 }
 
 /// What a finished run hands back to the caller.
@@ -253,7 +259,31 @@ fn finish_in(
     dir.manifest.timings.heads_seconds = t.elapsed().as_secs_f64();
     check_finite(&preds, feats)?;
 
-    let propagation = scores::score_propagation(spec, data, folds, &preds);
+    let mut propagation = scores::score_propagation(spec, data, folds, &preds);
+    let oof = mean(&preds.oof.iter().collect::<Vec<_>>());
+    let all_tests: Vec<&Matrix> = preds.test.iter().flatten().collect();
+    let test = (!data.test.is_empty()).then(|| mean(&all_tests));
+    // Calibration replaces the averaged probabilities everywhere after
+    // this point: scores, tables, submission and the saved model.
+    let (oof, test, inverse_temperature) = match spec.head.calibrate {
+        Calibration::None => (oof, test, None),
+        Calibration::Temperature => {
+            let c = calibrate::temperature(folds, &data.labels, &oof, test.as_ref());
+            let last = &propagation.last().expect("at least one stage").stage;
+            propagation.push(scores::score(
+                data,
+                format!("{last} + temperature"),
+                &c.oof,
+                &folds.validated_rows(),
+                &c.test.iter().collect::<Vec<_>>(),
+            ));
+            run.log.info(format!(
+                "temperature {:.4} (fitted on every out-of-fold row; out-of-fold scores by nested cross-validation)",
+                1.0 / c.inverse_temperature
+            ));
+            (c.oof, c.test, Some(c.inverse_temperature))
+        }
+    };
     run.log.info(scores::propagation_table(&propagation));
     let metrics = Metrics {
         name: spec.name.clone(),
@@ -263,21 +293,25 @@ fn finish_in(
         final_score: propagation.last().expect("at least one stage").clone(),
         propagation,
         heads: preds.heads.clone(),
+        inverse_temperature,
     };
 
     dir.write("metrics.json", &serde_json::to_vec_pretty(&metrics)?)?;
     dir.write("folds.csv", &tables::folds_csv(&metrics.heads)?)?;
-    let oof = mean(&preds.oof.iter().collect::<Vec<_>>());
     dir.write("oof.csv", &tables::oof_csv(data, folds, &oof)?)?;
-    if !data.test.is_empty() {
-        let all: Vec<&Matrix> = preds.test.iter().flatten().collect();
-        dir.write(
-            "submission.csv",
-            &tables::submission_csv(data, &mean(&all))?,
-        )?;
+    if let Some(test) = &test {
+        dir.write("submission.csv", &tables::submission_csv(data, test)?)?;
     }
-    write_class_tables(run, folds, &oof, &preds, dir)?;
-    save_model(run, plan, feats, folds, preds, &dir.path)?;
+    write_class_tables(run, folds, &oof, test.as_ref(), dir)?;
+    save_model(
+        run,
+        plan,
+        feats,
+        folds,
+        preds,
+        inverse_temperature,
+        &dir.path,
+    )?;
     Ok(metrics)
 }
 
@@ -287,7 +321,7 @@ fn write_class_tables(
     run: &Run<'_>,
     folds: &FoldPlan,
     oof: &Matrix,
-    preds: &Predictions,
+    test: Option<&Matrix>,
     dir: &RunDir,
 ) -> anyhow::Result<()> {
     let data = run.data;
@@ -306,15 +340,7 @@ fn write_class_tables(
         probs: &oof_rows,
         labels: &oof_labels,
     }];
-    let test = data
-        .test_labels
-        .as_ref()
-        .filter(|_| !data.test.is_empty())
-        .map(|labels| {
-            let all: Vec<&Matrix> = preds.test.iter().flatten().collect();
-            (mean(&all), labels)
-        });
-    if let Some((probs, labels)) = &test {
+    if let (Some(probs), Some(labels)) = (test, &data.test_labels) {
         sets.push(tables::Scored {
             split: "test",
             probs,
@@ -339,6 +365,7 @@ fn save_model(
     feats: &Features,
     folds: &FoldPlan,
     preds: Predictions,
+    inverse_temperature: Option<f64>,
     dir: &Path,
 ) -> anyhow::Result<()> {
     let spec = run.spec;
@@ -357,6 +384,7 @@ fn save_model(
         fingerprints,
         &widths,
         preds.weights,
+        inverse_temperature,
     )
     .save(dir)
 }

@@ -47,7 +47,13 @@ fn select_rows(m: &Matrix, rows: &[usize]) -> Matrix {
 }
 
 /// Scores `oof` on `rows` and the mean of `tests` on the answer key.
-fn score(data: &Dataset, stage: String, oof: &Matrix, rows: &[usize], tests: &[&Matrix]) -> Score {
+pub(super) fn score(
+    data: &Dataset,
+    stage: String,
+    oof: &Matrix,
+    rows: &[usize],
+    tests: &[&Matrix],
+) -> Score {
     let oof = select_rows(oof, rows);
     let y: Vec<usize> = rows.iter().map(|&i| data.labels[i]).collect();
     let (test_log_loss, test_accuracy) = match (&data.test_labels, tests.is_empty()) {

@@ -263,6 +263,22 @@ pub struct HeadSpec {
     pub l2: Vec<f64>,
     /// Folds of the inner cross-validation that picks the penalty.
     pub inner_folds: usize,
+    // Either kind.
+    /// What is done to the averaged probabilities before they are scored
+    /// and written.
+    pub calibrate: Calibration,
+}
+
+/// `[head] calibrate`: a transformation of the run's averaged
+/// probabilities, fitted on its out-of-fold predictions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Calibration {
+    #[default]
+    None,
+    /// Temperature scaling: `p ∝ p^(1/T)`, one `T` fitted to minimise the
+    /// out-of-fold log loss (nested across folds for the reported scores).
+    Temperature,
 }
 
 impl Default for HeadSpec {
@@ -296,6 +312,8 @@ struct SavedHead {
     l2: Option<Vec<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     inner_folds: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    calibrate: Option<Calibration>,
 }
 
 impl From<HeadSpec> for SavedHead {
@@ -313,6 +331,7 @@ impl From<HeadSpec> for SavedHead {
             batch_size: dense.then_some(h.batch_size),
             l2: logistic.then_some(h.l2),
             inner_folds: logistic.then_some(h.inner_folds),
+            calibrate: (h.calibrate != Calibration::None).then_some(h.calibrate),
         }
     }
 }
@@ -331,6 +350,7 @@ impl From<SavedHead> for HeadSpec {
             batch_size: s.batch_size.unwrap_or(d.batch_size),
             l2: s.l2.unwrap_or(d.l2),
             inner_folds: s.inner_folds.unwrap_or(d.inner_folds),
+            calibrate: s.calibrate.unwrap_or(d.calibrate),
         }
     }
 }

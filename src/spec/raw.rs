@@ -93,6 +93,7 @@ pub struct RawHead {
     pub kind: Option<HeadKind>,
     pub l2: Option<Penalties>,
     pub inner_folds: Option<usize>,
+    pub calibrate: Option<super::Calibration>,
 }
 
 /// `[head] l2`: one penalty or a list of candidates.

@@ -47,6 +47,7 @@ pub(super) fn default_head() -> HeadSpec {
         batch_size: DEFAULT_HEAD_BATCH,
         l2: DEFAULT_L2.to_vec(),
         inner_folds: DEFAULT_INNER_FOLDS,
+        calibrate: super::Calibration::None,
     }
 }
 
@@ -185,6 +186,13 @@ impl Resolver<'_> {
         }
 
         let head = self.head(raw.head.unwrap_or_default())?;
+        if head.calibrate != super::Calibration::None && folds < 2 {
+            return Err(self.invalid(
+                "head.calibrate",
+                format!("needs cv.folds >= 2 (cv.folds = {folds})"),
+                "the temperature is fitted out of fold and scored by nested cross-validation over the folds: set cv.folds >= 2, or remove head.calibrate",
+            ));
+        }
 
         if let Some(d) = &raw.device {
             if !is_device_name(d) {
@@ -231,6 +239,7 @@ impl Resolver<'_> {
             batch_size: raw.batch_size.unwrap_or(d.batch_size),
             l2: raw.l2.map_or(d.l2.clone(), |p| p.0),
             inner_folds: raw.inner_folds.unwrap_or(d.inner_folds),
+            calibrate: raw.calibrate.unwrap_or(d.calibrate),
         };
         // A key of the other kind that the spec set to anything but its
         // default is an error: it would silently do nothing. One written at
@@ -241,15 +250,27 @@ impl Resolver<'_> {
             HeadKind::Logistic => vec![
                 ("dropout", head.dropout != d.dropout, d.dropout.to_string()),
                 ("epochs", head.epochs != d.epochs, d.epochs.to_string()),
-                ("patience", head.patience != d.patience, d.patience.to_string()),
+                (
+                    "patience",
+                    head.patience != d.patience,
+                    d.patience.to_string(),
+                ),
                 (
                     "restore_best",
                     head.restore_best != d.restore_best,
                     d.restore_best.to_string(),
                 ),
-                ("optimizer", head.optimizer != d.optimizer, "\"adagrad\"".into()),
+                (
+                    "optimizer",
+                    head.optimizer != d.optimizer,
+                    "\"adagrad\"".into(),
+                ),
                 ("lr", head.lr != d.lr, d.lr.to_string()),
-                ("batch_size", head.batch_size != d.batch_size, d.batch_size.to_string()),
+                (
+                    "batch_size",
+                    head.batch_size != d.batch_size,
+                    d.batch_size.to_string(),
+                ),
             ],
             HeadKind::Dense => vec![
                 ("l2", head.l2 != d.l2, "the default grid".into()),
@@ -272,7 +293,10 @@ impl Resolver<'_> {
                     kind.name(),
                     other.name()
                 ),
-                &format!("remove it (or leave it at its default, {default}), or set kind = \"{}\"", other.name()),
+                &format!(
+                    "remove it (or leave it at its default, {default}), or set kind = \"{}\"",
+                    other.name()
+                ),
             ));
         }
         if !(0.0..1.0).contains(&head.dropout) {
@@ -577,8 +601,14 @@ weights = "w.safetensors"
             .map_err(|e| e.to_string())
         };
         for (keys, names) in [
-            ("kind = \"logistic\"\ndropout = 0.3", "`head.dropout` is set with kind = \"logistic\""),
-            ("kind = \"logistic\"\noptimizer = \"adam\"", "`head.optimizer`"),
+            (
+                "kind = \"logistic\"\ndropout = 0.3",
+                "`head.dropout` is set with kind = \"logistic\"",
+            ),
+            (
+                "kind = \"logistic\"\noptimizer = \"adam\"",
+                "`head.optimizer`",
+            ),
             ("kind = \"logistic\"\nlr = 0.1", "`head.lr`"),
             ("l2 = 0.1", "`head.l2` is set with kind = \"dense\""),
             ("kind = \"dense\"\ninner_folds = 5", "`head.inner_folds`"),
@@ -586,7 +616,10 @@ weights = "w.safetensors"
             ("kind = \"logistic\"\nl2 = []", "`head.l2` is an empty list"),
             ("kind = \"logistic\"\nl2 = [0.1, -1]", "`head.l2` holds -1"),
             ("kind = \"logistic\"\nl2 = \"big\"", "a penalty (a number"),
-            ("kind = \"logistic\"\ninner_folds = 1", "`head.inner_folds` = 1 is out of range"),
+            (
+                "kind = \"logistic\"\ninner_folds = 1",
+                "`head.inner_folds` = 1 is out of range",
+            ),
         ] {
             let err = head(keys).unwrap_err();
             assert!(err.contains(names), "{keys}: {err}");

@@ -280,7 +280,10 @@ inner_folds = 2
         let l2 = h["l2"].as_f64().unwrap();
         assert!([0.01, 0.1, 1.0].contains(&l2), "{h}");
     }
-    assert!(metrics["final"]["test_log_loss"].as_f64().unwrap().is_finite());
+    assert!(metrics["final"]["test_log_loss"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
     let folds = String::from_utf8(read(&run.join("folds.csv"))).unwrap();
     assert!(folds.lines().next().unwrap().ends_with(",l2"), "{folds}");
     let submission = String::from_utf8(read(&run.join("submission.csv"))).unwrap();

@@ -136,3 +136,89 @@ fn predict_on_the_runs_test_images_equals_its_submission_and_refuses_changed_wei
     let err = stderr(&out);
     assert!(err.contains("w.safetensors"), "{err}");
 }
+
+/// `[head] calibrate = "temperature"`: the temperature's own score row,
+/// scored by nested cross-validation; the submission, `oof.csv` and the
+/// saved model all calibrated, so `predict` still equals the submission.
+#[test]
+fn a_calibrated_run_scores_its_temperature_out_of_fold_and_predicts_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    woof_subset(&dir.join("data"), 3, 10, 2);
+    let path = super::write_spec(dir, "c", 3, 0.5);
+    let text = std::fs::read_to_string(&path).unwrap() + "calibrate = \"temperature\"\n";
+    std::fs::write(&path, text).unwrap();
+    let out = runner(dir, &["--quiet", "--runs", "runs", "c.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = run_dirs(&dir.join("runs")).remove(0);
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+    let stages = metrics["propagation"].as_array().unwrap();
+    let (before, after) = (&stages[stages.len() - 2], &stages[stages.len() - 1]);
+    assert_eq!(
+        after["stage"].as_str().unwrap(),
+        format!("{} + temperature", before["stage"].as_str().unwrap())
+    );
+    assert_eq!(metrics["final"], *after);
+    assert_ne!(after["oof_log_loss"], before["oof_log_loss"]);
+    let inverse = metrics["inverse_temperature"].as_f64().unwrap();
+    assert!(inverse > 0.0 && inverse != 1.0, "{inverse}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("model/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["inverse_temperature"].as_f64(), Some(inverse));
+    // The saved spec keeps the key, so a rerun calibrates too.
+    let saved = std::fs::read_to_string(run.join("spec.toml")).unwrap();
+    assert!(saved.contains("calibrate = \"temperature\""), "{saved}");
+
+    // oof.csv holds the nested-calibrated rows its scores come from.
+    let (_, oof) = rows(&run.join("oof.csv"));
+    let loss: f64 = oof
+        .values()
+        .map(|r| {
+            let label = &r[0];
+            let classes: Vec<String> = metrics["classes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().to_string())
+                .collect();
+            let j = classes.iter().position(|c| c == label).unwrap();
+            -r[1 + j].parse::<f64>().unwrap().clamp(1e-15, 1.0).ln()
+        })
+        .sum::<f64>()
+        / oof.len() as f64;
+    assert!(
+        (loss - after["oof_log_loss"].as_f64().unwrap()).abs() < 1e-5,
+        "{loss} vs {after}"
+    );
+
+    let out = runner(
+        dir,
+        &[
+            "--quiet",
+            "predict",
+            run.to_str().unwrap(),
+            "data/test",
+            "--out",
+            "pred.csv",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        rows(&run.join("submission.csv")),
+        rows(&dir.join("pred.csv"))
+    );
+
+    // One fold has no out-of-fold rows to fit a temperature honestly on.
+    let one_fold = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("folds = 3", "folds = 1");
+    std::fs::write(dir.join("one.toml"), one_fold).unwrap();
+    let out = runner(dir, &["--quiet", "--runs", "runs", "one.toml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("head.calibrate") && err.contains("cv.folds >= 2"),
+        "{err}"
+    );
+}
