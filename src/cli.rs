@@ -1,8 +1,8 @@
 //! Command line: `runner SPEC.toml`, `runner run`, `runner rerun`,
 //! `runner resume`, `runner report`, `runner diff`, `runner predict`,
-//! `runner extract`, `runner cache`, `runner inspect`. Glue only: parse,
-//! set up threads and device, dispatch to `experiment` / `report` /
-//! `export` / `inspect`.
+//! `runner export`, `runner ensemble`, `runner extract`, `runner cache`,
+//! `runner inspect`. Glue only: parse, set up threads and device, dispatch
+//! to `experiment` / `report` / `predict` / `export` / `extract` / ...
 
 use std::path::PathBuf;
 
@@ -17,7 +17,7 @@ use crate::run::{preflight, Datasets};
 use crate::setup::{device, init_threads};
 use crate::spec::sweep::Mode;
 use crate::spec::Overrides;
-use crate::{export, report};
+use crate::{export, extract, report};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -170,6 +170,17 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: crate::predict::Format,
     },
+    /// Write a finished run's model as one ONNX graph: from resized images
+    /// (backbones included) or from features to class probabilities.
+    Export {
+        run_dir: PathBuf,
+        #[arg(long, value_name = "FILE.onnx")]
+        out: PathBuf,
+        /// What the graph takes: `image` (N, 3, S, S) RGB 0..255 resized
+        /// as the run resized, or `features` (N, views, features).
+        #[arg(long, value_enum, default_value = "image")]
+        from: export::Source,
+    },
     /// Blend finished runs that share data and folds: weights (and a
     /// temperature) fitted out of fold, scored by nested cross-validation,
     /// written as a run directory of its own.
@@ -313,7 +324,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 &mut Datasets::new(g.cache()),
             )?;
             let device = g.device(&checked.spec, &log)?;
-            export::extract(&checked.run(&g.cache(), &device, &log), &out)
+            extract::extract(&checked.run(&g.cache(), &device, &log), &out)
+        }
+        Some(Command::Export { run_dir, out, from }) => {
+            let e = export::export(&run_dir, from, &out)?;
+            log.info(format!(
+                "wrote {} ({:.1} MB): input `{}` {}, output `probabilities` (N, classes), {} heads averaged",
+                out.display(),
+                e.bytes as f64 / 1e6,
+                e.input,
+                e.input_dims,
+                e.heads
+            ));
+            Ok(())
         }
         Some(Command::Cache { action }) => cache_command(g, action),
         Some(Command::Ensemble {

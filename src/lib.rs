@@ -26,6 +26,7 @@ pub mod disk;
 pub mod ensemble;
 pub mod experiment;
 pub mod export;
+pub mod extract;
 pub mod features;
 pub mod inspect;
 pub mod interrupt;

@@ -19,6 +19,7 @@ mod bad_input_corpus;
 mod bad_inputs;
 mod ensemble;
 mod experiments;
+mod export;
 mod interrupt;
 mod predict;
 mod reliability;

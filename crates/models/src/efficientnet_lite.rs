@@ -26,6 +26,7 @@ use super::layers::{
     global_avg_pool, Act, Conv2d, Conv2dConfig, DepthwiseConfig, DepthwiseConv2d, Padding, Weights,
     BN_EPS,
 };
+use super::onnx::build::{same_pads, GraphBuilder};
 use super::registry::{ModelEntry, Probe};
 use super::weights_view::TorchWeights;
 use super::{Backbone, ModelError};
@@ -35,7 +36,7 @@ const ARCH: &str = "efficientnet_lite0";
 /// The TF reference's preprocessing and input size for Lite0.
 pub const CFG: PretrainedCfg = PretrainedCfg::new(224, Preprocess::EfficientnetLite, 1280);
 
-pub const MODELS: &[ModelEntry] = &[ModelEntry::native(ARCH, CFG, probes, load)];
+pub const MODELS: &[ModelEntry] = &[ModelEntry::native(ARCH, CFG, probes, load).with_onnx(to_onnx)];
 
 /// Stem, head and the 16th (last) MBConv block, and no 17th (Lite1 and
 /// larger have more blocks).
@@ -54,6 +55,75 @@ fn probes() -> Vec<Probe> {
 
 fn load(spec: &BackboneSpec, device: &Device) -> Result<Box<dyn Backbone>, ModelError> {
     Ok(Box::new(EfficientNetLite0::load(&spec.weights, device)?))
+}
+
+/// The network as ONNX nodes, from the same checkpoint tensors and with
+/// the same folding: `Conv` (BatchNorm folded, TF "SAME" padding as
+/// explicit pads for the spec's input size; depthwise as `group = C`),
+/// `Clip(0, 6)` for ReLU6, `Add` for the residuals, `GlobalAveragePool`.
+fn to_onnx(spec: &BackboneSpec, g: &mut GraphBuilder, input: &str) -> Result<String, ModelError> {
+    let w = Weights::read(ARCH, &spec.weights)?;
+    let conv = Convention::torch(BN_EPS);
+    let mut size = spec.input_size;
+    // `act(bn(conv(x)))`; `depthwise`: one filter per channel.
+    let mut conv_bn = |g: &mut GraphBuilder,
+                       x: &str,
+                       kernel: &str,
+                       bn: &str,
+                       stride: usize,
+                       depthwise: bool,
+                       relu6: bool|
+     -> Result<(String, usize), ModelError> {
+        let (mut k, dims) = if depthwise {
+            let (k, [c, kh, kw]) = conv.depthwise_kernel(&w, kernel)?;
+            (k, [c, 1, kh, kw])
+        } else {
+            conv.conv_kernel(&w, kernel)?
+        };
+        let bias = conv.bn(&w, bn, dims[0])?.fold_into(&mut k, None);
+        let (pads, out) = same_pads(size, dims[2], stride);
+        size = out;
+        let groups = if depthwise { dims[0] } else { 1 };
+        let y = g.conv(x, k, dims, bias, stride, pads, groups);
+        let y = if relu6 { g.clip(&y, 0.0, 6.0) } else { y };
+        Ok((y, dims[0]))
+    };
+    let (mut x, mut channels) = conv_bn(g, input, "_conv_stem.weight", "_bn0", 2, false, true)?;
+    for (i, &stride) in LITE0_STRIDES.iter().enumerate() {
+        let p = |leaf: &str| format!("_blocks.{i}.{leaf}");
+        let block_in = (x.clone(), channels);
+        let mut y = x.clone();
+        if w.contains(&p("_expand_conv.weight")) {
+            y = conv_bn(g, &y, &p("_expand_conv.weight"), &p("_bn0"), 1, false, true)?.0;
+        }
+        y = conv_bn(
+            g,
+            &y,
+            &p("_depthwise_conv.weight"),
+            &p("_bn1"),
+            stride,
+            true,
+            true,
+        )?
+        .0;
+        let (projected, out_c) = conv_bn(
+            g,
+            &y,
+            &p("_project_conv.weight"),
+            &p("_bn2"),
+            1,
+            false,
+            false,
+        )?;
+        x = if stride == 1 && block_in.1 == out_c {
+            g.node("Add", &[&projected, &block_in.0], vec![])
+        } else {
+            projected
+        };
+        channels = out_c;
+    }
+    let (head, _) = conv_bn(g, &x, "_conv_head.weight", "_bn1", 1, false, true)?;
+    Ok(g.global_avg_pool(&head))
 }
 
 /// Stride of each of the 16 MBConv blocks of Lite0 (stages: 1x s1, 2x s2,

@@ -15,11 +15,17 @@ use candle_core::Device;
 use crate::config::{BackboneSpec, PretrainedCfg};
 use crate::flavour::Flavour;
 use crate::layers::Weights;
+use crate::onnx::build::GraphBuilder;
 use crate::onnx::OnnxBackbone;
 use crate::{efficientnet_lite, inception_v3, resnet, xception, Backbone, ModelError};
 
 /// Builds an entry's backbone from a resolved `[[backbone]]` table.
 pub type Loader = fn(&BackboneSpec, &Device) -> Result<Box<dyn Backbone>, ModelError>;
+
+/// Writes an entry's backbone into an ONNX graph: from the value `input`
+/// (the preprocessed `(N, 3, H, W)` image) to the pooled `(N, features)`
+/// value it returns, computing what the loaded backbone computes.
+pub type OnnxEmitter = fn(&BackboneSpec, &mut GraphBuilder, &str) -> Result<String, ModelError>;
 
 /// One registered architecture.
 #[derive(Debug)]
@@ -32,6 +38,9 @@ pub struct ModelEntry {
     /// One [`Probe`] per naming convention the loader reads.
     pub probes: fn() -> Vec<Probe>,
     pub load: Loader,
+    /// How `runner export` writes it as ONNX; `None`: not yet (a run on
+    /// it exports from features only).
+    pub to_onnx: Option<OnnxEmitter>,
 }
 
 impl ModelEntry {
@@ -47,7 +56,14 @@ impl ModelEntry {
             pretrained_cfg: Some(cfg),
             probes,
             load,
+            to_onnx: None,
         }
+    }
+
+    /// The entry with its ONNX emitter.
+    pub const fn with_onnx(mut self, emit: OnnxEmitter) -> Self {
+        self.to_onnx = Some(emit);
+        self
     }
 
     /// The first of the entry's probes that `has` satisfies.
@@ -122,6 +138,7 @@ pub static ONNX: ModelEntry = ModelEntry {
     pretrained_cfg: None,
     probes: Vec::new,
     load: load_onnx,
+    to_onnx: None,
 };
 
 fn load_onnx(spec: &BackboneSpec, _device: &Device) -> Result<Box<dyn Backbone>, ModelError> {

@@ -10,6 +10,7 @@
 
 #[rustfmt::skip]
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+pub mod build;
 pub mod onnx_pb;
 mod ops;
 mod program;

@@ -63,6 +63,7 @@ impl Op {
             }
             Op::Sigmoid => candle_nn::ops::sigmoid(x()?)?,
             Op::Tanh => x()?.tanh()?,
+            Op::Log => x()?.log()?,
             Op::HardSigmoid { alpha, beta } => x()?
                 .affine(*alpha as f64, *beta as f64)?
                 .clamp(0f32, 1f32)?,

@@ -78,6 +78,7 @@ pub enum Op {
     Floor,
     Sigmoid,
     Tanh,
+    Log,
     HardSigmoid {
         alpha: f32,
         beta: f32,
@@ -227,6 +228,7 @@ pub const OPS: &[OpDef] = {
         row("HardSwish",          Keep,    |_, _| Ok(Op::HardSwish)),
         row("Identity",           Keep,    |_, _| Ok(Op::Identity)),
         row("LeakyRelu",          Keep,    |a, _| Ok(Op::LeakyRelu { alpha: a.float("alpha", 0.01) })),
+        row("Log",                Keep,    |_, _| Ok(Op::Log)),
         row("MatMul",             Opaque,  |_, _| Ok(Op::MatMul)),
         row("MaxPool",            Nchw,    p::max_pool),
         row("Mul",                Keep,    |_, _| Ok(Op::Mul)),
@@ -328,7 +330,7 @@ mod tests {
             supported(),
             "Add, AveragePool, BatchNormalization, Cast, Ceil, Clip, Concat, Constant, \
              ConstantOfShape, Conv, Div, Dropout, Flatten, Floor, Gather, Gemm, \
-             GlobalAveragePool, HardSigmoid, HardSwish, Identity, LeakyRelu, MatMul, MaxPool, \
+             GlobalAveragePool, HardSigmoid, HardSwish, Identity, LeakyRelu, Log, MatMul, MaxPool, \
              Mul, Pad, ReduceMean, Relu, Reshape, Shape, Sigmoid, Slice, Softmax, Squeeze, Sub, \
              Tanh, Transpose, Unsqueeze (opsets 7-21)"
         );

@@ -1,0 +1,228 @@
+//! Writing ONNX graphs: a [`GraphBuilder`] that names values, holds
+//! initializers and adds nodes, for exports (`runner export`) and for the
+//! native architectures' own ONNX emitters ([`crate::registry::OnnxEmitter`]).
+//!
+//! Opset 13 throughout: every op used here has its current semantics there
+//! (`Clip` with min/max inputs, `Squeeze`/`Unsqueeze` with axes inputs),
+//! and onnxruntime and runner's own evaluator both read it.
+
+use super::onnx_pb as onnx;
+use onnx::attribute_proto::AttributeType;
+use onnx::tensor_proto::DataType;
+use onnx::tensor_shape_proto::{dimension, Dimension};
+
+/// The opset exports are written in.
+pub const OPSET: i64 = 13;
+/// ONNX IR version 7 (what opset 13 shipped with).
+const IR_VERSION: i64 = 7;
+
+/// A node attribute value.
+pub enum Attr {
+    Int(i64),
+    Ints(Vec<i64>),
+    Float(f32),
+}
+
+/// A graph under construction: nodes in topological order (each added
+/// after its inputs), initializers, inputs and outputs.
+#[derive(Default)]
+pub struct GraphBuilder {
+    graph: onnx::GraphProto,
+    counter: usize,
+}
+
+fn value_info(name: &str, dims: &[Option<i64>], elem: DataType) -> onnx::ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Some(v) => dimension::Value::DimValue(*v),
+                None => dimension::Value::DimParam("batch".into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    onnx::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(onnx::TypeProto {
+            value: Some(onnx::type_proto::Value::TensorType(
+                onnx::type_proto::Tensor {
+                    elem_type: elem as i32,
+                    shape: Some(onnx::TensorShapeProto { dim }),
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl GraphBuilder {
+    pub fn new(name: &str) -> GraphBuilder {
+        GraphBuilder {
+            graph: onnx::GraphProto {
+                name: name.into(),
+                ..Default::default()
+            },
+            counter: 0,
+        }
+    }
+
+    /// A fresh value name starting with `hint`.
+    pub fn fresh(&mut self, hint: &str) -> String {
+        self.counter += 1;
+        format!("{hint}_{}", self.counter)
+    }
+
+    /// Declares a float graph input; `None` dims are the batch.
+    pub fn input(&mut self, name: &str, dims: &[Option<i64>]) {
+        self.graph
+            .input
+            .push(value_info(name, dims, DataType::Float));
+    }
+
+    /// Declares `value` a float graph output.
+    pub fn output(&mut self, value: &str, dims: &[Option<i64>]) {
+        self.graph
+            .output
+            .push(value_info(value, dims, DataType::Float));
+    }
+
+    /// A float constant of shape `dims`; returns its name.
+    pub fn constant(&mut self, hint: &str, dims: &[usize], data: Vec<f32>) -> String {
+        assert_eq!(dims.iter().product::<usize>(), data.len(), "{hint}");
+        let name = self.fresh(hint);
+        self.graph.initializer.push(onnx::TensorProto {
+            name: name.clone(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Float as i32,
+            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name
+    }
+
+    /// An int64 constant of shape `dims`; returns its name.
+    pub fn constant_i64(&mut self, hint: &str, dims: &[usize], data: Vec<i64>) -> String {
+        assert_eq!(dims.iter().product::<usize>(), data.len(), "{hint}");
+        let name = self.fresh(hint);
+        self.graph.initializer.push(onnx::TensorProto {
+            name: name.clone(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Int64 as i32,
+            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name
+    }
+
+    /// Adds a node of `op` with one output; returns the output's name.
+    pub fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
+        let out = self.fresh(&op.to_lowercase());
+        self.node_into(op, inputs, attrs, &out);
+        out
+    }
+
+    /// Adds a node of `op` writing the value `out`.
+    pub fn node_into(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>, out: &str) {
+        let attribute = attrs
+            .into_iter()
+            .map(|(name, a)| {
+                let mut p = onnx::AttributeProto {
+                    name: name.into(),
+                    ..Default::default()
+                };
+                match a {
+                    Attr::Int(i) => {
+                        p.r#type = AttributeType::Int as i32;
+                        p.i = i;
+                    }
+                    Attr::Ints(v) => {
+                        p.r#type = AttributeType::Ints as i32;
+                        p.ints = v;
+                    }
+                    Attr::Float(f) => {
+                        p.r#type = AttributeType::Float as i32;
+                        p.f = f;
+                    }
+                }
+                p
+            })
+            .collect();
+        self.graph.node.push(onnx::NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.into()],
+            name: out.into(),
+            op_type: op.into(),
+            attribute,
+            ..Default::default()
+        });
+    }
+
+    /// `Conv` of `x` with an OIHW kernel (`dims`), a bias, one stride for
+    /// both axes, pads `[top, left, bottom, right]` and `groups`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv(
+        &mut self,
+        x: &str,
+        kernel: Vec<f32>,
+        dims: [usize; 4],
+        bias: Vec<f32>,
+        stride: usize,
+        pads: [usize; 4],
+        groups: usize,
+    ) -> String {
+        let w = self.constant("weight", &dims, kernel);
+        let b = self.constant("bias", &[dims[0]], bias);
+        self.node(
+            "Conv",
+            &[x, &w, &b],
+            vec![
+                ("kernel_shape", Attr::Ints(vec![dims[2] as i64, dims[3] as i64])),
+                ("strides", Attr::Ints(vec![stride as i64; 2])),
+                ("pads", Attr::Ints(pads.iter().map(|&p| p as i64).collect())),
+                ("group", Attr::Int(groups as i64)),
+            ],
+        )
+    }
+
+    /// `min(max(x, lo), hi)`.
+    pub fn clip(&mut self, x: &str, lo: f32, hi: f32) -> String {
+        let lo = self.constant("min", &[], vec![lo]);
+        let hi = self.constant("max", &[], vec![hi]);
+        self.node("Clip", &[x, &lo, &hi], vec![])
+    }
+
+    /// `(N, C, H, W)` -> `(N, C)`: the mean over height and width.
+    pub fn global_avg_pool(&mut self, x: &str) -> String {
+        let pooled = self.node("GlobalAveragePool", &[x], vec![]);
+        self.node("Flatten", &[&pooled], vec![("axis", Attr::Int(1))])
+    }
+
+    /// The finished model; `metadata` goes into `metadata_props`.
+    pub fn finish(self, producer_version: &str, metadata: Vec<(String, String)>) -> onnx::ModelProto {
+        onnx::ModelProto {
+            ir_version: IR_VERSION,
+            opset_import: vec![onnx::OperatorSetIdProto {
+                domain: String::new(),
+                version: OPSET,
+            }],
+            producer_name: "runner".into(),
+            producer_version: producer_version.into(),
+            graph: Some(self.graph),
+            metadata_props: metadata
+                .into_iter()
+                .map(|(key, value)| onnx::StringStringEntryProto { key, value })
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// TF "SAME" padding of a square `len x len` input for a `k x k` window
+/// with `stride`: ONNX `pads` (`[top, left, bottom, right]`, the extra pixel
+/// at the end) and the output length.
+pub fn same_pads(len: usize, k: usize, stride: usize) -> ([usize; 4], usize) {
+    let (begin, end) = crate::layers::same_pad_1d(len, k, stride);
+    ([begin, begin, end, end], len.div_ceil(stride))
+}

@@ -1,0 +1,186 @@
+//! `runner export`: the ONNX graph of a run gives `runner predict`'s
+//! probabilities, from resized images (the backbone inside the graph) and
+//! from features; run here through runner's own ONNX evaluator and, where
+//! `RUNNER_ONNXRUNTIME_PYTHON` names a Python with onnxruntime (CI sets
+//! it), through onnxruntime too.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use super::run_dirs;
+use crate::common::{runner, stderr, woof_subset};
+use runner::data::image::{decode_rgb, resize};
+use runner::spec::Resize;
+use runner_models::onnx::Program;
+
+/// `(ids, probabilities)` of a submission-layout CSV.
+fn probabilities(path: &Path) -> (Vec<String>, Vec<Vec<f64>>) {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let mut ids = Vec::new();
+    let mut rows = Vec::new();
+    for r in reader.records() {
+        let r = r.unwrap();
+        ids.push(r[0].to_string());
+        rows.push(r.iter().skip(1).map(|v| v.parse().unwrap()).collect());
+    }
+    (ids, rows)
+}
+
+fn max_difference(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+fn run_onnx(model: &Path, input: Tensor) -> Vec<Vec<f64>> {
+    let proto = runner_models::onnx::read_model(model).unwrap();
+    let program = Program::lower(&proto, None, &model.display().to_string()).unwrap();
+    let out = program.run(input).unwrap();
+    out.to_vec2::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.into_iter().map(f64::from).collect())
+        .collect()
+}
+
+#[test]
+fn the_exported_graph_gives_predicts_probabilities_from_images_and_from_features() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    woof_subset(&dir.join("data"), 3, 8, 2);
+    let path = super::write_spec(dir, "x", 2, 0.5);
+    // Calibrated: the temperature is part of the graph too.
+    let text = std::fs::read_to_string(&path).unwrap() + "calibrate = \"temperature\"\n";
+    std::fs::write(&path, text).unwrap();
+    let out = runner(dir, &["--quiet", "--runs", "runs", "x.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = run_dirs(&dir.join("runs")).remove(0);
+    let run_arg = run.to_str().unwrap();
+    let out = runner(
+        dir,
+        &[
+            "--quiet",
+            "predict",
+            run_arg,
+            "data/test",
+            "--out",
+            "pred.csv",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (ids, predicted) = probabilities(&dir.join("pred.csv"));
+
+    // From images: the test photos decoded and resized as the run did.
+    let out = runner(dir, &["--quiet", "export", run_arg, "--out", "image.onnx"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let size = 224;
+    let mut pixels = Vec::new();
+    for id in &ids {
+        let img = resize(
+            &decode_rgb(&dir.join(format!("data/test/{id}.jpg"))).unwrap(),
+            size,
+            size,
+            Resize::Box,
+        );
+        // HWC u8 -> CHW f32.
+        for c in 0..3 {
+            pixels.extend(img.pixels.iter().skip(c).step_by(3).map(|&v| v as f32));
+        }
+    }
+    let images =
+        Tensor::from_vec(pixels.clone(), (ids.len(), 3, size, size), &Device::Cpu).unwrap();
+    let from_images = run_onnx(&dir.join("image.onnx"), images);
+    let diff = max_difference(&from_images, &predicted);
+    assert!(diff < 1e-4, "from images: max difference {diff}");
+
+    // From features: `runner extract`'s arrays, views stacked.
+    let out = runner(
+        dir,
+        &[
+            "--quiet",
+            "export",
+            run_arg,
+            "--from",
+            "features",
+            "--out",
+            "features.onnx",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = runner(
+        dir,
+        &[
+            "--quiet",
+            "extract",
+            run.join("spec.toml").to_str().unwrap(),
+            "--out",
+            "feats",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let views: Vec<runner::npy::Matrix> = ["original", "hflip"]
+        .iter()
+        .map(|v| {
+            runner::npy::read(&dir.join(format!("feats/test_efficientnet_lite0_{v}.npy"))).unwrap()
+        })
+        .collect();
+    // Rows in the order of `pred.csv`'s ids.
+    let extracted: Vec<String> = csv::Reader::from_path(dir.join("feats/test_ids.csv"))
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap()[0].to_string())
+        .collect();
+    let (n, d) = (views[0].rows, views[0].cols);
+    let mut stacked = Vec::with_capacity(n * 2 * d);
+    for id in &ids {
+        let r = extracted.iter().position(|e| e == id).unwrap();
+        for v in &views {
+            stacked.extend_from_slice(v.row(r));
+        }
+    }
+    let features = Tensor::from_vec(stacked.clone(), (n, 2, d), &Device::Cpu).unwrap();
+    let from_features = run_onnx(&dir.join("features.onnx"), features);
+    let diff = max_difference(&from_features, &predicted);
+    assert!(diff < 1e-4, "from features: max difference {diff}");
+
+    // onnxruntime, where there is one.
+    match std::env::var_os("RUNNER_ONNXRUNTIME_PYTHON") {
+        Some(python) => {
+            // Row-major, one row per image; the script reshapes.
+            let write = |name: &str, data: Vec<f32>| {
+                let rows = ids.len();
+                let m = runner::npy::Matrix::new(rows, data.len() / rows, data);
+                runner::npy::write(&dir.join(name), &m).unwrap();
+            };
+            write("images.npy", pixels);
+            write("features.npy", stacked);
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/export/check_onnxruntime.py");
+            let image_shape = format!("{},3,{size},{size}", ids.len());
+            let feature_shape = format!("{n},2,{d}");
+            for (model, input, shape) in [
+                ("image.onnx", "images.npy", image_shape.as_str()),
+                ("features.onnx", "features.npy", feature_shape.as_str()),
+            ] {
+                let out = std::process::Command::new(&python)
+                    .arg(&script)
+                    .args([model, input, shape, "pred.csv", "1e-4"])
+                    .current_dir(dir)
+                    .output()
+                    .unwrap();
+                eprint!("{}", String::from_utf8_lossy(&out.stdout));
+                assert!(
+                    out.status.success(),
+                    "onnxruntime on {model}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        None => eprintln!("RUNNER_ONNXRUNTIME_PYTHON unset: onnxruntime not tried"),
+    }
+}
