@@ -29,6 +29,9 @@ pub enum Attr {
 pub struct GraphBuilder {
     graph: onnx::GraphProto,
     counter: usize,
+    /// Initializers by content: a constant written twice (a backbone run on
+    /// two views) is stored once.
+    constants: std::collections::HashMap<(i32, Vec<i64>, Vec<u8>), String>,
 }
 
 fn value_info(name: &str, dims: &[Option<i64>], elem: DataType) -> onnx::ValueInfoProto {
@@ -64,7 +67,7 @@ impl GraphBuilder {
                 name: name.into(),
                 ..Default::default()
             },
-            counter: 0,
+            ..Default::default()
         }
     }
 
@@ -90,29 +93,39 @@ impl GraphBuilder {
 
     /// A float constant of shape `dims`; returns its name.
     pub fn constant(&mut self, hint: &str, dims: &[usize], data: Vec<f32>) -> String {
-        assert_eq!(dims.iter().product::<usize>(), data.len(), "{hint}");
-        let name = self.fresh(hint);
-        self.graph.initializer.push(onnx::TensorProto {
-            name: name.clone(),
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::Float as i32,
-            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ..Default::default()
-        });
-        name
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializer(hint, dims, DataType::Float, data.len(), raw)
     }
 
     /// An int64 constant of shape `dims`; returns its name.
     pub fn constant_i64(&mut self, hint: &str, dims: &[usize], data: Vec<i64>) -> String {
-        assert_eq!(dims.iter().product::<usize>(), data.len(), "{hint}");
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializer(hint, dims, DataType::Int64, data.len(), raw)
+    }
+
+    fn initializer(
+        &mut self,
+        hint: &str,
+        dims: &[usize],
+        dtype: DataType,
+        len: usize,
+        raw_data: Vec<u8>,
+    ) -> String {
+        assert_eq!(dims.iter().product::<usize>(), len, "{hint}");
+        let dims: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+        let key = (dtype as i32, dims, raw_data);
+        if let Some(name) = self.constants.get(&key) {
+            return name.clone();
+        }
         let name = self.fresh(hint);
         self.graph.initializer.push(onnx::TensorProto {
             name: name.clone(),
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::Int64 as i32,
-            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            dims: key.1.clone(),
+            data_type: key.0,
+            raw_data: key.2.clone(),
             ..Default::default()
         });
+        self.constants.insert(key, name.clone());
         name
     }
 
