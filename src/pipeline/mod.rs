@@ -277,9 +277,14 @@ fn finish_in(
                 &folds.validated_rows(),
                 &c.test.iter().collect::<Vec<_>>(),
             ));
+            let t = 1.0 / c.inverse_temperature;
+            let effect = if t < 1.0 {
+                "below 1: sharpens, the averaged probabilities were too soft"
+            } else {
+                "above 1: softens, the averaged probabilities were too confident"
+            };
             run.log.info(format!(
-                "temperature {:.4} (fitted on every out-of-fold row; out-of-fold scores by nested cross-validation)",
-                1.0 / c.inverse_temperature
+                "temperature {t:.4} ({effect}; fitted on every out-of-fold row, out-of-fold scores by nested cross-validation)"
             ));
             (c.oof, c.test, Some(c.inverse_temperature))
         }
