@@ -333,3 +333,61 @@ fn a_feature_map_inside_an_nhwc_graph_is_pooled_over_its_own_height_and_width() 
     let e = rel_err(&f, &fx.output).unwrap_or_else(|m| panic!("{m}"));
     assert!(e <= REL_TOL, "relative error {e:.2e} > {REL_TOL:.0e}");
 }
+
+/// `runner export` copies an `arch = "onnx"` backbone's graph into its
+/// own: fed the NCHW image, the copy pools to the features `OnnxBackbone`
+/// computes, for graphs of both layouts; a graph below opset 13 is refused
+/// naming its opset.
+#[test]
+fn every_export_copied_into_a_graph_gives_the_backbones_features() {
+    use runner_models::onnx::build::GraphBuilder;
+    check_all("copied", |fx| {
+        let x = match fx.layout {
+            InputLayout::Nchw => fx.input.clone(),
+            InputLayout::Nhwc => fx
+                .input
+                .permute((0, 3, 1, 2))
+                .and_then(|t| t.contiguous())
+                .map_err(|e| e.to_string())?,
+        };
+        let size = x.dim(2).map_err(|e| e.to_string())?;
+        let spec = runner_models::BackboneSpec {
+            arch: runner_models::Arch::from_name("onnx").expect("registered"),
+            weights: fx.onnx.clone(),
+            input_size: size,
+            preprocess: runner_models::Preprocess::Imagenet,
+            resize: Default::default(),
+            output: Some(fx.output_name.clone()),
+            input_layout: None,
+        };
+        let net =
+            OnnxBackbone::load(&fx.onnx, &spec.onnx_options(), size).map_err(|e| e.to_string())?;
+        let want = net.forward_features(&x).map_err(|e| e.to_string())?;
+        let mut g = GraphBuilder::new("copy");
+        g.input(
+            "image",
+            &[None, Some(3), Some(size as i64), Some(size as i64)],
+        );
+        let emit = spec.arch.entry().to_onnx.expect("onnx has a writer");
+        let features = match emit(&spec, &mut g, "image") {
+            Ok(f) => f,
+            // Older graphs are refused, by name.
+            Err(e) if runner_models::onnx::program_opset(&read_model(&fx.onnx).unwrap()) < 13 => {
+                let e = e.to_string();
+                return if e.contains("opset") && e.contains("--from features") {
+                    println!("{}: refused as expected: {e}", fx.name);
+                    Ok(0.0)
+                } else {
+                    Err(e)
+                };
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        g.node_into("Identity", &[&features], vec![], "features");
+        g.output("features", &[None, None]);
+        let model = g.finish("test", Vec::new());
+        let program = Program::lower(&model, None, "copy").map_err(|e| e.to_string())?;
+        let got = program.run(x).map_err(|e| e.to_string())?;
+        rel_err(&got, &want)
+    });
+}

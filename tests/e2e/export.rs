@@ -36,6 +36,53 @@ fn max_difference(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// The test photos `ids`, decoded and box-resized to `size` as a run
+/// does, as `(N, 3, size, size)` RGB 0..255, row-major.
+fn resized_images(dir: &Path, ids: &[String], size: usize) -> Vec<f32> {
+    let mut pixels = Vec::new();
+    for id in ids {
+        let img = resize(
+            &decode_rgb(&dir.join(format!("data/test/{id}.jpg"))).unwrap(),
+            size,
+            size,
+            Resize::Box,
+        );
+        // HWC u8 -> CHW f32.
+        for c in 0..3 {
+            pixels.extend(img.pixels.iter().skip(c).step_by(3).map(|&v| v as f32));
+        }
+    }
+    pixels
+}
+
+/// Runs `model` on `data` (shape `shape`) in onnxruntime and compares with
+/// `pred.csv` in `dir`, where `RUNNER_ONNXRUNTIME_PYTHON` is set.
+fn check_in_onnxruntime(dir: &Path, model: &str, data: Vec<f32>, shape: &[usize]) {
+    let Some(python) = std::env::var_os("RUNNER_ONNXRUNTIME_PYTHON") else {
+        eprintln!("RUNNER_ONNXRUNTIME_PYTHON unset: onnxruntime not tried on {model}");
+        return;
+    };
+    // Row-major, one row per image; the script reshapes.
+    let input = format!("{model}.input.npy");
+    let m = runner::npy::Matrix::new(shape[0], data.len() / shape[0], data);
+    runner::npy::write(&dir.join(&input), &m).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/export/check_onnxruntime.py");
+    let shape: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .args([model, &input, &shape.join(","), "pred.csv", "1e-4"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "onnxruntime on {model}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn run_onnx(model: &Path, input: Tensor) -> Vec<Vec<f64>> {
     let proto = runner_models::onnx::read_model(model).unwrap();
     let program = Program::lower(&proto, None, &model.display().to_string()).unwrap();
@@ -78,19 +125,7 @@ fn the_exported_graph_gives_predicts_probabilities_from_images_and_from_features
     let out = runner(dir, &["--quiet", "export", run_arg, "--out", "image.onnx"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let size = 224;
-    let mut pixels = Vec::new();
-    for id in &ids {
-        let img = resize(
-            &decode_rgb(&dir.join(format!("data/test/{id}.jpg"))).unwrap(),
-            size,
-            size,
-            Resize::Box,
-        );
-        // HWC u8 -> CHW f32.
-        for c in 0..3 {
-            pixels.extend(img.pixels.iter().skip(c).step_by(3).map(|&v| v as f32));
-        }
-    }
+    let pixels = resized_images(dir, &ids, size);
     let images =
         Tensor::from_vec(pixels.clone(), (ids.len(), 3, size, size), &Device::Cpu).unwrap();
     let from_images = run_onnx(&dir.join("image.onnx"), images);
@@ -147,40 +182,51 @@ fn the_exported_graph_gives_predicts_probabilities_from_images_and_from_features
     let diff = max_difference(&from_features, &predicted);
     assert!(diff < 1e-4, "from features: max difference {diff}");
 
-    // onnxruntime, where there is one.
-    match std::env::var_os("RUNNER_ONNXRUNTIME_PYTHON") {
-        Some(python) => {
-            // Row-major, one row per image; the script reshapes.
-            let write = |name: &str, data: Vec<f32>| {
-                let rows = ids.len();
-                let m = runner::npy::Matrix::new(rows, data.len() / rows, data);
-                runner::npy::write(&dir.join(name), &m).unwrap();
-            };
-            write("images.npy", pixels);
-            write("features.npy", stacked);
-            let script =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/export/check_onnxruntime.py");
-            let image_shape = format!("{},3,{size},{size}", ids.len());
-            let feature_shape = format!("{n},2,{d}");
-            for (model, input, shape) in [
-                ("image.onnx", "images.npy", image_shape.as_str()),
-                ("features.onnx", "features.npy", feature_shape.as_str()),
-            ] {
-                let out = std::process::Command::new(&python)
-                    .arg(&script)
-                    .args([model, input, shape, "pred.csv", "1e-4"])
-                    .current_dir(dir)
-                    .output()
-                    .unwrap();
-                eprint!("{}", String::from_utf8_lossy(&out.stdout));
-                assert!(
-                    out.status.success(),
-                    "onnxruntime on {model}: {}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-        }
-        None => eprintln!("RUNNER_ONNXRUNTIME_PYTHON unset: onnxruntime not tried"),
-    }
+    check_in_onnxruntime(dir, "image.onnx", pixels, &[ids.len(), 3, size, size]);
+    check_in_onnxruntime(dir, "features.onnx", stacked, &[n, 2, d]);
+}
+
+/// `arch = "onnx"`: the backbone's own graph is copied into the export.
+#[test]
+fn a_run_on_an_onnx_backbone_exports_from_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    woof_subset(&dir.join("data"), 3, 6, 2);
+    let spec = format!(
+        "name = \"o\"\nviews = [\"original\"]\n[data]\nlayout = \"kaggle\"\nroot = \"data\"\n\
+         [[backbone]]\narch = \"onnx\"\nweights = {:?}\noutput = \"features\"\n\
+         preprocess = \"efficientnet_lite\"\n[extract]\nbatch_size = 8\n[cv]\nfolds = 2\n\
+         [head]\nepochs = 5\nbatch_size = 16\n",
+        crate::common::model("efficientnet_lite0_imagenet.onnx")
+            .display()
+            .to_string()
+    );
+    std::fs::write(dir.join("o.toml"), spec).unwrap();
+    let out = runner(dir, &["--quiet", "--runs", "runs", "o.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = run_dirs(&dir.join("runs")).remove(0);
+    let run_arg = run.to_str().unwrap();
+    let out = runner(
+        dir,
+        &[
+            "--quiet",
+            "predict",
+            run_arg,
+            "data/test",
+            "--out",
+            "pred.csv",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (ids, predicted) = probabilities(&dir.join("pred.csv"));
+    let out = runner(dir, &["--quiet", "export", run_arg, "--out", "image.onnx"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let size = 224;
+    let pixels = resized_images(dir, &ids, size);
+    let images =
+        Tensor::from_vec(pixels.clone(), (ids.len(), 3, size, size), &Device::Cpu).unwrap();
+    let got = run_onnx(&dir.join("image.onnx"), images);
+    let diff = max_difference(&got, &predicted);
+    assert!(diff < 1e-4, "max difference {diff}");
+    check_in_onnxruntime(dir, "image.onnx", pixels, &[ids.len(), 3, size, size]);
 }

@@ -138,7 +138,7 @@ pub static ONNX: ModelEntry = ModelEntry {
     pretrained_cfg: None,
     probes: Vec::new,
     load: load_onnx,
-    to_onnx: None,
+    to_onnx: Some(crate::onnx::embed_to_onnx),
 };
 
 fn load_onnx(spec: &BackboneSpec, _device: &Device) -> Result<Box<dyn Backbone>, ModelError> {

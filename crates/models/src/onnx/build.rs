@@ -32,6 +32,11 @@ pub struct GraphBuilder {
     /// Initializers by content: a constant written twice (a backbone run on
     /// two views) is stored once.
     constants: std::collections::HashMap<(i32, Vec<i64>, Vec<u8>), String>,
+    /// The opset the graph is written in: [`OPSET`], or a later one that a
+    /// copied graph needs ([`GraphBuilder::require_opset`]).
+    opset: i64,
+    /// Likewise the IR version: a copied graph's, when later.
+    ir_version: i64,
 }
 
 fn value_info(name: &str, dims: &[Option<i64>], elem: DataType) -> onnx::ValueInfoProto {
@@ -67,6 +72,8 @@ impl GraphBuilder {
                 name: name.into(),
                 ..Default::default()
             },
+            opset: OPSET,
+            ir_version: IR_VERSION,
             ..Default::default()
         }
     }
@@ -127,6 +134,23 @@ impl GraphBuilder {
         });
         self.constants.insert(key, name.clone());
         name
+    }
+
+    /// Raises the graph's opset to `version` (a copied graph's nodes keep
+    /// their meaning only at their own opset).
+    pub fn require_opset(&mut self, version: i64, ir_version: i64) {
+        self.opset = self.opset.max(version);
+        self.ir_version = self.ir_version.max(ir_version);
+    }
+
+    /// Adds a node as it is (names already unique).
+    pub fn push_node(&mut self, node: onnx::NodeProto) {
+        self.graph.node.push(node);
+    }
+
+    /// Adds an initializer as it is (name already unique).
+    pub fn push_initializer(&mut self, tensor: onnx::TensorProto) {
+        self.graph.initializer.push(tensor);
     }
 
     /// Adds a node of `op` with one output; returns the output's name.
@@ -215,10 +239,10 @@ impl GraphBuilder {
     /// The finished model; `metadata` goes into `metadata_props`.
     pub fn finish(self, producer_version: &str, metadata: Vec<(String, String)>) -> onnx::ModelProto {
         onnx::ModelProto {
-            ir_version: IR_VERSION,
+            ir_version: self.ir_version,
             opset_import: vec![onnx::OperatorSetIdProto {
                 domain: String::new(),
-                version: OPSET,
+                version: self.opset,
             }],
             producer_name: "runner".into(),
             producer_version: producer_version.into(),

@@ -11,6 +11,8 @@
 #[rustfmt::skip]
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod build;
+mod embed;
+pub use embed::to_onnx as embed_to_onnx;
 pub mod onnx_pb;
 mod ops;
 mod program;
@@ -28,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use onnx_pb as onnx;
 pub use ops::supported as supported_ops;
 use ops::Layout;
-pub use program::Program;
+pub use program::{opset as program_opset, Program};
 
 use super::Backbone;
 
