@@ -215,7 +215,10 @@ impl GraphBuilder {
             "Conv",
             &[x, &w, &b],
             vec![
-                ("kernel_shape", Attr::Ints(vec![dims[2] as i64, dims[3] as i64])),
+                (
+                    "kernel_shape",
+                    Attr::Ints(vec![dims[2] as i64, dims[3] as i64]),
+                ),
                 ("strides", Attr::Ints(vec![stride as i64; 2])),
                 ("pads", Attr::Ints(pads.iter().map(|&p| p as i64).collect())),
                 ("group", Attr::Int(groups as i64)),
@@ -237,7 +240,11 @@ impl GraphBuilder {
     }
 
     /// The finished model; `metadata` goes into `metadata_props`.
-    pub fn finish(self, producer_version: &str, metadata: Vec<(String, String)>) -> onnx::ModelProto {
+    pub fn finish(
+        self,
+        producer_version: &str,
+        metadata: Vec<(String, String)>,
+    ) -> onnx::ModelProto {
         onnx::ModelProto {
             ir_version: self.ir_version,
             opset_import: vec![onnx::OperatorSetIdProto {
