@@ -129,6 +129,19 @@ impl Convention {
         Ok(bn)
     }
 
+    /// The dense kernel `kernel` (no bias) with the BatchNorm `bn` folded
+    /// in: the OIHW kernel, flattened, its dims and the bias.
+    pub fn folded_conv(
+        &self,
+        w: &Weights,
+        kernel: &str,
+        bn: &str,
+    ) -> Result<(Vec<f32>, [usize; 4], Vec<f32>), ModelError> {
+        let (mut k, shape) = self.conv_kernel(w, kernel)?;
+        let bias = self.bn(w, bn, shape[0])?.fold_into(&mut k, None);
+        Ok((k, shape, bias))
+    }
+
     /// `act(bn(conv(x)))` with the BatchNorm folded: kernel tensor `kernel`
     /// (no bias), BatchNorm `bn`, stride, padding and activation `cfg`.
     pub fn conv_bn(
@@ -139,8 +152,7 @@ impl Convention {
         cfg: Conv2dConfig,
         device: &Device,
     ) -> Result<Conv2d, ModelError> {
-        let (mut k, shape) = self.conv_kernel(w, kernel)?;
-        let bias = self.bn(w, bn, shape[0])?.fold_into(&mut k, None);
+        let (k, shape, bias) = self.folded_conv(w, kernel, bn)?;
         let weight = w.tensor(k, &shape, device)?;
         Conv2d::new(weight, bias, cfg).map_err(|e| w.candle_err(e))
     }
