@@ -129,7 +129,8 @@ pub fn no_run_dirs(runs: &Path) -> bool {
 /// The backbone `spec` as its registry entry's ONNX emitter writes it: a
 /// graph from the input `image` `(N, 3, S, S)` to the pooled features,
 /// lowered by runner's own evaluator. With `RUNNER_DUMP_EMITTED=DIR` the
-/// graph is also written to `DIR/<arch>.onnx` (for a look in onnxruntime).
+/// graph is also written to `DIR/<arch>-<weights file stem>.onnx` (for a
+/// look in onnxruntime).
 pub fn emitted_backbone(spec: &runner_models::BackboneSpec) -> runner_models::onnx::Program {
     use prost::Message;
     use runner_models::onnx::build::GraphBuilder;
@@ -148,7 +149,12 @@ pub fn emitted_backbone(spec: &runner_models::BackboneSpec) -> runner_models::on
     g.output("features", &[None, width]);
     let proto = g.finish("test", Vec::new());
     if let Some(dir) = std::env::var_os("RUNNER_DUMP_EMITTED") {
-        let path = Path::new(&dir).join(format!("{name}.onnx"));
+        let stem = spec
+            .weights
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy();
+        let path = Path::new(&dir).join(format!("{name}-{stem}.onnx"));
         std::fs::write(&path, proto.encode_to_vec()).expect("write the graph");
     }
     runner_models::onnx::Program::lower(&proto, None, name).expect("lower")

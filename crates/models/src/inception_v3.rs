@@ -26,7 +26,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
-use super::flavour::{Convention, Flavour};
+use super::flavour::{Convention, Flavour, FoldedConv};
 use super::layers::{
     avg_pool2d_same_exclude_pad, concat_channels, global_avg_pool, max_pool2d, Act, Conv2d,
     Conv2dConfig, DepthwiseConfig, DepthwiseConv2d, Pad4, Padding, Weights,
@@ -194,9 +194,8 @@ impl<'a> Layers<'a> {
         self.conv.flavour
     }
 
-    /// The next layer: its OIHW kernel with the BatchNorm folded in,
-    /// flattened, its dims and its bias.
-    fn take(&mut self) -> Result<(Vec<f32>, [usize; 4], Vec<f32>), ModelError> {
+    /// The next layer, its BatchNorm folded in.
+    fn take(&mut self) -> Result<FoldedConv, ModelError> {
         let Some((kernel, bn)) = self.names.get(self.next) else {
             return Err(self.w.candle_err(candle_core::Error::Msg(format!(
                 "layer {} asked for, the network has {}",
@@ -219,14 +218,15 @@ impl Seq<'_> {
     /// Keras `conv2d_bn(x, filters, kh, kw, padding, strides)`; the kernel
     /// size and filters come from the checkpoint.
     fn conv(&mut self, stride: usize, padding: Padding) -> Result<Conv2d, ModelError> {
-        let (k, shape, bias) = self.layers.take()?;
+        let f = self.layers.take()?;
         let cfg = Conv2dConfig {
             stride,
             padding,
             act: Act::Relu,
         };
         let w = self.layers.w;
-        Conv2d::new(w.tensor(k, &shape, self.device)?, bias, cfg).map_err(|e| w.candle_err(e))
+        Conv2d::new(w.tensor(f.kernel, &f.dims, self.device)?, f.bias, cfg)
+            .map_err(|e| w.candle_err(e))
     }
 
     fn same(&mut self) -> Result<Conv2d, ModelError> {
@@ -610,9 +610,9 @@ impl Emitter<'_> {
         stride: usize,
         padding: Padding,
     ) -> Result<(String, (usize, usize)), ModelError> {
-        let (k, dims, bias) = self.layers.take()?;
-        let (pads, out) = self.pads(padding, hw, (dims[2], dims[3]), stride)?;
-        let y = self.g.conv(x, k, dims, bias, stride, pads, 1);
+        let f = self.layers.take()?;
+        let (pads, out) = self.pads(padding, hw, (f.dims[2], f.dims[3]), stride)?;
+        let y = self.g.conv(x, f.kernel, f.dims, f.bias, stride, pads, 1);
         Ok((self.g.relu(&y), out))
     }
 

@@ -616,9 +616,12 @@ impl Emitter<'_> {
             _ => Padding::Same,
         };
         let (kernel, bn) = layer.dense_tensors(self.conv.flavour);
-        let (k, dims, bias) = self.conv.folded_conv(self.w, &kernel, &bn)?;
-        let (pads, out) = self.pads(padding, hw, (dims[2], dims[3]), stride)?;
-        Ok((self.g.conv(x, k, dims, bias, stride, pads, 1), out))
+        let f = self.conv.folded_conv(self.w, &kernel, &bn)?;
+        let (pads, out) = self.pads(padding, hw, (f.dims[2], f.dims[3]), stride)?;
+        Ok((
+            self.g.conv(x, f.kernel, f.dims, f.bias, stride, pads, 1),
+            out,
+        ))
     }
 
     /// Separable convolution `i` of `block` + BN: `[relu] -> depthwise ->
