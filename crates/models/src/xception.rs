@@ -146,9 +146,7 @@ impl Layer {
             ),
         }
     }
-}
 
-impl Layer {
     /// The kernel tensor and BatchNorm of a dense layer (stem, shortcut).
     fn dense_tensors(self, flavour: Flavour) -> (String, String) {
         let (conv, bn) = self.names(flavour);
