@@ -125,3 +125,37 @@ pub fn no_run_dirs(runs: &Path) -> bool {
             .all(|e| e.file_name().to_string_lossy().starts_with('.'))
     })
 }
+
+/// The backbone `spec` as its registry entry's ONNX emitter writes it: a
+/// graph from the input `image` `(N, 3, S, S)` to the pooled features,
+/// lowered by runner's own evaluator. With `RUNNER_DUMP_EMITTED=DIR` the
+/// graph is also written to `DIR/<arch>-<weights file stem>.onnx` (for a
+/// look in onnxruntime).
+pub fn emitted_backbone(spec: &runner_models::BackboneSpec) -> runner_models::onnx::Program {
+    use prost::Message;
+    use runner_models::onnx::build::GraphBuilder;
+    let name = spec.arch.name();
+    let emit = spec
+        .arch
+        .entry()
+        .to_onnx
+        .unwrap_or_else(|| panic!("{name} has no ONNX emitter"));
+    let s = spec.input_size as i64;
+    let mut g = GraphBuilder::new(name);
+    g.input("image", &[None, Some(3), Some(s), Some(s)]);
+    let features = emit(spec, &mut g, "image").expect("emit");
+    g.node_into("Identity", &[&features], vec![], "features");
+    let width = spec.arch.pretrained_cfg().map(|c| c.num_features as i64);
+    g.output("features", &[None, width]);
+    let proto = g.finish("test", Vec::new());
+    if let Some(dir) = std::env::var_os("RUNNER_DUMP_EMITTED") {
+        let stem = spec
+            .weights
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy();
+        let path = Path::new(&dir).join(format!("{name}-{stem}.onnx"));
+        std::fs::write(&path, proto.encode_to_vec()).expect("write the graph");
+    }
+    runner_models::onnx::Program::lower(&proto, None, name).expect("lower")
+}

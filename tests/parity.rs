@@ -165,6 +165,64 @@ fn efficientnet_lite0_onnx_export_matches_pytorch_reference() {
     check("onnx efficientnet_lite0 logits", &l, get(&fx, "logits"));
 }
 
+/// The shared checkpoint and fixture stem of each architecture that has one.
+fn shared_stem(arch: &str) -> Option<&'static str> {
+    Some(match arch {
+        "xception" => "xception_imagenet_notop",
+        "inception_v3" => "inception_v3_nsfwjs_notop",
+        "efficientnet_lite0" => "efficientnet_lite0_imagenet",
+        _ => return None,
+    })
+}
+
+/// Every registered ONNX emitter (what `runner export` writes) computes
+/// what its native backbone computes: the emitted graph, run by runner's
+/// own evaluator on the fixture images, against `forward_features` on the
+/// same checkpoint, and against the reference framework's features.
+#[test]
+fn every_onnx_emitter_matches_its_native_backbone() {
+    let mut checked = Vec::new();
+    for entry in models::registry::all().filter(|e| e.to_onnx.is_some()) {
+        let stem = shared_stem(entry.name).unwrap_or_else(|| {
+            panic!(
+                "{}: no shared checkpoint to check its emitter on",
+                entry.name
+            )
+        });
+        let fx = fixture(stem);
+        let (arch, model) = load(entry.name, stem);
+        let spec = BackboneSpec::pretrained(arch, models_dir().join(format!("{stem}.safetensors")))
+            .expect("native");
+        let program = crate::common::emitted_backbone(&spec);
+        let (x, _) = inputs(&fx);
+        let native = model.forward_features(&x).expect("native forward");
+        let t = Instant::now();
+        let ours = program.run(x).expect("run the emitted graph");
+        println!(
+            "emitted {}: batch 4 in {:.2} s",
+            arch.name(),
+            t.elapsed().as_secs_f64()
+        );
+        check(
+            &format!("emitted {} vs native", arch.name()),
+            &ours,
+            &native,
+        );
+        check(
+            &format!("emitted {} vs reference", arch.name()),
+            &ours,
+            get(&fx, "features"),
+        );
+        checked.push(entry.name);
+    }
+    for name in ["xception", "inception_v3", "efficientnet_lite0"] {
+        assert!(
+            checked.contains(&name),
+            "{name} has no emitter: {checked:?}"
+        );
+    }
+}
+
 /// The portable path (what the layers run on a GPU) checked on the CPU
 /// against the same references: every native backbone, image and flip,
 /// with the project's device kernels (their CPU twins) and with candle's

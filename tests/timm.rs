@@ -169,6 +169,39 @@ fn inception_v3_timm_names_match_timm_inception_v3() {
     check("inception_v3", &model, 299);
 }
 
+/// The ONNX emitters read timm-named checkpoints too and then compute what
+/// timm computes (symmetric max pool padding in Xception, average pools
+/// counting the padding in InceptionV3): the emitted graph, run by runner's
+/// evaluator, against the native backbone and timm's features.
+#[test]
+fn onnx_emitters_of_timm_named_checkpoints_match_native_and_timm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (arch, fixture) in [
+        ("xception", "legacy_xception"),
+        ("inception_v3", "inception_v3"),
+    ] {
+        let path = dir.path().join(format!("{fixture}.safetensors"));
+        candle_core::safetensors::save(&state_dict(fixture), &path).expect("save");
+        let spec = BackboneSpec::pretrained(Arch::from_name(arch).expect("registered"), &path)
+            .expect("native");
+        let native = models::create(&spec, &Device::Cpu).expect("load");
+        let program = crate::common::emitted_backbone(&spec);
+        let want = reference(fixture);
+        let batch = want.dim(0).expect("batch");
+        let x = generated_tensor("input", &[batch, 3, spec.input_size, spec.input_size]);
+        let f = native.forward_features(&x).expect("native forward");
+        let ours = program.run(x).expect("run the emitted graph");
+        for (label, other) in [("native", &f), ("timm", &want)] {
+            let e = rel_err(&ours, other);
+            println!("emitted {arch} (timm names): max|onnx - {label}| / max|{label}| = {e:.3e}");
+            assert!(
+                e <= REL_TOL,
+                "emitted {arch} (timm names) vs {label}: relative error {e:.3e} > {REL_TOL:.0e}"
+            );
+        }
+    }
+}
+
 /// ResNet fixture `name` loaded with its registered config: timm's and
 /// torchvision's `resnet*` share these names and, on the same weights, agree
 /// exactly (asserted by the fixture script).

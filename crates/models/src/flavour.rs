@@ -58,6 +58,14 @@ impl Flavour {
     }
 }
 
+/// A convolution with its BatchNorm folded in.
+pub struct FoldedConv {
+    /// OIHW, flattened.
+    pub kernel: Vec<f32>,
+    pub dims: [usize; 4],
+    pub bias: Vec<f32>,
+}
+
 /// How one architecture reads a checkpoint of a given [`Flavour`]: tensor
 /// layouts and the BatchNorm numerics.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -129,6 +137,22 @@ impl Convention {
         Ok(bn)
     }
 
+    /// The dense kernel `kernel` (no bias) with the BatchNorm `bn` folded in.
+    pub fn folded_conv(
+        &self,
+        w: &Weights,
+        kernel: &str,
+        bn: &str,
+    ) -> Result<FoldedConv, ModelError> {
+        let (mut k, dims) = self.conv_kernel(w, kernel)?;
+        let bias = self.bn(w, bn, dims[0])?.fold_into(&mut k, None);
+        Ok(FoldedConv {
+            kernel: k,
+            dims,
+            bias,
+        })
+    }
+
     /// `act(bn(conv(x)))` with the BatchNorm folded: kernel tensor `kernel`
     /// (no bias), BatchNorm `bn`, stride, padding and activation `cfg`.
     pub fn conv_bn(
@@ -139,9 +163,8 @@ impl Convention {
         cfg: Conv2dConfig,
         device: &Device,
     ) -> Result<Conv2d, ModelError> {
-        let (mut k, shape) = self.conv_kernel(w, kernel)?;
-        let bias = self.bn(w, bn, shape[0])?.fold_into(&mut k, None);
-        let weight = w.tensor(k, &shape, device)?;
-        Conv2d::new(weight, bias, cfg).map_err(|e| w.candle_err(e))
+        let f = self.folded_conv(w, kernel, bn)?;
+        let weight = w.tensor(f.kernel, &f.dims, device)?;
+        Conv2d::new(weight, f.bias, cfg).map_err(|e| w.candle_err(e))
     }
 }

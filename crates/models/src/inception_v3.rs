@@ -26,11 +26,12 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
-use super::flavour::{Convention, Flavour};
+use super::flavour::{Convention, Flavour, FoldedConv};
 use super::layers::{
     avg_pool2d_same_exclude_pad, concat_channels, global_avg_pool, max_pool2d, Act, Conv2d,
     Conv2dConfig, DepthwiseConfig, DepthwiseConv2d, Pad4, Padding, Weights,
 };
+use super::onnx::build::{window_pads, GraphBuilder};
 use super::registry::{self, ModelEntry, Probe};
 use super::{Backbone, ModelError};
 
@@ -39,7 +40,7 @@ const ARCH: &str = "inception_v3";
 /// Keras' and timm's preprocessing and input size for Inception-v3.
 pub const CFG: PretrainedCfg = PretrainedCfg::new(299, Preprocess::Inception, 2048);
 
-pub const MODELS: &[ModelEntry] = &[ModelEntry::native(ARCH, CFG, probes, load)];
+pub const MODELS: &[ModelEntry] = &[ModelEntry::native(ARCH, CFG, probes, load).with_onnx(to_onnx)];
 
 /// The first and last convolutions in each naming (Keras numbers 94; the
 /// first four alone would also be Xception's shortcuts).
@@ -149,20 +150,52 @@ pub fn torch_modules() -> Vec<String> {
     stem.chain(mixed).collect()
 }
 
-/// Hands out the `conv2d_bn` layers in Keras creation order.
-struct Seq<'a> {
+/// Hands out the `conv2d_bn` layers' folded weights in Keras creation order.
+struct Layers<'a> {
     w: &'a Weights,
     conv: Convention,
-    device: &'a Device,
     /// `(kernel tensor, BatchNorm)` of every layer, in order.
     names: Vec<(String, String)>,
     next: usize,
 }
 
-impl Seq<'_> {
-    /// Keras `conv2d_bn(x, filters, kh, kw, padding, strides)`; the kernel
-    /// size and filters come from the checkpoint.
-    fn conv(&mut self, stride: usize, padding: Padding) -> Result<Conv2d, ModelError> {
+impl<'a> Layers<'a> {
+    /// The checkpoint's layers in its naming.
+    fn new(w: &'a Weights) -> Result<Self, ModelError> {
+        let (conv, names) = match registry::detect_flavour(w, &probes())? {
+            Flavour::Keras => (
+                Convention::keras(false),
+                (1..=94)
+                    .map(|i| {
+                        (
+                            format!("conv2d_{i}/kernel"),
+                            format!("batch_normalization_{i}"),
+                        )
+                    })
+                    .collect(),
+            ),
+            Flavour::Torch => (
+                Convention::torch(TORCH_BN_EPS),
+                torch_modules()
+                    .into_iter()
+                    .map(|m| (format!("{m}.conv.weight"), format!("{m}.bn")))
+                    .collect(),
+            ),
+        };
+        Ok(Self {
+            w,
+            conv,
+            names,
+            next: 0,
+        })
+    }
+
+    fn flavour(&self) -> Flavour {
+        self.conv.flavour
+    }
+
+    /// The next layer, its BatchNorm folded in.
+    fn take(&mut self) -> Result<FoldedConv, ModelError> {
         let Some((kernel, bn)) = self.names.get(self.next) else {
             return Err(self.w.candle_err(candle_core::Error::Msg(format!(
                 "layer {} asked for, the network has {}",
@@ -171,12 +204,29 @@ impl Seq<'_> {
             ))));
         };
         self.next += 1;
+        self.conv.folded_conv(self.w, kernel, bn)
+    }
+}
+
+/// Builds the `conv2d_bn` layers in Keras creation order.
+struct Seq<'a> {
+    layers: Layers<'a>,
+    device: &'a Device,
+}
+
+impl Seq<'_> {
+    /// Keras `conv2d_bn(x, filters, kh, kw, padding, strides)`; the kernel
+    /// size and filters come from the checkpoint.
+    fn conv(&mut self, stride: usize, padding: Padding) -> Result<Conv2d, ModelError> {
+        let f = self.layers.take()?;
         let cfg = Conv2dConfig {
             stride,
             padding,
             act: Act::Relu,
         };
-        self.conv.conv_bn(self.w, kernel, bn, cfg, self.device)
+        let w = self.layers.w;
+        Conv2d::new(w.tensor(f.kernel, &f.dims, self.device)?, f.bias, cfg)
+            .map_err(|e| w.candle_err(e))
     }
 
     fn same(&mut self) -> Result<Conv2d, ModelError> {
@@ -190,7 +240,7 @@ impl Seq<'_> {
     /// `branch_pool`: the 3x3 stride-1 average pool, then its convolution.
     fn branch_pool(&mut self) -> Result<BranchPool, ModelError> {
         let conv = self.same()?;
-        let pool = match self.conv.flavour {
+        let pool = match self.layers.flavour() {
             Flavour::Keras => AvgPool::ExcludePad,
             Flavour::Torch => {
                 // Sum of the 9 taps (zero padding counted) / 9: a depthwise
@@ -201,7 +251,7 @@ impl Seq<'_> {
                     ..DepthwiseConfig::default()
                 };
                 let dw = DepthwiseConv2d::new(vec![1.0 / 9.0; c * 9], (c, 3, 3), None, cfg)
-                    .map_err(|e| self.w.candle_err(e))?;
+                    .map_err(|e| self.layers.w.candle_err(e))?;
                 AvgPool::IncludePad(dw)
             }
         };
@@ -405,34 +455,11 @@ impl InceptionV3 {
     }
 
     pub fn from_weights(w: &Weights, device: &Device) -> Result<Self, ModelError> {
-        let flavour = registry::detect_flavour(w, &probes())?;
-        let (conv, names) = match flavour {
-            Flavour::Keras => (
-                Convention::keras(false),
-                (1..=94)
-                    .map(|i| {
-                        (
-                            format!("conv2d_{i}/kernel"),
-                            format!("batch_normalization_{i}"),
-                        )
-                    })
-                    .collect(),
-            ),
-            Flavour::Torch => (
-                Convention::torch(TORCH_BN_EPS),
-                torch_modules()
-                    .into_iter()
-                    .map(|m| (format!("{m}.conv.weight"), format!("{m}.bn")))
-                    .collect(),
-            ),
-        };
         let mut s = Seq {
-            w,
-            conv,
+            layers: Layers::new(w)?,
             device,
-            names,
-            next: 0,
         };
+        let flavour = s.layers.flavour();
         let stem = [
             s.valid(2)?, // conv2d_1: 3x3/2, 32
             s.valid(1)?, // conv2d_2: 3x3, 32
@@ -491,6 +518,147 @@ impl Backbone for InceptionV3 {
 
     fn num_features(&self) -> usize {
         CFG.num_features
+    }
+}
+
+/// The network as ONNX nodes, from the same layers in the same order and
+/// with the same folding as [`InceptionV3::from_weights`]: `Conv` (BatchNorm
+/// folded) + `Relu`, `MaxPool` and `AveragePool` (padding excluded from
+/// the mean for Keras checkpoints, counted for PyTorch ones), `Concat` of
+/// the branches, `GlobalAveragePool`.
+fn to_onnx(spec: &BackboneSpec, g: &mut GraphBuilder, input: &str) -> Result<String, ModelError> {
+    let w = Weights::read(ARCH, &spec.weights)?;
+    let mut e = Emitter {
+        layers: Layers::new(&w)?,
+        g,
+    };
+    let hw = (spec.input_size, spec.input_size);
+    let (x, hw) = e.valid(input, hw, 2)?; // conv2d_1
+    let (x, hw) = e.valid(&x, hw, 1)?; // conv2d_2
+    let x = e.same(&x, hw)?; // conv2d_3
+    let (x, hw) = e.max_pool(&x, hw)?;
+    let (x, hw) = e.valid(&x, hw, 1)?; // conv2d_4
+    let (x, hw) = e.valid(&x, hw, 1)?; // conv2d_5
+    let (mut x, hw) = e.max_pool(&x, hw)?;
+    for _ in 0..3 {
+        // BlockA: 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool-1x1.
+        let b1 = e.same(&x, hw)?;
+        let b5 = e.same_chain(&x, hw, 2)?;
+        let b3 = e.same_chain(&x, hw, 3)?;
+        let bp = e.branch_pool(&x, hw)?;
+        x = e.g.concat(&[b1, b5, b3, bp], 1);
+    }
+    // BlockB: 3x3/2 | 1x1-3x3-3x3/2 | maxpool/2.
+    let (b3, out) = e.valid(&x, hw, 2)?;
+    let bd = e.same_chain(&x, hw, 2)?;
+    let (bd, _) = e.valid(&bd, hw, 2)?;
+    let (bp, _) = e.max_pool(&x, hw)?;
+    let (mut x, hw) = (e.g.concat(&[b3, bd, bp], 1), out);
+    for _ in 0..4 {
+        // BlockC: 1x1 | 1x1-1x7-7x1 | 1x1-7x1-1x7-7x1-1x7 | avgpool-1x1.
+        let b1 = e.same(&x, hw)?;
+        let b7 = e.same_chain(&x, hw, 3)?;
+        let bd = e.same_chain(&x, hw, 5)?;
+        let bp = e.branch_pool(&x, hw)?;
+        x = e.g.concat(&[b1, b7, bd, bp], 1);
+    }
+    // BlockD: 1x1-3x3/2 | 1x1-1x7-7x1-3x3/2 | maxpool/2.
+    let b3 = e.same(&x, hw)?;
+    let (b3, out) = e.valid(&b3, hw, 2)?;
+    let b7 = e.same_chain(&x, hw, 3)?;
+    let (b7, _) = e.valid(&b7, hw, 2)?;
+    let (bp, _) = e.max_pool(&x, hw)?;
+    let (mut x, hw) = (e.g.concat(&[b3, b7, bp], 1), out);
+    for _ in 0..2 {
+        // BlockE: 1x1 | 1x1-(1x3, 3x1) | 1x1-3x3-(1x3, 3x1) | avgpool-1x1.
+        let b1 = e.same(&x, hw)?;
+        let b3 = e.same(&x, hw)?;
+        let b3a = e.same(&b3, hw)?;
+        let b3b = e.same(&b3, hw)?;
+        let bd = e.same_chain(&x, hw, 2)?;
+        let bda = e.same(&bd, hw)?;
+        let bdb = e.same(&bd, hw)?;
+        let bp = e.branch_pool(&x, hw)?;
+        x = e.g.concat(&[b1, b3a, b3b, bda, bdb, bp], 1);
+    }
+    Ok(e.g.global_avg_pool(&x))
+}
+
+/// Writes the `conv2d_bn` layers, in Keras creation order, and the pools
+/// into a graph; each takes its input's name and spatial size.
+struct Emitter<'a> {
+    layers: Layers<'a>,
+    g: &'a mut GraphBuilder,
+}
+
+impl Emitter<'_> {
+    fn pads(
+        &self,
+        padding: Padding,
+        hw: (usize, usize),
+        kernel: (usize, usize),
+        stride: usize,
+    ) -> Result<([usize; 4], (usize, usize)), ModelError> {
+        window_pads(padding, hw, kernel, stride).map_err(|e| self.layers.w.candle_err(e))
+    }
+
+    /// The next `conv2d_bn`: convolution, folded BN, ReLU.
+    fn conv(
+        &mut self,
+        x: &str,
+        hw: (usize, usize),
+        stride: usize,
+        padding: Padding,
+    ) -> Result<(String, (usize, usize)), ModelError> {
+        let f = self.layers.take()?;
+        let (pads, out) = self.pads(padding, hw, (f.dims[2], f.dims[3]), stride)?;
+        let y = self.g.conv(x, f.kernel, f.dims, f.bias, stride, pads, 1);
+        Ok((self.g.relu(&y), out))
+    }
+
+    fn same(&mut self, x: &str, hw: (usize, usize)) -> Result<String, ModelError> {
+        Ok(self.conv(x, hw, 1, Padding::Same)?.0)
+    }
+
+    /// `n` stride-1 "same" layers in a row.
+    fn same_chain(&mut self, x: &str, hw: (usize, usize), n: usize) -> Result<String, ModelError> {
+        let mut y = x.to_string();
+        for _ in 0..n {
+            y = self.same(&y, hw)?;
+        }
+        Ok(y)
+    }
+
+    fn valid(
+        &mut self,
+        x: &str,
+        hw: (usize, usize),
+        stride: usize,
+    ) -> Result<(String, (usize, usize)), ModelError> {
+        self.conv(x, hw, stride, Padding::Valid)
+    }
+
+    /// The unpadded 3x3/2 max pool.
+    fn max_pool(
+        &mut self,
+        x: &str,
+        hw: (usize, usize),
+    ) -> Result<(String, (usize, usize)), ModelError> {
+        let (pads, out) = self.pads(Padding::Valid, hw, (3, 3), 2)?;
+        Ok((self.g.max_pool(x, (3, 3), 2, pads), out))
+    }
+
+    /// [`BranchPool`]: the 3x3 stride-1 average pool as the checkpoint's
+    /// framework computes it, then the next layer.
+    fn branch_pool(&mut self, x: &str, hw: (usize, usize)) -> Result<String, ModelError> {
+        let pooled = match self.layers.flavour() {
+            Flavour::Keras => {
+                let (pads, _) = self.pads(Padding::Same, hw, (3, 3), 1)?;
+                self.g.avg_pool(x, (3, 3), 1, pads, false)
+            }
+            Flavour::Torch => self.g.avg_pool(x, (3, 3), 1, [1; 4], true),
+        };
+        self.same(&pooled, hw)
     }
 }
 

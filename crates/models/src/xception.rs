@@ -36,6 +36,7 @@ use super::layers::{
     blocked_max_pool, global_avg_pool, max_pool2d, Act, BlockedConv1x1, BlockedDepthwise, Conv2d,
     Conv2dConfig, DepthwiseConfig, DepthwiseConv2d, Padding, Weights,
 };
+use super::onnx::build::{window_pads, GraphBuilder};
 use super::registry::{self, ModelEntry, Probe};
 use super::{Backbone, ModelError};
 use runner_kernels::nchwc::{self, Blocked};
@@ -45,7 +46,7 @@ const ARCH: &str = "xception";
 /// Keras' and timm's preprocessing and input size for Xception.
 pub const CFG: PretrainedCfg = PretrainedCfg::new(299, Preprocess::Inception, 2048);
 
-pub const MODELS: &[ModelEntry] = &[ModelEntry::native(ARCH, CFG, probes, load)];
+pub const MODELS: &[ModelEntry] = &[ModelEntry::native(ARCH, CFG, probes, load).with_onnx(to_onnx)];
 
 /// The first and last convolutions in each naming (the map is
 /// `Layer::names`).
@@ -68,6 +69,19 @@ fn load(spec: &BackboneSpec, device: &Device) -> Result<Box<dyn Backbone>, Model
 
 /// timm's `legacy_xception` uses PyTorch's default BatchNorm epsilon.
 const TIMM_BN_EPS: f32 = 1e-5;
+
+/// Kernel layouts and BatchNorm numerics of a checkpoint of `flavour`.
+fn convention(flavour: Flavour) -> Convention {
+    match flavour {
+        Flavour::Keras => Convention::keras(true),
+        Flavour::Torch => Convention::torch(TIMM_BN_EPS),
+    }
+}
+
+/// The 3x3/2 max pool of the entry-flow blocks and block 13.
+fn pool_padding(flavour: Flavour) -> Padding {
+    flavour.padding(Padding::Same, 1)
+}
 
 /// One convolution of Xception (with its BatchNorm), by its place in the
 /// network, Keras numbering.
@@ -132,6 +146,61 @@ impl Layer {
             ),
         }
     }
+
+    /// The kernel tensor and BatchNorm of a dense layer (stem, shortcut).
+    fn dense_tensors(self, flavour: Flavour) -> (String, String) {
+        let (conv, bn) = self.names(flavour);
+        let kernel = match flavour {
+            Flavour::Keras => format!("{conv}/kernel"),
+            Flavour::Torch => format!("{conv}.weight"),
+        };
+        (kernel, bn)
+    }
+}
+
+/// Separable convolution `i` of block `block` with its BatchNorm folded into
+/// the pointwise part.
+struct SepWeights {
+    /// `(C, kh, kw)`, flattened.
+    dw: Vec<f32>,
+    dw_dims: [usize; 3],
+    /// OIHW `(C_out, C, 1, 1)`, flattened, BatchNorm folded.
+    pw: Vec<f32>,
+    pw_dims: [usize; 4],
+    bias: Vec<f32>,
+}
+
+impl SepWeights {
+    fn read(w: &Weights, conv: Convention, block: usize, i: usize) -> Result<Self, ModelError> {
+        let (name, bn) = Layer::Sep { block, i }.names(conv.flavour);
+        let (dw_name, pw_name) = match conv.flavour {
+            Flavour::Keras => (
+                format!("{name}/depthwise_kernel"),
+                format!("{name}/pointwise_kernel"),
+            ),
+            Flavour::Torch => (
+                format!("{name}.conv1.weight"),
+                format!("{name}.pointwise.weight"),
+            ),
+        };
+        let (dw, dw_dims) = conv.depthwise_kernel(w, &dw_name)?;
+        let (mut pw, pw_dims) = conv.conv_kernel(w, &pw_name)?;
+        if pw_dims[1] != dw_dims[0] || pw_dims[2..] != [1, 1] {
+            return Err(w.shape_err(
+                &pw_name,
+                vec![pw_dims[0], dw_dims[0], 1, 1],
+                pw_dims.to_vec(),
+            ));
+        }
+        let bias = conv.bn(w, &bn, pw_dims[0])?.fold_into(&mut pw, None);
+        Ok(Self {
+            dw,
+            dw_dims,
+            pw,
+            pw_dims,
+            bias,
+        })
+    }
 }
 
 /// A checkpoint and what its naming implies.
@@ -154,22 +223,13 @@ impl Loader<'_> {
         padding: Padding,
         act: Act,
     ) -> Result<Conv2d, ModelError> {
-        let (conv, bn) = layer.names(self.flavour());
-        let kernel = match self.flavour() {
-            Flavour::Keras => format!("{conv}/kernel"),
-            Flavour::Torch => format!("{conv}.weight"),
-        };
+        let (kernel, bn) = layer.dense_tensors(self.flavour());
         let cfg = Conv2dConfig {
             stride,
             padding,
             act,
         };
         self.conv.conv_bn(self.w, &kernel, &bn, cfg, self.device)
-    }
-
-    /// The 3x3/2 max pool of the entry-flow blocks and block 13.
-    fn pool_padding(&self) -> Padding {
-        self.flavour().padding(Padding::Same, 1)
     }
 }
 
@@ -190,37 +250,21 @@ impl SepConv {
         out_act: Act,
     ) -> Result<Self, ModelError> {
         let (w, device) = (l.w, l.device);
-        let (name, bn) = Layer::Sep { block, i }.names(l.flavour());
-        let (dw_name, pw_name) = match l.flavour() {
-            Flavour::Keras => (
-                format!("{name}/depthwise_kernel"),
-                format!("{name}/pointwise_kernel"),
-            ),
-            Flavour::Torch => (
-                format!("{name}.conv1.weight"),
-                format!("{name}.pointwise.weight"),
-            ),
-        };
-        let (dk, dshape) = l.conv.depthwise_kernel(w, &dw_name)?;
+        let s = SepWeights::read(w, l.conv, block, i)?;
+        let [c, kh, kw] = s.dw_dims;
         let cfg = DepthwiseConfig {
             padding: Padding::Same,
             in_act,
             ..DepthwiseConfig::default()
         };
-        let dw = DepthwiseConv2d::new(dk, (dshape[0], dshape[1], dshape[2]), None, cfg)
-            .map_err(|e| w.candle_err(e))?;
-        let (mut pk, pshape) = l.conv.conv_kernel(w, &pw_name)?;
-        if pshape[1] != dshape[0] || pshape[2..] != [1, 1] {
-            return Err(w.shape_err(&pw_name, vec![pshape[0], dshape[0], 1, 1], pshape.to_vec()));
-        }
-        let bias = l.conv.bn(w, &bn, pshape[0])?.fold_into(&mut pk, None);
+        let dw = DepthwiseConv2d::new(s.dw, (c, kh, kw), None, cfg).map_err(|e| w.candle_err(e))?;
         let cfg = Conv2dConfig {
             stride: 1,
             padding: Padding::Same,
             act: out_act,
         };
-        let pw =
-            Conv2d::new(w.tensor(pk, &pshape, device)?, bias, cfg).map_err(|e| w.candle_err(e))?;
+        let pw = Conv2d::new(w.tensor(s.pw, &s.pw_dims, device)?, s.bias, cfg)
+            .map_err(|e| w.candle_err(e))?;
         Ok(Self { dw, pw })
     }
 
@@ -251,7 +295,7 @@ impl DownBlock {
         Ok(Self {
             sep1: SepConv::load(l, block, 1, in_act, Act::Relu)?,
             sep2: SepConv::load(l, block, 2, Act::None, Act::None)?,
-            pool_padding: l.pool_padding(),
+            pool_padding: pool_padding(l.flavour()),
             residual: l.conv_bn(Layer::Shortcut { block }, 2, Padding::Same, Act::None)?,
         })
     }
@@ -423,11 +467,11 @@ impl Xception {
 
     pub fn from_weights(w: &Weights, device: &Device) -> Result<Self, ModelError> {
         let flavour = registry::detect_flavour(w, &probes())?;
-        let conv = match flavour {
-            Flavour::Keras => Convention::keras(true),
-            Flavour::Torch => Convention::torch(TIMM_BN_EPS),
+        let l = Loader {
+            w,
+            conv: convention(flavour),
+            device,
         };
-        let l = Loader { w, conv, device };
         let stem =
             |i: usize, stride: usize| l.conv_bn(Layer::Stem(i), stride, Padding::Valid, Act::Relu);
         Ok(Self {
@@ -490,6 +534,140 @@ impl Backbone for Xception {
 
     fn num_features(&self) -> usize {
         CFG.num_features
+    }
+}
+
+/// The network as ONNX nodes, from the same checkpoint tensors, names,
+/// folding and padding as [`Xception::from_weights`]: `Conv` (BatchNorm
+/// folded; a separable convolution as a depthwise `Conv` with `group = C`
+/// and a pointwise one), explicit `Relu` where the native layers fuse
+/// theirs, `MaxPool` padded as the checkpoint's framework pads, `Add` for the
+/// shortcuts, `GlobalAveragePool`.
+fn to_onnx(spec: &BackboneSpec, g: &mut GraphBuilder, input: &str) -> Result<String, ModelError> {
+    let w = Weights::read(ARCH, &spec.weights)?;
+    let flavour = registry::detect_flavour(&w, &probes())?;
+    let mut e = Emitter {
+        w: &w,
+        conv: convention(flavour),
+        g,
+    };
+    let hw = (spec.input_size, spec.input_size);
+    let (x, hw) = e.conv_bn(Layer::Stem(1), input, hw, 2)?;
+    let (mut x, mut hw) = e.conv_bn(Layer::Stem(2), &x, hw, 1)?;
+    for (block, pre_relu) in [(2, false), (3, true), (4, true)] {
+        (x, hw) = e.down_block(block, &x, hw, pre_relu)?;
+    }
+    for block in 5..=12 {
+        let y = e.sep(block, 1, &x, hw, true, true)?;
+        let y = e.sep(block, 2, &y, hw, false, true)?;
+        let y = e.sep(block, 3, &y, hw, false, false)?;
+        x = e.g.node("Add", &[&y, &x], vec![]);
+    }
+    let (x, hw) = e.down_block(13, &x, hw, true)?;
+    let x = e.sep(14, 1, &x, hw, false, true)?;
+    let x = e.sep(14, 2, &x, hw, false, true)?;
+    Ok(e.g.global_avg_pool(&x))
+}
+
+/// Writes Xception's layers into a graph; each takes its input's name and
+/// spatial size.
+struct Emitter<'a> {
+    w: &'a Weights,
+    conv: Convention,
+    g: &'a mut GraphBuilder,
+}
+
+impl Emitter<'_> {
+    fn pads(
+        &self,
+        padding: Padding,
+        hw: (usize, usize),
+        kernel: (usize, usize),
+        stride: usize,
+    ) -> Result<([usize; 4], (usize, usize)), ModelError> {
+        window_pads(padding, hw, kernel, stride).map_err(|e| self.w.candle_err(e))
+    }
+
+    /// An unpadded stem convolution + BN + ReLU.
+    fn conv_bn(
+        &mut self,
+        layer: Layer,
+        x: &str,
+        hw: (usize, usize),
+        stride: usize,
+    ) -> Result<(String, (usize, usize)), ModelError> {
+        let (y, hw) = self.dense(layer, x, hw, stride)?;
+        Ok((self.g.relu(&y), hw))
+    }
+
+    /// A dense convolution + BN, no activation: the stem's unpadded, the
+    /// shortcuts' "same" (which for their 1x1 kernels pads nothing).
+    fn dense(
+        &mut self,
+        layer: Layer,
+        x: &str,
+        hw: (usize, usize),
+        stride: usize,
+    ) -> Result<(String, (usize, usize)), ModelError> {
+        let padding = match layer {
+            Layer::Stem(_) => Padding::Valid,
+            _ => Padding::Same,
+        };
+        let (kernel, bn) = layer.dense_tensors(self.conv.flavour);
+        let f = self.conv.folded_conv(self.w, &kernel, &bn)?;
+        let (pads, out) = self.pads(padding, hw, (f.dims[2], f.dims[3]), stride)?;
+        Ok((
+            self.g.conv(x, f.kernel, f.dims, f.bias, stride, pads, 1),
+            out,
+        ))
+    }
+
+    /// Separable convolution `i` of `block` + BN: `[relu] -> depthwise ->
+    /// pointwise -> [relu]`, stride 1, "same".
+    fn sep(
+        &mut self,
+        block: usize,
+        i: usize,
+        x: &str,
+        hw: (usize, usize),
+        in_relu: bool,
+        out_relu: bool,
+    ) -> Result<String, ModelError> {
+        let s = SepWeights::read(self.w, self.conv, block, i)?;
+        let x = if in_relu {
+            self.g.relu(x)
+        } else {
+            x.to_string()
+        };
+        let [c, kh, kw] = s.dw_dims;
+        let (pads, _) = self.pads(Padding::Same, hw, (kh, kw), 1)?;
+        let y = self
+            .g
+            .conv(&x, s.dw, [c, 1, kh, kw], vec![0.0; c], 1, pads, c);
+        let y = self.g.conv(&y, s.pw, s.pw_dims, s.bias, 1, [0; 4], 1);
+        Ok(if out_relu { self.g.relu(&y) } else { y })
+    }
+
+    /// [`DownBlock`]: two separable convolutions and a 3x3/2 max pool, plus
+    /// the strided 1x1 shortcut on the block input (before its ReLU).
+    fn down_block(
+        &mut self,
+        block: usize,
+        x: &str,
+        hw: (usize, usize),
+        pre_relu: bool,
+    ) -> Result<(String, (usize, usize)), ModelError> {
+        let (residual, residual_hw) = self.dense(Layer::Shortcut { block }, x, hw, 2)?;
+        let y = self.sep(block, 1, x, hw, pre_relu, true)?;
+        let y = self.sep(block, 2, &y, hw, false, false)?;
+        let (pads, out) = self.pads(pool_padding(self.conv.flavour), hw, (3, 3), 2)?;
+        if out != residual_hw {
+            return Err(self.w.candle_err(candle_core::Error::Msg(format!(
+                "block{block}: pooled {out:?} but shortcut {residual_hw:?} at input {hw:?}"
+            ))));
+        }
+        let y = self.g.max_pool(&y, (3, 3), 2, pads);
+        Ok((self.g.node("Add", &[&y, &residual], vec![]), out))
     }
 }
 

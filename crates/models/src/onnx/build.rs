@@ -7,6 +7,7 @@
 //! and onnxruntime and runner's own evaluator both read it.
 
 use super::onnx_pb as onnx;
+use crate::layers::Padding;
 use onnx::attribute_proto::AttributeType;
 use onnx::tensor_proto::DataType;
 use onnx::tensor_shape_proto::{dimension, Dimension};
@@ -233,6 +234,46 @@ impl GraphBuilder {
         self.node("Clip", &[x, &lo, &hi], vec![])
     }
 
+    /// `max(x, 0)`.
+    pub fn relu(&mut self, x: &str) -> String {
+        self.node("Relu", &[x], vec![])
+    }
+
+    /// `MaxPool` with a `kernel` window, one stride for both axes and pads
+    /// `[top, left, bottom, right]`; padded positions never win.
+    pub fn max_pool(
+        &mut self,
+        x: &str,
+        kernel: (usize, usize),
+        stride: usize,
+        pads: [usize; 4],
+    ) -> String {
+        let attrs = pool_attrs(kernel, stride, pads);
+        self.node("MaxPool", &[x], attrs)
+    }
+
+    /// `AveragePool` like [`GraphBuilder::max_pool`]; `count_include_pad`:
+    /// whether padded positions count in the mean (PyTorch's default) or
+    /// not (Keras / TF).
+    pub fn avg_pool(
+        &mut self,
+        x: &str,
+        kernel: (usize, usize),
+        stride: usize,
+        pads: [usize; 4],
+        count_include_pad: bool,
+    ) -> String {
+        let mut attrs = pool_attrs(kernel, stride, pads);
+        attrs.push(("count_include_pad", Attr::Int(count_include_pad.into())));
+        self.node("AveragePool", &[x], attrs)
+    }
+
+    /// `Concat` of `xs` along `axis`.
+    pub fn concat(&mut self, xs: &[String], axis: i64) -> String {
+        let refs: Vec<&str> = xs.iter().map(String::as_str).collect();
+        self.node("Concat", &refs, vec![("axis", Attr::Int(axis))])
+    }
+
     /// `(N, C, H, W)` -> `(N, C)`: the mean over height and width.
     pub fn global_avg_pool(&mut self, x: &str) -> String {
         let pooled = self.node("GlobalAveragePool", &[x], vec![]);
@@ -261,6 +302,32 @@ impl GraphBuilder {
             ..Default::default()
         }
     }
+}
+
+fn pool_attrs(kernel: (usize, usize), stride: usize, pads: [usize; 4]) -> Vec<(&'static str, Attr)> {
+    vec![
+        (
+            "kernel_shape",
+            Attr::Ints(vec![kernel.0 as i64, kernel.1 as i64]),
+        ),
+        ("strides", Attr::Ints(vec![stride as i64; 2])),
+        ("pads", Attr::Ints(pads.iter().map(|&p| p as i64).collect())),
+    ]
+}
+
+/// A native layer's padding rule resolved as its forward call resolves it,
+/// for an `hw` input and a `kernel` window with `stride`: ONNX `pads`
+/// (`[top, left, bottom, right]`) and the output size.
+pub fn window_pads(
+    padding: Padding,
+    hw: (usize, usize),
+    kernel: (usize, usize),
+    stride: usize,
+) -> candle_core::Result<([usize; 4], (usize, usize))> {
+    let g = padding.window(hw, kernel, stride);
+    let out = g.out_size(hw)?;
+    let p = g.pad;
+    Ok(([p.top, p.left, p.bottom, p.right], out))
 }
 
 /// TF "SAME" padding of a square `len x len` input for a `k x k` window
