@@ -304,7 +304,11 @@ impl GraphBuilder {
     }
 }
 
-fn pool_attrs(kernel: (usize, usize), stride: usize, pads: [usize; 4]) -> Vec<(&'static str, Attr)> {
+fn pool_attrs(
+    kernel: (usize, usize),
+    stride: usize,
+    pads: [usize; 4],
+) -> Vec<(&'static str, Attr)> {
     vec![
         (
             "kernel_shape",
