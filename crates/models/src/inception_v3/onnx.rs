@@ -4,7 +4,7 @@ use super::{Layers, ARCH};
 use crate::config::BackboneSpec;
 use crate::flavour::Flavour;
 use crate::layers::{Padding, Weights};
-use crate::onnx::build::{window_pads, GraphBuilder};
+use crate::onnx::build::{layer_pads, ConvAttrs, GraphBuilder};
 use crate::ModelError;
 
 /// The network as ONNX nodes, from the same layers in the same order and
@@ -82,16 +82,6 @@ struct Emitter<'a> {
 }
 
 impl Emitter<'_> {
-    fn pads(
-        &self,
-        padding: Padding,
-        hw: (usize, usize),
-        kernel: (usize, usize),
-        stride: usize,
-    ) -> Result<([usize; 4], (usize, usize)), ModelError> {
-        window_pads(padding, hw, kernel, stride).map_err(|e| self.layers.w.candle_err(e))
-    }
-
     /// The next `conv2d_bn`: convolution, folded BN, ReLU.
     fn conv(
         &mut self,
@@ -101,8 +91,13 @@ impl Emitter<'_> {
         padding: Padding,
     ) -> Result<(String, (usize, usize)), ModelError> {
         let f = self.layers.take()?;
-        let (pads, out) = self.pads(padding, hw, (f.dims[2], f.dims[3]), stride)?;
-        let y = self.g.conv(x, f.kernel, f.dims, f.bias, stride, pads, 1);
+        let (pads, out) = layer_pads(self.layers.w, padding, hw, (f.dims[2], f.dims[3]), stride)?;
+        let attrs = ConvAttrs {
+            stride,
+            pads,
+            ..ConvAttrs::default()
+        };
+        let y = self.g.conv(x, f.kernel, f.dims, f.bias, attrs);
         Ok((self.g.relu(&y), out))
     }
 
@@ -134,16 +129,16 @@ impl Emitter<'_> {
         x: &str,
         hw: (usize, usize),
     ) -> Result<(String, (usize, usize)), ModelError> {
-        let (pads, out) = self.pads(Padding::Valid, hw, (3, 3), 2)?;
+        let (pads, out) = layer_pads(self.layers.w, Padding::Valid, hw, (3, 3), 2)?;
         Ok((self.g.max_pool(x, (3, 3), 2, pads), out))
     }
 
-    /// [`super::BranchPool`]: the 3x3 stride-1 average pool as the checkpoint's
-    /// framework computes it, then the next layer.
+    /// [`super::BranchPool`]: the 3x3 stride-1 average pool as the
+    /// checkpoint's framework computes it, then the next layer.
     fn branch_pool(&mut self, x: &str, hw: (usize, usize)) -> Result<String, ModelError> {
         let pooled = match self.layers.flavour() {
             Flavour::Keras => {
-                let (pads, _) = self.pads(Padding::Same, hw, (3, 3), 1)?;
+                let (pads, _) = layer_pads(self.layers.w, Padding::Same, hw, (3, 3), 1)?;
                 self.g.avg_pool(x, (3, 3), 1, pads, false)
             }
             Flavour::Torch => self.g.avg_pool(x, (3, 3), 1, [1; 4], true),

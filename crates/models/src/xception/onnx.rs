@@ -4,7 +4,7 @@ use super::{convention, pool_padding, probes, Layer, SepWeights, ARCH};
 use crate::config::BackboneSpec;
 use crate::flavour::Convention;
 use crate::layers::{Padding, Weights};
-use crate::onnx::build::{window_pads, GraphBuilder};
+use crate::onnx::build::{layer_pads, ConvAttrs, GraphBuilder};
 use crate::registry;
 use crate::ModelError;
 
@@ -53,16 +53,6 @@ struct Emitter<'a> {
 }
 
 impl Emitter<'_> {
-    fn pads(
-        &self,
-        padding: Padding,
-        hw: (usize, usize),
-        kernel: (usize, usize),
-        stride: usize,
-    ) -> Result<([usize; 4], (usize, usize)), ModelError> {
-        window_pads(padding, hw, kernel, stride).map_err(|e| self.w.candle_err(e))
-    }
-
     /// An unpadded stem convolution + BN + ReLU.
     fn conv_bn(
         &mut self,
@@ -90,11 +80,13 @@ impl Emitter<'_> {
         };
         let (kernel, bn) = layer.dense_tensors(self.conv.flavour);
         let f = self.conv.folded_conv(self.w, &kernel, &bn)?;
-        let (pads, out) = self.pads(padding, hw, (f.dims[2], f.dims[3]), stride)?;
-        Ok((
-            self.g.conv(x, f.kernel, f.dims, f.bias, stride, pads, 1),
-            out,
-        ))
+        let (pads, out) = layer_pads(self.w, padding, hw, (f.dims[2], f.dims[3]), stride)?;
+        let attrs = ConvAttrs {
+            stride,
+            pads,
+            ..ConvAttrs::default()
+        };
+        Ok((self.g.conv(x, f.kernel, f.dims, f.bias, attrs), out))
     }
 
     /// Separable convolution `i` of `block` + BN: `[relu] -> depthwise ->
@@ -115,16 +107,24 @@ impl Emitter<'_> {
             x.to_string()
         };
         let [c, kh, kw] = s.dw_dims;
-        let (pads, _) = self.pads(Padding::Same, hw, (kh, kw), 1)?;
+        let (pads, _) = layer_pads(self.w, Padding::Same, hw, (kh, kw), 1)?;
+        let depthwise = ConvAttrs {
+            pads,
+            groups: c,
+            ..ConvAttrs::default()
+        };
         let y = self
             .g
-            .conv(&x, s.dw, [c, 1, kh, kw], vec![0.0; c], 1, pads, c);
-        let y = self.g.conv(&y, s.pw, s.pw_dims, s.bias, 1, [0; 4], 1);
+            .conv(&x, s.dw, [c, 1, kh, kw], vec![0.0; c], depthwise);
+        let y = self
+            .g
+            .conv(&y, s.pw, s.pw_dims, s.bias, ConvAttrs::default());
         Ok(if out_relu { self.g.relu(&y) } else { y })
     }
 
-    /// [`super::DownBlock`]: two separable convolutions and a 3x3/2 max pool, plus
-    /// the strided 1x1 shortcut on the block input (before its ReLU).
+    /// [`super::DownBlock`]: two separable convolutions and a 3x3/2 max
+    /// pool, plus the strided 1x1 shortcut on the block input (before its
+    /// ReLU).
     fn down_block(
         &mut self,
         block: usize,
@@ -135,7 +135,7 @@ impl Emitter<'_> {
         let (residual, residual_hw) = self.dense(Layer::Shortcut { block }, x, hw, 2)?;
         let y = self.sep(block, 1, x, hw, pre_relu, true)?;
         let y = self.sep(block, 2, &y, hw, false, false)?;
-        let (pads, out) = self.pads(pool_padding(self.conv.flavour), hw, (3, 3), 2)?;
+        let (pads, out) = layer_pads(self.w, pool_padding(self.conv.flavour), hw, (3, 3), 2)?;
         if out != residual_hw {
             return Err(self.w.candle_err(candle_core::Error::Msg(format!(
                 "block{block}: pooled {out:?} but shortcut {residual_hw:?} at input {hw:?}"
