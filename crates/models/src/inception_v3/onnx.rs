@@ -8,8 +8,8 @@ use crate::onnx::build::{layer_pads, ConvAttrs, GraphBuilder};
 use crate::ModelError;
 
 /// The network as ONNX nodes, from the same layers in the same order and
-/// with the same folding as [`super::InceptionV3::from_weights`]: `Conv` (BatchNorm
-/// folded) + `Relu`, `MaxPool` and `AveragePool` (padding excluded from
+/// with the same folding as [`super::InceptionV3::from_weights`]: `Conv`
+/// (BatchNorm folded) + `Relu`, `MaxPool` and `AveragePool` (padding excluded from
 /// the mean for Keras checkpoints, counted for PyTorch ones), `Concat` of
 /// the branches, `GlobalAveragePool`.
 pub(super) fn to_onnx(

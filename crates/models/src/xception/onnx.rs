@@ -9,11 +9,11 @@ use crate::registry;
 use crate::ModelError;
 
 /// The network as ONNX nodes, from the same checkpoint tensors, names,
-/// folding and padding as [`super::Xception::from_weights`]: `Conv` (BatchNorm
-/// folded; a separable convolution as a depthwise `Conv` with `group = C`
-/// and a pointwise one), explicit `Relu` where the native layers fuse
-/// theirs, `MaxPool` padded as the checkpoint's framework pads, `Add` for the
-/// shortcuts, `GlobalAveragePool`.
+/// folding and padding as [`super::Xception::from_weights`]: `Conv`
+/// (BatchNorm folded; a separable convolution as a depthwise `Conv` with
+/// `group = C` and a pointwise one), explicit `Relu` where the native layers
+/// fuse theirs, `MaxPool` padded as the checkpoint's framework pads, `Add`
+/// for the shortcuts, `GlobalAveragePool`.
 pub(super) fn to_onnx(
     spec: &BackboneSpec,
     g: &mut GraphBuilder,
@@ -26,9 +26,12 @@ pub(super) fn to_onnx(
         conv: convention(flavour),
         g,
     };
-    let hw = (spec.input_size, spec.input_size);
-    let (x, hw) = e.conv_bn(Layer::Stem(1), input, hw, 2)?;
-    let (mut x, mut hw) = e.conv_bn(Layer::Stem(2), &x, hw, 1)?;
+    let (mut x, mut hw) = (input.to_string(), (spec.input_size, spec.input_size));
+    // The unpadded stem convolutions + BN + ReLU.
+    for (i, stride) in [(1, 2), (2, 1)] {
+        let (y, out) = e.dense(Layer::Stem(i), &x, hw, stride)?;
+        (x, hw) = (e.g.relu(&y), out);
+    }
     for (block, pre_relu) in [(2, false), (3, true), (4, true)] {
         (x, hw) = e.down_block(block, &x, hw, pre_relu)?;
     }
@@ -53,18 +56,6 @@ struct Emitter<'a> {
 }
 
 impl Emitter<'_> {
-    /// An unpadded stem convolution + BN + ReLU.
-    fn conv_bn(
-        &mut self,
-        layer: Layer,
-        x: &str,
-        hw: (usize, usize),
-        stride: usize,
-    ) -> Result<(String, (usize, usize)), ModelError> {
-        let (y, hw) = self.dense(layer, x, hw, stride)?;
-        Ok((self.g.relu(&y), hw))
-    }
-
     /// A dense convolution + BN, no activation: the stem's unpadded, the
     /// shortcuts' "same" (which for their 1x1 kernels pads nothing).
     fn dense(
