@@ -74,22 +74,7 @@ impl Objective {
             .zip(w)
             .for_each(|(dst, &v)| *dst = v as f32);
         // Logits (rows x k) = X W, in the buffer that becomes G.
-        let w32 = DenseB::new(
-            MatRef {
-                data: &self.w32,
-                ld: k,
-            },
-            d,
-            k,
-        )
-        .map_err(candle_core::Error::wrap)?;
-        let out = Output {
-            data: &mut self.g32,
-            ld: k,
-            image_stride: 0,
-            accumulate: false,
-        };
-        kernels::gemm_packed(&self.xp, &[w32], out, None).map_err(candle_core::Error::wrap)?;
+        product(&self.xp, &self.w32, d, k, &mut self.g32)?;
 
         // Per row: log-sum-exp in f64, then G = (softmax - onehot) / rows
         // in place of the logits; db = column sums of G.
@@ -111,22 +96,7 @@ impl Objective {
                 *out = g as f32;
             }
         }
-        let g = DenseB::new(
-            MatRef {
-                data: &self.g32,
-                ld: k,
-            },
-            rows,
-            k,
-        )
-        .map_err(candle_core::Error::wrap)?;
-        let out = Output {
-            data: &mut self.gw32,
-            ld: k,
-            image_stride: 0,
-            accumulate: false,
-        };
-        kernels::gemm_packed(&self.xt, &[g], out, None).map_err(candle_core::Error::wrap)?;
+        product(&self.xt, &self.g32, rows, k, &mut self.gw32)?;
 
         let mut penalty = 0f64;
         for ((g, &g32), &w) in gw.iter_mut().zip(&self.gw32).zip(w) {
@@ -159,6 +129,18 @@ impl Objective {
         let h0 = self.preconditioner();
         lbfgs::minimise(|p, grad| self.eval(p, grad), h0, params)
     }
+}
+
+/// `out = a b` on the f32 GEMM: `a` packed, `b` row-major `inner x k`.
+fn product(a: &PackedA, b: &[f32], inner: usize, k: usize, out: &mut [f32]) -> Result<()> {
+    let b = DenseB::new(MatRef { data: b, ld: k }, inner, k).map_err(candle_core::Error::wrap)?;
+    let out = Output {
+        data: out,
+        ld: k,
+        image_stride: 0,
+        accumulate: false,
+    };
+    kernels::gemm_packed(a, &[b], out, None).map_err(candle_core::Error::wrap)
 }
 
 #[cfg(test)]
