@@ -45,15 +45,7 @@ pub struct Exported {
 
 /// Writes the model of the run in `run_dir` as ONNX to `out`.
 pub fn export(run_dir: &Path, from: Source, out: &Path) -> anyhow::Result<Exported> {
-    let spec_path = run_dir.join("spec.toml");
-    if !spec_path.is_file() {
-        bail!(
-            "{} is not a run directory (it has no spec.toml)",
-            run_dir.display()
-        );
-    }
-    let spec = crate::spec::load(&spec_path)?;
-    let model = Model::load(run_dir)?;
+    let (spec, model) = Model::load_with_spec(run_dir)?;
     let (graph, input, input_dims) = build(&spec, &model, from)?;
     let bytes = graph.encode_to_vec();
     crate::cache::write_atomic(out, &bytes)

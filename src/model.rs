@@ -166,6 +166,20 @@ impl Model {
         Ok(())
     }
 
+    /// The saved spec and the model of the finished run in `run_dir` (what
+    /// `runner predict` and `runner export` start from).
+    pub fn load_with_spec(run_dir: &Path) -> anyhow::Result<(Spec, Model)> {
+        let spec_path = run_dir.join("spec.toml");
+        if !spec_path.is_file() {
+            bail!(
+                "{} is not a run directory (it has no spec.toml)",
+                run_dir.display()
+            );
+        }
+        let spec = crate::spec::load(&spec_path)?;
+        Ok((spec, Model::load(run_dir)?))
+    }
+
     /// Reads `model/` of a run directory.
     pub fn load(run_dir: &Path) -> anyhow::Result<Model> {
         let dir = run_dir.join(MODEL_DIR);
@@ -291,12 +305,7 @@ mod tests {
     #[test]
     fn a_saved_model_reads_back_and_predicts_the_mean_of_its_heads() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = crate::spec::parse(
-            "name = \"m\"\nviews = [\"original\", \"hflip\"]\n[data]\nlayout = \"kaggle\"\nroot = \".\"\n[[backbone]]\narch = \"xception\"\nweights = \"w.safetensors\"\n",
-            "m.toml",
-            dir.path(),
-        )
-        .unwrap();
+        let spec = crate::spec::test_spec(dir.path(), "views = [\"original\", \"hflip\"]");
         let w = |s: f32| DenseWeights {
             weight: Matrix::new(2, 3, vec![s, 0.0, -s, 0.5, s, 0.0]),
             bias: vec![0.1, 0.0, -0.1],

@@ -60,18 +60,10 @@ pub fn predict(
     device: &Device,
     log: &Log,
 ) -> anyhow::Result<Predictions> {
-    let spec_path = run_dir.join("spec.toml");
-    if !spec_path.is_file() {
-        bail!(
-            "{} is not a run directory (it has no spec.toml)",
-            run_dir.display()
-        );
-    }
-    let spec = crate::spec::load(&spec_path)?;
-    let model = Model::load(run_dir)?;
+    let (spec, model) = Model::load_with_spec(run_dir)?;
     model
         .check_backbones(&spec, cache)
-        .with_context(|| format!("{}", spec_path.display()))?;
+        .with_context(|| format!("{}", run_dir.join("spec.toml").display()))?;
     let items = collect_images(images)?;
     let data = Dataset {
         classes: model.manifest.classes.clone(),

@@ -394,12 +394,7 @@ mod tests {
     #[test]
     fn a_manifest_reads_back_running_or_finished() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = crate::spec::parse(
-            "name = \"m\"\n[data]\nlayout = \"kaggle\"\nroot = \".\"\n[[backbone]]\narch = \"xception\"\nweights = \"w.safetensors\"\n",
-            "m.toml",
-            dir.path(),
-        )
-        .unwrap();
+        let spec = crate::spec::test_spec(dir.path(), "");
         let mut run = RunDir::create(dir.path(), &spec, None).unwrap();
         let read = |run: &RunDir| -> (String, Manifest) {
             let text = std::fs::read_to_string(run.file("run.json")).unwrap();

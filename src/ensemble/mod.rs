@@ -328,15 +328,12 @@ pub fn ensemble(
     propagation.push(final_score.clone());
     let table = crate::pipeline::propagation_table(&propagation);
 
-    let dir = write_run(
-        runs_root,
-        options,
-        dirs,
-        &data,
-        &rows,
-        &nested,
-        test.as_ref(),
-        EnsembleMetrics {
+    let results = EnsembleResults {
+        data: &data,
+        rows: &rows,
+        oof: &nested,
+        test: test.as_ref(),
+        metrics: EnsembleMetrics {
             name: options.name.clone(),
             classes: data.classes.clone(),
             method: options.method,
@@ -345,21 +342,38 @@ pub fn ensemble(
             propagation,
             final_score,
         },
-    )?;
+    };
+    let dir = write_run(runs_root, options, dirs, results)?;
     Ok((dir, table))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What an ensemble's run directory holds besides its spec: the blend's
+/// predictions and its metrics.
+struct EnsembleResults<'a> {
+    data: &'a Dataset,
+    /// The training rows `oof` holds, in its order.
+    rows: &'a [usize],
+    /// The blend of the members' out-of-fold rows, nested over the folds.
+    oof: &'a Matrix,
+    test: Option<&'a Matrix>,
+    metrics: EnsembleMetrics,
+}
+
+/// Writes the ensemble of the runs in `dirs` as a new run directory under
+/// `runs_root`; returns it.
 fn write_run(
     runs_root: &Path,
     options: &Options,
     dirs: &[PathBuf],
-    data: &Dataset,
-    rows: &[usize],
-    oof: &Matrix,
-    test: Option<&Matrix>,
-    metrics: EnsembleMetrics,
+    results: EnsembleResults<'_>,
 ) -> anyhow::Result<PathBuf> {
+    let EnsembleResults {
+        data,
+        rows,
+        oof,
+        test,
+        metrics,
+    } = results;
     let started = std::time::Instant::now();
     let member_dirs: Vec<String> = dirs
         .iter()

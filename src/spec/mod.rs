@@ -367,3 +367,13 @@ impl Spec {
         toml::to_string_pretty(self).expect("spec serialises to TOML")
     }
 }
+
+/// The spec `m` of one Xception backbone on a Kaggle layout in `dir`, with
+/// `top_keys` (`views = [...]`) added: for the tests of what a run writes.
+#[cfg(test)]
+pub(crate) fn test_spec(dir: &std::path::Path, top_keys: &str) -> Spec {
+    let text = format!(
+        "name = \"m\"\n{top_keys}\n[data]\nlayout = \"kaggle\"\nroot = \".\"\n[[backbone]]\narch = \"xception\"\nweights = \"w.safetensors\"\n"
+    );
+    parse(&text, "m.toml", dir).unwrap()
+}

@@ -118,6 +118,7 @@ impl CrossValidation<'_> {
 mod tests {
     use super::*;
     use crate::spec::Optimizer;
+    use crate::train::on_threads;
 
     #[test]
     fn heads_trained_in_parallel_equal_heads_trained_one_by_one() {
@@ -153,23 +154,18 @@ mod tests {
             batch_size: 16,
             ..HeadSpec::default()
         };
+        let cv = CrossValidation {
+            views: &views,
+            labels: Labels {
+                rows: &labels,
+                classes: k,
+            },
+            folds: &folds,
+            head: &cfg,
+            seed: 5,
+        };
         let train = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let cv = CrossValidation {
-                views: &views,
-                labels: Labels {
-                    rows: &labels,
-                    classes: k,
-                },
-                folds: &folds,
-                head: &cfg,
-                seed: 5,
-            };
-            pool.install(|| cv.train(&Device::Cpu, |_, _, _, _| {}, |_| {}))
-                .unwrap()
+            on_threads(threads, || cv.train(&Device::Cpu, |_, _, _, _| {}, |_| {})).unwrap()
         };
         let (one, many) = (train(1), train(4));
         assert_eq!(one.len(), 8);

@@ -12,3 +12,14 @@ pub mod optim;
 pub use cv::{CrossValidation, FoldHead, ViewFeatures};
 pub use folds::{Fold, FoldPlan};
 pub use head::{train_head, HeadReport, Labels, TrainedHead};
+
+/// Runs `f` on a pool of its own with `threads` threads: tests compare
+/// heads trained on one thread and on several.
+#[cfg(test)]
+fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}

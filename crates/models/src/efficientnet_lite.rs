@@ -26,7 +26,7 @@ use super::layers::{
     global_avg_pool, Act, Conv2d, Conv2dConfig, DepthwiseConfig, DepthwiseConv2d, Padding, Weights,
     BN_EPS,
 };
-use super::onnx::build::{same_pads, GraphBuilder};
+use super::onnx::build::{same_pads, ConvAttrs, GraphBuilder};
 use super::registry::{ModelEntry, Probe};
 use super::weights_view::TorchWeights;
 use super::{Backbone, ModelError};
@@ -84,7 +84,12 @@ fn to_onnx(spec: &BackboneSpec, g: &mut GraphBuilder, input: &str) -> Result<Str
         let (pads, out) = same_pads(size, dims[2], stride);
         size = out;
         let groups = if depthwise { dims[0] } else { 1 };
-        let y = g.conv(x, k, dims, bias, stride, pads, groups);
+        let attrs = ConvAttrs {
+            stride,
+            pads,
+            groups,
+        };
+        let y = g.conv(x, k, dims, bias, attrs);
         let y = if relu6 { g.clip(&y, 0.0, 6.0) } else { y };
         Ok((y, dims[0]))
     };

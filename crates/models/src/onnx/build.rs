@@ -7,7 +7,8 @@
 //! and onnxruntime and runner's own evaluator both read it.
 
 use super::onnx_pb as onnx;
-use crate::layers::Padding;
+use crate::layers::{Padding, Weights};
+use crate::ModelError;
 use onnx::attribute_proto::AttributeType;
 use onnx::tensor_proto::DataType;
 use onnx::tensor_shape_proto::{dimension, Dimension};
@@ -22,6 +23,27 @@ pub enum Attr {
     Int(i64),
     Ints(Vec<i64>),
     Float(f32),
+}
+
+/// A `Conv` node's attributes besides its kernel: one stride for both
+/// axes, pads `[top, left, bottom, right]`, and the number of groups (`C`
+/// for a depthwise convolution).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvAttrs {
+    pub stride: usize,
+    pub pads: [usize; 4],
+    pub groups: usize,
+}
+
+impl Default for ConvAttrs {
+    /// Stride 1, no padding, one group.
+    fn default() -> Self {
+        Self {
+            stride: 1,
+            pads: [0; 4],
+            groups: 1,
+        }
+    }
 }
 
 /// A graph under construction: nodes in topological order (each added
@@ -197,18 +219,15 @@ impl GraphBuilder {
         });
     }
 
-    /// `Conv` of `x` with an OIHW kernel (`dims`), a bias, one stride for
-    /// both axes, pads `[top, left, bottom, right]` and `groups`.
-    #[allow(clippy::too_many_arguments)]
+    /// `Conv` of `x` with an OIHW kernel (`dims`), a bias, and the stride,
+    /// pads and groups of `attrs`.
     pub fn conv(
         &mut self,
         x: &str,
         kernel: Vec<f32>,
         dims: [usize; 4],
         bias: Vec<f32>,
-        stride: usize,
-        pads: [usize; 4],
-        groups: usize,
+        attrs: ConvAttrs,
     ) -> String {
         let w = self.constant("weight", &dims, kernel);
         let b = self.constant("bias", &[dims[0]], bias);
@@ -220,9 +239,12 @@ impl GraphBuilder {
                     "kernel_shape",
                     Attr::Ints(vec![dims[2] as i64, dims[3] as i64]),
                 ),
-                ("strides", Attr::Ints(vec![stride as i64; 2])),
-                ("pads", Attr::Ints(pads.iter().map(|&p| p as i64).collect())),
-                ("group", Attr::Int(groups as i64)),
+                ("strides", Attr::Ints(vec![attrs.stride as i64; 2])),
+                (
+                    "pads",
+                    Attr::Ints(attrs.pads.iter().map(|&p| p as i64).collect()),
+                ),
+                ("group", Attr::Int(attrs.groups as i64)),
             ],
         )
     }
@@ -332,6 +354,19 @@ pub fn window_pads(
     let out = g.out_size(hw)?;
     let p = g.pad;
     Ok(([p.top, p.left, p.bottom, p.right], out))
+}
+
+/// [`window_pads`] for a layer of checkpoint `w`, whose name the error
+/// carries (a window larger than its padded input: an input size the
+/// network cannot take).
+pub fn layer_pads(
+    w: &Weights,
+    padding: Padding,
+    hw: (usize, usize),
+    kernel: (usize, usize),
+    stride: usize,
+) -> Result<([usize; 4], (usize, usize)), ModelError> {
+    window_pads(padding, hw, kernel, stride).map_err(|e| w.candle_err(e))
 }
 
 /// TF "SAME" padding of a square `len x len` input for a `k x k` window

@@ -20,6 +20,12 @@
 //! excludes the padding from the mean, PyTorch `F.avg_pool2d(x, 3, 1,
 //! padding=1)` counts it (divides by 9 at the borders too). The model does
 //! what the checkpoint's framework does.
+//!
+//! `names` holds the timm / torchvision name map; `onnx` writes the same
+//! network as ONNX nodes.
+
+mod names;
+mod onnx;
 
 use std::path::Path;
 
@@ -31,16 +37,17 @@ use super::layers::{
     avg_pool2d_same_exclude_pad, concat_channels, global_avg_pool, max_pool2d, Act, Conv2d,
     Conv2dConfig, DepthwiseConfig, DepthwiseConv2d, Pad4, Padding, Weights,
 };
-use super::onnx::build::{window_pads, GraphBuilder};
 use super::registry::{self, ModelEntry, Probe};
 use super::{Backbone, ModelError};
+pub use names::torch_modules;
 
 const ARCH: &str = "inception_v3";
 
 /// Keras' and timm's preprocessing and input size for Inception-v3.
 pub const CFG: PretrainedCfg = PretrainedCfg::new(299, Preprocess::Inception, 2048);
 
-pub const MODELS: &[ModelEntry] = &[ModelEntry::native(ARCH, CFG, probes, load).with_onnx(to_onnx)];
+pub const MODELS: &[ModelEntry] =
+    &[ModelEntry::native(ARCH, CFG, probes, load).with_onnx(onnx::to_onnx)];
 
 /// The first and last convolutions in each naming (Keras numbers 94; the
 /// first four alone would also be Xception's shortcuts).
@@ -62,93 +69,6 @@ fn load(spec: &BackboneSpec, device: &Device) -> Result<Box<dyn Backbone>, Model
 /// timm's and torchvision's `BasicConv2d` / `ConvNormAct` BatchNorm epsilon
 /// (the same as Keras').
 const TORCH_BN_EPS: f32 = 1e-3;
-
-/// timm / torchvision module names of the stem convolutions (`conv2d_1..5`).
-const TORCH_STEM: [&str; 5] = [
-    "Conv2d_1a_3x3",
-    "Conv2d_2a_3x3",
-    "Conv2d_2b_3x3",
-    "Conv2d_3b_1x1",
-    "Conv2d_4a_3x3",
-];
-/// `InceptionA` (`Mixed_5b..5d`, Keras `mixed0..2`) in Keras creation order.
-const TORCH_A: [&str; 7] = [
-    "branch1x1",
-    "branch5x5_1",
-    "branch5x5_2",
-    "branch3x3dbl_1",
-    "branch3x3dbl_2",
-    "branch3x3dbl_3",
-    "branch_pool",
-];
-/// `InceptionB` (`Mixed_6a`, Keras `mixed3`).
-const TORCH_B: [&str; 4] = [
-    "branch3x3",
-    "branch3x3dbl_1",
-    "branch3x3dbl_2",
-    "branch3x3dbl_3",
-];
-/// `InceptionC` (`Mixed_6b..6e`, Keras `mixed4..7`).
-const TORCH_C: [&str; 10] = [
-    "branch1x1",
-    "branch7x7_1",
-    "branch7x7_2",
-    "branch7x7_3",
-    "branch7x7dbl_1",
-    "branch7x7dbl_2",
-    "branch7x7dbl_3",
-    "branch7x7dbl_4",
-    "branch7x7dbl_5",
-    "branch_pool",
-];
-/// `InceptionD` (`Mixed_7a`, Keras `mixed8`).
-const TORCH_D: [&str; 6] = [
-    "branch3x3_1",
-    "branch3x3_2",
-    "branch7x7x3_1",
-    "branch7x7x3_2",
-    "branch7x7x3_3",
-    "branch7x7x3_4",
-];
-/// `InceptionE` (`Mixed_7b`, `Mixed_7c`, Keras `mixed9`, `mixed10`).
-const TORCH_E: [&str; 9] = [
-    "branch1x1",
-    "branch3x3_1",
-    "branch3x3_2a",
-    "branch3x3_2b",
-    "branch3x3dbl_1",
-    "branch3x3dbl_2",
-    "branch3x3dbl_3a",
-    "branch3x3dbl_3b",
-    "branch_pool",
-];
-
-/// The name map: the timm / torchvision module of Keras `conv2d_{i+1}` /
-/// `batch_normalization_{i+1}` is element `i` (94 in all), e.g. `conv2d_1` is
-/// `Conv2d_1a_3x3`, `conv2d_6` is `Mixed_5b.branch1x1`, `conv2d_94` is
-/// `Mixed_7c.branch_pool`. Its tensors are `MODULE.conv.weight` (OIHW) and
-/// `MODULE.bn.{weight,bias,running_mean,running_var}`; timm's `fc.*` and
-/// torchvision's `AuxLogits.*` are ignored.
-pub fn torch_modules() -> Vec<String> {
-    let blocks: [(&str, &[&str]); 11] = [
-        ("Mixed_5b", &TORCH_A),
-        ("Mixed_5c", &TORCH_A),
-        ("Mixed_5d", &TORCH_A),
-        ("Mixed_6a", &TORCH_B),
-        ("Mixed_6b", &TORCH_C),
-        ("Mixed_6c", &TORCH_C),
-        ("Mixed_6d", &TORCH_C),
-        ("Mixed_6e", &TORCH_C),
-        ("Mixed_7a", &TORCH_D),
-        ("Mixed_7b", &TORCH_E),
-        ("Mixed_7c", &TORCH_E),
-    ];
-    let stem = TORCH_STEM.iter().map(|m| m.to_string());
-    let mixed = blocks
-        .iter()
-        .flat_map(|(block, branches)| branches.iter().map(move |b| format!("{block}.{b}")));
-    stem.chain(mixed).collect()
-}
 
 /// Hands out the `conv2d_bn` layers' folded weights in Keras creation order.
 struct Layers<'a> {
@@ -518,167 +438,5 @@ impl Backbone for InceptionV3 {
 
     fn num_features(&self) -> usize {
         CFG.num_features
-    }
-}
-
-/// The network as ONNX nodes, from the same layers in the same order and
-/// with the same folding as [`InceptionV3::from_weights`]: `Conv` (BatchNorm
-/// folded) + `Relu`, `MaxPool` and `AveragePool` (padding excluded from
-/// the mean for Keras checkpoints, counted for PyTorch ones), `Concat` of
-/// the branches, `GlobalAveragePool`.
-fn to_onnx(spec: &BackboneSpec, g: &mut GraphBuilder, input: &str) -> Result<String, ModelError> {
-    let w = Weights::read(ARCH, &spec.weights)?;
-    let mut e = Emitter {
-        layers: Layers::new(&w)?,
-        g,
-    };
-    let hw = (spec.input_size, spec.input_size);
-    let (x, hw) = e.valid(input, hw, 2)?; // conv2d_1
-    let (x, hw) = e.valid(&x, hw, 1)?; // conv2d_2
-    let x = e.same(&x, hw)?; // conv2d_3
-    let (x, hw) = e.max_pool(&x, hw)?;
-    let (x, hw) = e.valid(&x, hw, 1)?; // conv2d_4
-    let (x, hw) = e.valid(&x, hw, 1)?; // conv2d_5
-    let (mut x, hw) = e.max_pool(&x, hw)?;
-    for _ in 0..3 {
-        // BlockA: 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool-1x1.
-        let b1 = e.same(&x, hw)?;
-        let b5 = e.same_chain(&x, hw, 2)?;
-        let b3 = e.same_chain(&x, hw, 3)?;
-        let bp = e.branch_pool(&x, hw)?;
-        x = e.g.concat(&[b1, b5, b3, bp], 1);
-    }
-    // BlockB: 3x3/2 | 1x1-3x3-3x3/2 | maxpool/2.
-    let (b3, out) = e.valid(&x, hw, 2)?;
-    let bd = e.same_chain(&x, hw, 2)?;
-    let (bd, _) = e.valid(&bd, hw, 2)?;
-    let (bp, _) = e.max_pool(&x, hw)?;
-    let (mut x, hw) = (e.g.concat(&[b3, bd, bp], 1), out);
-    for _ in 0..4 {
-        // BlockC: 1x1 | 1x1-1x7-7x1 | 1x1-7x1-1x7-7x1-1x7 | avgpool-1x1.
-        let b1 = e.same(&x, hw)?;
-        let b7 = e.same_chain(&x, hw, 3)?;
-        let bd = e.same_chain(&x, hw, 5)?;
-        let bp = e.branch_pool(&x, hw)?;
-        x = e.g.concat(&[b1, b7, bd, bp], 1);
-    }
-    // BlockD: 1x1-3x3/2 | 1x1-1x7-7x1-3x3/2 | maxpool/2.
-    let b3 = e.same(&x, hw)?;
-    let (b3, out) = e.valid(&b3, hw, 2)?;
-    let b7 = e.same_chain(&x, hw, 3)?;
-    let (b7, _) = e.valid(&b7, hw, 2)?;
-    let (bp, _) = e.max_pool(&x, hw)?;
-    let (mut x, hw) = (e.g.concat(&[b3, b7, bp], 1), out);
-    for _ in 0..2 {
-        // BlockE: 1x1 | 1x1-(1x3, 3x1) | 1x1-3x3-(1x3, 3x1) | avgpool-1x1.
-        let b1 = e.same(&x, hw)?;
-        let b3 = e.same(&x, hw)?;
-        let b3a = e.same(&b3, hw)?;
-        let b3b = e.same(&b3, hw)?;
-        let bd = e.same_chain(&x, hw, 2)?;
-        let bda = e.same(&bd, hw)?;
-        let bdb = e.same(&bd, hw)?;
-        let bp = e.branch_pool(&x, hw)?;
-        x = e.g.concat(&[b1, b3a, b3b, bda, bdb, bp], 1);
-    }
-    Ok(e.g.global_avg_pool(&x))
-}
-
-/// Writes the `conv2d_bn` layers, in Keras creation order, and the pools
-/// into a graph; each takes its input's name and spatial size.
-struct Emitter<'a> {
-    layers: Layers<'a>,
-    g: &'a mut GraphBuilder,
-}
-
-impl Emitter<'_> {
-    fn pads(
-        &self,
-        padding: Padding,
-        hw: (usize, usize),
-        kernel: (usize, usize),
-        stride: usize,
-    ) -> Result<([usize; 4], (usize, usize)), ModelError> {
-        window_pads(padding, hw, kernel, stride).map_err(|e| self.layers.w.candle_err(e))
-    }
-
-    /// The next `conv2d_bn`: convolution, folded BN, ReLU.
-    fn conv(
-        &mut self,
-        x: &str,
-        hw: (usize, usize),
-        stride: usize,
-        padding: Padding,
-    ) -> Result<(String, (usize, usize)), ModelError> {
-        let f = self.layers.take()?;
-        let (pads, out) = self.pads(padding, hw, (f.dims[2], f.dims[3]), stride)?;
-        let y = self.g.conv(x, f.kernel, f.dims, f.bias, stride, pads, 1);
-        Ok((self.g.relu(&y), out))
-    }
-
-    fn same(&mut self, x: &str, hw: (usize, usize)) -> Result<String, ModelError> {
-        Ok(self.conv(x, hw, 1, Padding::Same)?.0)
-    }
-
-    /// `n` stride-1 "same" layers in a row.
-    fn same_chain(&mut self, x: &str, hw: (usize, usize), n: usize) -> Result<String, ModelError> {
-        let mut y = x.to_string();
-        for _ in 0..n {
-            y = self.same(&y, hw)?;
-        }
-        Ok(y)
-    }
-
-    fn valid(
-        &mut self,
-        x: &str,
-        hw: (usize, usize),
-        stride: usize,
-    ) -> Result<(String, (usize, usize)), ModelError> {
-        self.conv(x, hw, stride, Padding::Valid)
-    }
-
-    /// The unpadded 3x3/2 max pool.
-    fn max_pool(
-        &mut self,
-        x: &str,
-        hw: (usize, usize),
-    ) -> Result<(String, (usize, usize)), ModelError> {
-        let (pads, out) = self.pads(Padding::Valid, hw, (3, 3), 2)?;
-        Ok((self.g.max_pool(x, (3, 3), 2, pads), out))
-    }
-
-    /// [`BranchPool`]: the 3x3 stride-1 average pool as the checkpoint's
-    /// framework computes it, then the next layer.
-    fn branch_pool(&mut self, x: &str, hw: (usize, usize)) -> Result<String, ModelError> {
-        let pooled = match self.layers.flavour() {
-            Flavour::Keras => {
-                let (pads, _) = self.pads(Padding::Same, hw, (3, 3), 1)?;
-                self.g.avg_pool(x, (3, 3), 1, pads, false)
-            }
-            Flavour::Torch => self.g.avg_pool(x, (3, 3), 1, [1; 4], true),
-        };
-        self.same(&pooled, hw)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn torch_name_map_covers_the_94_keras_layers_in_order() {
-        let m = torch_modules();
-        assert_eq!(m.len(), 94);
-        assert_eq!(m[0], "Conv2d_1a_3x3"); // conv2d_1
-        assert_eq!(m[5], "Mixed_5b.branch1x1"); // conv2d_6
-        assert_eq!(m[11], "Mixed_5b.branch_pool"); // conv2d_12
-        assert_eq!(m[26], "Mixed_6a.branch3x3"); // conv2d_27
-        assert_eq!(m[70], "Mixed_7a.branch3x3_1"); // conv2d_71
-        assert_eq!(m[93], "Mixed_7c.branch_pool"); // conv2d_94
-        let mut unique = m.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!(unique.len(), 94);
     }
 }

@@ -25,6 +25,12 @@
 //! Everything else coincides: the stride-1 3x3 separable convolutions pad
 //! one pixel on every side in both, the stem convolutions are unpadded, and a
 //! 1x1 stride-2 shortcut needs no padding.
+//!
+//! `blocked` re-packs blocks 2..=14 for the NCHW16c CPU kernels; `onnx`
+//! writes the same network as ONNX nodes.
+
+mod blocked;
+mod onnx;
 
 use std::path::Path;
 
@@ -33,20 +39,21 @@ use candle_core::{Device, Tensor};
 use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
 use super::flavour::{Convention, Flavour};
 use super::layers::{
-    blocked_max_pool, global_avg_pool, max_pool2d, Act, BlockedConv1x1, BlockedDepthwise, Conv2d,
-    Conv2dConfig, DepthwiseConfig, DepthwiseConv2d, Padding, Weights,
+    global_avg_pool, max_pool2d, Act, Conv2d, Conv2dConfig, DepthwiseConfig, DepthwiseConv2d,
+    Padding, Weights,
 };
-use super::onnx::build::{window_pads, GraphBuilder};
 use super::registry::{self, ModelEntry, Probe};
 use super::{Backbone, ModelError};
-use runner_kernels::nchwc::{self, Blocked};
+use blocked::BlockedFlow;
+use runner_kernels::nchwc;
 
 const ARCH: &str = "xception";
 
 /// Keras' and timm's preprocessing and input size for Xception.
 pub const CFG: PretrainedCfg = PretrainedCfg::new(299, Preprocess::Inception, 2048);
 
-pub const MODELS: &[ModelEntry] = &[ModelEntry::native(ARCH, CFG, probes, load).with_onnx(to_onnx)];
+pub const MODELS: &[ModelEntry] =
+    &[ModelEntry::native(ARCH, CFG, probes, load).with_onnx(onnx::to_onnx)];
 
 /// The first and last convolutions in each naming (the map is
 /// `Layer::names`).
@@ -334,111 +341,6 @@ impl MiddleBlock {
     }
 }
 
-/// A separable convolution in NCHW16c: `pw(dw(x)) (+ residual)`.
-struct BlockedSep {
-    dw: BlockedDepthwise,
-    pw: BlockedConv1x1,
-}
-
-impl BlockedSep {
-    fn of(s: &SepConv) -> Option<Self> {
-        Some(Self {
-            dw: s.dw.blocked(),
-            pw: s.pw.blocked_1x1()?,
-        })
-    }
-
-    fn forward(&self, x: &Blocked, residual: Option<&Blocked>) -> Blocked {
-        self.pw.forward(&self.dw.forward(x), residual)
-    }
-}
-
-/// [`DownBlock`] in NCHW16c; the shortcut's 1x1/2 convolution adds the
-/// pooled branch in its output pass.
-struct BlockedDown {
-    sep1: BlockedSep,
-    sep2: BlockedSep,
-    pool_padding: Padding,
-    residual: BlockedConv1x1,
-}
-
-impl BlockedDown {
-    fn of(b: &DownBlock) -> Option<Self> {
-        Some(Self {
-            sep1: BlockedSep::of(&b.sep1)?,
-            sep2: BlockedSep::of(&b.sep2)?,
-            pool_padding: b.pool_padding,
-            residual: b.residual.blocked_1x1()?,
-        })
-    }
-
-    fn forward(&self, x: &Blocked) -> Blocked {
-        let y = self.sep1.forward(x, None);
-        let y = self.sep2.forward(&y, None);
-        let y = blocked_max_pool(&y, 3, 2, self.pool_padding);
-        self.residual.forward(x, Some(&y))
-    }
-}
-
-/// Blocks 2..=14 in the NCHW16c layout ([`runner_kernels::nchwc`]): the
-/// same weights re-packed at load, so that depthwise convolutions and max
-/// pools run 16 channels per instruction with no padded copies, and the
-/// 1x1 convolutions read the activations in place. The stem stays NCHW
-/// (3 and 32 input channels); its output is converted once.
-struct BlockedFlow {
-    entry: Vec<BlockedDown>,
-    middle: Vec<[BlockedSep; 3]>,
-    block13: BlockedDown,
-    block14: [BlockedSep; 2],
-}
-
-impl BlockedFlow {
-    fn of(x: &Xception) -> Option<Self> {
-        let sep3 = |m: &MiddleBlock| -> Option<[BlockedSep; 3]> {
-            Some([
-                BlockedSep::of(&m.sep[0])?,
-                BlockedSep::of(&m.sep[1])?,
-                BlockedSep::of(&m.sep[2])?,
-            ])
-        };
-        Some(Self {
-            entry: x.entry.iter().map(BlockedDown::of).collect::<Option<_>>()?,
-            middle: x.middle.iter().map(sep3).collect::<Option<_>>()?,
-            block13: BlockedDown::of(&x.block13)?,
-            block14: [
-                BlockedSep::of(&x.block14_sepconv1)?,
-                BlockedSep::of(&x.block14_sepconv2)?,
-            ],
-        })
-    }
-
-    /// `x`: the stem's `(N, 64, H, W)` output -> pooled `(N, 2048)`.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        let data = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let y = Blocked::from_nchw(&data, (n, c, h, w));
-        drop(data);
-        let pooled = self.forward_blocked(y);
-        let f = pooled.len() / n.max(1);
-        Tensor::from_vec(pooled, (n, f), x.device())
-    }
-
-    fn forward_blocked(&self, mut y: Blocked) -> Vec<f32> {
-        for b in &self.entry {
-            y = b.forward(&y);
-        }
-        for [s1, s2, s3] in &self.middle {
-            let t = s1.forward(&y, None);
-            let t = s2.forward(&t, None);
-            y = s3.forward(&t, Some(&y));
-        }
-        y = self.block13.forward(&y);
-        let [s1, s2] = &self.block14;
-        let y = s2.forward(&s1.forward(&y, None), None);
-        y.global_avg()
-    }
-}
-
 /// Xception without its classifier; `forward_features` returns the
 /// global-average-pooled `(N, 2048)` output of `block14_sepconv2_act` (timm:
 /// `act4`).
@@ -534,140 +436,6 @@ impl Backbone for Xception {
 
     fn num_features(&self) -> usize {
         CFG.num_features
-    }
-}
-
-/// The network as ONNX nodes, from the same checkpoint tensors, names,
-/// folding and padding as [`Xception::from_weights`]: `Conv` (BatchNorm
-/// folded; a separable convolution as a depthwise `Conv` with `group = C`
-/// and a pointwise one), explicit `Relu` where the native layers fuse
-/// theirs, `MaxPool` padded as the checkpoint's framework pads, `Add` for the
-/// shortcuts, `GlobalAveragePool`.
-fn to_onnx(spec: &BackboneSpec, g: &mut GraphBuilder, input: &str) -> Result<String, ModelError> {
-    let w = Weights::read(ARCH, &spec.weights)?;
-    let flavour = registry::detect_flavour(&w, &probes())?;
-    let mut e = Emitter {
-        w: &w,
-        conv: convention(flavour),
-        g,
-    };
-    let hw = (spec.input_size, spec.input_size);
-    let (x, hw) = e.conv_bn(Layer::Stem(1), input, hw, 2)?;
-    let (mut x, mut hw) = e.conv_bn(Layer::Stem(2), &x, hw, 1)?;
-    for (block, pre_relu) in [(2, false), (3, true), (4, true)] {
-        (x, hw) = e.down_block(block, &x, hw, pre_relu)?;
-    }
-    for block in 5..=12 {
-        let y = e.sep(block, 1, &x, hw, true, true)?;
-        let y = e.sep(block, 2, &y, hw, false, true)?;
-        let y = e.sep(block, 3, &y, hw, false, false)?;
-        x = e.g.node("Add", &[&y, &x], vec![]);
-    }
-    let (x, hw) = e.down_block(13, &x, hw, true)?;
-    let x = e.sep(14, 1, &x, hw, false, true)?;
-    let x = e.sep(14, 2, &x, hw, false, true)?;
-    Ok(e.g.global_avg_pool(&x))
-}
-
-/// Writes Xception's layers into a graph; each takes its input's name and
-/// spatial size.
-struct Emitter<'a> {
-    w: &'a Weights,
-    conv: Convention,
-    g: &'a mut GraphBuilder,
-}
-
-impl Emitter<'_> {
-    fn pads(
-        &self,
-        padding: Padding,
-        hw: (usize, usize),
-        kernel: (usize, usize),
-        stride: usize,
-    ) -> Result<([usize; 4], (usize, usize)), ModelError> {
-        window_pads(padding, hw, kernel, stride).map_err(|e| self.w.candle_err(e))
-    }
-
-    /// An unpadded stem convolution + BN + ReLU.
-    fn conv_bn(
-        &mut self,
-        layer: Layer,
-        x: &str,
-        hw: (usize, usize),
-        stride: usize,
-    ) -> Result<(String, (usize, usize)), ModelError> {
-        let (y, hw) = self.dense(layer, x, hw, stride)?;
-        Ok((self.g.relu(&y), hw))
-    }
-
-    /// A dense convolution + BN, no activation: the stem's unpadded, the
-    /// shortcuts' "same" (which for their 1x1 kernels pads nothing).
-    fn dense(
-        &mut self,
-        layer: Layer,
-        x: &str,
-        hw: (usize, usize),
-        stride: usize,
-    ) -> Result<(String, (usize, usize)), ModelError> {
-        let padding = match layer {
-            Layer::Stem(_) => Padding::Valid,
-            _ => Padding::Same,
-        };
-        let (kernel, bn) = layer.dense_tensors(self.conv.flavour);
-        let f = self.conv.folded_conv(self.w, &kernel, &bn)?;
-        let (pads, out) = self.pads(padding, hw, (f.dims[2], f.dims[3]), stride)?;
-        Ok((
-            self.g.conv(x, f.kernel, f.dims, f.bias, stride, pads, 1),
-            out,
-        ))
-    }
-
-    /// Separable convolution `i` of `block` + BN: `[relu] -> depthwise ->
-    /// pointwise -> [relu]`, stride 1, "same".
-    fn sep(
-        &mut self,
-        block: usize,
-        i: usize,
-        x: &str,
-        hw: (usize, usize),
-        in_relu: bool,
-        out_relu: bool,
-    ) -> Result<String, ModelError> {
-        let s = SepWeights::read(self.w, self.conv, block, i)?;
-        let x = if in_relu {
-            self.g.relu(x)
-        } else {
-            x.to_string()
-        };
-        let [c, kh, kw] = s.dw_dims;
-        let (pads, _) = self.pads(Padding::Same, hw, (kh, kw), 1)?;
-        let y = self
-            .g
-            .conv(&x, s.dw, [c, 1, kh, kw], vec![0.0; c], 1, pads, c);
-        let y = self.g.conv(&y, s.pw, s.pw_dims, s.bias, 1, [0; 4], 1);
-        Ok(if out_relu { self.g.relu(&y) } else { y })
-    }
-
-    /// [`DownBlock`]: two separable convolutions and a 3x3/2 max pool, plus
-    /// the strided 1x1 shortcut on the block input (before its ReLU).
-    fn down_block(
-        &mut self,
-        block: usize,
-        x: &str,
-        hw: (usize, usize),
-        pre_relu: bool,
-    ) -> Result<(String, (usize, usize)), ModelError> {
-        let (residual, residual_hw) = self.dense(Layer::Shortcut { block }, x, hw, 2)?;
-        let y = self.sep(block, 1, x, hw, pre_relu, true)?;
-        let y = self.sep(block, 2, &y, hw, false, false)?;
-        let (pads, out) = self.pads(pool_padding(self.conv.flavour), hw, (3, 3), 2)?;
-        if out != residual_hw {
-            return Err(self.w.candle_err(candle_core::Error::Msg(format!(
-                "block{block}: pooled {out:?} but shortcut {residual_hw:?} at input {hw:?}"
-            ))));
-        }
-        let y = self.g.max_pool(&y, (3, 3), 2, pads);
-        Ok((self.g.node("Add", &[&y, &residual], vec![]), out))
     }
 }
 

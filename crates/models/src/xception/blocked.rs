@@ -1,0 +1,113 @@
+//! Xception's blocks 2..=14 in the NCHW16c layout: the native layers'
+//! weights re-packed once at load for the blocked CPU kernels.
+
+use candle_core::Tensor;
+
+use super::{DownBlock, MiddleBlock, SepConv, Xception};
+use crate::layers::{blocked_max_pool, BlockedConv1x1, BlockedDepthwise, Padding};
+use runner_kernels::nchwc::Blocked;
+
+/// A separable convolution in NCHW16c: `pw(dw(x)) (+ residual)`.
+struct BlockedSep {
+    dw: BlockedDepthwise,
+    pw: BlockedConv1x1,
+}
+
+impl BlockedSep {
+    fn of(s: &SepConv) -> Option<Self> {
+        Some(Self {
+            dw: s.dw.blocked(),
+            pw: s.pw.blocked_1x1()?,
+        })
+    }
+
+    fn forward(&self, x: &Blocked, residual: Option<&Blocked>) -> Blocked {
+        self.pw.forward(&self.dw.forward(x), residual)
+    }
+}
+
+/// [`super::DownBlock`] in NCHW16c; the shortcut's 1x1/2 convolution adds the
+/// pooled branch in its output pass.
+struct BlockedDown {
+    sep1: BlockedSep,
+    sep2: BlockedSep,
+    pool_padding: Padding,
+    residual: BlockedConv1x1,
+}
+
+impl BlockedDown {
+    fn of(b: &DownBlock) -> Option<Self> {
+        Some(Self {
+            sep1: BlockedSep::of(&b.sep1)?,
+            sep2: BlockedSep::of(&b.sep2)?,
+            pool_padding: b.pool_padding,
+            residual: b.residual.blocked_1x1()?,
+        })
+    }
+
+    fn forward(&self, x: &Blocked) -> Blocked {
+        let y = self.sep1.forward(x, None);
+        let y = self.sep2.forward(&y, None);
+        let y = blocked_max_pool(&y, 3, 2, self.pool_padding);
+        self.residual.forward(x, Some(&y))
+    }
+}
+
+/// Blocks 2..=14 in the NCHW16c layout ([`runner_kernels::nchwc`]): the
+/// same weights re-packed at load, so that depthwise convolutions and max
+/// pools run 16 channels per instruction with no padded copies, and the
+/// 1x1 convolutions read the activations in place. The stem stays NCHW
+/// (3 and 32 input channels); its output is converted once.
+pub(super) struct BlockedFlow {
+    entry: Vec<BlockedDown>,
+    middle: Vec<[BlockedSep; 3]>,
+    block13: BlockedDown,
+    block14: [BlockedSep; 2],
+}
+
+impl BlockedFlow {
+    pub(super) fn of(x: &Xception) -> Option<Self> {
+        let sep3 = |m: &MiddleBlock| -> Option<[BlockedSep; 3]> {
+            Some([
+                BlockedSep::of(&m.sep[0])?,
+                BlockedSep::of(&m.sep[1])?,
+                BlockedSep::of(&m.sep[2])?,
+            ])
+        };
+        Some(Self {
+            entry: x.entry.iter().map(BlockedDown::of).collect::<Option<_>>()?,
+            middle: x.middle.iter().map(sep3).collect::<Option<_>>()?,
+            block13: BlockedDown::of(&x.block13)?,
+            block14: [
+                BlockedSep::of(&x.block14_sepconv1)?,
+                BlockedSep::of(&x.block14_sepconv2)?,
+            ],
+        })
+    }
+
+    /// `x`: the stem's `(N, 64, H, W)` output -> pooled `(N, 2048)`.
+    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let data = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let y = Blocked::from_nchw(&data, (n, c, h, w));
+        drop(data);
+        let pooled = self.forward_blocked(y);
+        let f = pooled.len() / n.max(1);
+        Tensor::from_vec(pooled, (n, f), x.device())
+    }
+
+    fn forward_blocked(&self, mut y: Blocked) -> Vec<f32> {
+        for b in &self.entry {
+            y = b.forward(&y);
+        }
+        for [s1, s2, s3] in &self.middle {
+            let t = s1.forward(&y, None);
+            let t = s2.forward(&t, None);
+            y = s3.forward(&t, Some(&y));
+        }
+        y = self.block13.forward(&y);
+        let [s1, s2] = &self.block14;
+        let y = s2.forward(&s1.forward(&y, None), None);
+        y.global_avg()
+    }
+}

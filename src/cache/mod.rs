@@ -1,0 +1,238 @@
+//! Content-addressed feature store.
+//!
+//! Layout (DVC-style, sharded by the key's first two hex digits):
+//!
+//! ```text
+//! <cache>/features/ab/<key>.npy          finished stage: rows in image order
+//! <cache>/features/ab/<key>.json         what produced it (arch, view, rows)
+//! <cache>/features/ab/<key>.npy.b3       its BLAKE3 checksum
+//! <cache>/features/ab/<key>.partial/     chunks of an unfinished stage
+//! <cache>/features/ab/<key>.lock         held while a process computes it
+//! <cache>/memo/<hash>.json               weights fingerprints, image-set hashes
+//! ```
+//!
+//! Every write goes to a temporary file that is renamed into place, so an
+//! interrupted run leaves either a whole file or none. Every `.npy` has a
+//! BLAKE3 checksum beside it (`<file>.npy.b3`), verified on each read: a
+//! corrupt entry or chunk is reported, removed and recomputed. Processes
+//! sharing a cache take a stage's lock before computing it
+//! ([`crate::lock`]); the others wait and then read the finished entry.
+//!
+//! `files` writes and reads the files (atomic writes, checksums, temporary
+//! files of dead writers), `memo` remembers values computed from files,
+//! `maintenance` is `runner cache verify` and `runner cache gc`.
+
+mod files;
+mod maintenance;
+mod memo;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::lock::{Attempt, LockFile};
+use crate::npy::Matrix;
+use files::{read_verified, remove_temp_files, remove_verified, write_verified};
+pub use files::{remove_stale_temp_files, write_atomic, STALE_TEMP_AGE};
+pub use maintenance::{Collection, Verification};
+
+#[derive(Debug, Clone)]
+pub struct FeatureCache {
+    root: PathBuf,
+}
+
+impl FeatureCache {
+    pub fn new(root: impl Into<PathBuf>) -> FeatureCache {
+        FeatureCache { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn stem(&self, key: &str) -> PathBuf {
+        self.root.join("features").join(&key[..2]).join(key)
+    }
+
+    /// Path of a finished stage's features.
+    pub fn path(&self, key: &str) -> PathBuf {
+        self.stem(key).with_extension("npy")
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.path(key).is_file()
+    }
+
+    /// Loads a finished stage; `Ok(None)` on a miss. A corrupt file (bytes
+    /// that do not match the checksum stored beside it, a bad header, a
+    /// wrong row count, values that are not finite) is removed and reported
+    /// as a miss with the reason, so the stage is recomputed.
+    pub fn get(&self, key: &str, rows: usize) -> Result<Option<Matrix>, String> {
+        let path = self.path(key);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        match read_verified(&path) {
+            Ok(m) if m.rows == rows && m.data.iter().all(|v| v.is_finite()) => Ok(Some(m)),
+            Ok(m) if m.rows == rows => {
+                remove_verified(&path);
+                Err(format!(
+                    "{} holds NaN or infinite values (damaged on disk?); removed, recomputing",
+                    path.display()
+                ))
+            }
+            Ok(m) => {
+                remove_verified(&path);
+                Err(format!(
+                    "{} holds {} rows, expected {rows}; removed, recomputing",
+                    path.display(),
+                    m.rows
+                ))
+            }
+            Err(e) => {
+                remove_verified(&path);
+                Err(format!("{e}; removed, recomputing"))
+            }
+        }
+    }
+
+    /// Stores a finished stage and its provenance, then drops its chunks.
+    pub fn put(&self, key: &str, m: &Matrix, meta: &serde_json::Value) -> std::io::Result<()> {
+        let meta = serde_json::to_vec_pretty(meta).expect("json serialises");
+        write_atomic(&self.stem(key).with_extension("json"), &meta)?;
+        write_verified(&self.path(key), m)?;
+        // The stage is safely stored; leftover chunks only cost disk space,
+        // so failing to remove them must not fail the run.
+        let _ = std::fs::remove_dir_all(self.partial_dir(key));
+        Ok(())
+    }
+
+    fn partial_dir(&self, key: &str) -> PathBuf {
+        self.stem(key).with_extension("partial")
+    }
+
+    /// Chunks are named by their first row and row count, so a chunk is
+    /// only ever reused for exactly the rows it holds.
+    fn chunk_path(&self, key: &str, first_row: usize, rows: usize) -> PathBuf {
+        self.partial_dir(key)
+            .join(format!("{first_row:09}-{rows}.npy"))
+    }
+
+    /// Rows `first_row..first_row + rows` of an unfinished stage, if an
+    /// earlier (interrupted) run wrote them with `cols` columns.
+    pub fn chunk(&self, key: &str, first_row: usize, rows: usize, cols: usize) -> Option<Matrix> {
+        let path = self.chunk_path(key, first_row, rows);
+        if !path.is_file() {
+            return None;
+        }
+        match read_verified(&path) {
+            Ok(m) if m.rows == rows && m.cols == cols => Some(m),
+            Ok(_) | Err(_) => {
+                // Recomputed, never built into the finished entry.
+                remove_verified(&path);
+                None
+            }
+        }
+    }
+
+    pub fn put_chunk(&self, key: &str, first_row: usize, m: &Matrix) -> std::io::Result<()> {
+        write_verified(&self.chunk_path(key, first_row, m.rows), m)
+    }
+
+    /// Where the chunk holding rows `first_row..first_row + rows` goes.
+    pub fn chunk_file(&self, key: &str, first_row: usize, rows: usize) -> PathBuf {
+        self.chunk_path(key, first_row, rows)
+    }
+
+    /// Takes stage `key`'s lock to compute it, unless a live process holds
+    /// it. Once taken, nobody else writes the stage's files, so temporary
+    /// files left there by a dead holder are removed.
+    pub fn lock_stage(&self, key: &str) -> std::io::Result<Attempt> {
+        let attempt = LockFile::try_acquire(&self.stem(key).with_extension("lock"))?;
+        if let Attempt::Acquired(_) = &attempt {
+            remove_temp_files(&self.partial_dir(key), "", Duration::ZERO);
+            if let Some(dir) = self.stem(key).parent() {
+                remove_temp_files(dir, key, Duration::ZERO);
+            }
+        }
+        Ok(attempt)
+    }
+
+    /// Whether a live process is computing stage `key`.
+    pub fn stage_locked(&self, key: &str) -> bool {
+        crate::lock::is_held(&self.stem(key).with_extension("lock"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::files::checksum_path;
+    use super::*;
+
+    #[test]
+    fn a_byte_changed_inside_an_entry_or_a_chunk_is_caught_by_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FeatureCache::new(dir.path());
+        let key = "abcdef0123";
+        // Still a well-formed .npy of finite values after the change: only
+        // the checksum can tell.
+        let m = Matrix::new(4, 8, (0..32).map(|i| i as f32 + 1.0).collect());
+        let flip = |path: &Path| {
+            let mut bytes = std::fs::read(path).unwrap();
+            let at = bytes.len() - 40;
+            bytes[at] ^= 0x01;
+            std::fs::write(path, bytes).unwrap();
+        };
+        cache.put(key, &m, &serde_json::json!({})).unwrap();
+        flip(&cache.path(key));
+        let err = cache.get(key, 4).unwrap_err();
+        assert!(err.contains("do not match their checksum"), "{err}");
+        assert!(!cache.contains(key));
+
+        cache.put_chunk(key, 0, &m).unwrap();
+        assert_eq!(cache.chunk(key, 0, 4, 8), Some(m.clone()));
+        flip(&cache.chunk_path(key, 0, 4));
+        assert_eq!(cache.chunk(key, 0, 4, 8), None);
+        assert!(!cache.chunk_path(key, 0, 4).exists());
+        assert!(!checksum_path(&cache.chunk_path(key, 0, 4)).exists());
+    }
+
+    #[test]
+    fn corrupt_entry_is_removed_and_reported_as_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FeatureCache::new(dir.path());
+        let key = "abcdef0123";
+        let m = Matrix::new(2, 3, vec![1.0; 6]);
+        cache.put(key, &m, &serde_json::json!({})).unwrap();
+        assert_eq!(cache.get(key, 2).unwrap(), Some(m));
+        std::fs::write(cache.path(key), b"garbage").unwrap();
+        assert!(cache.get(key, 2).is_err());
+        assert!(!cache.contains(key));
+        assert_eq!(cache.get(key, 2).unwrap(), None);
+    }
+
+    #[test]
+    fn entry_with_nan_is_removed_and_reported_as_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FeatureCache::new(dir.path());
+        let key = "abcdef0124";
+        let m = Matrix::new(2, 3, vec![1.0, 2.0, f32::NAN, 4.0, 5.0, 6.0]);
+        cache.put(key, &m, &serde_json::json!({})).unwrap();
+        let why = cache.get(key, 2).unwrap_err();
+        assert!(why.contains("NaN"), "{why}");
+        assert!(!cache.contains(key));
+    }
+
+    #[test]
+    fn finishing_a_stage_drops_its_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FeatureCache::new(dir.path());
+        let key = "ff00";
+        let m = Matrix::new(1, 2, vec![1.0, 2.0]);
+        cache.put_chunk(key, 0, &m).unwrap();
+        assert_eq!(cache.chunk(key, 0, 1, 2), Some(m.clone()));
+        assert_eq!(cache.chunk(key, 0, 1, 3), None, "wrong width is a miss");
+        cache.put_chunk(key, 0, &m).unwrap();
+        cache.put(key, &m, &serde_json::json!({})).unwrap();
+        assert_eq!(cache.chunk(key, 0, 1, 2), None);
+    }
+}
