@@ -84,7 +84,7 @@ fn generated_tensor(name: &str, shape: &[usize]) -> Tensor {
 }
 
 /// The full-size random state dict of `fixture`, from its manifest.
-fn state_dict(fixture: &str) -> HashMap<String, Tensor> {
+pub fn state_dict(fixture: &str) -> HashMap<String, Tensor> {
     let path = data_dir().join(format!("{fixture}.tensors.txt"));
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}; {REGENERATE}", path.display()));
@@ -169,37 +169,54 @@ fn inception_v3_timm_names_match_timm_inception_v3() {
     check("inception_v3", &model, 299);
 }
 
-/// The ONNX emitters read timm-named checkpoints too and then compute what
-/// timm computes (symmetric max pool padding in Xception, average pools
-/// counting the padding in InceptionV3): the emitted graph, run by runner's
-/// evaluator, against the native backbone and timm's features.
+/// Every ONNX emitter of an architecture with a timm fixture reads
+/// timm-named checkpoints and then computes what timm computes (symmetric
+/// max pool padding in Xception, average pools counting the padding in
+/// InceptionV3; ResNet knows no other naming): the emitted graph, run by
+/// runner's evaluator, against the native backbone and timm's features.
 #[test]
 fn onnx_emitters_of_timm_named_checkpoints_match_native_and_timm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for (arch, fixture) in [
-        ("xception", "legacy_xception"),
-        ("inception_v3", "inception_v3"),
-    ] {
+    let mut checked = Vec::new();
+    for entry in registry::all().filter(|e| e.to_onnx.is_some()) {
+        let (arch, Some(fixture)) = (entry.name, timm_fixture(entry.name)) else {
+            continue;
+        };
         let path = dir.path().join(format!("{fixture}.safetensors"));
         candle_core::safetensors::save(&state_dict(fixture), &path).expect("save");
-        let spec = BackboneSpec::pretrained(Arch::from_name(arch).expect("registered"), &path)
-            .expect("native");
+        let spec = BackboneSpec::pretrained(Arch::from(entry), &path).expect("native");
         let native = models::create(&spec, &Device::Cpu).expect("load");
         let program = crate::common::emitted_backbone(&spec);
         let want = reference(fixture);
         let batch = want.dim(0).expect("batch");
         let x = generated_tensor("input", &[batch, 3, spec.input_size, spec.input_size]);
         let f = native.forward_features(&x).expect("native forward");
+        let t = Instant::now();
         let ours = program.run(x).expect("run the emitted graph");
+        let seconds = t.elapsed().as_secs_f64();
         for (label, other) in [("native", &f), ("timm", &want)] {
             let e = rel_err(&ours, other);
-            println!("emitted {arch} (timm names): max|onnx - {label}| / max|{label}| = {e:.3e}");
+            println!(
+                "emitted {arch} (timm names, batch {batch} in {seconds:.2} s): \
+                 max|onnx - {label}| / max|{label}| = {e:.3e}"
+            );
             assert!(
                 e <= REL_TOL,
                 "emitted {arch} (timm names) vs {label}: relative error {e:.3e} > {REL_TOL:.0e}"
             );
         }
+        checked.push(arch);
     }
+    assert_eq!(
+        checked,
+        [
+            "xception",
+            "inception_v3",
+            "resnet18",
+            "resnet34",
+            "resnet50"
+        ]
+    );
 }
 
 /// ResNet fixture `name` loaded with its registered config: timm's and
@@ -236,15 +253,26 @@ enum Source {
     Shared(&'static str),
 }
 
+/// The fixture in `tests/data/timm` of the registered architecture `arch`,
+/// where it has one.
+pub fn timm_fixture(arch: &str) -> Option<&'static str> {
+    Some(match arch {
+        "xception" => "legacy_xception",
+        "inception_v3" => "inception_v3",
+        "resnet18" => "resnet18",
+        "resnet34" => "resnet34",
+        "resnet50" => "resnet50",
+        _ => return None,
+    })
+}
+
 /// A checkpoint for each registered architecture that has one here;
 /// resnet101 / resnet152 are built at full width by `resnet`'s unit tests.
 fn source(arch: &str) -> Option<Source> {
+    if let Some(fixture) = timm_fixture(arch) {
+        return Some(Source::Timm(fixture));
+    }
     Some(match arch {
-        "xception" => Source::Timm("legacy_xception"),
-        "inception_v3" => Source::Timm("inception_v3"),
-        "resnet18" => Source::Timm("resnet18"),
-        "resnet34" => Source::Timm("resnet34"),
-        "resnet50" => Source::Timm("resnet50"),
         "efficientnet_lite0" => Source::Shared("efficientnet_lite0_imagenet.safetensors"),
         "onnx" => Source::Shared("efficientnet_lite0_imagenet.onnx"),
         _ => return None,

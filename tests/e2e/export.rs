@@ -186,23 +186,12 @@ fn the_exported_graph_gives_predicts_probabilities_from_images_and_from_features
     check_in_onnxruntime(dir, "features.onnx", stacked, &[n, 2, d]);
 }
 
-/// `arch = "onnx"`: the backbone's own graph is copied into the export.
-#[test]
-fn a_run_on_an_onnx_backbone_exports_from_images() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    woof_subset(&dir.join("data"), 3, 6, 2);
-    let spec = format!(
-        "name = \"o\"\nviews = [\"original\"]\n[data]\nlayout = \"kaggle\"\nroot = \"data\"\n\
-         [[backbone]]\narch = \"onnx\"\nweights = {:?}\noutput = \"features\"\n\
-         preprocess = \"efficientnet_lite\"\n[extract]\nbatch_size = 8\n[cv]\nfolds = 2\n\
-         [head]\nepochs = 5\nbatch_size = 16\n",
-        crate::common::model("efficientnet_lite0_imagenet.onnx")
-            .display()
-            .to_string()
-    );
-    std::fs::write(dir.join("o.toml"), spec).unwrap();
-    let out = runner(dir, &["--quiet", "--runs", "runs", "o.toml"]);
+/// Runs the spec `{name}.toml` in `dir` (on the test photos of `data`),
+/// predicts the test photos and exports the run from images: the graph,
+/// fed the photos resized to `size`, gives `runner predict`'s
+/// probabilities, in runner's evaluator and, where available, onnxruntime.
+fn run_export_and_compare_from_images(dir: &Path, name: &str, size: usize) {
+    let out = runner(dir, &["--quiet", "--runs", "runs", &format!("{name}.toml")]);
     assert!(out.status.success(), "{}", stderr(&out));
     let run = run_dirs(&dir.join("runs")).remove(0);
     let run_arg = run.to_str().unwrap();
@@ -221,12 +210,50 @@ fn a_run_on_an_onnx_backbone_exports_from_images() {
     let (ids, predicted) = probabilities(&dir.join("pred.csv"));
     let out = runner(dir, &["--quiet", "export", run_arg, "--out", "image.onnx"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let size = 224;
     let pixels = resized_images(dir, &ids, size);
     let images =
         Tensor::from_vec(pixels.clone(), (ids.len(), 3, size, size), &Device::Cpu).unwrap();
     let got = run_onnx(&dir.join("image.onnx"), images);
     let diff = max_difference(&got, &predicted);
+    eprintln!("{name}: runner's evaluator vs runner predict: max difference {diff:.2e}");
     assert!(diff < 1e-4, "max difference {diff}");
     check_in_onnxruntime(dir, "image.onnx", pixels, &[ids.len(), 3, size, size]);
+}
+
+/// `arch = "onnx"`: the backbone's own graph is copied into the export.
+#[test]
+fn a_run_on_an_onnx_backbone_exports_from_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    woof_subset(&dir.join("data"), 3, 6, 2);
+    let spec = format!(
+        "name = \"o\"\nviews = [\"original\"]\n[data]\nlayout = \"kaggle\"\nroot = \"data\"\n\
+         [[backbone]]\narch = \"onnx\"\nweights = {:?}\noutput = \"features\"\n\
+         preprocess = \"efficientnet_lite\"\n[extract]\nbatch_size = 8\n[cv]\nfolds = 2\n\
+         [head]\nepochs = 5\nbatch_size = 16\n",
+        crate::common::model("efficientnet_lite0_imagenet.onnx")
+            .display()
+            .to_string()
+    );
+    std::fs::write(dir.join("o.toml"), spec).unwrap();
+    run_export_and_compare_from_images(dir, "o", 224);
+}
+
+/// A ResNet run (two views, ResNet-18 with timm's random fixture weights):
+/// the network is written as ONNX nodes by its registry entry.
+#[test]
+fn a_run_on_a_resnet_exports_from_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    woof_subset(&dir.join("data"), 3, 6, 2);
+    let weights = dir.join("resnet18.safetensors");
+    candle_core::safetensors::save(&crate::timm::state_dict("resnet18"), &weights).unwrap();
+    let spec = format!(
+        "name = \"r\"\nviews = [\"original\", \"hflip\"]\n[data]\nlayout = \"kaggle\"\n\
+         root = \"data\"\n[[backbone]]\narch = \"resnet18\"\nweights = {:?}\n\
+         [extract]\nbatch_size = 8\n[cv]\nfolds = 2\n[head]\nepochs = 5\nbatch_size = 16\n",
+        weights.display().to_string()
+    );
+    std::fs::write(dir.join("r.toml"), spec).unwrap();
+    run_export_and_compare_from_images(dir, "r", 224);
 }

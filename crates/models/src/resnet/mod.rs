@@ -19,13 +19,16 @@
 //! run in the convolutions' bias pass; the shortcut add is fused into the
 //! block's last convolution's bias pass, the ReLU after the add is a separate
 //! pass.
+//!
+//! `runner export` writes the same network as ONNX nodes (`onnx.rs`): both
+//! build their layers from one [`Layout`] read off the checkpoint.
 
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
 use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
-use super::flavour::Flavour;
+use super::flavour::{Convention, Flavour, FoldedConv};
 use super::layers::{
     global_avg_pool, max_pool2d, Act, Conv2d, Conv2dConfig, Pad4, Padding, Weights,
 };
@@ -33,8 +36,15 @@ use super::registry::{ModelEntry, Probe};
 use super::weights_view::TorchWeights;
 use super::{Backbone, ModelError};
 
+mod onnx;
+
 /// `nn.BatchNorm2d`'s default epsilon (torchvision, timm).
 const BN_EPS: f32 = 1e-5;
+
+/// The stem's max pool: a 3x3 window, stride 2, padding 1 on every side.
+const POOL_WINDOW: usize = 3;
+const POOL_STRIDE: usize = 2;
+const POOL_PAD: usize = 1;
 
 /// The residual block a ResNet is built from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +116,17 @@ impl Config {
             absent,
         }
     }
+
+    /// Every block's module path (`layer{i}.{j}`) and stride, in order: the
+    /// first block of `layer2..4` halves the resolution.
+    fn blocks(&self) -> impl Iterator<Item = (String, usize)> + '_ {
+        self.layers.iter().enumerate().flat_map(|(i, &n)| {
+            (0..n).map(move |j| {
+                let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                (format!("layer{}.{j}", i + 1), stride)
+            })
+        })
+    }
 }
 
 /// The registered depths.
@@ -118,10 +139,10 @@ pub const CONFIGS: [Config; 5] = [
     Config { name: "resnet152", block: BlockKind::Bottleneck, layers: [3, 8, 36, 3] },
 ];
 
-/// The registry entry of `CONFIGS[I]`.
+/// The registry entry of `CONFIGS[I]`, with its ONNX writer.
 const fn entry<const I: usize>() -> ModelEntry {
     let cfg = PretrainedCfg::new(224, Preprocess::Imagenet, CONFIGS[I].num_features());
-    ModelEntry::native(CONFIGS[I].name, cfg, probes::<I>, load::<I>)
+    ModelEntry::native(CONFIGS[I].name, cfg, probes::<I>, load::<I>).with_onnx(onnx::to_onnx::<I>)
 }
 
 fn probes<const I: usize>() -> Vec<Probe> {
@@ -148,6 +169,96 @@ fn pad(p: usize) -> Padding {
     Padding::Explicit(Pad4::uniform(p))
 }
 
+/// A `Conv2d(bias=False)` and the `BatchNorm2d` after it, by their module
+/// paths, with the stride, padding and activation they run with.
+struct ConvBn {
+    /// `layer2.0.conv2`: the kernel is `{conv}.weight`.
+    conv: String,
+    /// `layer2.0.bn2`.
+    bn: String,
+    cfg: Conv2dConfig,
+}
+
+impl ConvBn {
+    /// The native layer, the BatchNorm folded in.
+    fn load(&self, w: &Weights, device: &Device) -> Result<Conv2d, ModelError> {
+        TorchWeights::new(w, device).conv_bn(&self.conv, &self.bn, BN_EPS, self.cfg)
+    }
+
+    /// Kernel and bias with the BatchNorm folded in as [`ConvBn::load`]
+    /// folds it, for the ONNX writer.
+    fn folded(&self, w: &Weights) -> Result<FoldedConv, ModelError> {
+        let kernel = format!("{}.weight", self.conv);
+        Convention::torch(BN_EPS).folded_conv(w, &kernel, &self.bn)
+    }
+}
+
+/// One residual block's convolutions: `conv1..` in order, and the 1x1
+/// `downsample` shortcut where the checkpoint has one.
+struct BlockLayout {
+    convs: Vec<ConvBn>,
+    downsample: Option<ConvBn>,
+}
+
+/// The network as the checkpoint names it, checked against its config:
+/// what [`ResNet::from_weights`] loads and the ONNX writer writes, so the
+/// two build the same layers.
+struct Layout {
+    /// `conv1` + `bn1` + ReLU, 7x7/2 padded 3.
+    stem: ConvBn,
+    /// `layer1..4`'s blocks, in order.
+    blocks: Vec<BlockLayout>,
+}
+
+impl Layout {
+    /// `cfg`'s layers over `w`, which must hold exactly its blocks (a
+    /// missing tensor is reported when it is read).
+    fn read(cfg: &Config, w: &Weights) -> Result<Self, ModelError> {
+        check_layout(cfg, w)?;
+        let stem = ConvBn {
+            conv: "conv1".into(),
+            bn: "bn1".into(),
+            cfg: Conv2dConfig {
+                stride: 2,
+                padding: pad(3),
+                act: Act::Relu,
+            },
+        };
+        let blocks = cfg
+            .blocks()
+            .map(|(block, stride)| {
+                let convs = cfg
+                    .block
+                    .convs()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(strided, p, act))| ConvBn {
+                        conv: format!("{block}.conv{}", i + 1),
+                        bn: format!("{block}.bn{}", i + 1),
+                        cfg: Conv2dConfig {
+                            stride: if strided { stride } else { 1 },
+                            padding: if p == 0 { Padding::Valid } else { pad(p) },
+                            act,
+                        },
+                    })
+                    .collect();
+                let downsample = w
+                    .contains(&format!("{block}.downsample.0.weight"))
+                    .then(|| ConvBn {
+                        conv: format!("{block}.downsample.0"),
+                        bn: format!("{block}.downsample.1"),
+                        cfg: Conv2dConfig {
+                            stride,
+                            ..Conv2dConfig::default()
+                        },
+                    });
+                BlockLayout { convs, downsample }
+            })
+            .collect();
+        Ok(Self { stem, blocks })
+    }
+}
+
 /// `relu(last(...(conv1(x))) + shortcut(x))`, the BatchNorms folded.
 struct Block {
     /// `conv1..`, each with its `bn`.
@@ -156,35 +267,15 @@ struct Block {
 }
 
 impl Block {
-    /// Block `w` (`layer{i}.{j}`) of kind `kind`, its strided convolution
-    /// with stride `stride`.
-    fn load(w: &TorchWeights<'_>, kind: BlockKind, stride: usize) -> Result<Self, ModelError> {
-        let convs = kind
-            .convs()
+    fn load(layout: &BlockLayout, w: &Weights, device: &Device) -> Result<Self, ModelError> {
+        let convs = layout
+            .convs
             .iter()
-            .enumerate()
-            .map(|(i, &(strided, p, act))| {
-                let cfg = Conv2dConfig {
-                    stride: if strided { stride } else { 1 },
-                    padding: if p == 0 { Padding::Valid } else { pad(p) },
-                    act,
-                };
-                w.conv_bn(
-                    &format!("conv{}", i + 1),
-                    &format!("bn{}", i + 1),
-                    BN_EPS,
-                    cfg,
-                )
-            })
+            .map(|c| c.load(w, device))
             .collect::<Result<Vec<_>, _>>()?;
-        let downsample = if w.contains("downsample.0.weight") {
-            let cfg = Conv2dConfig {
-                stride,
-                ..Conv2dConfig::default()
-            };
-            Some(w.conv_bn("downsample.0", "downsample.1", BN_EPS, cfg)?)
-        } else {
-            None
+        let downsample = match &layout.downsample {
+            Some(d) => Some(d.load(w, device)?),
+            None => None,
         };
         Ok(Self { convs, downsample })
     }
@@ -224,22 +315,13 @@ impl ResNet {
 
     /// Builds `cfg` from `w`, which must hold exactly its blocks.
     pub fn from_weights(cfg: &Config, w: &Weights, device: &Device) -> Result<Self, ModelError> {
-        check_layout(cfg, w)?;
-        let root = TorchWeights::new(w, device);
-        let stem = Conv2dConfig {
-            stride: 2,
-            padding: pad(3),
-            act: Act::Relu,
-        };
-        let conv1 = root.conv_bn("conv1", "bn1", BN_EPS, stem)?;
-        let mut blocks = Vec::new();
-        for (i, &n) in cfg.layers.iter().enumerate() {
-            let layer = root.pp(format!("layer{}", i + 1));
-            for j in 0..n {
-                let stride = if i > 0 && j == 0 { 2 } else { 1 };
-                blocks.push(Block::load(&layer.pp(j), cfg.block, stride)?);
-            }
-        }
+        let layout = Layout::read(cfg, w)?;
+        let conv1 = layout.stem.load(w, device)?;
+        let blocks = layout
+            .blocks
+            .iter()
+            .map(|b| Block::load(b, w, device))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { conv1, blocks })
     }
 
@@ -289,7 +371,7 @@ fn check_layout(cfg: &Config, w: &Weights) -> Result<(), ModelError> {
 impl Backbone for ResNet {
     fn forward_features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = self.conv1.forward(x)?; // (N, 64, 112, 112)
-        let mut x = max_pool2d(&x, 3, 2, pad(1))?; // (N, 64, 56, 56)
+        let mut x = max_pool2d(&x, POOL_WINDOW, POOL_STRIDE, pad(POOL_PAD))?; // (N, 64, 56, 56)
         for b in &self.blocks {
             // bottleneck: 256 (56) -> 512 (28) -> 1024 (14) -> 2048 (7);
             // basic: 64 -> 128 -> 256 -> 512
@@ -333,7 +415,10 @@ mod tests {
 
     /// A torchvision-named state dict of `cfg`'s layout whose stage `s`
     /// has `planes(s)` planes (torchvision: 64, 128, 256, 512).
-    fn state_dict(cfg: &Config, planes: impl Fn(usize) -> usize) -> HashMap<String, Tensor> {
+    pub(super) fn state_dict(
+        cfg: &Config,
+        planes: impl Fn(usize) -> usize,
+    ) -> HashMap<String, Tensor> {
         let mut sd = HashMap::new();
         let stem = planes(0);
         conv_bn(&mut sd, "conv1", "bn1", [stem, 3, 7, 7]);
@@ -364,7 +449,7 @@ mod tests {
         sd
     }
 
-    fn narrow(s: usize) -> usize {
+    pub(super) fn narrow(s: usize) -> usize {
         2 + s
     }
 
