@@ -92,6 +92,17 @@ pub struct Timings {
     pub decode_seconds: f64,
     pub features_seconds: f64,
     pub heads_seconds: f64,
+    /// Seconds in each backbone's forward passes (every view and split),
+    /// in spec order; empty when every feature came from the cache.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backbones: Vec<BackboneSeconds>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BackboneSeconds {
+    /// The architecture, with `#2`, `#3`... when the spec lists it again.
+    pub backbone: String,
+    pub seconds: f64,
 }
 
 /// Bytes a run directory keeps aside while its run runs: room for a few

@@ -127,6 +127,11 @@ pub(super) enum Command {
         /// standard deviation (`--group-by head.dropout`).
         #[arg(long, value_name = "KEY", value_delimiter = ',')]
         group_by: Vec<String>,
+        /// Write the selected runs as one self-contained HTML page with
+        /// plots [default FILE: <runs>/report.html], linking each run's
+        /// own report.html.
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
+        html: Option<PathBuf>,
     },
     /// Two runs side by side: the parameters that differ, every score and
     /// its change.

@@ -60,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             name_glob,
             last,
             group_by,
+            html,
         }) => {
             let selection = report::Selection {
                 sweep: sweep_id,
@@ -72,7 +73,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 sort,
                 group_by,
             };
-            report(g, &selection, &options, format)
+            match html {
+                Some(out) => report_html(g, &selection, &options, out),
+                None => report(g, &selection, &options, format),
+            }
         }
         Some(Command::Diff {
             run_a,
@@ -194,6 +198,40 @@ fn report(
         eprintln!("no runs selected under {}{why}", g.runs.display());
     }
     print!("{}", report.render(format)?);
+    Ok(())
+}
+
+/// `runner report --html`: the selected runs' page, and the page of any
+/// selected run directory that has none yet (runs written before runs
+/// wrote their own).
+fn report_html(
+    g: &Global,
+    selection: &report::Selection,
+    options: &report::Options,
+    out: PathBuf,
+) -> anyhow::Result<()> {
+    let out = if out.as_os_str().is_empty() {
+        g.runs.join("report.html")
+    } else {
+        out
+    };
+    crate::rundir::mark_dead_runs(&g.runs);
+    let (report, warnings) = report::Report::build(&g.runs, selection, options)?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    for run in &report.runs {
+        let dir = g.runs.join(&run.run);
+        if run.status == "complete" && !dir.join(report::html::RUN_PAGE).exists() {
+            if let Err(e) = report::html::write_run_page(&dir) {
+                eprintln!("warning: {e:#}");
+            }
+        }
+    }
+    let html = report::html::runs_page(&report, &g.runs, &out)?;
+    crate::cache::write_atomic(&out, html.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{}: cannot be written: {e}", out.display()))?;
+    eprintln!("wrote {} ({} runs)", out.display(), report.runs.len());
     Ok(())
 }
 

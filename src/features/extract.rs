@@ -89,7 +89,7 @@ impl<'a> SplitExtraction<'a> {
                 out.decode_seconds += next.seconds;
                 self.warn_suspicious(&next);
                 let started = Instant::now();
-                self.forward_chunk(c, chunk, next.images, &mut haves[c], &mut progress)?;
+                self.forward_chunk(c, chunk, next.images, &mut haves[c], &mut progress, out)?;
                 out.forward_seconds += started.elapsed().as_secs_f64();
             }
             Ok(())
@@ -217,7 +217,12 @@ impl<'a> SplitExtraction<'a> {
         resized: HashMap<InputSize, Vec<RgbImage>>,
         have: &mut [Option<Matrix>],
         progress: &mut Progress<'_>,
+        out: &mut Features,
     ) -> Result<(), FeatureError> {
+        let backbones = self.run.spec.backbones.len();
+        if out.backbone_seconds.len() < backbones {
+            out.backbone_seconds.resize(backbones, 0.0);
+        }
         let device = self.run.device;
         let uploaded: HashMap<InputSize, Tensor> = if device.is_cpu() {
             HashMap::new()
@@ -250,6 +255,7 @@ impl<'a> SplitExtraction<'a> {
                     Some(images) => Input::Device(images),
                     None => Input::Host(&resized[&key]),
                 };
+                let started = Instant::now();
                 let feats = self.forward_batch(stage, x, first, last).map_err(|e| {
                     // Out of memory: find a batch that fits before failing,
                     // so the message says what to set.
@@ -261,15 +267,18 @@ impl<'a> SplitExtraction<'a> {
                     forward_error(chunk, bb.arch.name(), first, last, fits.flatten())(e)
                 })?;
                 parts[slot].push(feats);
+                out.backbone_seconds[stage.backbone] += started.elapsed().as_secs_f64();
             }
             progress.inc((last - first) as u64);
         }
         for (&i, parts) in todo.iter().zip(parts) {
             let stage = self.stages[i];
             let arch = self.run.spec.backbones[stage.backbone].arch.name();
+            let started = Instant::now();
             let data = Tensor::cat(&parts, 0)
                 .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
                 .map_err(forward_error(chunk, arch, 0, chunk.len(), None))?;
+            out.backbone_seconds[stage.backbone] += started.elapsed().as_secs_f64();
             let m = Matrix::new(chunk.len(), self.nets[&stage.backbone].num_features(), data);
             self.store_chunk(stage, c, &m)?;
             have[i] = Some(m);

@@ -28,6 +28,7 @@ use crate::lock::{Attempt, Holder, LockFile};
 use crate::npy::Matrix;
 use crate::plan::{FeatureStage, Plan, Split};
 use crate::run::Run;
+use crate::rundir::BackboneSeconds;
 use crate::spec::{Spec, View};
 use runner_models::{self as models, ModelError};
 
@@ -108,9 +109,35 @@ pub struct Features {
     /// with the backbones) and in the backbones.
     pub decode_seconds: f64,
     pub forward_seconds: f64,
+    /// `forward_seconds` by backbone, indexed as the spec lists them (on a
+    /// GPU, where a result is waited for rather than where work is queued).
+    pub backbone_seconds: Vec<f64>,
 }
 
 impl Features {
+    /// Each backbone's forward seconds under a name that tells repeated
+    /// architectures apart.
+    pub fn seconds_by_backbone(&self, spec: &Spec) -> Vec<BackboneSeconds> {
+        self.backbone_seconds
+            .iter()
+            .enumerate()
+            .map(|(i, &seconds)| {
+                let arch = spec.backbones[i].arch.name();
+                let earlier = spec.backbones[..i]
+                    .iter()
+                    .filter(|b| b.arch.name() == arch)
+                    .count();
+                BackboneSeconds {
+                    backbone: match earlier {
+                        0 => arch.to_string(),
+                        n => format!("{arch}#{}", n + 1),
+                    },
+                    seconds,
+                }
+            })
+            .collect()
+    }
+
     pub fn get(&self, stage: &FeatureStage) -> &Matrix {
         &self.by_key[&stage.key]
     }

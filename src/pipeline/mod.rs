@@ -11,7 +11,7 @@ mod tables;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
 use crate::features::{self, Features, Loaded};
@@ -29,7 +29,7 @@ pub(crate) use tables::{csv_bytes, submission_csv};
 
 pub use scores::{mean, propagation_table};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeadRow {
     pub fold: usize,
     pub view: View,
@@ -37,7 +37,8 @@ pub struct HeadRow {
     pub report: HeadReport,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// `metrics.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Metrics {
     pub name: String,
     pub classes: Vec<String>,
@@ -49,7 +50,7 @@ pub struct Metrics {
     pub heads: Vec<HeadRow>,
     /// `1 / T` of `[head] calibrate = "temperature"`, fitted on every
     /// out-of-fold row.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inverse_temperature: Option<f64>,
 }
 
@@ -166,6 +167,12 @@ fn conclude(
         Ok(metrics) => {
             dir.manifest.stage = None;
             dir.finish(Status::Complete, started.elapsed().as_secs_f64(), None)?;
+            // The page is drawn from the files just written; a failure to
+            // draw it costs the page, not the finished run.
+            match crate::report::html::write_run_page(&dir.path) {
+                Ok(page) => run.log.info(format!("report {}", page.display())),
+                Err(e) => run.log.info(format!("warning: no report.html: {e:#}")),
+            }
             run.log.detach_file();
             Ok(RunOutcome {
                 dir: dir.path,
@@ -236,6 +243,7 @@ fn prepare_in(
     let feats = features::ensure_with(run, &plan, loaded)?;
     dir.manifest.timings.features_seconds = t.elapsed().as_secs_f64();
     dir.manifest.timings.decode_seconds = feats.decode_seconds;
+    dir.manifest.timings.backbones = feats.seconds_by_backbone(spec);
     dir.manifest.feature_stages_cached = feats.cached;
     dir.manifest.feature_stages_computed = feats.computed;
     dir.write_manifest()?;
@@ -303,6 +311,7 @@ fn finish_in(
 
     dir.write("metrics.json", &serde_json::to_vec_pretty(&metrics)?)?;
     dir.write("folds.csv", &tables::folds_csv(&metrics.heads)?)?;
+    dir.write("history.csv", &tables::history_csv(&metrics.heads)?)?;
     dir.write("oof.csv", &tables::oof_csv(data, folds, &oof)?)?;
     if let Some(test) = &test {
         dir.write("submission.csv", &tables::submission_csv(data, test)?)?;

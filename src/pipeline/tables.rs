@@ -22,6 +22,33 @@ where
     writer.into_inner().map_err(|e| e.into_error().into())
 }
 
+/// `history.csv`: every head's learning curves in long format, a row per
+/// fold, view, epoch, split and metric (what plotting tools group by).
+pub fn history_csv(heads: &[HeadRow]) -> csv::Result<Vec<u8>> {
+    let header = ["fold", "view", "epoch", "split", "metric", "value"].map(String::from);
+    let rows = heads.iter().flat_map(|h| {
+        h.report.history.iter().flat_map(move |e| {
+            [
+                ("train", "log_loss", e.train_log_loss),
+                ("train", "accuracy", e.train_accuracy),
+                ("valid", "log_loss", e.valid_log_loss),
+                ("valid", "accuracy", e.valid_accuracy),
+            ]
+            .map(|(split, metric, value)| {
+                vec![
+                    h.fold.to_string(),
+                    h.view.name().to_string(),
+                    e.epoch.to_string(),
+                    split.to_string(),
+                    metric.to_string(),
+                    value.to_string(),
+                ]
+            })
+        })
+    });
+    csv_bytes(std::iter::once(header.to_vec()).chain(rows))
+}
+
 /// A row per fold x view head; with the logistic head, a last column with
 /// each head's chosen penalty (a dense run's table is as it always was).
 pub fn folds_csv(heads: &[HeadRow]) -> csv::Result<Vec<u8>> {

@@ -11,6 +11,7 @@
 mod cells;
 mod diff;
 mod group;
+pub mod html;
 mod render;
 mod select;
 

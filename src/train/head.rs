@@ -25,7 +25,7 @@ pub struct TrainedHead {
     pub valid_probs: Matrix,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct HeadReport {
     pub epochs_run: usize,
     /// 1-based epoch whose weights the head keeps.
@@ -33,8 +33,24 @@ pub struct HeadReport {
     pub valid_log_loss: f64,
     pub valid_accuracy: f64,
     /// The logistic head's chosen penalty (absent for the dense head).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l2: Option<f64>,
+    /// Every epoch's scores, in order (the learning curves).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<EpochScores>,
+}
+
+/// A head's scores after one epoch: on its training rows (without
+/// dropout, so the two curves measure the same function) and on its
+/// validation rows.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochScores {
+    /// 1-based.
+    pub epoch: usize,
+    pub train_log_loss: f64,
+    pub train_accuracy: f64,
+    pub valid_log_loss: f64,
+    pub valid_accuracy: f64,
 }
 
 /// Rows `idx` of `x`, row-major.
@@ -125,6 +141,9 @@ pub fn train_head(
 
     let valid_y: Vec<usize> = valid.iter().map(|&i| labels.rows[i]).collect();
     let valid_x = Matrix::new(valid.len(), d, gather(x, valid));
+    let train_y: Vec<usize> = train.iter().map(|&i| labels.rows[i]).collect();
+    let train_x = Matrix::new(train.len(), d, gather(x, train));
+    let mut history = Vec::with_capacity(cfg.epochs);
     let dropout = (cfg.dropout > 0.0).then(|| Dropout::new(cfg.dropout));
     let mut order = train.to_vec();
     let mut xs = Vec::with_capacity(cfg.batch_size.min(train.len()) * d);
@@ -149,7 +168,16 @@ pub fn train_head(
         }
 
         let now = trainer.weights()?;
-        let val_loss = metrics::log_loss(&engine.probabilities(&now, &valid_x)?, &valid_y);
+        let valid_probs = engine.probabilities(&now, &valid_x)?;
+        let train_probs = engine.probabilities(&now, &train_x)?;
+        let val_loss = metrics::log_loss(&valid_probs, &valid_y);
+        history.push(EpochScores {
+            epoch,
+            train_log_loss: metrics::log_loss(&train_probs, &train_y),
+            train_accuracy: metrics::accuracy(&train_probs, &train_y),
+            valid_log_loss: val_loss,
+            valid_accuracy: metrics::accuracy(&valid_probs, &valid_y),
+        });
         on_epoch(epoch, val_loss);
         let improved = best.as_ref().is_none_or(|b| val_loss < b.0);
         if improved {
@@ -177,6 +205,7 @@ pub fn train_head(
             valid_log_loss: metrics::log_loss(&valid_probs, &valid_y),
             valid_accuracy: metrics::accuracy(&valid_probs, &valid_y),
             l2: None,
+            history,
         },
         weights,
         valid_probs,

@@ -11,7 +11,7 @@ pub mod optim;
 
 pub use cv::{CrossValidation, FoldHead, ViewFeatures};
 pub use folds::{Fold, FoldPlan};
-pub use head::{train_head, HeadReport, Labels, TrainedHead};
+pub use head::{train_head, EpochScores, HeadReport, Labels, TrainedHead};
 
 /// Runs `f` on a pool of its own with `threads` threads: tests compare
 /// heads trained on one thread and on several.

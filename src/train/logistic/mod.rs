@@ -153,6 +153,7 @@ pub fn train_logistic(
             valid_log_loss: metrics::log_loss(&valid_probs, &valid_y),
             valid_accuracy: metrics::accuracy(&valid_probs, &valid_y),
             l2: Some(chosen),
+            history: Vec::new(),
         },
         weights,
         valid_probs,
