@@ -20,6 +20,7 @@ mod bad_inputs;
 mod ensemble;
 mod experiments;
 mod export;
+mod html_report;
 mod interrupt;
 mod predict;
 mod reliability;
