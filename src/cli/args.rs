@@ -130,8 +130,8 @@ pub(super) enum Command {
         /// Write the selected runs as one self-contained HTML page with
         /// plots [default FILE: <runs>/report.html], linking each run's
         /// own report.html.
-        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
-        html: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        html: Option<Option<PathBuf>>,
     },
     /// Two runs side by side: the parameters that differ, every score and
     /// its change.

@@ -208,13 +208,9 @@ fn report_html(
     g: &Global,
     selection: &report::Selection,
     options: &report::Options,
-    out: PathBuf,
+    out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let out = if out.as_os_str().is_empty() {
-        g.runs.join("report.html")
-    } else {
-        out
-    };
+    let out = out.unwrap_or_else(|| g.runs.join("report.html"));
     crate::rundir::mark_dead_runs(&g.runs);
     let (report, warnings) = report::Report::build(&g.runs, selection, options)?;
     for w in &warnings {

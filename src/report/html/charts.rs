@@ -175,7 +175,7 @@ impl BarChart {
         let n = self.categories.len().max(1);
         let per_group = self.series.len().max(1);
         let bar_px = 16;
-        let height = (n * (per_group * bar_px + 12)) as u32 + 90;
+        let height = (n * (per_group * bar_px + 12)) as u32 + 112;
         let label_px = self
             .categories
             .iter()
@@ -196,10 +196,11 @@ impl BarChart {
         let x_hi = bounds(values()).1.max(0.0);
         let x_hi = if x_hi > 0.0 { x_hi * 1.18 } else { 1.0 };
         svg(self.width, height, |root| {
+            let legend_row = if self.series.len() > 1 { 22 } else { 0 };
             let mut chart = ChartBuilder::on(root)
                 .caption(&self.title, (FONT, 14))
                 .margin(8)
-                .x_label_area_size(32)
+                .x_label_area_size(32 + legend_row)
                 .y_label_area_size(label_px)
                 .build_cartesian_2d(0f64..x_hi, 0f64..n as f64)
                 .map_err(draw_err)?;
@@ -267,14 +268,27 @@ impl BarChart {
                 .map_err(draw_err)?;
             }
             if self.series.len() > 1 {
-                chart
-                    .configure_series_labels()
-                    .label_font((FONT, 11))
-                    .background_style(WHITE.mix(0.8))
-                    .border_style(RGBColor(200, 200, 200))
-                    .position(SeriesLabelPosition::LowerRight)
-                    .draw()
+                // The legend in a row of its own under the axis: inside
+                // the plotting area it would cover the longest bars.
+                let mut x = label_px as i32;
+                let y = height as i32 - 16;
+                for (j, s) in self.series.iter().enumerate() {
+                    root.draw(&Rectangle::new(
+                        [(x, y - 5), (x + 12, y + 5)],
+                        color(j).filled(),
+                    ))
                     .map_err(draw_err)?;
+                    root.draw(&Text::new(
+                        s.name.clone(),
+                        (x + 16, y),
+                        (FONT, 11)
+                            .into_font()
+                            .color(&BLACK)
+                            .pos(Pos::new(HPos::Left, VPos::Center)),
+                    ))
+                    .map_err(draw_err)?;
+                    x += 30 + 7 * s.name.chars().count() as i32;
+                }
             }
             Ok(())
         })
@@ -523,7 +537,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            heat.contains("predicted class") && heat.contains(">3<"),
+            heat.contains("predicted class") && heat.contains("\n3\n"),
             "{heat}"
         );
 

@@ -110,12 +110,14 @@ pub fn render(report: &Report, runs_root: &Path, out: &Path) -> anyhow::Result<S
         .cloned()
         .collect();
 
+    let groups = together(&settings, &scored);
     let mut figures = Vec::new();
-    if settings.len() > 1 {
+    if groups.len() > 1 {
         // Every combination of the varying settings: the ablation bars.
         let (categories, series, most) = score_bars(&scored, |r| {
-            settings
+            groups
                 .iter()
+                .map(|keys| keys[0])
                 .map(|k| format!("{k}={}", r.cell(k).text()))
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -128,9 +130,13 @@ pub fn render(report: &Report, runs_root: &Path, out: &Path) -> anyhow::Result<S
             most,
         )?);
     }
-    for key in &settings {
+    for keys in &groups {
+        let key = keys[0];
         let (categories, series, most) = score_bars(&scored, |r| r.cell(key).text());
-        let title = format!("Log loss by {key}");
+        let title = match keys.len() {
+            1 => format!("Log loss by {key}"),
+            n => format!("Log loss by {key} (and {} more varying with it)", n - 1),
+        };
         let mut fig = setting_figure(
             &format!("by-{}", slug(key)),
             &title,
@@ -138,7 +144,7 @@ pub fn render(report: &Report, runs_root: &Path, out: &Path) -> anyhow::Result<S
             series,
             most,
         )?;
-        if settings.len() > 1 {
+        if groups.len() > 1 {
             fig = fig.replace(
                 "</figcaption>",
                 " Each bar averages over the other settings' values too.</figcaption>",
@@ -167,6 +173,33 @@ pub fn render(report: &Report, runs_root: &Path, out: &Path) -> anyhow::Result<S
     }
     page.section("runs", "Runs", runs_table(report, runs_root, out));
     Ok(page.render())
+}
+
+/// The settings grouped by the runs they tell apart: keys that always
+/// change together (a backbone's arch, weights and input size) make one
+/// chart, named by the first.
+fn together<'a>(settings: &[&'a String], runs: &[RunRecord]) -> Vec<Vec<&'a String>> {
+    let partition = |key: &str| -> Vec<usize> {
+        let mut seen: Vec<String> = Vec::new();
+        runs.iter()
+            .map(|r| {
+                let v = r.cell(key).text();
+                seen.iter().position(|s| *s == v).unwrap_or_else(|| {
+                    seen.push(v);
+                    seen.len() - 1
+                })
+            })
+            .collect()
+    };
+    let mut groups: Vec<(Vec<usize>, Vec<&'a String>)> = Vec::new();
+    for &key in settings {
+        let p = partition(key);
+        match groups.iter_mut().find(|(q, _)| *q == p) {
+            Some((_, keys)) => keys.push(key),
+            None => groups.push((p, vec![key])),
+        }
+    }
+    groups.into_iter().map(|(_, keys)| keys).collect()
 }
 
 fn setting_figure(
