@@ -16,6 +16,10 @@ if [ -z "${CHROMIUM:-}" ]; then
   fi
 fi
 export CHROMIUM
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "check-pages: skipped: node and npm not installed (apt-get install nodejs npm)"
+  exit 0
+fi
 
 # Install playwright-core from the lock unless node_modules already holds it
 # (npm writes node_modules/.package-lock.json on every install). npm ci

@@ -126,17 +126,24 @@ impl LineChart {
                     .label("kept")
                     .legend(|(x, y)| Circle::new((x + 8, y), 4, BLACK.stroke_width(2)));
             }
-            chart
-                .configure_series_labels()
-                .label_font((FONT, 11))
-                .background_style(WHITE.mix(0.8))
-                .border_style(RGBColor(200, 200, 200))
-                .position(SeriesLabelPosition::UpperRight)
-                .draw()
-                .map_err(draw_err)?;
-            Ok(())
+            draw_legend(&mut chart, SeriesLabelPosition::UpperRight)
         })
     }
+}
+
+/// The series' legend in a box, the same on every chart.
+fn draw_legend<'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 11))
+        .background_style(WHITE.mix(0.8))
+        .border_style(RGBColor(200, 200, 200))
+        .position(position)
+        .draw()
+        .map_err(draw_err)
 }
 
 /// The smallest and largest finite value (0..1 when there is none).
@@ -470,15 +477,7 @@ pub fn reliability_diagram(title: &str, bins: &[ReliabilityBin]) -> anyhow::Resu
             .map_err(draw_err)?
             .label("mean confidence")
             .legend(|(x, y)| Circle::new((x + 8, y), 3, color(1).filled()));
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 11))
-            .background_style(WHITE.mix(0.8))
-            .border_style(RGBColor(200, 200, 200))
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(draw_err)?;
-        Ok(())
+        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)
     })
 }
 
