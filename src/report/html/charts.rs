@@ -207,7 +207,9 @@ impl BarChart {
             let mut chart = ChartBuilder::on(root)
                 .caption(&self.title, (FONT, 14))
                 .margin(8)
-                .x_label_area_size(32 + legend_row)
+                // The legend row goes below the axis description.
+                .margin_bottom(8 + legend_row)
+                .x_label_area_size(32)
                 .y_label_area_size(label_px)
                 .build_cartesian_2d(0f64..x_hi, 0f64..n as f64)
                 .map_err(draw_err)?;
@@ -278,7 +280,7 @@ impl BarChart {
                 // The legend in a row of its own under the axis: inside
                 // the plotting area it would cover the longest bars.
                 let mut x = label_px as i32;
-                let y = height as i32 - 16;
+                let y = height as i32 - 14;
                 for (j, s) in self.series.iter().enumerate() {
                     root.draw(&Rectangle::new(
                         [(x, y - 5), (x + 12, y + 5)],
