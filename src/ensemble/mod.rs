@@ -469,5 +469,9 @@ fn write_run(
         feature_stages: Vec::new(),
     };
     write("run.json", &serde_json::to_vec_pretty(&manifest)?)?;
+    // The blend is written whatever happens to its page.
+    if let Err(e) = crate::report::html::write_run_page(&path) {
+        eprintln!("warning: {e:#}");
+    }
     Ok(path)
 }

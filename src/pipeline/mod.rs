@@ -42,11 +42,16 @@ pub struct HeadRow {
 pub struct Metrics {
     pub name: String,
     pub classes: Vec<String>,
+    // An ensemble's metrics.json has no images or heads of its own (its
+    // propagation is the members, then the blend); it reads as this too.
+    #[serde(default)]
     pub train_images: usize,
+    #[serde(default)]
     pub test_images: usize,
     pub propagation: Vec<Score>,
     #[serde(rename = "final")]
     pub final_score: Score,
+    #[serde(default)]
     pub heads: Vec<HeadRow>,
     /// `1 / T` of `[head] calibrate = "temperature"`, fitted on every
     /// out-of-fold row.

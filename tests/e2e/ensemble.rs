@@ -50,9 +50,15 @@ fn an_ensemble_blends_runs_out_of_fold_and_is_listed_as_a_run() {
         "metrics.json",
         "oof.csv",
         "submission.csv",
+        "report.html",
     ] {
         assert!(ens.join(f).is_file(), "{f}");
     }
+    // Its page compares the members with the blend; it has no heads of
+    // its own to draw learning curves of.
+    let page = std::fs::read_to_string(ens.join("report.html")).unwrap();
+    assert!(page.contains("ensemble (weights + temperature, nested CV)"));
+    assert!(page.contains("id=\"calibration\"") && !page.contains("id=\"curves\""));
     let metrics = json(&ens.join("metrics.json"));
     let weights: Vec<f64> = metrics["blend"]["weights"]
         .as_array()

@@ -5,6 +5,7 @@
 
 mod charts;
 mod page;
+mod run_files;
 mod run_page;
 mod runs_page;
 

@@ -2,154 +2,15 @@
 //! back from the files it wrote, so the page of any finished run (and of
 //! one written by an older runner, with fewer plots) can be made again.
 
-use std::path::Path;
-
-use anyhow::Context;
-
 use super::charts::{self, BarChart, Bars, Line, LineChart, ReliabilityBin};
 use super::page::{self, escape, figure, grid, paragraph, table, Kind, Page, Td};
 use crate::pipeline::{HeadRow, Metrics, Score};
 use crate::rundir::Manifest;
 
+pub use super::run_files::{ClassRow, RunFiles};
+
 /// Confidence bins of the reliability diagram (and its calibration error).
 const BINS: usize = 10;
-
-/// One row of `per_class.csv`.
-pub struct ClassRow {
-    pub split: String,
-    pub class: String,
-    pub accuracy: f64,
-    pub log_loss: f64,
-}
-
-/// Everything the page shows, as the run directory holds it.
-pub struct RunFiles {
-    pub folder: String,
-    pub manifest: Option<Manifest>,
-    pub metrics: Option<Metrics>,
-    pub spec: Option<String>,
-    pub per_class: Vec<ClassRow>,
-    /// `confusion.csv` by split: the predicted-class counts per true class.
-    pub confusion: Vec<(String, Vec<Vec<u64>>)>,
-    /// `oof.csv`: each scored row's true class and probabilities.
-    pub oof: Vec<(usize, Vec<f64>)>,
-}
-
-impl RunFiles {
-    /// Reads what there is; a missing file leaves its part of the page out
-    /// (a failed run has no scores), an unreadable one is an error naming it.
-    pub fn read(dir: &Path) -> anyhow::Result<RunFiles> {
-        let folder = dir
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let manifest = read_optional(dir, "run.json", |b| Ok(serde_json::from_slice(b)?))?;
-        let metrics: Option<Metrics> =
-            read_optional(dir, "metrics.json", |b| Ok(serde_json::from_slice(b)?))?;
-        let spec = read_optional(dir, "spec.toml", |b| {
-            Ok(String::from_utf8_lossy(b).into_owned())
-        })?;
-        let classes = metrics
-            .as_ref()
-            .map(|m| m.classes.clone())
-            .unwrap_or_default();
-        let per_class = read_optional(dir, "per_class.csv", parse_per_class)?.unwrap_or_default();
-        let confusion = read_optional(dir, "confusion.csv", |b| parse_confusion(b, classes.len()))?
-            .unwrap_or_default();
-        let oof = read_optional(dir, "oof.csv", |b| parse_oof(b, &classes))?.unwrap_or_default();
-        Ok(RunFiles {
-            folder,
-            manifest,
-            metrics,
-            spec,
-            per_class,
-            confusion,
-            oof,
-        })
-    }
-}
-
-fn read_optional<T>(
-    dir: &Path,
-    name: &str,
-    parse: impl FnOnce(&[u8]) -> anyhow::Result<T>,
-) -> anyhow::Result<Option<T>> {
-    let path = dir.join(name);
-    match std::fs::read(&path) {
-        Ok(bytes) => parse(&bytes)
-            .map(Some)
-            .with_context(|| format!("{}: cannot be read for the report", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("{}: cannot be read", path.display())),
-    }
-}
-
-fn records(bytes: &[u8]) -> anyhow::Result<Vec<csv::StringRecord>> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_reader(bytes);
-    Ok(reader.records().collect::<Result<_, _>>()?)
-}
-
-fn number<T: std::str::FromStr>(record: &csv::StringRecord, i: usize) -> anyhow::Result<T> {
-    let text = record.get(i).unwrap_or("");
-    text.parse().map_err(|_| {
-        anyhow::anyhow!(
-            "line {}: column {} is {text:?}, not a number",
-            line(record),
-            i + 1
-        )
-    })
-}
-
-fn line(record: &csv::StringRecord) -> u64 {
-    record.position().map_or(0, |p| p.line())
-}
-
-fn parse_per_class(bytes: &[u8]) -> anyhow::Result<Vec<ClassRow>> {
-    records(bytes)?
-        .iter()
-        .map(|r| {
-            Ok(ClassRow {
-                split: r.get(0).unwrap_or("").to_string(),
-                class: r.get(1).unwrap_or("").to_string(),
-                accuracy: number(r, 3)?,
-                log_loss: number(r, 4)?,
-            })
-        })
-        .collect()
-}
-
-fn parse_confusion(bytes: &[u8], classes: usize) -> anyhow::Result<Vec<(String, Vec<Vec<u64>>)>> {
-    let mut out: Vec<(String, Vec<Vec<u64>>)> = Vec::new();
-    for r in records(bytes)? {
-        let split = r.get(0).unwrap_or("").to_string();
-        let row = (2..2 + classes)
-            .map(|i| number(&r, i))
-            .collect::<anyhow::Result<Vec<u64>>>()?;
-        match out.iter_mut().find(|(s, _)| *s == split) {
-            Some((_, rows)) => rows.push(row),
-            None => out.push((split, vec![row])),
-        }
-    }
-    Ok(out)
-}
-
-fn parse_oof(bytes: &[u8], classes: &[String]) -> anyhow::Result<Vec<(usize, Vec<f64>)>> {
-    records(bytes)?
-        .iter()
-        .filter_map(|r| {
-            // Rows outside every validation fold (a one-fold run) have no
-            // label to score against.
-            let label = classes.iter().position(|c| Some(c.as_str()) == r.get(1))?;
-            let probs = (2..2 + classes.len())
-                .map(|i| number(r, i))
-                .collect::<anyhow::Result<Vec<f64>>>();
-            Some(probs.map(|p| (label, p)))
-        })
-        .collect()
-}
 
 /// Confidence bins of the top class against how often it was right, and
 /// the expected calibration error (the bins' |accuracy - confidence|
@@ -207,8 +68,12 @@ pub fn render(run: &RunFiles) -> anyhow::Result<String> {
     let mut page = Page::new(Kind::Run, name, &subtitle);
     if let Some(m) = &run.metrics {
         page.section("scores", "Scores", scores_section(m)?);
-        page.section("curves", "Learning curves", curves_section(&m.heads)?);
-        page.section("folds", "Folds", folds_section(&m.heads)?);
+        // An ensemble has members instead of heads: its scores section
+        // compares them with the blend.
+        if !is_ensemble(m) {
+            page.section("curves", "Learning curves", curves_section(&m.heads)?);
+            page.section("folds", "Folds", folds_section(&m.heads)?);
+        }
         page.section("classes", "Classes", classes_section(run, &m.classes)?);
         page.section("calibration", "Calibration", calibration_section(run, m)?);
     } else {
@@ -218,11 +83,17 @@ pub fn render(run: &RunFiles) -> anyhow::Result<String> {
             paragraph("This run has no scores (no metrics.json): it failed, was interrupted or is still running."),
         );
     }
-    if let Some(m) = &run.manifest {
+    let blend = run.metrics.as_ref().is_some_and(is_ensemble);
+    if let Some(m) = run.manifest.as_ref().filter(|_| !blend) {
         page.section("time", "Time", time_section(m)?);
     }
     page.section("spec", "Spec and data", spec_section(run));
     Ok(page.render())
+}
+
+/// A blend written by `runner ensemble`: members instead of heads.
+fn is_ensemble(m: &Metrics) -> bool {
+    m.heads.is_empty()
 }
 
 fn scores_section(m: &Metrics) -> anyhow::Result<String> {
@@ -248,8 +119,13 @@ fn scores_section(m: &Metrics) -> anyhow::Result<String> {
         width: 640,
     }
     .svg()?;
-    let caption = "Each stage adds to the one above: the first fold alone, every fold, every view (and a fitted temperature). \
-                   Out-of-fold scores are on the training images each head did not see; test scores need an answer key.";
+    let caption = if is_ensemble(m) {
+        "The members' scores, then the blend's: its weights (and temperature) fitted on out-of-fold predictions, \
+         its out-of-fold score by nested cross-validation; test scores need an answer key."
+    } else {
+        "Each stage adds to the one above: the first fold alone, every fold, every view (and a fitted temperature). \
+         Out-of-fold scores are on the training images each head did not see; test scores need an answer key."
+    };
     Ok(format!(
         "{}{}",
         figure("propagation", &chart, caption),
@@ -558,7 +434,7 @@ fn time_section(m: &Manifest) -> anyhow::Result<String> {
 
 fn spec_section(run: &RunFiles) -> String {
     let mut out = String::new();
-    if let Some(m) = &run.metrics {
+    if let Some(m) = run.metrics.as_ref().filter(|m| !is_ensemble(m)) {
         out.push_str(&paragraph(&format!(
             "{} training images, {} test images, {} classes: {}.",
             m.train_images,
