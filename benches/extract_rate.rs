@@ -102,6 +102,8 @@ fn parse() -> Result<Args, String> {
         resize: models::Resize::Box,
         output,
         input_layout: None,
+        pool: None,
+        prefix_tokens: None,
     };
     Ok(Args {
         arch,

@@ -75,6 +75,8 @@ fn cases(models_dir: &Path) -> Result<Vec<Case>, String> {
                     resize: Default::default(),
                     output: Some("features".into()),
                     input_layout: None,
+                    pool: None,
+                    prefix_tokens: None,
                 },
             });
         }

@@ -88,6 +88,7 @@ fn inspect_onnx(path: &Path, all: bool, output: Option<&str>) -> anyhow::Result<
     let opts = OnnxOptions {
         output: output.map(str::to_string),
         input_layout: s.input_layout,
+        ..Default::default()
     };
     match OnnxBackbone::load(path, &opts, size) {
         Ok(net) => {

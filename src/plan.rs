@@ -151,6 +151,10 @@ struct FeatureKey<'a> {
     output: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     input_layout: Option<runner_models::onnx::InputLayout>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool: Option<runner_models::onnx::TokenPool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefix_tokens: Option<usize>,
     /// Absent for f32, so f32 keys are unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
     precision: Option<crate::spec::Precision>,
@@ -235,6 +239,8 @@ fn stage_key(
         images_blake3: images_hash,
         output: b.output.as_deref(),
         input_layout: b.input_layout,
+        pool: b.pool,
+        prefix_tokens: b.prefix_tokens,
         precision: precision.filter(|p| *p != crate::spec::Precision::F32),
     };
     let json = serde_json::to_vec(&doc).expect("key serialises");
@@ -254,6 +260,8 @@ mod tests {
             resize: Resize::Box,
             output: None,
             input_layout: None,
+            pool: None,
+            prefix_tokens: None,
         }
     }
 

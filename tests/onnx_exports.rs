@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use runner_models::onnx::onnx_pb as onnx;
-use runner_models::onnx::{read_model, InputLayout, OnnxBackbone, OnnxOptions, Program};
+use runner_models::onnx::{read_model, InputLayout, OnnxBackbone, OnnxOptions, Program, TokenPool};
 use runner_models::Backbone;
 
 const REL_TOL: f32 = 1e-4;
@@ -30,6 +30,8 @@ struct Fixture {
     output: Tensor,
     output_name: String,
     layout: InputLayout,
+    /// How a token output is pooled (metadata `pool`, absent otherwise).
+    pool: Option<TokenPool>,
 }
 
 impl Fixture {
@@ -66,6 +68,10 @@ impl Fixture {
             input: take("input"),
             output: take("output"),
             output_name: field("output_name"),
+            pool: meta.get("pool").map(|p| {
+                serde_json::from_value(serde_json::Value::String(p.clone()))
+                    .unwrap_or_else(|e| panic!("{}: pool {p:?}: {e}", expected.display()))
+            }),
             layout,
             name,
             onnx,
@@ -87,6 +93,36 @@ impl Fixture {
     fn images(&self, idx: &[u32]) -> Tensor {
         let i = Tensor::new(idx, &Device::Cpu).expect("index");
         self.input.index_select(&i, 0).expect("select images")
+    }
+
+    /// The reference output as `arch = "onnx"` pools it: a feature map's
+    /// mean over H, W (these exports are NCHW inside), a token sequence
+    /// by the fixture's pool with one prefix token.
+    fn features(&self) -> Tensor {
+        let y = &self.output;
+        let pooled = match (y.rank(), self.pool) {
+            (2, _) => Ok(y.clone()),
+            (4, _) => y.mean((2, 3)),
+            (3, Some(pool)) => {
+                let t = y.dim(1).expect("tokens");
+                let cls = y.narrow(1, 0, 1).and_then(|c| c.squeeze(1));
+                let mean = y.narrow(1, 1, t - 1).and_then(|p| p.mean(1));
+                match pool {
+                    TokenPool::Cls => cls,
+                    TokenPool::Mean => mean,
+                    TokenPool::ClsMean => Tensor::cat(&[cls.unwrap(), mean.unwrap()], 1),
+                }
+            }
+            (r, pool) => panic!("{}: a rank-{r} output with pool {pool:?}", self.name),
+        };
+        pooled.expect("pool the reference output")
+    }
+
+    fn options(&self) -> OnnxOptions {
+        OnnxOptions {
+            pool: self.pool,
+            ..Default::default()
+        }
     }
 
     fn expected(&self, idx: &[u32]) -> Tensor {
@@ -205,17 +241,17 @@ fn exports_run_as_backbones_in_both_layouts() {
                 .map_err(|e| e.to_string())?,
         };
         let size = x.dim(2).map_err(|e| e.to_string())?;
-        let net = OnnxBackbone::load(&fx.onnx, &OnnxOptions::default(), size)
-            .map_err(|e| e.to_string())?;
+        let net = OnnxBackbone::load(&fx.onnx, &fx.options(), size).map_err(|e| e.to_string())?;
         let f = net.forward_features(&x).map_err(|e| e.to_string())?;
-        if Some(net.num_features()) != fx.output.dims().get(1).copied() {
+        let want = fx.features();
+        if Some(net.num_features()) != want.dims().get(1).copied() {
             return Err(format!(
-                "num_features {}, output {:?}",
+                "num_features {}, pooled output {:?}",
                 net.num_features(),
-                fx.output.dims()
+                want.dims()
             ));
         }
-        rel_err(&f, &fx.output)
+        rel_err(&f, &want)
     });
 }
 
@@ -321,6 +357,7 @@ fn a_feature_map_inside_an_nhwc_graph_is_pooled_over_its_own_height_and_width() 
     let opts = OnnxOptions {
         output: Some(gap.input[0].clone()),
         input_layout: None,
+        ..Default::default()
     };
     let size = fx.input.dim(1).expect("height");
     let net = OnnxBackbone::load(&fx.onnx, &opts, size).expect("load");
@@ -359,6 +396,8 @@ fn every_export_copied_into_a_graph_gives_the_backbones_features() {
             resize: Default::default(),
             output: Some(fx.output_name.clone()),
             input_layout: None,
+            pool: fx.pool,
+            prefix_tokens: fx.pool.map(|_| 1),
         };
         let net =
             OnnxBackbone::load(&fx.onnx, &spec.onnx_options(), size).map_err(|e| e.to_string())?;

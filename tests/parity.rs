@@ -139,6 +139,7 @@ fn efficientnet_lite0_onnx_export_matches_pytorch_reference() {
         let opts = OnnxOptions {
             output: Some(output.into()),
             input_layout: None,
+            ..Default::default()
         };
         OnnxBackbone::load(&path, &opts, 224).expect("load ONNX backbone")
     };
@@ -324,6 +325,7 @@ fn efficientnet_lite0_onnx_export_runs_in_f16() {
     let opts = OnnxOptions {
         output: Some("features".into()),
         input_layout: None,
+        ..Default::default()
     };
     let net = OnnxBackbone::load(&models_dir().join(format!("{stem}.onnx")), &opts, 224)
         .expect("load ONNX backbone");

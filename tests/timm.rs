@@ -319,6 +319,8 @@ fn every_registered_architecture_produces_its_declared_features() {
                 resize: Resize::Box,
                 output: Some("features".into()),
                 input_layout: None,
+                pool: None,
+                prefix_tokens: None,
             },
         };
         let model = models::create(&spec, &Device::Cpu).expect("create");

@@ -108,6 +108,8 @@ mod tests {
                 resize: Resize::Box,
                 output: None,
                 input_layout: None,
+                pool: None,
+                prefix_tokens: None,
             };
             for view in [View::Original, View::Hflip] {
                 let host = input_tensor(&refs, &bb, view, &Device::Cpu).unwrap();

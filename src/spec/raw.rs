@@ -63,6 +63,10 @@ pub struct RawBackbone {
     pub output: Option<String>,
     /// ONNX only: `nchw` or `nhwc`; default read from the graph.
     pub input_layout: Option<InputLayout>,
+    /// ONNX only: how a token output becomes one vector.
+    pub pool: Option<runner_models::onnx::TokenPool>,
+    /// ONNX only, with a pool over the patch tokens.
+    pub prefix_tokens: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

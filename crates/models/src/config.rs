@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::onnx::{InputLayout, OnnxOptions};
+use crate::onnx::{InputLayout, OnnxOptions, TokenPool};
 use crate::registry::{self, ModelEntry};
 
 /// How `u8` RGB pixels become network input.
@@ -179,6 +179,12 @@ pub struct BackboneSpec {
     /// The graph input's axis order (ONNX only, like `output`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_layout: Option<InputLayout>,
+    /// How a token output becomes one vector (ONNX only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<TokenPool>,
+    /// Tokens before the patch tokens, for `pool = "mean"` / `"cls+mean"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_tokens: Option<usize>,
 }
 
 impl BackboneSpec {
@@ -194,6 +200,8 @@ impl BackboneSpec {
             resize: cfg.resize,
             output: None,
             input_layout: None,
+            pool: None,
+            prefix_tokens: None,
         })
     }
 
@@ -201,6 +209,8 @@ impl BackboneSpec {
         OnnxOptions {
             output: self.output.clone(),
             input_layout: self.input_layout,
+            pool: self.pool,
+            prefix_tokens: self.prefix_tokens,
         }
     }
 }

@@ -15,6 +15,8 @@ impl Resolver<'_> {
                 for (key, set) in [
                     ("output", raw.output.is_some()),
                     ("input_layout", raw.input_layout.is_some()),
+                    ("pool", raw.pool.is_some()),
+                    ("prefix_tokens", raw.prefix_tokens.is_some()),
                 ] {
                     if set {
                         return Err(self.invalid(
@@ -42,6 +44,17 @@ impl Resolver<'_> {
                 "allowed: 32 to 1024 pixels",
             ));
         }
+        let prefix_tokens =
+            match (raw.pool, raw.prefix_tokens) {
+                (Some(p), given) if p.averages_patches() => Some(given.unwrap_or(1)),
+                (_, None) => None,
+                (_, Some(_)) => return Err(self.invalid(
+                    &format!("backbone[{i}].prefix_tokens"),
+                    "is set without a pool over the patch tokens".into(),
+                    "it counts the tokens before the patches for pool = \"mean\" or \"cls+mean\"; \
+                     set one of those or remove prefix_tokens",
+                )),
+            };
         Ok(BackboneSpec {
             arch: raw.arch,
             weights,
@@ -50,6 +63,8 @@ impl Resolver<'_> {
             resize,
             output: raw.output,
             input_layout: raw.input_layout,
+            pool: raw.pool,
+            prefix_tokens,
         })
     }
 

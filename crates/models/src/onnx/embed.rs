@@ -12,7 +12,7 @@ use candle_core::Tensor;
 
 use super::build::{Attr, GraphBuilder, OPSET};
 use super::program::opset;
-use super::{read_model, InputLayout, OnnxBackbone, OnnxError};
+use super::{read_model, InputLayout, OnnxBackbone, OnnxError, TokenPool};
 use crate::config::BackboneSpec;
 use crate::ModelError;
 
@@ -139,11 +139,58 @@ pub fn to_onnx(
             };
             g.global_avg_pool(&nchw)
         }
+        3 => match net.token_pool {
+            Some((pool, prefix)) => pool_tokens(g, &out, pool, prefix, version),
+            None => return Err(refuse("the output is a sequence of tokens and no pool is set".into())),
+        },
         r => {
             return Err(refuse(format!(
-                "output `{}` has rank {r}; runner needs (N, features) or a 4-D feature map",
+                "output `{}` has rank {r}; runner needs (N, features), tokens (N, T, C) or a 4-D feature map",
                 net.program.output_name
             )))
         }
     })
+}
+
+/// [`super::pool_tokens`] as nodes: the class token by a `Gather`, the
+/// patch tokens' mean by a `Slice` and a `ReduceMean` (whose axes are an
+/// input from opset 18 on, an attribute before).
+fn pool_tokens(
+    g: &mut GraphBuilder,
+    tokens: &str,
+    pool: TokenPool,
+    prefix: usize,
+    opset: i64,
+) -> String {
+    let cls = |g: &mut GraphBuilder| {
+        let first = g.constant_i64("cls_token", &[], vec![0]);
+        g.node("Gather", &[tokens, &first], vec![("axis", Attr::Int(1))])
+    };
+    let mean = |g: &mut GraphBuilder| {
+        let starts = g.constant_i64("patch_start", &[1], vec![prefix as i64]);
+        let ends = g.constant_i64("patch_end", &[1], vec![i64::MAX]);
+        let axes = g.constant_i64("token_axis", &[1], vec![1]);
+        let patches = g.node("Slice", &[tokens, &starts, &ends, &axes], vec![]);
+        if opset >= 18 {
+            g.node(
+                "ReduceMean",
+                &[&patches, &axes],
+                vec![("keepdims", Attr::Int(0))],
+            )
+        } else {
+            g.node(
+                "ReduceMean",
+                &[&patches],
+                vec![("axes", Attr::Ints(vec![1])), ("keepdims", Attr::Int(0))],
+            )
+        }
+    };
+    match pool {
+        TokenPool::Cls => cls(g),
+        TokenPool::Mean => mean(g),
+        TokenPool::ClsMean => {
+            let both = [cls(g), mean(g)];
+            g.concat(&both, 1)
+        }
+    }
 }

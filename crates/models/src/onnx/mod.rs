@@ -71,6 +71,29 @@ pub enum InputLayout {
     Nhwc,
 }
 
+/// How a transformer's token sequence `(N, T, C)` becomes one vector per
+/// image (the `pool` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TokenPool {
+    /// The first token: ViT's, DeiT's and CLIP's class token.
+    #[serde(rename = "cls")]
+    Cls,
+    /// The mean of the tokens after the prefix tokens (class token,
+    /// registers): the patch tokens.
+    #[serde(rename = "mean")]
+    Mean,
+    /// Both, concatenated (`2 C` values): DINOv2's linear-probe feature.
+    #[serde(rename = "cls+mean")]
+    ClsMean,
+}
+
+impl TokenPool {
+    /// Whether the pool reads the patch tokens (and so `prefix_tokens`).
+    pub fn averages_patches(self) -> bool {
+        self != TokenPool::Cls
+    }
+}
+
 /// How to run an ONNX file as a backbone (the `[[backbone]]` keys).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OnnxOptions {
@@ -78,6 +101,10 @@ pub struct OnnxOptions {
     pub output: Option<String>,
     /// Default: read from the graph's input shape.
     pub input_layout: Option<InputLayout>,
+    /// Required for a 3-D (token) output, refused for any other.
+    pub pool: Option<TokenPool>,
+    /// Tokens before the patch tokens (default 1, the class token).
+    pub prefix_tokens: Option<usize>,
 }
 
 /// Decodes the ONNX model at `path`.
@@ -181,6 +208,8 @@ pub struct OnnxBackbone {
     layout: InputLayout,
     /// The H and W axes of the output when it is a 4-D feature map.
     pool_axes: (usize, usize),
+    /// With the number of prefix tokens, for a token output.
+    token_pool: Option<(TokenPool, usize)>,
     num_features: usize,
 }
 
@@ -221,6 +250,7 @@ impl OnnxBackbone {
             program,
             layout,
             pool_axes: (at(b'h'), at(b'w')),
+            token_pool: opts.pool.map(|p| (p, opts.prefix_tokens.unwrap_or(1))),
             num_features: 0,
         };
         let blank = Tensor::zeros(
@@ -306,6 +336,26 @@ fn traced_axes(
     axes.get(target).copied()
 }
 
+/// One vector per image from tokens `(N, T, C)`, in f32.
+fn pool_tokens(y: &Tensor, pool: TokenPool, prefix: usize) -> candle_core::Result<Tensor> {
+    let y = y.to_dtype(candle_core::DType::F32)?;
+    let (_, tokens, _) = y.dims3()?;
+    let cls = || y.narrow(1, 0, 1)?.squeeze(1);
+    let mean = || {
+        if prefix >= tokens {
+            candle_core::bail!(
+                "prefix_tokens = {prefix} leaves no patch tokens of the output's {tokens}"
+            )
+        }
+        y.narrow(1, prefix, tokens - prefix)?.mean(1)
+    };
+    match pool {
+        TokenPool::Cls => cls(),
+        TokenPool::Mean => mean(),
+        TokenPool::ClsMean => Tensor::cat(&[cls()?, mean()?], 1),
+    }
+}
+
 impl Backbone for OnnxBackbone {
     fn forward_features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = match self.layout {
@@ -313,15 +363,26 @@ impl Backbone for OnnxBackbone {
             InputLayout::Nhwc => x.permute((0, 2, 3, 1))?.contiguous()?,
         };
         let y = self.program.run(x)?;
-        match y.rank() {
-            2 => Ok(y),
+        let name = &self.program.output_name;
+        match (y.rank(), self.token_pool) {
+            (3, Some((pool, prefix))) => pool_tokens(&y, pool, prefix),
+            (3, None) => candle_core::bail!(
+                "output `{name}` has shape {:?}, a sequence of tokens; set pool = \"cls\", \"mean\" \
+                 or \"cls+mean\" to make one vector per image of it",
+                y.dims()
+            ),
+            (r, Some(_)) => candle_core::bail!(
+                "pool is set, but output `{name}` has shape {:?} ({r}-D), not tokens (N, T, C); remove pool",
+                y.dims()
+            ),
+            (2, None) => Ok(y),
             // Feature maps are pooled over their own H, W, in f32 (see
             // layers::global_avg_pool).
-            4 => y.to_dtype(candle_core::DType::F32)?.mean(self.pool_axes),
-            r => candle_core::bail!(
-                "output `{}` has shape {:?}; runner needs (N, features) or a 4-D feature map to pool",
-                self.program.output_name,
-                y.dims().iter().take(r).collect::<Vec<_>>()
+            (4, None) => y.to_dtype(candle_core::DType::F32)?.mean(self.pool_axes),
+            _ => candle_core::bail!(
+                "output `{name}` has shape {:?}; runner needs (N, features), tokens (N, T, C) \
+                 or a 4-D feature map to pool",
+                y.dims()
             ),
         }
     }

@@ -4,13 +4,19 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
-use super::{axis, pool, scalar_f32, shape, to_f32s, to_i64s, Op};
+use super::math::Unary;
+use super::{axis, math, norm, pool, repeat, resize, scalar_f32, shape, to_f32s, to_i64s, Op};
 use crate::layers;
 
 /// A node's inputs at evaluation; `None` for an omitted optional input.
 pub struct Inputs<'a, 't>(&'a [Option<&'t Tensor>]);
 
-impl<'t> Inputs<'_, 't> {
+impl<'a, 't> Inputs<'a, 't> {
+    #[cfg(test)]
+    pub fn new(inputs: &'a [Option<&'t Tensor>]) -> Self {
+        Inputs(inputs)
+    }
+
     /// Input 0, which most ops require.
     pub fn x(&self) -> Result<&'t Tensor> {
         match self.0.first() {
@@ -83,11 +89,28 @@ impl Op {
                 count_include_pad,
             } => pool::average_pool(ins, window, *ceil, *count_include_pad)?,
             Op::GlobalAveragePool => pool::global_average_pool(ins)?,
-            Op::ReduceMean {
+            Op::Reduce {
+                kind,
                 axes,
                 keepdims,
                 noop_with_empty_axes,
-            } => pool::reduce_mean(ins, axes, *keepdims, *noop_with_empty_axes)?,
+            } => pool::reduce(ins, *kind, axes, *keepdims, *noop_with_empty_axes)?,
+            Op::Unary(f) => math::unary(x()?, *f)?,
+            Op::Pow => math::pow(ins)?,
+            Op::Compare(c) => math::compare(ins, *c)?,
+            Op::Where => math::where_(ins)?,
+            Op::MinMax { max } => math::min_max(ins, *max)?,
+            Op::Gelu { tanh } => math::gelu(x()?, *tanh)?,
+            Op::LayerNormalization { axis, eps } => norm::layer_normalization(ins, *axis, *eps)?,
+            Op::Expand => repeat::expand(ins)?,
+            Op::Tile => repeat::tile(ins)?,
+            Op::Split {
+                axis,
+                sizes,
+                outputs,
+            } => return repeat::split(ins, *axis, sizes, *outputs),
+            Op::Range => repeat::range(ins)?,
+            Op::Resize(attrs) => resize::resize(ins, attrs)?,
             Op::Pad { mode, pads, value } => shape::pad(ins, mode, pads, *value)?,
             Op::Concat { axis } => shape::concat(ins, *axis)?,
             Op::Reshape { allowzero } => shape::reshape(ins, *allowzero)?,
@@ -112,7 +135,10 @@ impl Op {
             Op::Shape { start, end } => shape::shape(ins, *start, *end)?,
             Op::Gather { axis } => shape::gather(ins, *axis)?,
             Op::Slice { attrs } => shape::slice(ins, attrs)?,
-            Op::Cast { to } => x()?.to_dtype(*to)?,
+            Op::Cast { boolean: true, .. } => {
+                math::unary(&math::unary(x()?, Unary::Not)?, Unary::Not)?
+            }
+            Op::Cast { to, .. } => x()?.to_dtype(*to)?,
             Op::Constant(t) => t.clone(),
             Op::ConstantOfShape { value } => shape::constant_of_shape(ins, value)?,
             Op::Identity => x()?.clone(),

@@ -15,11 +15,19 @@
 //! shape ops in `shape.rs` and the pools in `pool.rs`).
 
 mod eval;
+mod math;
+mod norm;
 mod parse;
 mod pool;
+mod repeat;
+mod resize;
 mod shape;
 
 use candle_core::{DType, Tensor};
+
+pub use math::{Compare, Unary};
+pub use pool::Reduce;
+pub use resize::ResizeAttrs;
 
 use super::onnx_pb::NodeProto;
 use super::proto::Attrs;
@@ -103,11 +111,41 @@ pub enum Op {
         count_include_pad: bool,
     },
     GlobalAveragePool,
-    ReduceMean {
+    /// `ReduceMean`, `ReduceSum`, `ReduceMax`, `ReduceMin`: `axes` from the
+    /// attribute (before opset 13, 18 for ReduceMean / Max / Min) or input 1.
+    Reduce {
+        kind: Reduce,
         axes: Option<Vec<i64>>,
         keepdims: bool,
         noop_with_empty_axes: bool,
     },
+    Unary(Unary),
+    Pow,
+    Compare(Compare),
+    Where,
+    /// `Min` (`max == false`) or `Max` of any number of inputs.
+    MinMax {
+        max: bool,
+    },
+    /// Opset 20's fused GELU; `tanh`: its tanh approximation.
+    Gelu {
+        tanh: bool,
+    },
+    LayerNormalization {
+        axis: i64,
+        eps: f32,
+    },
+    Expand,
+    Tile,
+    /// `sizes` from the attribute (opset < 13) or input 1; `outputs`: how
+    /// many parts the node names.
+    Split {
+        axis: i64,
+        sizes: Option<Vec<i64>>,
+        outputs: usize,
+    },
+    Range,
+    Resize(ResizeAttrs),
     /// `pads` and `value` from attributes (opset < 11); inputs override them.
     Pad {
         mode: PadMode,
@@ -155,8 +193,10 @@ pub enum Op {
     Slice {
         attrs: Option<SliceAttrs>,
     },
+    /// `boolean`: to BOOL, i.e. `x != 0` (booleans are i64 0 / 1 here).
     Cast {
         to: DType,
+        boolean: bool,
     },
     Constant(Tensor),
     ConstantOfShape {
@@ -207,6 +247,7 @@ pub const OPS: &[OpDef] = {
     use parse as p;
     use Layout::{Keep, Nchw, Opaque, Permute};
     &[
+        row("Abs",                Keep,    |_, _| Ok(Op::Unary(Unary::Abs))),
         row("Add",                Keep,    |_, _| Ok(Op::Add)),
         row("AveragePool",        Nchw,    p::average_pool),
         row("BatchNormalization", Nchw,    p::batch_normalization),
@@ -219,32 +260,57 @@ pub const OPS: &[OpDef] = {
         row("Conv",               Nchw,    p::conv),
         row("Div",                Keep,    |_, _| Ok(Op::Div)),
         row("Dropout",            Keep,    p::dropout),
+        row("Equal",              Opaque,  |_, _| Ok(Op::Compare(Compare::Equal))),
+        row("Erf",                Keep,    |_, _| Ok(Op::Unary(Unary::Erf))),
+        row("Exp",                Keep,    |_, _| Ok(Op::Unary(Unary::Exp))),
+        row("Expand",             Opaque,  |_, _| Ok(Op::Expand)),
         row("Flatten",            Opaque,  |a, _| Ok(Op::Flatten { axis: a.int("axis", 1) })),
         row("Floor",              Opaque,  |_, _| Ok(Op::Floor)),
         row("Gather",             Opaque,  |a, _| Ok(Op::Gather { axis: a.int("axis", 0) })),
+        row("Gelu",               Keep,    p::gelu),
         row("Gemm",               Opaque,  p::gemm),
         row("GlobalAveragePool",  Nchw,    |_, _| Ok(Op::GlobalAveragePool)),
+        row("Greater",            Opaque,  |_, _| Ok(Op::Compare(Compare::Greater))),
+        row("GreaterOrEqual",     Opaque,  |_, _| Ok(Op::Compare(Compare::GreaterOrEqual))),
         row("HardSigmoid",        Keep,    p::hard_sigmoid),
         row("HardSwish",          Keep,    |_, _| Ok(Op::HardSwish)),
         row("Identity",           Keep,    |_, _| Ok(Op::Identity)),
+        row("LayerNormalization", Keep,    p::layer_normalization),
         row("LeakyRelu",          Keep,    |a, _| Ok(Op::LeakyRelu { alpha: a.float("alpha", 0.01) })),
+        row("Less",               Opaque,  |_, _| Ok(Op::Compare(Compare::Less))),
+        row("LessOrEqual",        Opaque,  |_, _| Ok(Op::Compare(Compare::LessOrEqual))),
         row("Log",                Keep,    |_, _| Ok(Op::Log)),
         row("MatMul",             Opaque,  |_, _| Ok(Op::MatMul)),
+        row("Max",                Keep,    |_, _| Ok(Op::MinMax { max: true })),
         row("MaxPool",            Nchw,    p::max_pool),
+        row("Min",                Keep,    |_, _| Ok(Op::MinMax { max: false })),
         row("Mul",                Keep,    |_, _| Ok(Op::Mul)),
+        row("Neg",                Keep,    |_, _| Ok(Op::Unary(Unary::Neg))),
+        row("Not",                Opaque,  |_, _| Ok(Op::Unary(Unary::Not))),
         row("Pad",                Keep,    p::pad),
-        row("ReduceMean",         Opaque,  p::reduce_mean),
+        row("Pow",                Keep,    |_, _| Ok(Op::Pow)),
+        row("Range",              Opaque,  |_, _| Ok(Op::Range)),
+        row("Reciprocal",         Keep,    |_, _| Ok(Op::Unary(Unary::Reciprocal))),
+        row("ReduceMax",          Opaque,  |a, o| p::reduce(a, o, Reduce::Max)),
+        row("ReduceMean",         Opaque,  |a, o| p::reduce(a, o, Reduce::Mean)),
+        row("ReduceMin",          Opaque,  |a, o| p::reduce(a, o, Reduce::Min)),
+        row("ReduceSum",          Opaque,  |a, o| p::reduce(a, o, Reduce::Sum)),
         row("Relu",               Keep,    |_, _| Ok(Op::Relu)),
         row("Reshape",            Opaque,  |a, _| Ok(Op::Reshape { allowzero: a.int("allowzero", 0) != 0 })),
+        row("Resize",             Keep,    p::resize),
         row("Shape",              Opaque,  p::shape),
         row("Sigmoid",            Keep,    |_, _| Ok(Op::Sigmoid)),
         row("Slice",              Opaque,  p::slice),
         row("Softmax",            Opaque,  p::softmax),
+        row("Split",              Keep,    p::split),
+        row("Sqrt",               Keep,    |_, _| Ok(Op::Unary(Unary::Sqrt))),
         row("Squeeze",            Opaque,  |a, _| Ok(Op::Squeeze { axes: a.ints("axes") })),
         row("Sub",                Keep,    |_, _| Ok(Op::Sub)),
         row("Tanh",               Keep,    |_, _| Ok(Op::Tanh)),
+        row("Tile",               Opaque,  |_, _| Ok(Op::Tile)),
         row("Transpose",          Permute, |a, _| Ok(Op::Transpose { perm: a.ints("perm") })),
         row("Unsqueeze",          Opaque,  |a, _| Ok(Op::Unsqueeze { axes: a.ints("axes") })),
+        row("Where",              Keep,    |_, _| Ok(Op::Where)),
     ]
 };
 
@@ -328,11 +394,13 @@ mod tests {
     fn the_supported_list_names_every_row_then_the_opsets() {
         assert_eq!(
             supported(),
-            "Add, AveragePool, BatchNormalization, Cast, Ceil, Clip, Concat, Constant, \
-             ConstantOfShape, Conv, Div, Dropout, Flatten, Floor, Gather, Gemm, \
-             GlobalAveragePool, HardSigmoid, HardSwish, Identity, LeakyRelu, Log, MatMul, MaxPool, \
-             Mul, Pad, ReduceMean, Relu, Reshape, Shape, Sigmoid, Slice, Softmax, Squeeze, Sub, \
-             Tanh, Transpose, Unsqueeze (opsets 7-21)"
+            "Abs, Add, AveragePool, BatchNormalization, Cast, Ceil, Clip, Concat, Constant, \
+             ConstantOfShape, Conv, Div, Dropout, Equal, Erf, Exp, Expand, Flatten, Floor, Gather, \
+             Gelu, Gemm, GlobalAveragePool, Greater, GreaterOrEqual, HardSigmoid, HardSwish, \
+             Identity, LayerNormalization, LeakyRelu, Less, LessOrEqual, Log, MatMul, Max, MaxPool, \
+             Min, Mul, Neg, Not, Pad, Pow, Range, Reciprocal, ReduceMax, ReduceMean, ReduceMin, \
+             ReduceSum, Relu, Reshape, Resize, Shape, Sigmoid, Slice, Softmax, Split, Sqrt, \
+             Squeeze, Sub, Tanh, Tile, Transpose, Unsqueeze, Where (opsets 7-21)"
         );
     }
 

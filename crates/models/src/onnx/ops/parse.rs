@@ -4,7 +4,8 @@
 
 use candle_core::{Device, Tensor};
 
-use super::{Op, PadMode, ParseError, Window2d};
+use super::resize::{Coordinates, Mode, Nearest, ResizeAttrs};
+use super::{Op, PadMode, ParseError, Reduce, Window2d};
 use crate::layers::{Pad4, Padding};
 use crate::onnx::proto::{self, Attrs};
 
@@ -70,8 +71,9 @@ pub fn average_pool(a: &Attrs, _: i64) -> Parsed {
     })
 }
 
-pub fn reduce_mean(a: &Attrs, _: i64) -> Parsed {
-    Ok(Op::ReduceMean {
+pub fn reduce(a: &Attrs, _: i64, kind: Reduce) -> Parsed {
+    Ok(Op::Reduce {
+        kind,
         axes: a.ints("axes"),
         keepdims: a.int("keepdims", 1) != 0,
         noop_with_empty_axes: a.int("noop_with_empty_axes", 0) != 0,
@@ -128,8 +130,10 @@ pub fn slice(a: &Attrs, _: i64) -> Parsed {
 }
 
 pub fn cast(a: &Attrs, _: i64) -> Parsed {
+    let to = a.int("to", 1);
     Ok(Op::Cast {
-        to: proto::dtype_of(a.int("to", 1))?,
+        to: proto::dtype_of(to)?,
+        boolean: to == crate::onnx::onnx_pb::tensor_proto::DataType::Bool as i64,
     })
 }
 
@@ -140,6 +144,97 @@ pub fn constant_of_shape(a: &Attrs, _: i64) -> Parsed {
             None => Tensor::new(&[0f32], &Device::Cpu).map_err(|e| e.to_string())?,
         },
     })
+}
+
+pub fn gelu(a: &Attrs, _: i64) -> Parsed {
+    match a.string("approximate").as_deref().unwrap_or("none") {
+        "none" => Ok(Op::Gelu { tanh: false }),
+        "tanh" => Ok(Op::Gelu { tanh: true }),
+        other => Err(format!("Gelu approximate = {other:?} (supported: none, tanh)").into()),
+    }
+}
+
+pub fn layer_normalization(a: &Attrs, _: i64) -> Parsed {
+    let node = a.0;
+    if node.output.iter().skip(1).any(|o| !o.is_empty()) {
+        return Err(
+            "LayerNormalization's Mean and InvStdDev outputs are not supported"
+                .to_string()
+                .into(),
+        );
+    }
+    Ok(Op::LayerNormalization {
+        axis: a.int("axis", -1),
+        eps: a.float("epsilon", 1e-5),
+    })
+}
+
+pub fn split(a: &Attrs, opset: i64) -> Parsed {
+    let outputs = a.0.output.len();
+    if a.has("num_outputs") && a.int("num_outputs", 0) as usize != outputs {
+        return Err(format!(
+            "num_outputs = {} but the node has {outputs} outputs",
+            a.int("num_outputs", 0)
+        )
+        .into());
+    }
+    Ok(Op::Split {
+        axis: a.int("axis", 0),
+        sizes: if opset < 13 { a.ints("split") } else { None },
+        outputs,
+    })
+}
+
+pub fn resize(a: &Attrs, opset: i64) -> Parsed {
+    let text = |name: &str, default: &str| a.string(name).unwrap_or_else(|| default.into());
+    let mode = match text("mode", "nearest").as_str() {
+        "nearest" => Mode::Nearest(match text("nearest_mode", "round_prefer_floor").as_str() {
+            "round_prefer_floor" => Nearest::RoundPreferFloor,
+            "round_prefer_ceil" => Nearest::RoundPreferCeil,
+            "floor" => Nearest::Floor,
+            "ceil" => Nearest::Ceil,
+            other => return Err(format!("nearest_mode = {other:?}").into()),
+        }),
+        "linear" => Mode::Linear,
+        "cubic" => Mode::Cubic {
+            a: a.float("cubic_coeff_a", -0.75),
+            exclude_outside: a.int("exclude_outside", 0) != 0,
+        },
+        other => {
+            return Err(format!("mode = {other:?} (supported: nearest, linear, cubic)").into())
+        }
+    };
+    // Opset 10's Resize maps coordinates as `Upsample` did: x_out / scale.
+    let default_coordinates = if opset < 11 {
+        "asymmetric"
+    } else {
+        "half_pixel"
+    };
+    let coordinates = match text("coordinate_transformation_mode", default_coordinates).as_str() {
+        "half_pixel" => Coordinates::HalfPixel,
+        "pytorch_half_pixel" => Coordinates::PytorchHalfPixel,
+        "align_corners" => Coordinates::AlignCorners,
+        "asymmetric" => Coordinates::Asymmetric,
+        "tf_half_pixel_for_nn" => Coordinates::TfHalfPixelForNn,
+        other => {
+            return Err(format!(
+                "coordinate_transformation_mode = {other:?} (supported: half_pixel, \
+                 pytorch_half_pixel, align_corners, asymmetric, tf_half_pixel_for_nn)"
+            )
+            .into())
+        }
+    };
+    let policy = text("keep_aspect_ratio_policy", "stretch");
+    if policy != "stretch" {
+        return Err(format!("keep_aspect_ratio_policy = {policy:?} (supported: stretch)").into());
+    }
+    Ok(Op::Resize(ResizeAttrs {
+        mode,
+        coordinates,
+        antialias: a.int("antialias", 0) != 0,
+        axes: a.ints("axes"),
+        scales_only: opset < 11,
+    }))
 }
 
 /// Inference-time Dropout: the identity, without its mask output.

@@ -60,28 +60,43 @@ pub fn global_average_pool(ins: &Inputs) -> Result<Tensor> {
 }
 
 /// `axes` from the attribute (opset < 18) or input 1 (which wins).
-pub fn reduce_mean(
+/// What a `Reduce*` op computes over its axes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduce {
+    Mean,
+    Sum,
+    Max,
+    Min,
+}
+
+pub fn reduce(
     ins: &Inputs,
+    kind: Reduce,
     axes_attr: &Option<Vec<i64>>,
     keepdims: bool,
     noop_with_empty_axes: bool,
 ) -> Result<Tensor> {
     let x = ins.x()?;
     let wanted = match (axes_attr, ins.opt(1)) {
-        (_, Some(t)) => to_i64s(t)?,
-        (Some(a), None) => a.clone(),
-        (None, None) if noop_with_empty_axes => return Ok(x.clone()),
-        (None, None) => (0..x.rank() as i64).collect(),
+        (_, Some(t)) if t.elem_count() > 0 => to_i64s(t)?,
+        (Some(a), _) => a.clone(),
+        _ if noop_with_empty_axes => return Ok(x.clone()),
+        _ => (0..x.rank() as i64).collect(),
     };
     let mut reduced = axes(&wanted, x.rank())?;
     reduced.sort_unstable();
     reduced.dedup();
     let mut y = x.clone();
     for &a in reduced.iter().rev() {
-        y = if keepdims {
-            y.mean_keepdim(a)?
-        } else {
-            y.mean(a)?
+        y = match (kind, keepdims) {
+            (Reduce::Mean, true) => y.mean_keepdim(a)?,
+            (Reduce::Mean, false) => y.mean(a)?,
+            (Reduce::Sum, true) => y.sum_keepdim(a)?,
+            (Reduce::Sum, false) => y.sum(a)?,
+            (Reduce::Max, true) => y.max_keepdim(a)?,
+            (Reduce::Max, false) => y.max(a)?,
+            (Reduce::Min, true) => y.min_keepdim(a)?,
+            (Reduce::Min, false) => y.min(a)?,
         };
     }
     Ok(y)
@@ -180,7 +195,8 @@ mod tests {
     fn reduce_mean_without_axes_reduces_all_or_nothing() {
         let x = tensor(&[1., 2., 3., 6.], &[1, 1, 2, 2]);
         let mean = |keepdims, noop_with_empty_axes| {
-            Op::ReduceMean {
+            Op::Reduce {
+                kind: Reduce::Mean,
                 axes: None,
                 keepdims,
                 noop_with_empty_axes,
