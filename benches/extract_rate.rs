@@ -4,7 +4,8 @@
 //!
 //! `cargo bench --bench extract_rate -- ARCH WEIGHTS IMAGES_DIR [--batch 8]
 //! [--seconds 10] [--threads 2]`; ARCH `onnx` also takes `--input-size N`
-//! `--preprocess P` and `--output NAME` as the spec's keys.
+//! `--preprocess P`, `--output NAME` and `--pool cls|mean|cls+mean` as the
+//! spec's keys.
 //!
 //! The first `batch` JPEGs of `IMAGES_DIR` (sorted by name) are decoded and
 //! resized (Pillow BOX, as `runner` does by default) once, untimed; then one
@@ -36,7 +37,7 @@ fn parse() -> Result<Args, String> {
     // `cargo bench` adds `--bench`; every other `--name` takes a value.
     let mut pos = Vec::new();
     let (mut batch, mut seconds, mut threads) = (8usize, 10f64, 2usize);
-    let (mut input_size, mut preprocess, mut output) = (None, None, None);
+    let (mut input_size, mut preprocess, mut output, mut pool) = (None, None, None, None);
     let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -73,6 +74,13 @@ fn parse() -> Result<Args, String> {
                 )
             }
             "--output" => output = Some(value("--output")?),
+            "--pool" => {
+                let v = value("--pool")?;
+                pool = Some(
+                    serde_json::from_value(serde_json::Value::String(v.clone()))
+                        .map_err(|_| format!("--pool {v}: cls | mean | cls+mean"))?,
+                )
+            }
             _ if a.starts_with("--") => return Err(format!("unknown option {a}")),
             _ => pos.push(a),
         }
@@ -102,8 +110,8 @@ fn parse() -> Result<Args, String> {
         resize: models::Resize::Box,
         output,
         input_layout: None,
-        pool: None,
-        prefix_tokens: None,
+        pool,
+        prefix_tokens: pool.map(|_| 1),
     };
     Ok(Args {
         arch,

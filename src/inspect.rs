@@ -90,14 +90,31 @@ fn inspect_onnx(path: &Path, all: bool, output: Option<&str>) -> anyhow::Result<
         input_layout: s.input_layout,
         ..Default::default()
     };
-    match OnnxBackbone::load(path, &opts, size) {
+    writeln!(
+        w,
+        "preprocess:  not recorded in the graph: set preprocess to what the model was trained with"
+    )?;
+    // A transformer's tokens need a pool: tried with the class token to
+    // tell the token width.
+    let (loaded, tokens) = match OnnxBackbone::load(path, &opts, size) {
+        Err(e) if e.to_string().contains("a sequence of tokens") => {
+            let cls = OnnxOptions {
+                pool: Some(onnx::TokenPool::Cls),
+                ..opts.clone()
+            };
+            (OnnxBackbone::load(path, &cls, size), true)
+        }
+        other => (other, false),
+    };
+    match loaded {
         Ok(net) => {
             use runner_models::Backbone;
+            let width = net.num_features();
             writeln!(
                 w,
                 "runner:      `{}` -> {} features per image ({} steps after folding and fusion, {} native convolutions; trial run at {size}x{size})",
                 net.program().output_name,
-                net.num_features(),
+                if tokens { format!("tokens of {width} values: pool = \"cls\" or \"mean\" gives {width}, \"cls+mean\" {}", 2 * width) } else { width.to_string() },
                 net.program().len(),
                 net.program().native_convolutions()
             )?;

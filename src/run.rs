@@ -101,15 +101,12 @@ pub fn preflight(spec: Spec, origin: &str, datasets: &mut Datasets) -> anyhow::R
             })?;
         }
         if b.arch == runner_models::Arch::ONNX {
-            // Parse and lower the graph now: an unsupported op or a missing
-            // output is reported before any image is read.
-            let model = runner_models::onnx::read_model(&b.weights)?;
-            runner_models::onnx::Program::lower(
-                &model,
-                b.output.as_deref(),
-                &b.weights.display().to_string(),
-            )
-            .with_context(|| format!("{origin}: backbone[{i}]"))?;
+            // Lower the graph and run one blank image through it now: an
+            // unsupported op, a missing output, a shape that does not fit
+            // the input size or a token output without a pool is reported
+            // before any image is read.
+            runner_models::onnx::OnnxBackbone::load(&b.weights, &b.onnx_options(), b.input_size)
+                .with_context(|| format!("{origin}: backbone[{i}]"))?;
         }
     }
     let data = match datasets.loaded.iter().find(|(s, _)| *s == spec.data) {

@@ -232,3 +232,41 @@ fn bad_weights_and_names_are_refused_before_any_run_directory() {
         );
     }
 }
+
+fn vit_backbone(extra: &str) -> String {
+    let onnx = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/onnx/timm_vit_tiny_patch16_224.onnx");
+    format!(
+        "name = \"x\"\n{GOOD_DATA}[[backbone]]\narch = \"onnx\"\nweights = \"{}\"\n\
+         preprocess = \"imagenet\"\n{extra}",
+        onnx.display()
+    )
+}
+
+#[test]
+fn a_token_output_without_a_pool_says_which_pools_there_are() {
+    fails_with(
+        &vit_backbone(""),
+        &["a sequence of tokens", "pool = \"cls\"", "\"cls+mean\""],
+    );
+}
+
+#[test]
+fn pool_keys_where_they_do_not_apply_are_errors() {
+    let spec = format!("name = \"x\"\n{GOOD_DATA}{GOOD_BACKBONE}pool = \"cls\"\n");
+    fails_with(&spec, &["backbone[0].pool", "onnx"]);
+    fails_with(
+        &vit_backbone("pool = \"cls\"\nprefix_tokens = 1\n"),
+        &["backbone[0].prefix_tokens", "pool = \"mean\""],
+    );
+    fails_with(
+        &onnx_backbone(
+            "output = \"features\"\npreprocess = \"efficientnet_lite\"\npool = \"mean\"\n",
+        ),
+        &["pool is set", "[1, 1280]", "remove pool"],
+    );
+    fails_with(
+        &vit_backbone("pool = \"max\"\n"),
+        &["line 9", "`cls`, `mean`, `cls+mean`"],
+    );
+}

@@ -257,3 +257,29 @@ fn a_run_on_a_resnet_exports_from_images() {
     std::fs::write(dir.join("r.toml"), spec).unwrap();
     run_export_and_compare_from_images(dir, "r", 224);
 }
+
+/// A vision transformer (DINOv2's architecture, small random-weight
+/// fixture): its tokens pooled as `pool = "cls+mean"` in the run, and the
+/// same pooling written into the export after the copied graph, whose
+/// position embedding is resized to the 70 px image inside the graph.
+#[test]
+fn a_run_on_a_vision_transformer_pools_its_tokens_and_exports_from_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    woof_subset(&dir.join("data"), 3, 6, 2);
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/onnx/timm_vit_small_patch14_dinov2.onnx");
+    let spec = format!(
+        "name = \"t\"\nviews = [\"original\"]\n[data]\nlayout = \"kaggle\"\nroot = \"data\"\n\
+         [[backbone]]\narch = \"onnx\"\nweights = {:?}\ninput_size = 70\n\
+         preprocess = \"imagenet\"\npool = \"cls+mean\"\n[extract]\nbatch_size = 4\n[cv]\nfolds = 2\n\
+         [head]\nepochs = 5\nbatch_size = 16\n",
+        weights.display().to_string()
+    );
+    std::fs::write(dir.join("t.toml"), spec).unwrap();
+    run_export_and_compare_from_images(dir, "t", 70);
+    // 64 channels, the class token and the patch mean side by side.
+    let run = run_dirs(&dir.join("runs")).remove(0);
+    let manifest = std::fs::read_to_string(run.join("model/manifest.json")).unwrap();
+    assert!(manifest.contains("cls+mean"), "{manifest}");
+}
