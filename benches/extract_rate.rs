@@ -112,6 +112,7 @@ fn parse() -> Result<Args, String> {
         input_layout: None,
         pool,
         prefix_tokens: pool.map(|_| 1),
+        crop_pct: None,
     };
     Ok(Args {
         arch,

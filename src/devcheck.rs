@@ -77,6 +77,7 @@ fn cases(models_dir: &Path) -> Result<Vec<Case>, String> {
                     input_layout: None,
                     pool: None,
                     prefix_tokens: None,
+                    crop_pct: None,
                 },
             });
         }

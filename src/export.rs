@@ -102,6 +102,10 @@ pub fn build(
                     .trim_matches('"')
                     .to_string(),
             ));
+            if let Some(p) = spec.backbones[0].crop_pct {
+                // The photo's shorter side resized, then its centre cropped.
+                metadata.push(("crop_pct".into(), p.to_string()));
+            }
             let mut per_view = Vec::new();
             for &view in &m.views {
                 let x = match view {
@@ -183,7 +187,10 @@ fn image_size(spec: &Spec) -> anyhow::Result<usize> {
                 b.arch.name()
             );
         }
-        if b.input_size != first.input_size || b.resize != first.resize {
+        if b.input_size != first.input_size
+            || b.resize != first.resize
+            || b.crop_pct != first.crop_pct
+        {
             bail!(
                 "backbone[{i}] ({}) takes {} px resized by {:?}, backbone[0] {} px by {:?}: one image input cannot feed both; export with --from features",
                 b.arch.name(),

@@ -262,6 +262,7 @@ mod tests {
             input_layout: None,
             pool: None,
             prefix_tokens: None,
+            crop_pct: None,
         }
     }
 

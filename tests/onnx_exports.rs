@@ -398,6 +398,7 @@ fn every_export_copied_into_a_graph_gives_the_backbones_features() {
             input_layout: None,
             pool: fx.pool,
             prefix_tokens: fx.pool.map(|_| 1),
+            crop_pct: None,
         };
         let net =
             OnnxBackbone::load(&fx.onnx, &spec.onnx_options(), size).map_err(|e| e.to_string())?;

@@ -270,3 +270,28 @@ fn pool_keys_where_they_do_not_apply_are_errors() {
         &["line 9", "`cls`, `mean`, `cls+mean`"],
     );
 }
+
+#[test]
+fn preprocessing_keys_are_checked_naming_the_key() {
+    let with = |extra: &str| format!("name = \"x\"\n{GOOD_DATA}{GOOD_BACKBONE}{extra}");
+    fails_with(
+        &with("mean = [0.5, 0.5, 0.5]\n"),
+        &["backbone[0].std", "is missing"],
+    );
+    fails_with(
+        &with("mean = [0.5, 0.5]\nstd = [1, 1, 1]\n"),
+        &["three finite numbers"],
+    );
+    fails_with(
+        &with("preprocess = \"clip\"\nmean = [0.5, 0.5, 0.5]\nstd = [1.0, 1.0, 1.0]\n"),
+        &["backbone[0].preprocess", "not both"],
+    );
+    fails_with(
+        &with("crop_pct = 1.5\n"),
+        &["backbone[0].crop_pct", "at most 1"],
+    );
+    fails_with(
+        &with("resize = \"lanczos\"\n"),
+        &["lanczos", "bicubic", "bilinear"],
+    );
+}

@@ -321,6 +321,7 @@ fn every_registered_architecture_produces_its_declared_features() {
                 input_layout: None,
                 pool: None,
                 prefix_tokens: None,
+                crop_pct: None,
             },
         };
         let model = models::create(&spec, &Device::Cpu).expect("create");

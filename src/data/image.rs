@@ -221,26 +221,63 @@ fn jpeg_looks_truncated(bytes: &[u8]) -> bool {
 /// Pillow's fixed-point precision for 8-bit resampling.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// Per-axis taps of Pillow's BOX filter, as fixed-point integers
-/// (`precompute_coeffs` + `normalize_coeffs_8bpc` in Pillow's Resample.c).
-fn box_taps(src: usize, dst: usize) -> Vec<(usize, Vec<i32>)> {
+/// One of Pillow's resampling filters: its support (in source pixels at
+/// scale 1) and its kernel (`box_filter`, `bilinear_filter`,
+/// `bicubic_filter` in Pillow's Resample.c).
+#[derive(Clone, Copy)]
+enum PillowFilter {
+    Box,
+    Bilinear,
+    Bicubic,
+}
+
+impl PillowFilter {
+    fn support(self) -> f64 {
+        match self {
+            PillowFilter::Box => 0.5,
+            PillowFilter::Bilinear => 1.0,
+            PillowFilter::Bicubic => 2.0,
+        }
+    }
+
+    fn weight(self, t: f64) -> f64 {
+        match self {
+            PillowFilter::Box if t > -0.5 && t <= 0.5 => 1.0,
+            PillowFilter::Box => 0.0,
+            PillowFilter::Bilinear => (1.0 - t.abs()).max(0.0),
+            PillowFilter::Bicubic => {
+                // Keys' cubic with a = -0.5, as Pillow writes it.
+                const A: f64 = -0.5;
+                let t = t.abs();
+                if t < 1.0 {
+                    ((A + 2.0) * t - (A + 3.0)) * t * t + 1.0
+                } else if t < 2.0 {
+                    (((t - 5.0) * t + 8.0) * t - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+/// Per-axis taps of a Pillow filter, as fixed-point integers
+/// (`precompute_coeffs` + `normalize_coeffs_8bpc` in Pillow's Resample.c):
+/// when shrinking, the kernel is stretched over `src / dst` pixels.
+fn pillow_taps(src: usize, dst: usize, filter: PillowFilter) -> Vec<(usize, Vec<i32>)> {
     let scale = src as f64 / dst as f64;
     let filterscale = scale.max(1.0);
-    let support = 0.5 * filterscale;
+    let support = filter.support() * filterscale;
+    let ss = 1.0 / filterscale;
     (0..dst)
         .map(|d| {
             let center = (d as f64 + 0.5) * scale;
             let xmin = ((center - support + 0.5) as isize).max(0) as usize;
             let xmax = ((center + support + 0.5) as isize).min(src as isize) as usize;
             let weights: Vec<f64> = (xmin..xmax)
-                .map(|x| {
-                    let t = (x as f64 - center + 0.5) / filterscale;
-                    if t > -0.5 && t <= 0.5 {
-                        1.0
-                    } else {
-                        0.0
-                    }
-                })
+                // Times the reciprocal, as Pillow does: dividing can round
+                // the other way and move a fixed-point tap by one.
+                .map(|x| filter.weight((x as f64 - center + 0.5) * ss))
                 .collect();
             let total: f64 = weights.iter().sum();
             let fixed = weights
@@ -263,52 +300,140 @@ fn clip8(acc: i64) -> u8 {
 /// Resizes to `width x height` exactly as Pillow's `Image.resize(size,
 /// Image.BOX)` does for RGB images: horizontal pass to 8 bits, then vertical.
 pub fn resize_box(img: &RgbImage, width: usize, height: usize) -> RgbImage {
-    if img.width == width && img.height == height {
+    resize_pillow(img, width, height, PillowFilter::Box)
+}
+
+/// Pillow's `Image.resize` of an RGB image with `filter`.
+fn resize_pillow(img: &RgbImage, width: usize, height: usize, filter: PillowFilter) -> RgbImage {
+    // Each pass rounds to 8 bits, so the order matters: Pillow widens
+    // after shrinking the height, and otherwise goes horizontal first
+    // (observed on Pillow 13 against both orders, every case of
+    // tests/data/pil_*).
+    if width > img.width && height < img.height {
+        let tall = vertical_pass(img, height, filter);
+        return horizontal_pass(&tall, width, filter);
+    }
+    let wide = horizontal_pass(img, width, filter);
+    vertical_pass(&wide, height, filter)
+}
+
+/// The horizontal pass of Pillow's 8-bit resampling (none when the width
+/// is unchanged).
+fn horizontal_pass(img: &RgbImage, width: usize, filter: PillowFilter) -> RgbImage {
+    if img.width == width {
         return img.clone();
     }
-    let round = 1i64 << (PRECISION_BITS - 1);
-    // Horizontal pass (skipped when the width is unchanged, as Pillow does).
-    let (mid, mid_w) = if img.width != width {
-        let taps = box_taps(img.width, width);
-        let mut out = vec![0u8; img.height * width * 3];
-        for y in 0..img.height {
-            let src = &img.pixels[y * img.width * 3..(y + 1) * img.width * 3];
-            for (x, (start, k)) in taps.iter().enumerate() {
-                for c in 0..3 {
-                    let mut acc = round;
-                    for (i, &w) in k.iter().enumerate() {
-                        acc += src[(start + i) * 3 + c] as i64 * w as i64;
-                    }
-                    out[(y * width + x) * 3 + c] = clip8(acc);
+    let taps = pillow_taps(img.width, width, filter);
+    let mut pixels = vec![0u8; img.height * width * 3];
+    for y in 0..img.height {
+        let src = &img.pixels[y * img.width * 3..(y + 1) * img.width * 3];
+        for (x, (start, k)) in taps.iter().enumerate() {
+            for c in 0..3 {
+                let mut acc = 1i64 << (PRECISION_BITS - 1);
+                for (i, &w) in k.iter().enumerate() {
+                    acc += src[(start + i) * 3 + c] as i64 * w as i64;
                 }
+                pixels[(y * width + x) * 3 + c] = clip8(acc);
             }
         }
-        (out, width)
-    } else {
-        (img.pixels.clone(), img.width)
-    };
-    if img.height == height {
-        return RgbImage {
-            width,
-            height,
-            pixels: mid,
-        };
     }
-    let taps = box_taps(img.height, height);
-    let row = mid_w * 3;
+    RgbImage {
+        width,
+        height: img.height,
+        pixels,
+    }
+}
+
+/// The vertical pass (none when the height is unchanged).
+fn vertical_pass(img: &RgbImage, height: usize, filter: PillowFilter) -> RgbImage {
+    if img.height == height {
+        return img.clone();
+    }
+    let taps = pillow_taps(img.height, height, filter);
+    let row = img.width * 3;
     let mut pixels = vec![0u8; height * row];
     for (y, (start, k)) in taps.iter().enumerate() {
         for j in 0..row {
-            let mut acc = round;
+            let mut acc = 1i64 << (PRECISION_BITS - 1);
             for (i, &w) in k.iter().enumerate() {
-                acc += mid[(start + i) * row + j] as i64 * w as i64;
+                acc += img.pixels[(start + i) * row + j] as i64 * w as i64;
             }
             pixels[y * row + j] = clip8(acc);
         }
     }
     RgbImage {
-        width,
+        width: img.width,
         height,
+        pixels,
+    }
+}
+
+/// How a photo becomes a backbone's square input: resized whole to
+/// `size x size` (the photo squashed), or, with `shorter_side` (timm's
+/// `crop_pct`), resized to that shorter side in proportion and its centre
+/// `size x size` cropped, as timm's and torchvision's eval transforms do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fit {
+    pub size: usize,
+    pub filter: crate::spec::Resize,
+    pub shorter_side: Option<usize>,
+}
+
+impl Fit {
+    pub fn of(b: &crate::spec::BackboneSpec) -> Fit {
+        Fit {
+            size: b.input_size,
+            filter: b.resize,
+            shorter_side: b.shorter_side(),
+        }
+    }
+
+    pub fn apply(&self, img: &RgbImage) -> RgbImage {
+        match self.shorter_side {
+            None => resize(img, self.size, self.size, self.filter),
+            Some(short) => {
+                let (w, h) = proportional(img.width, img.height, short);
+                centre_crop(&resize(img, w, h, self.filter), self.size)
+            }
+        }
+    }
+}
+
+/// torchvision's `Resize(short)` size for a `width x height` image: the
+/// shorter side becomes `short`, the longer `int(short * long / short_in)`.
+fn proportional(width: usize, height: usize, short: usize) -> (usize, usize) {
+    let scaled =
+        |long: usize, short_in: usize| (short as f64 * long as f64 / short_in as f64) as usize;
+    if width <= height {
+        (short, scaled(height, width).max(1))
+    } else {
+        (scaled(width, height).max(1), short)
+    }
+}
+
+/// torchvision's `CenterCrop(size)` of an image at least `size` on both
+/// sides: offsets `round((len - size) / 2)`, halves rounded to even as
+/// Python's `round` does.
+fn centre_crop(img: &RgbImage, size: usize) -> RgbImage {
+    let offset = |len: usize| {
+        let d = len.saturating_sub(size);
+        let half = d / 2;
+        if d % 2 == 1 && half % 2 == 1 {
+            half + 1
+        } else {
+            half
+        }
+    };
+    let (top, left) = (offset(img.height), offset(img.width));
+    let (w, h) = (size.min(img.width), size.min(img.height));
+    let mut pixels = Vec::with_capacity(w * h * 3);
+    for y in top..top + h {
+        let row = (y * img.width + left) * 3;
+        pixels.extend_from_slice(&img.pixels[row..row + w * 3]);
+    }
+    RgbImage {
+        width: w,
+        height: h,
         pixels,
     }
 }
@@ -323,6 +448,8 @@ pub fn resize(
     match filter {
         crate::spec::Resize::Box => resize_box(img, width, height),
         crate::spec::Resize::Area => resize_area(img, width, height),
+        crate::spec::Resize::Bilinear => resize_pillow(img, width, height, PillowFilter::Bilinear),
+        crate::spec::Resize::Bicubic => resize_pillow(img, width, height, PillowFilter::Bicubic),
     }
 }
 

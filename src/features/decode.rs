@@ -10,12 +10,12 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::FeatureError;
-use crate::data::image::{decode_file, resize, Damage, ImageError, RgbImage};
+use crate::data::image::{decode_file, Damage, Fit, ImageError, RgbImage};
 use crate::data::Item;
-use crate::spec::{OnBadImage, Resize};
+use crate::spec::OnBadImage;
 
-/// An input size: side length and resize filter.
-pub type InputSize = (usize, Resize);
+/// An input size: side length, resize filter and crop.
+pub type InputSize = Fit;
 
 /// One chunk decoded and resized to every input size its stages need.
 pub struct Decoded {
@@ -89,10 +89,7 @@ pub fn decode_chunk(
             }
             .into());
         }
-        let resized = sizes
-            .iter()
-            .map(|&(size, filter)| resize(&decoded.image, size, size, filter))
-            .collect();
+        let resized = sizes.iter().map(|fit| fit.apply(&decoded.image)).collect();
         Ok((resized, decoded.damage))
     };
     let per_image: Vec<(Vec<RgbImage>, Option<Damage>)> = match pool {
@@ -123,6 +120,7 @@ pub fn decode_chunk(
 mod tests {
     use super::*;
     use crate::features::tests::woof_train_photos;
+    use crate::spec::Resize;
 
     #[test]
     fn parallel_decoding_keeps_every_image_in_its_place() {
@@ -134,7 +132,16 @@ mod tests {
                 path: p.clone(),
             })
             .collect();
-        let sizes = BTreeSet::from([(32, Resize::Box), (48, Resize::Area)]);
+        let fit = |size, filter, shorter_side| Fit {
+            size,
+            filter,
+            shorter_side,
+        };
+        let sizes = BTreeSet::from([
+            fit(32, Resize::Box, None),
+            fit(48, Resize::Area, None),
+            fit(40, Resize::Bicubic, Some(45)),
+        ]);
         let pool = pool(3).unwrap().expect("a pool for 3 threads");
         let serial = decode_chunk(&chunk, &sizes, None, OnBadImage::Warn).unwrap();
         let parallel = decode_chunk(&chunk, &sizes, Some(&pool), OnBadImage::Warn).unwrap();
@@ -142,12 +149,12 @@ mod tests {
             let (a, b) = (&serial.images[key], &parallel.images[key]);
             assert_eq!(a.len(), 12);
             for (x, y) in a.iter().zip(b) {
-                assert_eq!((x.width, x.height), (key.0, key.0));
+                assert_eq!((x.width, x.height), (key.size, key.size));
                 assert_eq!(x.pixels, y.pixels);
             }
         }
         // And the images differ from each other (the check above is not vacuous).
-        let first = &serial.images[&(32, Resize::Box)];
+        let first = &serial.images[&fit(32, Resize::Box, None)];
         assert_ne!(first[0].pixels, first[1].pixels);
     }
 }

@@ -10,7 +10,7 @@ use candle_core::Tensor;
 use super::decode::{self, Decoded, InputSize};
 use super::input::{device_input_tensor, input_tensor, upload_images};
 use super::{batch_size, chunk_images, decode_threads, FeatureError, Features};
-use crate::data::image::RgbImage;
+use crate::data::image::{Fit, RgbImage};
 use crate::data::Item;
 use crate::log::Progress;
 use crate::npy::Matrix;
@@ -179,10 +179,7 @@ impl<'a> SplitExtraction<'a> {
                     .iter()
                     .zip(have)
                     .filter(|(_, h)| h.is_none())
-                    .map(|(s, _)| {
-                        let bb = &self.run.spec.backbones[s.backbone];
-                        (bb.input_size, bb.resize)
-                    })
+                    .map(|(s, _)| Fit::of(&self.run.spec.backbones[s.backbone]))
                     .collect()
             })
             .collect()
@@ -250,7 +247,7 @@ impl<'a> SplitExtraction<'a> {
             for (slot, &i) in todo.iter().enumerate() {
                 let stage = self.stages[i];
                 let bb = &self.run.spec.backbones[stage.backbone];
-                let key = (bb.input_size, bb.resize);
+                let key = Fit::of(bb);
                 let x = match uploaded.get(&key) {
                     Some(images) => Input::Device(images),
                     None => Input::Host(&resized[&key]),

@@ -110,6 +110,7 @@ mod tests {
                 input_layout: None,
                 pool: None,
                 prefix_tokens: None,
+                crop_pct: None,
             };
             for view in [View::Original, View::Hflip] {
                 let host = input_tensor(&refs, &bb, view, &Device::Cpu).unwrap();

@@ -58,6 +58,9 @@ pub struct RawBackbone {
     pub weights: PathBuf,
     pub input_size: Option<usize>,
     pub preprocess: Option<Preprocess>,
+    /// Per-channel statistics instead of a preset (timm's `mean` / `std`).
+    pub mean: Option<Vec<f64>>,
+    pub std: Option<Vec<f64>>,
     pub resize: Option<Resize>,
     /// ONNX only: the graph value holding the features.
     pub output: Option<String>,
@@ -67,6 +70,7 @@ pub struct RawBackbone {
     pub pool: Option<runner_models::onnx::TokenPool>,
     /// ONNX only, with a pool over the patch tokens.
     pub prefix_tokens: Option<usize>,
+    pub crop_pct: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

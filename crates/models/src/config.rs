@@ -14,32 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::onnx::{InputLayout, OnnxOptions, TokenPool};
 use crate::registry::{self, ModelEntry};
 
-/// How `u8` RGB pixels become network input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Preprocess {
-    /// `x / 127.5 - 1`, range [-1, 1] (Keras `preprocess_input` for Xception / InceptionV3).
-    Inception,
-    /// `(x - 127) / 128` (EfficientNet-Lite's TF preprocessing).
-    EfficientnetLite,
-    /// `(x / 255 - mean) / std` with ImageNet statistics (torchvision).
-    Imagenet,
-}
-
-impl Preprocess {
-    /// Per-channel `(scale, offset)` such that `input = x * scale + offset`.
-    pub fn scale_offset(self) -> [(f32, f32); 3] {
-        match self {
-            Preprocess::Inception => [(1.0 / 127.5, -1.0); 3],
-            Preprocess::EfficientnetLite => [(1.0 / 128.0, -127.0 / 128.0); 3],
-            Preprocess::Imagenet => {
-                let mean = [0.485f32, 0.456, 0.406];
-                let std = [0.229f32, 0.224, 0.225];
-                [0, 1, 2].map(|c| (1.0 / (255.0 * std[c]), -mean[c] / std[c]))
-            }
-        }
-    }
-}
+pub use crate::preprocess::Preprocess;
 
 /// The filter that resizes a photo to the input size (timm's `interpolation`).
 #[derive(
@@ -54,6 +29,12 @@ pub enum Resize {
     /// OpenCV's `INTER_AREA`: partially covered pixels weighted by overlap
     /// (the 2017 notebook's `cv2.resize`).
     Area,
+    /// Pillow's `Image.BILINEAR` (antialiased when shrinking), as
+    /// torchvision's `Resize` on PIL images.
+    Bilinear,
+    /// Pillow's `Image.BICUBIC` (`a = -0.5`, antialiased when shrinking):
+    /// timm's `interpolation = "bicubic"` for most of its models.
+    Bicubic,
 }
 
 /// What a pretrained backbone expects and produces (timm's `pretrained_cfg`).
@@ -185,6 +166,11 @@ pub struct BackboneSpec {
     /// Tokens before the patch tokens, for `pool = "mean"` / `"cls+mean"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_tokens: Option<usize>,
+    /// timm's `crop_pct`: the shorter side resized to
+    /// `floor(input_size / crop_pct)`, then the centre cropped; unset, the
+    /// whole photo is resized to the square input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop_pct: Option<f64>,
 }
 
 impl BackboneSpec {
@@ -202,7 +188,15 @@ impl BackboneSpec {
             input_layout: None,
             pool: None,
             prefix_tokens: None,
+            crop_pct: None,
         })
+    }
+
+    /// The shorter side a photo is resized to before its centre is
+    /// cropped (timm's `scale_size`), when `crop_pct` is set.
+    pub fn shorter_side(&self) -> Option<usize> {
+        self.crop_pct
+            .map(|p| (self.input_size as f64 / p).floor() as usize)
     }
 
     pub fn onnx_options(&self) -> OnnxOptions {

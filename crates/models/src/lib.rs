@@ -23,6 +23,7 @@ pub mod inception_v3;
 pub mod layers;
 pub mod onnx;
 pub mod portable;
+pub mod preprocess;
 pub mod profile;
 pub mod pth;
 pub mod registry;

@@ -10,6 +10,7 @@ use crate::spec::{BackboneSpec, SpecError};
 impl Resolver<'_> {
     pub(super) fn backbone(&self, i: usize, raw: RawBackbone) -> Result<BackboneSpec, SpecError> {
         let weights = self.path(raw.weights.clone());
+        let given = self.preprocess(i, &raw)?;
         let (input_size, preprocess, resize) = match raw.arch.pretrained_cfg() {
             Some(cfg) => {
                 for (key, set) in [
@@ -28,12 +29,12 @@ impl Resolver<'_> {
                 }
                 (
                     raw.input_size.unwrap_or(cfg.input_size),
-                    raw.preprocess.unwrap_or(cfg.preprocess),
+                    given.unwrap_or(cfg.preprocess),
                     raw.resize.unwrap_or(cfg.resize),
                 )
             }
             None => {
-                let (size, preprocess) = self.onnx_defaults(i, &raw, &weights)?;
+                let (size, preprocess) = self.onnx_defaults(i, &raw, given, &weights)?;
                 (size, preprocess, raw.resize.unwrap_or_default())
             }
         };
@@ -65,7 +66,51 @@ impl Resolver<'_> {
             input_layout: raw.input_layout,
             pool: raw.pool,
             prefix_tokens,
+            crop_pct: self.crop_pct(i, raw.crop_pct)?,
         })
+    }
+
+    /// A preset (`preprocess`) or statistics (`mean` and `std`), not both;
+    /// `None` when neither is given.
+    fn preprocess(
+        &self,
+        i: usize,
+        raw: &RawBackbone,
+    ) -> Result<Option<runner_models::Preprocess>, SpecError> {
+        match (raw.preprocess, &raw.mean, &raw.std) {
+            (p, None, None) => Ok(p),
+            (Some(_), _, _) => Err(self.invalid(
+                &format!("backbone[{i}].preprocess"),
+                "is set together with mean / std".into(),
+                "give a preset (preprocess) or the statistics (mean and std), not both",
+            )),
+            (None, Some(mean), Some(std)) => runner_models::Preprocess::mean_std(mean, std)
+                .map(Some)
+                .map_err(|e| {
+                    self.invalid(
+                        &format!("backbone[{i}].mean / std"),
+                        e,
+                        "e.g. mean = [0.485, 0.456, 0.406] and std = [0.229, 0.224, 0.225]",
+                    )
+                }),
+            (None, m, _) => Err(self.invalid(
+                &format!("backbone[{i}].{}", if m.is_some() { "std" } else { "mean" }),
+                "is missing".into(),
+                "mean and std go together: three values each, R, G, B",
+            )),
+        }
+    }
+
+    /// `crop_pct` in (0, 1]: above 1 the crop would need padding.
+    fn crop_pct(&self, i: usize, given: Option<f64>) -> Result<Option<f64>, SpecError> {
+        match given {
+            Some(p) if !(p > 0.0 && p <= 1.0) => Err(self.invalid(
+                &format!("backbone[{i}].crop_pct"),
+                format!("= {p} is out of range"),
+                "allowed: above 0 and at most 1 (timm's crop_pct, e.g. 0.875; 1 crops the centre square)",
+            )),
+            p => Ok(p),
+        }
     }
 
     /// An ONNX backbone's input size (given, or fixed by the graph) and
@@ -74,13 +119,15 @@ impl Resolver<'_> {
         &self,
         i: usize,
         raw: &RawBackbone,
+        given: Option<runner_models::Preprocess>,
         weights: &Path,
     ) -> Result<(usize, runner_models::Preprocess), SpecError> {
-        let Some(preprocess) = raw.preprocess else {
+        let Some(preprocess) = given else {
             return Err(self.invalid(
                 &format!("backbone[{i}].preprocess"),
                 "is missing (an ONNX graph does not record how its inputs were scaled)".into(),
-                "set preprocess = \"inception\" ([-1, 1]), \"imagenet\" (torchvision mean/std) or \"efficientnet_lite\"",
+                "set preprocess = \"inception\" ([-1, 1]), \"imagenet\" (torchvision mean/std), \"clip\" or \"efficientnet_lite\", \
+                 or mean = [R, G, B] and std = [R, G, B] (timm's pretrained_cfg)",
             ));
         };
         if let Some(size) = raw.input_size {
@@ -124,6 +171,29 @@ mod tests {
             serde_json::to_string(&spec.backbones[0]).unwrap(),
             r#"{"arch":"efficientnet_lite0","weights":"/specs/w.safetensors","input_size":224,"preprocess":"efficientnet_lite","resize":"box"}"#
         );
+    }
+
+    /// timm's preprocessing keys resolve to values the run directory's
+    /// spec.toml writes back and a rerun reads the same.
+    #[test]
+    fn mean_std_bicubic_and_crop_pct_survive_the_saved_spec() {
+        let text = MINIMAL.replace(
+            "weights = \"w.safetensors\"",
+            "weights = \"w.safetensors\"\nmean = [0.5, 0.25, 0.125]\nstd = [0.5, 0.5, 0.5]\n\
+             resize = \"bicubic\"\ncrop_pct = 0.875",
+        );
+        let spec = parse(&text, "t.toml", Path::new("/specs")).unwrap();
+        let b = &spec.backbones[0];
+        assert_eq!(
+            b.preprocess,
+            runner_models::Preprocess::mean_std(&[0.5, 0.25, 0.125], &[0.5; 3]).unwrap()
+        );
+        assert_eq!(b.resize, runner_models::Resize::Bicubic);
+        assert_eq!(b.shorter_side(), Some(256));
+        let saved = spec.to_toml();
+        assert!(saved.contains("crop_pct = 0.875"), "{saved}");
+        let again = parse(&saved, "spec.toml", Path::new("/runs/r")).unwrap();
+        assert_eq!(again.backbones[0], *b);
     }
 
     #[test]

@@ -87,7 +87,18 @@ impl Step {
             }
         };
         Ok(vec![match &self.kernel {
-            Kernel::Op(op) => return op.eval(ins),
+            Kernel::Op(op) => {
+                return crate::profile::time(
+                    || {
+                        let flops = match self.op_type.as_str() {
+                            "MatMul" | "Gemm" => matmul_flops(ins),
+                            _ => 0.0,
+                        };
+                        (format!("onnx {}", self.op_type), flops)
+                    },
+                    || op.eval(ins),
+                )
+            }
             Kernel::Conv {
                 conv,
                 residual: false,
@@ -127,5 +138,19 @@ impl Step {
                 Tensor::cat(&parts, 1)?
             }
         }])
+    }
+}
+
+/// `2 M N K` times the batch of a product's inputs: the profile's GFLOP/s
+/// for `MatMul` and `Gemm`.
+fn matmul_flops(ins: &[Option<&Tensor>]) -> f64 {
+    match ins {
+        [Some(a), Some(b), ..] if a.rank() >= 2 && b.rank() >= 2 => {
+            let (m, k) = (a.dims()[a.rank() - 2], a.dims()[a.rank() - 1]);
+            let n = b.dims()[b.rank() - 1];
+            let batch: usize = a.dims()[..a.rank() - 2].iter().product();
+            2.0 * (batch * m * n * k) as f64
+        }
+        _ => 0.0,
     }
 }
