@@ -5,7 +5,7 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use super::math::Unary;
-use super::{axis, math, norm, pool, repeat, resize, scalar_f32, shape, to_f32s, to_i64s, Op};
+use super::{axis, fast, math, norm, pool, repeat, resize, scalar_f32, shape, to_f32s, to_i64s, Op};
 use crate::layers;
 
 /// A node's inputs at evaluation; `None` for an omitted optional input.
@@ -129,7 +129,10 @@ impl Op {
                 if a.rank() < 2 || b.rank() < 2 {
                     candle_core::bail!("MatMul of rank-1 operands is not supported")
                 }
-                a.contiguous()?.broadcast_matmul(&b.contiguous()?)?
+                match fast::matmul(a, b)? {
+                    Some(y) => y,
+                    None => a.contiguous()?.broadcast_matmul(&b.contiguous()?)?,
+                }
             }
             Op::Softmax { axis, legacy } => softmax(x()?, *axis, *legacy)?,
             Op::Shape { start, end } => shape::shape(ins, *start, *end)?,
@@ -232,6 +235,10 @@ fn gemm(ins: &Inputs, alpha: f32, beta: f32, trans_a: bool, trans_b: bool) -> Re
 /// `legacy` (opset < 13): over the input flattened to 2-D at `axis`.
 fn softmax(x: &Tensor, a: i64, legacy: bool) -> Result<Tensor> {
     let a = axis(a, x.rank())?;
+    if !legacy && a + 1 == x.rank() {
+        // Over the last axis: candle's vectorised, parallel kernel.
+        return candle_nn::ops::softmax_last_dim(&x.contiguous()?);
+    }
     if legacy {
         let outer: usize = x.dims()[..a].iter().product();
         let flat = x.reshape((outer, x.elem_count() / outer.max(1)))?;

@@ -15,6 +15,7 @@
 //! shape ops in `shape.rs` and the pools in `pool.rs`).
 
 mod eval;
+mod fast;
 mod math;
 mod norm;
 mod parse;

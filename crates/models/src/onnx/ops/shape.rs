@@ -32,6 +32,9 @@ pub fn transpose(ins: &Inputs, perm: &Option<Vec<i64>>) -> Result<Tensor> {
         Some(p) => axes(p, x.rank())?,
         None => (0..x.rank()).rev().collect(),
     };
+    if super::fast::on_cpu_f32(x) {
+        return super::fast::transpose(x, &perm);
+    }
     x.permute(perm)?.contiguous()
 }
 
