@@ -5,7 +5,9 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use super::math::Unary;
-use super::{axis, fast, math, norm, pool, repeat, resize, scalar_f32, shape, to_f32s, to_i64s, Op};
+use super::{
+    axis, fast, math, norm, pool, repeat, resize, scalar_f32, shape, to_f32s, to_i64s, Op,
+};
 use crate::layers;
 
 /// A node's inputs at evaluation; `None` for an omitted optional input.

@@ -157,6 +157,8 @@ pub fn min_max(ins: &Inputs, max: bool) -> Result<Tensor> {
 pub fn gelu(x: &Tensor, tanh: bool) -> Result<Tensor> {
     if tanh {
         x.gelu()
+    } else if super::fast::on_cpu_f32(x) {
+        super::fast::gelu(x)
     } else {
         x.gelu_erf()
     }

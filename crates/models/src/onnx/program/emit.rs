@@ -54,13 +54,11 @@ pub fn emit(
             continue;
         }
         let inputs = n
-            .proto
             .input
             .iter()
             .map(|s| (!s.is_empty()).then(|| slots.of(s, &mut program)))
             .collect();
         let outputs = n
-            .proto
             .output
             .iter()
             .filter(|s| !s.is_empty())

@@ -77,7 +77,13 @@ pub fn parse_and_fold<'g>(
             }
             continue;
         }
-        nodes.push(Node { proto, name, op });
+        nodes.push(Node {
+            proto,
+            name,
+            op,
+            input: proto.input.clone(),
+            output: proto.output.clone(),
+        });
     }
     Ok(Folded { consts, nodes })
 }

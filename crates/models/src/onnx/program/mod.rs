@@ -27,6 +27,7 @@ mod emit;
 mod fold;
 mod fuse;
 mod liveness;
+mod patterns;
 mod prune;
 mod run;
 
@@ -82,19 +83,22 @@ pub struct Program {
     pub output_name: String,
 }
 
-/// A node after parsing and folding.
+/// A node after parsing and folding. Its inputs and outputs start as the
+/// ONNX node's and change where a pattern pass rewires it ([`patterns`]).
 struct Node<'a> {
     proto: &'a onnx::NodeProto,
     name: String,
     op: Op,
+    input: Vec<String>,
+    output: Vec<String>,
 }
 
 impl Node<'_> {
     fn inputs(&self) -> impl Iterator<Item = &str> {
-        self.proto.input.iter().map(String::as_str)
+        self.input.iter().map(String::as_str)
     }
     fn output(&self) -> &str {
-        self.proto.output.first().map_or("", String::as_str)
+        self.output.first().map_or("", String::as_str)
     }
 }
 
@@ -145,7 +149,7 @@ fn choose_output(
 ) -> Result<String, OnnxError> {
     let produced: HashSet<&str> = nodes
         .iter()
-        .flat_map(|n| n.proto.output.iter().map(String::as_str))
+        .flat_map(|n| n.output.iter().map(String::as_str))
         .chain([input])
         .collect();
     let listing = || {
@@ -214,6 +218,7 @@ impl Program {
         let folded = fold::parse_and_fold(graph, opset, path)?;
         let output_name = choose_output(graph, output, &folded.nodes, &input_name, path)?;
         let nodes = prune::prune(folded.nodes, &output_name);
+        let nodes = patterns::gelu(nodes, &folded.consts, &output_name);
         let fused = fuse::fuse(&nodes, &folded.consts, &output_name, path)?;
         let mut program = emit::emit(nodes, fused, &folded.consts, input_name, output_name);
         liveness::liveness(&mut program);

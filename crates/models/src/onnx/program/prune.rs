@@ -10,7 +10,7 @@ pub fn prune<'g>(nodes: Vec<Node<'g>>, output: &str) -> Vec<Node<'g>> {
     let mut needed: HashSet<&str> = HashSet::from([output]);
     let mut keep = vec![false; nodes.len()];
     for (i, n) in nodes.iter().enumerate().rev() {
-        if n.proto.output.iter().any(|o| needed.contains(o.as_str())) {
+        if n.output.iter().any(|o| needed.contains(o.as_str())) {
             keep[i] = true;
             needed.extend(n.inputs().filter(|i| !i.is_empty()));
         }

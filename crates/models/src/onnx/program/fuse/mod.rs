@@ -92,7 +92,7 @@ impl<'a, 'g> Graph<'a, 'g> {
         let producer = nodes
             .iter()
             .enumerate()
-            .flat_map(|(i, n)| n.proto.output.iter().map(move |o| (o.as_str(), i)))
+            .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
             .collect();
         Self {
             nodes,
@@ -234,7 +234,7 @@ impl<'a> Chain<'a> {
                 p.right + extra.right,
             ));
             absorbed.insert(pi);
-            self.x = pad_node.proto.input[0].as_str();
+            self.x = pad_node.input[0].as_str();
         }
     }
 

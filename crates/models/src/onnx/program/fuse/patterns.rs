@@ -89,7 +89,7 @@ pub fn channel_affine(
 /// `Relu`, `Clip(0, 6)` or `Clip(0, +inf)` as a fused activation.
 pub fn fusable_act(node: &Node, consts: &HashMap<String, Tensor>) -> Option<Act> {
     let bound = |i: usize, default: f32| -> Option<f32> {
-        match node.proto.input.get(i).filter(|s| !s.is_empty()) {
+        match node.input.get(i).filter(|s| !s.is_empty()) {
             Some(s) => ops::to_f32s(consts.get(s)?).ok()?.first().copied(),
             None => Some(default),
         }
@@ -116,6 +116,8 @@ mod tests {
             proto,
             name: proto.name.clone(),
             op: Op::parse(proto, 13).unwrap(),
+            input: proto.input.clone(),
+            output: proto.output.clone(),
         }
     }
 
