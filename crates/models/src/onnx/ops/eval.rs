@@ -14,7 +14,6 @@ use crate::layers;
 pub struct Inputs<'a, 't>(&'a [Option<&'t Tensor>]);
 
 impl<'a, 't> Inputs<'a, 't> {
-    #[cfg(test)]
     pub fn new(inputs: &'a [Option<&'t Tensor>]) -> Self {
         Inputs(inputs)
     }
@@ -104,6 +103,7 @@ impl Op {
             Op::MinMax { max } => math::min_max(ins, *max)?,
             Op::Gelu { tanh } => math::gelu(x()?, *tanh)?,
             Op::LayerNormalization { axis, eps } => norm::layer_normalization(ins, *axis, *eps)?,
+            Op::ChannelLayerNorm { eps } => norm::channel_layer_norm(ins, *eps)?,
             Op::Expand => repeat::expand(ins)?,
             Op::Tile => repeat::tile(ins)?,
             Op::Split {
@@ -237,9 +237,8 @@ fn gemm(ins: &Inputs, alpha: f32, beta: f32, trans_a: bool, trans_b: bool) -> Re
 /// `legacy` (opset < 13): over the input flattened to 2-D at `axis`.
 fn softmax(x: &Tensor, a: i64, legacy: bool) -> Result<Tensor> {
     let a = axis(a, x.rank())?;
-    if !legacy && a + 1 == x.rank() {
-        // Over the last axis: candle's vectorised, parallel kernel.
-        return candle_nn::ops::softmax_last_dim(&x.contiguous()?);
+    if !legacy && a + 1 == x.rank() && fast::on_cpu_f32(x) {
+        return fast::softmax_last(x);
     }
     if legacy {
         let outer: usize = x.dims()[..a].iter().product();

@@ -136,6 +136,12 @@ pub enum Op {
         axis: i64,
         eps: f32,
     },
+    /// Not an ONNX op: LayerNorm over the channels of an NCHW tensor, what
+    /// `Transpose(0,2,3,1) -> LayerNormalization -> Transpose(0,3,1,2)`
+    /// computes (ConvNeXt's LayerNorm2d), without moving the tensor twice.
+    ChannelLayerNorm {
+        eps: f32,
+    },
     Expand,
     Tile,
     /// `sizes` from the attribute (opset < 13) or input 1; `outputs`: how

@@ -46,6 +46,92 @@ pub fn layer_normalization(ins: &Inputs, a: i64, eps: f32) -> Result<Tensor> {
     y.to_dtype(x.dtype())
 }
 
+/// LayerNorm over axis 1 of an `(N, C, H, W)` tensor: each pixel's `C`
+/// values normalised, then scaled and shifted per channel.
+pub fn channel_layer_norm(ins: &Inputs, eps: f32) -> Result<Tensor> {
+    let x = ins.x()?;
+    let (_, c, _, _) = x.dims4()?;
+    let scale = ins.get(1)?;
+    let bias = ins.opt(2);
+    if scale.elem_count() != c || bias.is_some_and(|b| b.elem_count() != c) {
+        candle_core::bail!("channel LayerNorm: scale / bias do not have {c} values")
+    }
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        let op = PixelNorm {
+            scale: to_f32s(scale)?,
+            bias: bias.map(to_f32s).transpose()?,
+            eps,
+        };
+        return x.contiguous()?.apply_op1_no_bwd(&op);
+    }
+    // Elsewhere: the transposes the graph had.
+    let nhwc = x.permute((0, 2, 3, 1))?.contiguous()?;
+    let y = layer_normalization(&Inputs::new(&[Some(&nhwc), Some(scale), bias]), -1, eps)?;
+    y.permute((0, 3, 1, 2))?.contiguous()
+}
+
+/// [`channel_layer_norm`] on the CPU: per image, the channel statistics of
+/// every pixel accumulated plane by plane (unit stride, vectorised), in
+/// f64 and two passes as [`RowNorm`].
+struct PixelNorm {
+    scale: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    eps: f32,
+}
+
+impl candle_core::CustomOp1 for PixelNorm {
+    fn name(&self) -> &'static str {
+        "channel_layer_norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = s else {
+            candle_core::bail!("channel_layer_norm: expected an f32 input")
+        };
+        let (Some((lo, hi)), [_, c, h, w]) = (l.contiguous_offsets(), l.dims()) else {
+            candle_core::bail!("channel_layer_norm: expected a contiguous (N, C, H, W) input")
+        };
+        let (c, hw) = (*c, h * w);
+        let x = &data[lo..hi];
+        let mut out = vec![0f32; x.len()];
+        if c * hw > 0 {
+            out.par_chunks_mut(c * hw)
+                .zip(x.par_chunks(c * hw))
+                .for_each(|(y, x)| self.image(x, y, c, hw));
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+impl PixelNorm {
+    fn image(&self, x: &[f32], y: &mut [f32], c: usize, hw: usize) {
+        let mut mean = vec![0f64; hw];
+        for plane in x.chunks_exact(hw) {
+            for (m, &v) in mean.iter_mut().zip(plane) {
+                *m += v as f64;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= c as f64);
+        let mut var = vec![0f64; hw];
+        for plane in x.chunks_exact(hw) {
+            for ((s, &v), &m) in var.iter_mut().zip(plane).zip(&mean) {
+                *s += (v as f64 - m) * (v as f64 - m);
+            }
+        }
+        let inv: Vec<f32> = var
+            .iter()
+            .map(|&v| (1.0 / (v / c as f64 + self.eps as f64).sqrt()) as f32)
+            .collect();
+        let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+        for (ch, (out, plane)) in y.chunks_exact_mut(hw).zip(x.chunks_exact(hw)).enumerate() {
+            let (s, b) = (self.scale[ch], self.bias.as_ref().map_or(0.0, |b| b[ch]));
+            for (((o, &v), &m), &i) in out.iter_mut().zip(plane).zip(&mean).zip(&inv) {
+                *o = (v - m) * i * s + b;
+            }
+        }
+    }
+}
+
 /// Normalises each row of `inner` values of a contiguous f32 tensor.
 struct RowNorm {
     scale: Vec<f32>,
@@ -138,6 +224,34 @@ mod tests {
         .unwrap();
         for (a, b) in values(&slow).iter().zip(values(&plain)) {
             assert!((a - b).abs() < 1e-6);
+        }
+    }
+
+    /// ConvNeXt's LayerNorm2d computed on NCHW equals the exported
+    /// transpose, LayerNorm over the last axis, transpose back.
+    #[test]
+    fn channel_layer_norm_equals_transposed_layer_norm() {
+        let v: Vec<f32> = (0..2 * 3 * 2 * 5)
+            .map(|i| ((i * 37) % 11) as f32 - 4.0)
+            .collect();
+        let x = tensor(&v, &[2, 3, 2, 5]);
+        let scale = tensor(&[0.5, 1.0, 2.0], &[3]);
+        let bias = tensor(&[0.1, -0.2, 0.3], &[3]);
+        let ours =
+            channel_layer_norm(&Inputs::new(&[Some(&x), Some(&scale), Some(&bias)]), 1e-6).unwrap();
+        let nhwc = x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+        let want = layer_normalization(
+            &Inputs::new(&[Some(&nhwc), Some(&scale), Some(&bias)]),
+            -1,
+            1e-6,
+        )
+        .unwrap()
+        .permute((0, 3, 1, 2))
+        .unwrap()
+        .contiguous()
+        .unwrap();
+        for (a, b) in values(&ours).iter().zip(values(&want)) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
     }
 

@@ -218,7 +218,7 @@ impl Program {
         let folded = fold::parse_and_fold(graph, opset, path)?;
         let output_name = choose_output(graph, output, &folded.nodes, &input_name, path)?;
         let nodes = prune::prune(folded.nodes, &output_name);
-        let nodes = patterns::gelu(nodes, &folded.consts, &output_name);
+        let nodes = patterns::rewrite(nodes, &folded.consts, &output_name);
         let fused = fuse::fuse(&nodes, &folded.consts, &output_name, path)?;
         let mut program = emit::emit(nodes, fused, &folded.consts, input_name, output_name);
         liveness::liveness(&mut program);

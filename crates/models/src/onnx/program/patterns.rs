@@ -1,8 +1,12 @@
 //! Pass 2b: op patterns exporters spell out node by node, rewritten as
-//! the one op they compute. Today: the exact GELU, which PyTorch exports as
-//! `Div(x, sqrt 2) -> Erf -> Add 1 -> Mul x -> Mul 0.5` (the last two in
-//! either order): five passes over the widest tensor of every transformer
-//! block and ConvNeXt block, one after the rewrite.
+//! the one op they compute:
+//! - the exact GELU, which PyTorch exports as `Div(x, sqrt 2) -> Erf ->
+//!   Add 1 -> Mul x -> Mul 0.5` (the last two in either order): five passes
+//!   over the widest tensor of every transformer and ConvNeXt block, one
+//!   after the rewrite ([`gelu`]);
+//! - LayerNorm over the channels of an NCHW map, exported as `Transpose ->
+//!   LayerNormalization -> Transpose` (ConvNeXt's LayerNorm2d): normalised
+//!   in place of the two copies ([`channel_layer_norm`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,6 +14,105 @@ use candle_core::Tensor;
 
 use super::Node;
 use crate::onnx::ops::{self, Op, Unary};
+
+/// Every rewrite, in turn.
+pub fn rewrite<'g>(
+    nodes: Vec<Node<'g>>,
+    consts: &HashMap<String, Tensor>,
+    output: &str,
+) -> Vec<Node<'g>> {
+    let nodes = gelu(nodes, consts, output);
+    channel_layer_norm(nodes, output)
+}
+
+/// Who reads and who writes each value of `nodes`.
+struct Uses<'n> {
+    readers: HashMap<&'n str, Vec<usize>>,
+    producer: HashMap<&'n str, usize>,
+    output: &'n str,
+}
+
+impl<'n> Uses<'n> {
+    fn new(nodes: &'n [Node<'_>], output: &'n str) -> Self {
+        let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut producer: HashMap<&str, usize> = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            for inp in n.inputs() {
+                readers.entry(inp).or_default().push(i);
+            }
+            for o in &n.output {
+                producer.insert(o, i);
+            }
+        }
+        Uses {
+            readers,
+            producer,
+            output,
+        }
+    }
+
+    /// The one reader of `value`, if it has exactly one and is not the output.
+    fn only_reader(&self, value: &str) -> Option<usize> {
+        match self.readers.get(value).map(Vec::as_slice) {
+            Some([r]) if value != self.output => Some(*r),
+            _ => None,
+        }
+    }
+}
+
+/// `nodes` without the nodes at `dropped`.
+fn without<'g>(nodes: Vec<Node<'g>>, dropped: &HashSet<usize>) -> Vec<Node<'g>> {
+    nodes
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, n)| (!dropped.contains(&i)).then_some(n))
+        .collect()
+}
+
+/// `Transpose(0,2,3,1) -> LayerNormalization(last axis) ->
+/// Transpose(0,3,1,2)`, each value read once, as one channel LayerNorm.
+pub fn channel_layer_norm<'g>(nodes: Vec<Node<'g>>, output: &str) -> Vec<Node<'g>> {
+    let uses = Uses::new(&nodes, output);
+    let perm = |n: &Node, want: [i64; 4]| matches!(&n.op, Op::Transpose { perm: Some(p) } if p.as_slice() == want);
+    let mut rewrites = Vec::new();
+    for (l, n) in nodes.iter().enumerate() {
+        let Op::LayerNormalization { axis, eps } = n.op else {
+            continue;
+        };
+        let found = || -> Option<(String, String, [usize; 2])> {
+            if axis != -1 && axis != 3 {
+                return None;
+            }
+            let t1 = *uses.producer.get(n.input.first()?.as_str())?;
+            if !perm(&nodes[t1], [0, 2, 3, 1]) || uses.only_reader(nodes[t1].output())? != l {
+                return None;
+            }
+            let t2 = uses.only_reader(n.output())?;
+            if !perm(&nodes[t2], [0, 3, 1, 2]) {
+                return None;
+            }
+            Some((
+                nodes[t1].input.first()?.clone(),
+                nodes[t2].output().to_string(),
+                [t1, t2],
+            ))
+        };
+        if let Some((x, out, gone)) = found() {
+            rewrites.push((l, eps, x, out, gone));
+        }
+    }
+    drop(uses);
+    let mut nodes = nodes;
+    let mut dropped = HashSet::new();
+    for (l, eps, x, out, gone) in rewrites {
+        let n = &mut nodes[l];
+        n.op = Op::ChannelLayerNorm { eps };
+        n.input[0] = x;
+        n.output = vec![out];
+        dropped.extend(gone);
+    }
+    without(nodes, &dropped)
+}
 
 /// `nodes` with every GELU chain replaced by one `Gelu` node (the `Erf`
 /// node, rewired from `x` to the chain's output). A chain whose
@@ -20,29 +123,14 @@ pub fn gelu<'g>(
     consts: &HashMap<String, Tensor>,
     output: &str,
 ) -> Vec<Node<'g>> {
-    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
-    let mut producer: HashMap<&str, usize> = HashMap::new();
-    for (i, n) in nodes.iter().enumerate() {
-        for inp in n.inputs() {
-            readers.entry(inp).or_default().push(i);
-        }
-        for o in &n.output {
-            producer.insert(o, i);
-        }
-    }
+    let uses = Uses::new(&nodes, output);
     let scalar = |name: &str, want: f32| {
         consts
             .get(name)
             .and_then(|t| ops::to_f32s(t).ok())
             .is_some_and(|v| v.len() == 1 && (v[0] - want).abs() <= 1e-6 * want.abs().max(1.0))
     };
-    // The one reader of `value`, if it has exactly one and is not the output.
-    let only_reader = |value: &str| -> Option<usize> {
-        match readers.get(value).map(Vec::as_slice) {
-            Some([r]) if value != output => Some(*r),
-            _ => None,
-        }
-    };
+    let only_reader = |value: &str| uses.only_reader(value);
     // Of a binary node, the input that is not `known`.
     let other = |n: &Node, known: &str| -> Option<String> {
         match n.input.as_slice() {
@@ -57,7 +145,7 @@ pub fn gelu<'g>(
             continue;
         }
         let chain = || -> Option<(String, String, [usize; 4])> {
-            let d = *producer.get(n.input.first()?.as_str())?;
+            let d = *uses.producer.get(n.input.first()?.as_str())?;
             let div = &nodes[d];
             if !matches!(div.op, Op::Div)
                 || div.input.len() != 2
@@ -91,6 +179,7 @@ pub fn gelu<'g>(
             rewrites.push((e, x, out, dropped));
         }
     }
+    drop(uses);
     let mut dropped = HashSet::new();
     let mut nodes = nodes;
     for (e, x, out, gone) in rewrites {
@@ -100,11 +189,7 @@ pub fn gelu<'g>(
         n.output = vec![out];
         dropped.extend(gone);
     }
-    nodes
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, n)| (!dropped.contains(&i)).then_some(n))
-        .collect()
+    without(nodes, &dropped)
 }
 
 #[cfg(test)]
@@ -153,6 +238,26 @@ mod tests {
                 (&["x".to_string()][..], "y")
             );
         }
+    }
+
+    #[test]
+    fn transposed_layer_norm_becomes_a_channel_layer_norm() {
+        use crate::onnx::testutil::with_ints;
+        let m = model(
+            vec![
+                with_ints(node("Transpose", &["x"], "t"), "perm", &[0, 2, 3, 1]),
+                node("LayerNormalization", &["t", "s", "b"], "n"),
+                with_ints(node("Transpose", &["n"], "y"), "perm", &[0, 3, 1, 2]),
+            ],
+            vec![init("s", &[2], &[1.0, 2.0]), init("b", &[2], &[0.0, 1.0])],
+            "y",
+        );
+        let folded = parse_and_fold(m.graph.as_ref().unwrap(), 17, "m.onnx").unwrap();
+        let nodes = channel_layer_norm(folded.nodes, "y");
+        assert_eq!(nodes.len(), 1);
+        assert!(matches!(nodes[0].op, Op::ChannelLayerNorm { .. }));
+        assert_eq!(nodes[0].input, ["x", "s", "b"]);
+        assert_eq!(nodes[0].output(), "y");
     }
 
     #[test]
