@@ -198,6 +198,15 @@ mod tests {
     use super::*;
     use crate::onnx::testutil::{init, model, node};
 
+    /// The constants of PyTorch's GELU chain.
+    fn gelu_constants() -> Vec<crate::onnx::onnx_pb::TensorProto> {
+        vec![
+            init("sqrt2", &[], &[std::f32::consts::SQRT_2]),
+            init("one", &[], &[1.0]),
+            init("half", &[], &[0.5]),
+        ]
+    }
+
     /// PyTorch's two spellings of the exact GELU, each becomes one node;
     /// the result is unchanged (checked through the whole program).
     #[test]
@@ -222,11 +231,7 @@ mod tests {
                     m1,
                     m2,
                 ],
-                vec![
-                    init("sqrt2", &[], &[std::f32::consts::SQRT_2]),
-                    init("one", &[], &[1.0]),
-                    init("half", &[], &[0.5]),
-                ],
+                gelu_constants(),
                 "y",
             );
             let folded = parse_and_fold(m.graph.as_ref().unwrap(), 13, "m.onnx").unwrap();
@@ -271,11 +276,7 @@ mod tests {
                 node("Mul", &["m1", "half"], "g"),
                 node("Add", &["g", "e"], "y"),
             ],
-            vec![
-                init("sqrt2", &[], &[std::f32::consts::SQRT_2]),
-                init("one", &[], &[1.0]),
-                init("half", &[], &[0.5]),
-            ],
+            gelu_constants(),
             "y",
         );
         let folded = parse_and_fold(m.graph.as_ref().unwrap(), 13, "m.onnx").unwrap();
