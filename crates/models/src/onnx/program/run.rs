@@ -94,10 +94,18 @@ impl Step {
                             "MatMul" | "Gemm" => matmul_flops(ins),
                             _ => 0.0,
                         };
-                        (format!("onnx {}", self.op_type), flops)
+                        // Products of two activations (attention) apart
+                        // from products with a weight matrix.
+                        let batched = matches!(ins, [_, Some(b), ..] if b.rank() > 2);
+                        let kind = if self.op_type == "MatMul" && batched {
+                            " (batched)"
+                        } else {
+                            ""
+                        };
+                        (format!("onnx {}{kind}", self.op_type), flops)
                     },
                     || op.eval(ins),
-                )
+                );
             }
             Kernel::Conv {
                 conv,
