@@ -126,14 +126,24 @@ impl Op {
                 trans_a,
                 trans_b,
             } => gemm(ins, *alpha, *beta, *trans_a, *trans_b)?,
-            Op::MatMul => {
+            Op::MatMul { gelu } => {
                 let (a, b) = (ins.get(0)?, ins.get(1)?);
                 if a.rank() < 2 || b.rank() < 2 {
                     candle_core::bail!("MatMul of rank-1 operands is not supported")
                 }
-                match fast::matmul(a, b)? {
+                let bias = ins.opt(2);
+                match fast::matmul(a, b, bias, *gelu)? {
                     Some(y) => y,
-                    None => a.contiguous()?.broadcast_matmul(&b.contiguous()?)?,
+                    None => {
+                        let mut y = a.contiguous()?.broadcast_matmul(&b.contiguous()?)?;
+                        if let Some(bias) = bias {
+                            y = y.broadcast_add(bias)?;
+                        }
+                        if *gelu {
+                            y = math::gelu(&y, false)?;
+                        }
+                        y
+                    }
                 }
             }
             Op::Softmax { axis, legacy } => softmax(x()?, *axis, *legacy)?,

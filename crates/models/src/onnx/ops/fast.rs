@@ -5,7 +5,7 @@
 
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use runner_kernels::{sgemm, GemmShape, MatMut, MatRef};
+use runner_kernels::{sgemm_with, GemmShape, MatMut, MatRef};
 
 /// Whether `t` can take a fast path.
 pub fn on_cpu_f32(t: &Tensor) -> bool {
@@ -22,12 +22,23 @@ fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-/// `a @ b` for `a` of rank >= 2 and `b` either 2-D (a weight: every row of
-/// `a` against it, one GEMM) or of `a`'s rank with the same leading
-/// dimensions (attention: one GEMM per leading index). `None` when the
-/// shapes need broadcasting, which candle's matmul handles.
-pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+/// `a @ b (+ bias) (then GELU)` for `a` of rank >= 2 and `b` either 2-D
+/// (a weight: every row of `a` against it, one GEMM, with the bias and
+/// GELU applied to each row of the result while it is in cache) or of
+/// `a`'s rank with the same leading dimensions (attention: one GEMM per
+/// leading index). `None` when the shapes need broadcasting (or a bias or
+/// GELU goes with a batched product), which candle's ops handle.
+pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Option<Tensor>> {
     if !(on_cpu_f32(a) && on_cpu_f32(b)) || a.rank() < 2 || b.rank() < 2 {
+        return Ok(None);
+    }
+    let n = b.dims()[b.rank() - 1];
+    let bias = match bias {
+        Some(t) if b.rank() == 2 && on_cpu_f32(t) && t.dims() == [n] => Some(super::to_f32s(t)?),
+        Some(_) => return Ok(None),
+        None => None,
+    };
+    if gelu && b.rank() > 2 {
         return Ok(None);
     }
     let (ra, rb) = (a.rank(), b.rank());
@@ -40,11 +51,26 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let (a, b) = (a.contiguous()?, b.contiguous()?);
-    Ok(Some(a.apply_op2_no_bwd(&b, &MatMul { batched })?))
+    Ok(Some(a.apply_op2_no_bwd(
+        &b,
+        &MatMul {
+            batched,
+            bias,
+            gelu,
+        },
+    )?))
 }
 
 struct MatMul {
     batched: bool,
+    bias: Option<Vec<f32>>,
+    gelu: bool,
+}
+
+/// The exact GELU of one value.
+#[inline]
+fn gelu_f32(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 impl candle_core::CustomOp2 for MatMul {
@@ -64,13 +90,27 @@ impl candle_core::CustomOp2 for MatMul {
         let (m, k, n) = (da[da.len() - 2], da[da.len() - 1], db[db.len() - 1]);
         let batch: usize = da[..da.len() - 2].iter().product();
         let mut out = vec![0f32; batch * m * n];
+        // The bias and GELU on each finished row segment of C.
+        let epilogue = |_: usize, j0: usize, v: &mut [f32]| {
+            if let Some(bias) = &self.bias {
+                for (v, b) in v.iter_mut().zip(&bias[j0..]) {
+                    *v += b;
+                }
+            }
+            if self.gelu {
+                v.iter_mut().for_each(|v| *v = gelu_f32(*v));
+            }
+        };
+        let fused = self.bias.is_some() || self.gelu;
         let gemm = |m: usize, a: &[f32], b: &[f32], c: &mut [f32]| {
-            sgemm(
+            sgemm_with(
+                runner_kernels::best(),
                 GemmShape { m, n, k },
                 MatRef { data: a, ld: k },
                 MatRef { data: b, ld: n },
                 MatMut { data: c, ld: n },
                 false,
+                fused.then_some(&epilogue as runner_kernels::Epilogue<'_>),
             )
         };
         let failed = if self.batched {
@@ -181,7 +221,7 @@ impl candle_core::CustomOp1 for Softmax {
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&Map {
         name: "gelu",
-        f: |x| 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2)),
+        f: gelu_f32,
     })
 }
 
@@ -293,16 +333,28 @@ mod tests {
     fn gemm_products_equal_candles_for_weights_and_batches() {
         let x = seq(&[2, 5, 7]);
         let w = seq(&[7, 3]);
-        let ours = matmul(&x, &w).unwrap().expect("a fast path");
+        let ours = matmul(&x, &w, None, false).unwrap().expect("a fast path");
         let theirs = x.broadcast_matmul(&w).unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-4);
         let q = seq(&[2, 3, 5, 4]);
         let k = seq(&[2, 3, 4, 6]);
-        let ours = matmul(&q, &k).unwrap().expect("a fast path");
+        let ours = matmul(&q, &k, None, false).unwrap().expect("a fast path");
         assert!(max_diff(&ours, &q.matmul(&k).unwrap()) < 1e-4);
+        // A bias and GELU in the epilogue equal the ops after the product.
+        let bias = seq(&[3]);
+        let ours = matmul(&x, &w, Some(&bias), true)
+            .unwrap()
+            .expect("a fast path");
+        let theirs = x
+            .broadcast_matmul(&w)
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        let theirs = theirs.gelu_erf().unwrap();
+        assert!(max_diff(&ours, &theirs) < 1e-4);
         // Leading dimensions that broadcast: left to candle.
         let k1 = seq(&[1, 3, 4, 6]);
-        assert!(matmul(&q, &k1).unwrap().is_none());
+        assert!(matmul(&q, &k1, None, false).unwrap().is_none());
     }
 
     #[test]

@@ -183,7 +183,11 @@ pub enum Op {
         trans_a: bool,
         trans_b: bool,
     },
-    MatMul,
+    /// `gelu`: the exact GELU applied to the product (set by the pattern
+    /// pass, as a third input `bias` may be; ONNX's MatMul has neither).
+    MatMul {
+        gelu: bool,
+    },
     /// `legacy`: opset < 13, softmax over the input flattened to 2-D at `axis`.
     Softmax {
         axis: i64,
@@ -287,7 +291,7 @@ pub const OPS: &[OpDef] = {
         row("Less",               Opaque,  |_, _| Ok(Op::Compare(Compare::Less))),
         row("LessOrEqual",        Opaque,  |_, _| Ok(Op::Compare(Compare::LessOrEqual))),
         row("Log",                Keep,    |_, _| Ok(Op::Log)),
-        row("MatMul",             Opaque,  |_, _| Ok(Op::MatMul)),
+        row("MatMul",             Opaque,  |_, _| Ok(Op::MatMul { gelu: false })),
         row("Max",                Keep,    |_, _| Ok(Op::MinMax { max: true })),
         row("MaxPool",            Nchw,    p::max_pool),
         row("Min",                Keep,    |_, _| Ok(Op::MinMax { max: false })),

@@ -6,7 +6,10 @@
 //!   after the rewrite ([`gelu`]);
 //! - LayerNorm over the channels of an NCHW map, exported as `Transpose ->
 //!   LayerNormalization -> Transpose` (ConvNeXt's LayerNorm2d): normalised
-//!   in place of the two copies ([`channel_layer_norm`]).
+//!   in place of the two copies ([`channel_layer_norm`]);
+//! - a linear layer's `MatMul(x, W) -> Add(bias)`, and a GELU after it,
+//!   folded into the product, which applies them to each row of the result
+//!   while it is in cache ([`matmul_epilogues`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -22,7 +25,66 @@ pub fn rewrite<'g>(
     output: &str,
 ) -> Vec<Node<'g>> {
     let nodes = gelu(nodes, consts, output);
-    channel_layer_norm(nodes, output)
+    let nodes = channel_layer_norm(nodes, output);
+    matmul_epilogues(nodes, consts, output)
+}
+
+/// `MatMul(x, W)` with a 2-D constant `W` (`K x N`), then `Add` of a
+/// constant of `N` values (either operand order), then `Gelu`, each value
+/// read once: the bias becomes the MatMul's third input and the GELU its
+/// flag. Either step may be absent.
+pub fn matmul_epilogues<'g>(
+    nodes: Vec<Node<'g>>,
+    consts: &HashMap<String, Tensor>,
+    output: &str,
+) -> Vec<Node<'g>> {
+    let uses = Uses::new(&nodes, output);
+    let mut rewrites: Vec<(usize, Option<String>, bool, String, Vec<usize>)> = Vec::new();
+    for (m, n) in nodes.iter().enumerate() {
+        let (Op::MatMul { gelu: false }, [_, w]) = (&n.op, n.input.as_slice()) else {
+            continue;
+        };
+        let Some(cols) = consts.get(w).filter(|t| t.rank() == 2).map(|t| t.dims()[1]) else {
+            continue;
+        };
+        let (mut out, mut gone, mut bias, mut gelu) =
+            (n.output().to_string(), Vec::new(), None, false);
+        if let Some(a) = uses.only_reader(&out) {
+            let add = &nodes[a];
+            let other = match add.input.as_slice() {
+                [x, b] if *x == out => Some(b),
+                [b, x] if *x == out => Some(b),
+                _ => None,
+            };
+            let is_bias = |b: &&String| consts.get(b.as_str()).is_some_and(|t| t.dims() == [cols]);
+            if let (Op::Add, Some(b)) = (&add.op, other.filter(is_bias)) {
+                bias = Some(b.clone());
+                out = add.output().to_string();
+                gone.push(a);
+            }
+        }
+        if let Some(g) = uses.only_reader(&out) {
+            if matches!(nodes[g].op, Op::Gelu { tanh: false }) {
+                gelu = true;
+                out = nodes[g].output().to_string();
+                gone.push(g);
+            }
+        }
+        if !gone.is_empty() {
+            rewrites.push((m, bias, gelu, out, gone));
+        }
+    }
+    drop(uses);
+    let mut nodes = nodes;
+    let mut dropped = HashSet::new();
+    for (m, bias, gelu, out, gone) in rewrites {
+        let n = &mut nodes[m];
+        n.op = Op::MatMul { gelu };
+        n.input.extend(bias);
+        n.output = vec![out];
+        dropped.extend(gone);
+    }
+    without(nodes, &dropped)
 }
 
 /// Who reads and who writes each value of `nodes`.
@@ -262,6 +324,25 @@ mod tests {
         assert_eq!(nodes.len(), 1);
         assert!(matches!(nodes[0].op, Op::ChannelLayerNorm { .. }));
         assert_eq!(nodes[0].input, ["x", "s", "b"]);
+        assert_eq!(nodes[0].output(), "y");
+    }
+
+    #[test]
+    fn a_linear_layers_bias_and_gelu_fold_into_its_matmul() {
+        let m = model(
+            vec![
+                node("MatMul", &["x", "w"], "p"),
+                node("Add", &["bias", "p"], "h"),
+                node("Gelu", &["h"], "y"),
+            ],
+            vec![init("w", &[2, 3], &[1.0; 6]), init("bias", &[3], &[0.5; 3])],
+            "y",
+        );
+        let folded = parse_and_fold(m.graph.as_ref().unwrap(), 20, "m.onnx").unwrap();
+        let nodes = matmul_epilogues(folded.nodes, &folded.consts, "y");
+        assert_eq!(nodes.len(), 1);
+        assert!(matches!(nodes[0].op, Op::MatMul { gelu: true }));
+        assert_eq!(nodes[0].input, ["x", "w", "bias"]);
         assert_eq!(nodes[0].output(), "y");
     }
 
