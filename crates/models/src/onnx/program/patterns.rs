@@ -38,8 +38,16 @@ pub fn matmul_epilogues<'g>(
     consts: &HashMap<String, Tensor>,
     output: &str,
 ) -> Vec<Node<'g>> {
+    /// What folds into the MatMul at `matmul`.
+    struct Epilogue {
+        matmul: usize,
+        bias: Option<String>,
+        gelu: bool,
+        output: String,
+        absorbed: Vec<usize>,
+    }
     let uses = Uses::new(&nodes, output);
-    let mut rewrites: Vec<(usize, Option<String>, bool, String, Vec<usize>)> = Vec::new();
+    let mut rewrites: Vec<Epilogue> = Vec::new();
     for (m, n) in nodes.iter().enumerate() {
         let (Op::MatMul { gelu: false }, [_, w]) = (&n.op, n.input.as_slice()) else {
             continue;
@@ -71,18 +79,24 @@ pub fn matmul_epilogues<'g>(
             }
         }
         if !gone.is_empty() {
-            rewrites.push((m, bias, gelu, out, gone));
+            rewrites.push(Epilogue {
+                matmul: m,
+                bias,
+                gelu,
+                output: out,
+                absorbed: gone,
+            });
         }
     }
     drop(uses);
     let mut nodes = nodes;
     let mut dropped = HashSet::new();
-    for (m, bias, gelu, out, gone) in rewrites {
-        let n = &mut nodes[m];
-        n.op = Op::MatMul { gelu };
-        n.input.extend(bias);
-        n.output = vec![out];
-        dropped.extend(gone);
+    for e in rewrites {
+        let n = &mut nodes[e.matmul];
+        n.op = Op::MatMul { gelu: e.gelu };
+        n.input.extend(e.bias);
+        n.output = vec![e.output];
+        dropped.extend(e.absorbed);
     }
     without(nodes, &dropped)
 }
