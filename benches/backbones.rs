@@ -91,6 +91,11 @@ const GEMM_SHAPES: &[(&str, usize, usize, usize)] = &[
     ("effnet 1x1 24->144 @56", 144, 56 * 56, 24),
     ("effnet 1x1 40->240 @28", 240, 28 * 28, 40),
     ("effnet 1x1 320->1280 @7", 1280, 7 * 7, 320),
+    // ViT-S/14 at 224 px, batch 8 (257 tokens each): the MLP's first
+    // linear layer with tokens as rows (as MatMul runs it) and as columns.
+    ("vit fc1 tokens x 384 @ 384x1536", 8 * 257, 1536, 384),
+    ("vit fc1 1536x384 @ 384 x tokens", 1536, 8 * 257, 384),
+    ("vit qk^T one head 257x64 @ 64x257", 257, 257, 64),
 ];
 
 /// The micro-kernel alone on L1-resident panels, one thread: the ceiling

@@ -7,6 +7,8 @@
 //!   ([`DenseB`]) or a convolution's input read through an implicit im2col
 //!   ([`crate::Im2Col`]).
 
+use rayon::prelude::*;
+
 use super::im2col::copy_run;
 use super::{tuning, KernelError, MatRef, MicroKernel, Result};
 
@@ -61,7 +63,9 @@ impl PackedA {
     pub fn new(kern: &'static MicroKernel, a: MatRef<'_>, m: usize, k: usize) -> Result<Self> {
         check("A", a.data.len(), m, k, a.ld)?;
         Ok(Self::pack(kern, m, k, |p, rows, out| {
-            out.extend(rows.map(|i| a.data[i * a.ld + p]));
+            for (o, i) in out.iter_mut().zip(rows) {
+                *o = a.data[i * a.ld + p];
+            }
         }))
     }
 
@@ -78,31 +82,41 @@ impl PackedA {
     ) -> Result<Self> {
         check("A^T", at.data.len(), k, m, at.ld)?;
         Ok(Self::pack(kern, m, k, |p, rows, out| {
-            out.extend_from_slice(&at.data[p * at.ld + rows.start..p * at.ld + rows.end]);
+            out.copy_from_slice(&at.data[p * at.ld + rows.start..p * at.ld + rows.end]);
         }))
     }
 
-    /// Writes the panels in storage order (k slice, panel, p, row):
-    /// sequential stores and no zero-fill pass. `column(p, rows, out)`
-    /// appends `A[i][p]` for `i` in `rows` (at most `mr` of them); the
-    /// panel's padding rows are zeroed here.
+    /// Writes the panels in storage order (k slice, panel, p, row), the
+    /// panels of a k slice in parallel (an activation packed per call, as a
+    /// transformer's MatMul does, is megabytes). `column(p, rows, out)`
+    /// writes `A[i][p]` for `i` in `rows` (at most `mr` of them) to `out`;
+    /// the panel's padding rows are zeroed here.
     fn pack(
         kern: &'static MicroKernel,
         m: usize,
         k: usize,
-        mut column: impl FnMut(usize, std::ops::Range<usize>, &mut Vec<f32>),
+        column: impl Fn(usize, std::ops::Range<usize>, &mut [f32]) + Sync,
     ) -> Self {
         let (mr, kc) = (kern.mr, tuning().kc.unwrap_or(kern.kc).max(1));
         let m_pad = m.div_ceil(mr) * mr;
-        let mut data = Vec::with_capacity(m_pad * k);
+        let mut data = vec![0f32; m_pad * k];
+        let mut slices = data.as_mut_slice();
         for s0 in (0..k).step_by(kc) {
             let kb = kc.min(k - s0);
-            for i0 in (0..m).step_by(mr) {
+            let (slice, rest) = slices.split_at_mut(m_pad * kb);
+            slices = rest;
+            let fill = |(pi, panel): (usize, &mut [f32])| {
+                let i0 = pi * mr;
                 let rows = mr.min(m - i0);
-                for p in s0..s0 + kb {
-                    column(p, i0..i0 + rows, &mut data);
-                    data.extend(std::iter::repeat_n(0.0, mr - rows));
+                for (pp, p) in (s0..s0 + kb).enumerate() {
+                    column(p, i0..i0 + rows, &mut panel[pp * mr..pp * mr + rows]);
                 }
+            };
+            // Below ~256 KiB a task costs more than it saves.
+            if m_pad * kb < 1 << 16 {
+                slice.chunks_mut(mr * kb).enumerate().for_each(fill);
+            } else {
+                slice.par_chunks_mut(mr * kb).enumerate().for_each(fill);
             }
         }
         Self {

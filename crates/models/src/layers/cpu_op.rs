@@ -11,7 +11,7 @@ use runner_kernels::window::{Window, WindowKind};
 /// up to 40 MB per op, as long as some of the ops themselves; this is the
 /// same pattern as candle's own CPU kernels.
 #[allow(clippy::uninit_vec)]
-pub(super) fn output_buffer(len: usize) -> Vec<f32> {
+pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);
     // SAFETY: f32 has no invalid bit patterns and every caller writes all
     // `len` elements (the GEMM stores every tile of C, the window kernels

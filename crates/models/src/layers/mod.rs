@@ -29,6 +29,7 @@
 mod blocked;
 mod conv;
 mod cpu_op;
+pub(crate) use cpu_op::output_buffer;
 mod depthwise;
 mod padding;
 mod pool;

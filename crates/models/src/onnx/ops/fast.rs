@@ -7,6 +7,8 @@ use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use runner_kernels::{sgemm_with, GemmShape, MatMut, MatRef};
 
+use crate::layers::output_buffer;
+
 /// Whether `t` can take a fast path.
 pub fn on_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
@@ -89,7 +91,8 @@ impl candle_core::CustomOp2 for MatMul {
         let (da, db) = (l1.dims(), l2.dims());
         let (m, k, n) = (da[da.len() - 2], da[da.len() - 1], db[db.len() - 1]);
         let batch: usize = da[..da.len() - 2].iter().product();
-        let mut out = vec![0f32; batch * m * n];
+        // Every value is written by the GEMM (`accumulate` false).
+        let mut out = output_buffer(batch * m * n);
         // The bias and GELU on each finished row segment of C.
         let epilogue = |_: usize, j0: usize, v: &mut [f32]| {
             if let Some(bias) = &self.bias {
@@ -199,7 +202,7 @@ impl candle_core::CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice("softmax", s, l)?;
-        let mut out = vec![0f32; x.len()];
+        let mut out = output_buffer(x.len());
         if self.n > 0 {
             out.par_chunks_mut(self.n)
                 .zip(x.par_chunks(self.n))
@@ -239,7 +242,7 @@ impl<F: Fn(f32) -> f32 + Send + Sync> candle_core::CustomOp1 for Map<F> {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(self.name, s, l)?;
-        let mut out = vec![0f32; x.len()];
+        let mut out = output_buffer(x.len());
         out.par_chunks_mut(4096)
             .zip(x.par_chunks(4096))
             .for_each(|(y, x)| {
@@ -283,7 +286,7 @@ impl candle_core::CustomOp1 for Permute {
         // The input stride of each output axis.
         let strides: Vec<usize> = self.perm.iter().map(|&p| in_strides[p]).collect();
         let row = out_dims.last().copied().unwrap_or(1).max(1);
-        let mut out = vec![0f32; x.len()];
+        let mut out = output_buffer(x.len());
         out.par_chunks_mut(row).enumerate().for_each(|(r, y)| {
             // The input offset of this output row's first value.
             let mut rest = r;

@@ -93,7 +93,7 @@ impl candle_core::CustomOp1 for PixelNorm {
         };
         let (c, hw) = (*c, h * w);
         let x = &data[lo..hi];
-        let mut out = vec![0f32; x.len()];
+        let mut out = crate::layers::output_buffer(x.len());
         if c * hw > 0 {
             out.par_chunks_mut(c * hw)
                 .zip(x.par_chunks(c * hw))
@@ -154,7 +154,7 @@ impl candle_core::CustomOp1 for RowNorm {
         };
         let x = &data[lo..hi];
         let n = self.inner;
-        let mut out = vec![0f32; x.len()];
+        let mut out = crate::layers::output_buffer(x.len());
         out.par_chunks_mut(n)
             .zip(x.par_chunks(n))
             .for_each(|(y, x)| self.row(x, y));
