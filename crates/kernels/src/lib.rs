@@ -50,12 +50,13 @@ pub use gemm::{
     Output, Tuning,
 };
 pub use im2col::Im2Col;
-pub use pack::{DenseB, PackB, PackedA};
+pub use pack::{DenseB, PackB, PackedA, TransposedB};
 pub use window::{Act, Clamp};
 
 pub mod gemm;
 pub mod generic;
 pub mod im2col;
+pub mod map;
 pub mod nchwc;
 pub mod pack;
 pub mod rng;

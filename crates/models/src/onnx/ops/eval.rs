@@ -126,16 +126,33 @@ impl Op {
                 trans_a,
                 trans_b,
             } => gemm(ins, *alpha, *beta, *trans_a, *trans_b)?,
-            Op::MatMul { gelu } => {
+            Op::MatMul {
+                gelu,
+                trans_b,
+                alpha,
+            } => {
                 let (a, b) = (ins.get(0)?, ins.get(1)?);
                 if a.rank() < 2 || b.rank() < 2 {
                     candle_core::bail!("MatMul of rank-1 operands is not supported")
                 }
                 let bias = ins.opt(2);
-                match fast::matmul(a, b, bias, *gelu)? {
+                let product = fast::Product {
+                    gelu: *gelu,
+                    trans_b: *trans_b,
+                    alpha: *alpha,
+                };
+                match fast::matmul(a, b, bias, product)? {
                     Some(y) => y,
                     None => {
+                        let b = if *trans_b {
+                            b.transpose(D::Minus1, D::Minus2)?
+                        } else {
+                            b.clone()
+                        };
                         let mut y = a.contiguous()?.broadcast_matmul(&b.contiguous()?)?;
+                        if *alpha != 1.0 {
+                            y = (y * *alpha as f64)?;
+                        }
                         if let Some(bias) = bias {
                             y = y.broadcast_add(bias)?;
                         }

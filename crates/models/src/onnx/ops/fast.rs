@@ -5,7 +5,8 @@
 
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use runner_kernels::{sgemm_with, GemmShape, MatMut, MatRef};
+use runner_kernels::map::{map_in_place, map_into};
+use runner_kernels::{gemm_packed, DenseB, MatRef, Output, PackedA, TransposedB};
 
 use crate::layers::output_buffer;
 
@@ -24,28 +25,41 @@ fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-/// `a @ b (+ bias) (then GELU)` for `a` of rank >= 2 and `b` either 2-D
-/// (a weight: every row of `a` against it, one GEMM, with the bias and
-/// GELU applied to each row of the result while it is in cache) or of
-/// `a`'s rank with the same leading dimensions (attention: one GEMM per
-/// leading index). `None` when the shapes need broadcasting (or a bias or
-/// GELU goes with a batched product), which candle's ops handle.
-pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Option<Tensor>> {
+/// What a MatMul computes besides `A @ B`: see [`super::Op::MatMul`].
+#[derive(Debug, Clone, Copy)]
+pub struct Product {
+    pub gelu: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+}
+
+/// `alpha * (a @ b) (+ bias) (then GELU)` for `a` of rank >= 2 and `b`
+/// (or `bᵀ`, with `trans_b`) either 2-D (a weight: every row of `a`
+/// against it, one GEMM) or of `a`'s rank with the same leading dimensions
+/// (attention: one GEMM per leading index); `alpha`, the bias and the GELU
+/// are applied to each row of the result while it is in cache. `None` when
+/// the shapes need broadcasting (or a bias or GELU goes with a batched
+/// product), which candle's ops handle.
+pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, p: Product) -> Result<Option<Tensor>> {
     if !(on_cpu_f32(a) && on_cpu_f32(b)) || a.rank() < 2 || b.rank() < 2 {
         return Ok(None);
     }
-    let n = b.dims()[b.rank() - 1];
+    let (ra, rb) = (a.rank(), b.rank());
+    let (bk, bn) = if p.trans_b {
+        (rb - 1, rb - 2)
+    } else {
+        (rb - 2, rb - 1)
+    };
+    let (k, n) = (a.dims()[ra - 1], b.dims()[bn]);
+    if b.dims()[bk] != k {
+        return Ok(None);
+    }
     let bias = match bias {
-        Some(t) if b.rank() == 2 && on_cpu_f32(t) && t.dims() == [n] => Some(super::to_f32s(t)?),
+        Some(t) if rb == 2 && on_cpu_f32(t) && t.dims() == [n] => Some(super::to_f32s(t)?),
         Some(_) => return Ok(None),
         None => None,
     };
-    if gelu && b.rank() > 2 {
-        return Ok(None);
-    }
-    let (ra, rb) = (a.rank(), b.rank());
-    let k = a.dims()[ra - 1];
-    if b.dims()[rb - 2] != k {
+    if p.gelu && rb > 2 {
         return Ok(None);
     }
     let batched = rb > 2;
@@ -58,7 +72,8 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Resu
         &MatMul {
             batched,
             bias,
-            gelu,
+            p,
+            n,
         },
     )?))
 }
@@ -66,13 +81,53 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Resu
 struct MatMul {
     batched: bool,
     bias: Option<Vec<f32>>,
-    gelu: bool,
+    p: Product,
+    n: usize,
 }
 
 /// The exact GELU of one value.
 #[inline]
 fn gelu_f32(x: f32) -> f32 {
     0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+impl MatMul {
+    /// `C (m x n) = A (m x k) @ B` for one product, `B` read as `k x n`
+    /// or, transposed, as `n x k`; the epilogue applied to C's rows.
+    fn gemm(
+        &self,
+        m: usize,
+        k: usize,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+    ) -> runner_kernels::Result<()> {
+        let n = self.n;
+        let packed = PackedA::new(runner_kernels::best(), MatRef { data: a, ld: k }, m, k)?;
+        let epilogue = |_: usize, _: usize, j0: usize, v: &mut [f32]| {
+            if self.p.alpha != 1.0 {
+                v.iter_mut().for_each(|v| *v *= self.p.alpha);
+            }
+            if let Some(bias) = &self.bias {
+                for (v, b) in v.iter_mut().zip(&bias[j0..]) {
+                    *v += b;
+                }
+            }
+            if self.p.gelu {
+                map_in_place(&gelu_f32, v);
+            }
+        };
+        let fused = self.p.alpha != 1.0 || self.bias.is_some() || self.p.gelu;
+        let epilogue = fused.then_some(&epilogue as runner_kernels::BatchEpilogue<'_>);
+        let out = Output::new(c, n, 0);
+        if self.p.trans_b {
+            let bt = TransposedB::new(MatRef { data: b, ld: k }, k, n)?;
+            gemm_packed(&packed, std::slice::from_ref(&bt), out, epilogue)
+        } else {
+            let dense = DenseB::new(MatRef { data: b, ld: n }, k, n)?;
+            gemm_packed(&packed, std::slice::from_ref(&dense), out, epilogue)
+        }
+    }
 }
 
 impl candle_core::CustomOp2 for MatMul {
@@ -88,43 +143,22 @@ impl candle_core::CustomOp2 for MatMul {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (a, b) = (f32_slice("matmul", s1, l1)?, f32_slice("matmul", s2, l2)?);
-        let (da, db) = (l1.dims(), l2.dims());
-        let (m, k, n) = (da[da.len() - 2], da[da.len() - 1], db[db.len() - 1]);
+        let da = l1.dims();
+        let (m, k, n) = (da[da.len() - 2], da[da.len() - 1], self.n);
         let batch: usize = da[..da.len() - 2].iter().product();
-        // Every value is written by the GEMM (`accumulate` false).
+        // Every value is written by the GEMM.
         let mut out = output_buffer(batch * m * n);
-        // The bias and GELU on each finished row segment of C.
-        let epilogue = |_: usize, j0: usize, v: &mut [f32]| {
-            if let Some(bias) = &self.bias {
-                for (v, b) in v.iter_mut().zip(&bias[j0..]) {
-                    *v += b;
-                }
-            }
-            if self.gelu {
-                v.iter_mut().for_each(|v| *v = gelu_f32(*v));
-            }
-        };
-        let fused = self.bias.is_some() || self.gelu;
-        let gemm = |m: usize, a: &[f32], b: &[f32], c: &mut [f32]| {
-            sgemm_with(
-                runner_kernels::best(),
-                GemmShape { m, n, k },
-                MatRef { data: a, ld: k },
-                MatRef { data: b, ld: n },
-                MatMut { data: c, ld: n },
-                false,
-                fused.then_some(&epilogue as runner_kernels::Epilogue<'_>),
-            )
-        };
         let failed = if self.batched {
             // Many small products (heads x images): one task each.
             out.par_chunks_mut(m * n)
                 .enumerate()
-                .map(|(i, c)| gemm(m, &a[i * m * k..][..m * k], &b[i * k * n..][..k * n], c))
+                .map(|(i, c)| {
+                    self.gemm(m, k, &a[i * m * k..][..m * k], &b[i * k * n..][..k * n], c)
+                })
                 .find_any(|r| r.is_err())
         } else {
             // Every row of every image against one weight.
-            Some(gemm(batch * m, a, b, &mut out)).filter(|r| r.is_err())
+            Some(self.gemm(batch * m, k, a, b, &mut out)).filter(|r| r.is_err())
         };
         if let Some(Err(e)) = failed {
             candle_core::bail!("matmul: {e}")
@@ -209,9 +243,7 @@ impl candle_core::CustomOp1 for Softmax {
                 .for_each(|(y, x)| {
                     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     // The map alone vectorises; the sum runs after it.
-                    for (y, &x) in y.iter_mut().zip(x) {
-                        *y = exp_f32(x - max);
-                    }
+                    map_into(&|x| exp_f32(x - max), x, y);
                     let inv = 1.0 / y.iter().sum::<f32>();
                     y.iter_mut().for_each(|y| *y *= inv);
                 });
@@ -245,11 +277,7 @@ impl<F: Fn(f32) -> f32 + Send + Sync> candle_core::CustomOp1 for Map<F> {
         let mut out = output_buffer(x.len());
         out.par_chunks_mut(4096)
             .zip(x.par_chunks(4096))
-            .for_each(|(y, x)| {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = (self.f)(x);
-                }
-            });
+            .for_each(|(y, x)| map_into(&self.f, x, y));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }
@@ -310,6 +338,12 @@ mod tests {
 
     use super::*;
 
+    const PLAIN: Product = Product {
+        gelu: false,
+        trans_b: false,
+        alpha: 1.0,
+    };
+
     fn seq(dims: &[usize]) -> Tensor {
         let n: usize = dims.iter().product();
         let v: Vec<f32> = (0..n)
@@ -336,18 +370,36 @@ mod tests {
     fn gemm_products_equal_candles_for_weights_and_batches() {
         let x = seq(&[2, 5, 7]);
         let w = seq(&[7, 3]);
-        let ours = matmul(&x, &w, None, false).unwrap().expect("a fast path");
+        let ours = matmul(&x, &w, None, PLAIN).unwrap().expect("a fast path");
         let theirs = x.broadcast_matmul(&w).unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-4);
         let q = seq(&[2, 3, 5, 4]);
         let k = seq(&[2, 3, 4, 6]);
-        let ours = matmul(&q, &k, None, false).unwrap().expect("a fast path");
+        let ours = matmul(&q, &k, None, PLAIN).unwrap().expect("a fast path");
         assert!(max_diff(&ours, &q.matmul(&k).unwrap()) < 1e-4);
+        // Kᵀ read from K, and a scale.
+        let kt = k.transpose(2, 3).unwrap().contiguous().unwrap();
+        let scaled = Product {
+            trans_b: true,
+            alpha: 0.125,
+            ..PLAIN
+        };
+        let ours = matmul(&q, &kt, None, scaled).unwrap().expect("a fast path");
+        let theirs = (q.matmul(&k).unwrap() * 0.125).unwrap();
+        assert!(max_diff(&ours, &theirs) < 1e-4);
         // A bias and GELU in the epilogue equal the ops after the product.
         let bias = seq(&[3]);
-        let ours = matmul(&x, &w, Some(&bias), true)
-            .unwrap()
-            .expect("a fast path");
+        let ours = matmul(
+            &x,
+            &w,
+            Some(&bias),
+            Product {
+                gelu: true,
+                ..PLAIN
+            },
+        )
+        .unwrap()
+        .expect("a fast path");
         let theirs = x
             .broadcast_matmul(&w)
             .unwrap()
@@ -357,7 +409,7 @@ mod tests {
         assert!(max_diff(&ours, &theirs) < 1e-4);
         // Leading dimensions that broadcast: left to candle.
         let k1 = seq(&[1, 3, 4, 6]);
-        assert!(matmul(&q, &k1, None, false).unwrap().is_none());
+        assert!(matmul(&q, &k1, None, PLAIN).unwrap().is_none());
     }
 
     #[test]

@@ -183,10 +183,14 @@ pub enum Op {
         trans_a: bool,
         trans_b: bool,
     },
-    /// `gelu`: the exact GELU applied to the product (set by the pattern
-    /// pass, as a third input `bias` may be; ONNX's MatMul has neither).
+    /// `alpha * (A @ B) (+ bias) (then GELU)`, `B` given transposed with
+    /// `trans_b`: ONNX's MatMul has none of these; the pattern pass folds
+    /// the scalar Muls, the Transpose of `B`, a bias Add (third input) and a
+    /// GELU around a product into it.
     MatMul {
         gelu: bool,
+        trans_b: bool,
+        alpha: f32,
     },
     /// `legacy`: opset < 13, softmax over the input flattened to 2-D at `axis`.
     Softmax {
@@ -291,7 +295,7 @@ pub const OPS: &[OpDef] = {
         row("Less",               Opaque,  |_, _| Ok(Op::Compare(Compare::Less))),
         row("LessOrEqual",        Opaque,  |_, _| Ok(Op::Compare(Compare::LessOrEqual))),
         row("Log",                Keep,    |_, _| Ok(Op::Log)),
-        row("MatMul",             Opaque,  |_, _| Ok(Op::MatMul { gelu: false })),
+        row("MatMul",             Opaque,  |_, _| Ok(Op::MATMUL)),
         row("Max",                Keep,    |_, _| Ok(Op::MinMax { max: true })),
         row("MaxPool",            Nchw,    p::max_pool),
         row("Min",                Keep,    |_, _| Ok(Op::MinMax { max: false })),
@@ -324,6 +328,15 @@ pub const OPS: &[OpDef] = {
         row("Where",              Keep,    |_, _| Ok(Op::Where)),
     ]
 };
+
+impl Op {
+    /// ONNX's plain MatMul.
+    pub const MATMUL: Op = Op::MatMul {
+        gelu: false,
+        trans_b: false,
+        alpha: 1.0,
+    };
+}
 
 /// The row of `op_type`, if runner supports it.
 pub fn find(op_type: &str) -> Option<&'static OpDef> {

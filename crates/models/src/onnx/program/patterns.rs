@@ -26,7 +26,92 @@ pub fn rewrite<'g>(
 ) -> Vec<Node<'g>> {
     let nodes = gelu(nodes, consts, output);
     let nodes = channel_layer_norm(nodes, output);
+    let nodes = matmul_operands(nodes, consts, output);
     matmul_epilogues(nodes, consts, output)
+}
+
+/// Scalar `Mul`s on either operand of a `MatMul`, and a `Transpose` of its
+/// right operand's last two axes, each read only by it, folded into it
+/// (`alpha`, `trans_b`): attention's `(q * s) @ (kᵀ * s)` reads `q` and `k`
+/// as they are.
+pub fn matmul_operands<'g>(
+    nodes: Vec<Node<'g>>,
+    consts: &HashMap<String, Tensor>,
+    output: &str,
+) -> Vec<Node<'g>> {
+    let uses = Uses::new(&nodes, output);
+    let scalar = |name: &str| {
+        consts
+            .get(name)
+            .filter(|t| t.elem_count() == 1)
+            .and_then(|t| ops::to_f32s(t).ok())
+            .map(|v| v[0])
+    };
+    let swaps_last_two = |perm: &[i64]| {
+        let r = perm.len();
+        r >= 2
+            && perm[r - 2] == r as i64 - 1
+            && perm[r - 1] == r as i64 - 2
+            && perm[..r - 2]
+                .iter()
+                .enumerate()
+                .all(|(i, &p)| p == i as i64)
+    };
+    let mut rewrites = Vec::new();
+    for (m, n) in nodes.iter().enumerate() {
+        if !matches!(n.op, Op::MatMul { gelu: false, trans_b: false, alpha } if alpha == 1.0)
+            || n.input.len() != 2
+        {
+            continue;
+        }
+        let (mut ins, mut alpha, mut trans_b, mut gone) =
+            (n.input.clone(), 1.0f32, false, Vec::new());
+        for side in 0..2 {
+            // The node reading `ins[side]`: the MatMul, then each node
+            // folded into it on the way back.
+            let mut reader = m;
+            while let Some(&p) = uses.producer.get(ins[side].as_str()) {
+                if uses.only_reader(&ins[side]) != Some(reader) {
+                    break;
+                }
+                let pn = &nodes[p];
+                match (&pn.op, pn.input.as_slice()) {
+                    (Op::Mul, [x, c]) | (Op::Mul, [c, x])
+                        if scalar(c).is_some() && scalar(x).is_none() =>
+                    {
+                        alpha *= scalar(c).expect("checked");
+                        ins[side] = x.clone();
+                    }
+                    (Op::Transpose { perm: Some(perm) }, [x])
+                        if side == 1 && !trans_b && swaps_last_two(perm) =>
+                    {
+                        trans_b = true;
+                        ins[1] = x.clone();
+                    }
+                    _ => break,
+                }
+                gone.push(p);
+                reader = p;
+            }
+        }
+        if !gone.is_empty() {
+            rewrites.push((m, ins, alpha, trans_b, gone));
+        }
+    }
+    drop(uses);
+    let mut nodes = nodes;
+    let mut dropped = HashSet::new();
+    for (m, ins, alpha, trans_b, gone) in rewrites {
+        let n = &mut nodes[m];
+        n.op = Op::MatMul {
+            gelu: false,
+            trans_b,
+            alpha,
+        };
+        n.input = ins;
+        dropped.extend(gone);
+    }
+    without(nodes, &dropped)
 }
 
 /// `MatMul(x, W)` with a 2-D constant `W` (`K x N`), then `Add` of a
@@ -41,6 +126,7 @@ pub fn matmul_epilogues<'g>(
     /// What folds into the MatMul at `matmul`.
     struct Epilogue {
         matmul: usize,
+        alpha: f32,
         bias: Option<String>,
         gelu: bool,
         output: String,
@@ -49,12 +135,21 @@ pub fn matmul_epilogues<'g>(
     let uses = Uses::new(&nodes, output);
     let mut rewrites: Vec<Epilogue> = Vec::new();
     for (m, n) in nodes.iter().enumerate() {
-        let (Op::MatMul { gelu: false }, [_, w]) = (&n.op, n.input.as_slice()) else {
+        let (
+            Op::MatMul {
+                gelu: false,
+                trans_b: false,
+                alpha,
+            },
+            [_, w],
+        ) = (&n.op, n.input.as_slice())
+        else {
             continue;
         };
         let Some(cols) = consts.get(w).filter(|t| t.rank() == 2).map(|t| t.dims()[1]) else {
             continue;
         };
+        let alpha = *alpha;
         let (mut out, mut gone, mut bias, mut gelu) =
             (n.output().to_string(), Vec::new(), None, false);
         if let Some(a) = uses.only_reader(&out) {
@@ -81,6 +176,7 @@ pub fn matmul_epilogues<'g>(
         if !gone.is_empty() {
             rewrites.push(Epilogue {
                 matmul: m,
+                alpha,
                 bias,
                 gelu,
                 output: out,
@@ -93,7 +189,11 @@ pub fn matmul_epilogues<'g>(
     let mut dropped = HashSet::new();
     for e in rewrites {
         let n = &mut nodes[e.matmul];
-        n.op = Op::MatMul { gelu: e.gelu };
+        n.op = Op::MatMul {
+            gelu: e.gelu,
+            trans_b: false,
+            alpha: e.alpha,
+        };
         n.input.extend(e.bias);
         n.output = vec![e.output];
         dropped.extend(e.absorbed);
@@ -355,9 +455,34 @@ mod tests {
         let folded = parse_and_fold(m.graph.as_ref().unwrap(), 20, "m.onnx").unwrap();
         let nodes = matmul_epilogues(folded.nodes, &folded.consts, "y");
         assert_eq!(nodes.len(), 1);
-        assert!(matches!(nodes[0].op, Op::MatMul { gelu: true }));
+        assert!(matches!(nodes[0].op, Op::MatMul { gelu: true, .. }));
         assert_eq!(nodes[0].input, ["x", "w", "bias"]);
         assert_eq!(nodes[0].output(), "y");
+    }
+
+    /// timm's attention as exported: `(q * s) @ (Transpose(k) * s)`.
+    #[test]
+    fn attentions_scales_and_k_transpose_fold_into_its_product() {
+        use crate::onnx::testutil::with_ints;
+        let m = model(
+            vec![
+                node("Mul", &["q", "s"], "qs"),
+                with_ints(node("Transpose", &["k"], "kt"), "perm", &[0, 1, 3, 2]),
+                node("Mul", &["kt", "s"], "kts"),
+                node("MatMul", &["qs", "kts"], "y"),
+            ],
+            vec![init("s", &[], &[0.5])],
+            "y",
+        );
+        let folded = parse_and_fold(m.graph.as_ref().unwrap(), 17, "m.onnx").unwrap();
+        let nodes = matmul_operands(folded.nodes, &folded.consts, "y");
+        assert_eq!(nodes.len(), 1);
+        assert!(
+            matches!(nodes[0].op, Op::MatMul { trans_b: true, alpha, .. } if alpha == 0.25),
+            "{:?}",
+            nodes[0].op
+        );
+        assert_eq!(nodes[0].input, ["q", "k"]);
     }
 
     #[test]
