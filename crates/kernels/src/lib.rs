@@ -50,7 +50,7 @@ pub use gemm::{
     Output, Tuning,
 };
 pub use im2col::Im2Col;
-pub use pack::{DenseB, PackB, PackedA, TransposedB};
+pub use pack::{DenseB, PackB, PackedA};
 pub use window::{Act, Clamp};
 
 pub mod gemm;

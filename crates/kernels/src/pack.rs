@@ -215,48 +215,6 @@ impl PackB for DenseB<'_> {
     }
 }
 
-/// A row-major `n x k` matrix `bt` used as its transpose (`B = btᵀ`,
-/// `k x n`): attention's `Q Kᵀ` reads `K` as it is, without a transposed
-/// copy.
-#[derive(Debug, Clone, Copy)]
-pub struct TransposedB<'a> {
-    bt: MatRef<'a>,
-    k: usize,
-    n: usize,
-}
-
-impl<'a> TransposedB<'a> {
-    pub fn new(bt: MatRef<'a>, k: usize, n: usize) -> Result<Self> {
-        check("B^T", bt.data.len(), n, k, bt.ld)?;
-        Ok(Self { bt, k, n })
-    }
-}
-
-impl PackB for TransposedB<'_> {
-    fn k(&self) -> usize {
-        self.k
-    }
-    fn n(&self) -> usize {
-        self.n
-    }
-    fn pack(&self, j0: usize, nb: usize, nr: usize, out: &mut [f32]) {
-        let k = self.k;
-        for jr in 0..nb.div_ceil(nr) {
-            let cols = nr.min(nb - jr * nr);
-            let panel = &mut out[jr * nr * k..(jr + 1) * nr * k];
-            if cols < nr {
-                panel.fill(0.0);
-            }
-            for j in 0..cols {
-                let row = &self.bt.data[(j0 + jr * nr + j) * self.bt.ld..][..k];
-                for (p, &v) in row.iter().enumerate() {
-                    panel[p * nr + j] = v;
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,21 +244,6 @@ mod tests {
                 let got = PackedA::new_transposed(kern, MatRef { data: &at, ld: m }, m, k);
                 assert_eq!(got.unwrap().data, want.data, "{} {m}x{k}", kern.name);
             }
-        }
-    }
-
-    #[test]
-    fn a_transposed_b_packs_the_panels_of_its_transpose() {
-        for (k, n, nr) in [(1, 1, 4), (7, 13, 8), (64, 257, 32)] {
-            let b = rand_vec(k * n, (k * n) as u64);
-            let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
-            let dense = DenseB::new(MatRef { data: &b, ld: n }, k, n).unwrap();
-            let trans = TransposedB::new(MatRef { data: &bt, ld: k }, k, n).unwrap();
-            let len = n.div_ceil(nr) * nr * k;
-            let (mut want, mut got) = (vec![f32::NAN; len], vec![f32::NAN; len]);
-            dense.pack(0, n, nr, &mut want);
-            trans.pack(0, n, nr, &mut got);
-            assert_eq!(got, want, "{k}x{n} nr {nr}");
         }
     }
 }

@@ -130,39 +130,7 @@ impl Op {
                 gelu,
                 trans_b,
                 alpha,
-            } => {
-                let (a, b) = (ins.get(0)?, ins.get(1)?);
-                if a.rank() < 2 || b.rank() < 2 {
-                    candle_core::bail!("MatMul of rank-1 operands is not supported")
-                }
-                let bias = ins.opt(2);
-                let product = fast::Product {
-                    gelu: *gelu,
-                    trans_b: *trans_b,
-                    alpha: *alpha,
-                };
-                match fast::matmul(a, b, bias, product)? {
-                    Some(y) => y,
-                    None => {
-                        let b = if *trans_b {
-                            b.transpose(D::Minus1, D::Minus2)?
-                        } else {
-                            b.clone()
-                        };
-                        let mut y = a.contiguous()?.broadcast_matmul(&b.contiguous()?)?;
-                        if *alpha != 1.0 {
-                            y = (y * *alpha as f64)?;
-                        }
-                        if let Some(bias) = bias {
-                            y = y.broadcast_add(bias)?;
-                        }
-                        if *gelu {
-                            y = math::gelu(&y, false)?;
-                        }
-                        y
-                    }
-                }
-            }
+            } => matmul(ins, *gelu, *trans_b, *alpha)?,
             Op::Softmax { axis, legacy } => softmax(x()?, *axis, *legacy)?,
             Op::Shape { start, end } => shape::shape(ins, *start, *end)?,
             Op::Gather { axis } => shape::gather(ins, *axis)?,
@@ -176,6 +144,62 @@ impl Op {
             Op::Identity => x()?.clone(),
         }])
     }
+}
+
+/// [`Op::MatMul`]: inputs `a`, `b`, then optional bias, per-column scale,
+/// and multipliers of `a` and `b` found at run time. On the CPU one fused
+/// product when the multipliers are single values; otherwise (or on another
+/// device) the ops one by one, as the graph had them.
+fn matmul(ins: &Inputs, gelu: bool, trans_b: bool, alpha: f32) -> Result<Tensor> {
+    let (a, b) = (ins.get(0)?, ins.get(1)?);
+    if a.rank() < 2 || b.rank() < 2 {
+        candle_core::bail!("MatMul of rank-1 operands is not supported")
+    }
+    let (bias, scale) = (ins.opt(2), ins.opt(3));
+    let (ma, mb) = (ins.opt(4), ins.opt(5));
+    let one = |t: Option<&Tensor>| -> Result<Option<f32>> {
+        match t {
+            None => Ok(Some(1.0)),
+            Some(t) if t.elem_count() == 1 => Ok(Some(to_f32s(t)?[0])),
+            Some(_) => Ok(None),
+        }
+    };
+    if let (Some(sa), Some(sb)) = (one(ma)?, one(mb)?) {
+        let product = fast::Product {
+            gelu,
+            trans_b,
+            alpha: alpha * sa * sb,
+        };
+        if let Some(y) = fast::matmul(a, b, bias, scale, product)? {
+            return Ok(y);
+        }
+    }
+    let mut a = a.clone();
+    if let Some(m) = ma {
+        a = a.broadcast_mul(m)?;
+    }
+    let mut b = if trans_b {
+        b.transpose(D::Minus1, D::Minus2)?
+    } else {
+        b.clone()
+    };
+    if let Some(m) = mb {
+        b = b.broadcast_mul(m)?;
+    }
+    let mut y = a.contiguous()?.broadcast_matmul(&b.contiguous()?)?;
+    if alpha != 1.0 {
+        y = (y * alpha as f64)?;
+    }
+    if let Some(bias) = bias {
+        y = y.broadcast_add(bias)?;
+    }
+    if gelu {
+        y = math::gelu(&y, false)?;
+    }
+    if let Some(scale) = scale {
+        y = y.broadcast_mul(scale)?;
+    }
+    Ok(y)
 }
 
 /// Inference BatchNorm over axis 1, statistics from inputs 1-4.

@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use runner_kernels::map::{map_in_place, map_into};
-use runner_kernels::{gemm_packed, DenseB, MatRef, Output, PackedA, TransposedB};
+use runner_kernels::{gemm_packed, DenseB, MatRef, Output, PackedA};
 
 use crate::layers::output_buffer;
 
@@ -40,7 +40,13 @@ pub struct Product {
 /// are applied to each row of the result while it is in cache. `None` when
 /// the shapes need broadcasting (or a bias or GELU goes with a batched
 /// product), which candle's ops handle.
-pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, p: Product) -> Result<Option<Tensor>> {
+pub fn matmul(
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    scale: Option<&Tensor>,
+    p: Product,
+) -> Result<Option<Tensor>> {
     if !(on_cpu_f32(a) && on_cpu_f32(b)) || a.rank() < 2 || b.rank() < 2 {
         return Ok(None);
     }
@@ -54,10 +60,17 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, p: Product) -> Resu
     if b.dims()[bk] != k {
         return Ok(None);
     }
-    let bias = match bias {
-        Some(t) if rb == 2 && on_cpu_f32(t) && t.dims() == [n] => Some(super::to_f32s(t)?),
-        Some(_) => return Ok(None),
-        None => None,
+    let per_column = |t: Option<&Tensor>| -> Result<Option<Option<Vec<f32>>>> {
+        Ok(match t {
+            Some(t) if rb == 2 && on_cpu_f32(t) && t.dims() == [n] => {
+                Some(Some(super::to_f32s(t)?))
+            }
+            Some(_) => None,
+            None => Some(None),
+        })
+    };
+    let (Some(bias), Some(scale)) = (per_column(bias)?, per_column(scale)?) else {
+        return Ok(None);
     };
     if p.gelu && rb > 2 {
         return Ok(None);
@@ -72,6 +85,7 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, p: Product) -> Resu
         &MatMul {
             batched,
             bias,
+            scale,
             p,
             n,
         },
@@ -81,6 +95,7 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, p: Product) -> Resu
 struct MatMul {
     batched: bool,
     bias: Option<Vec<f32>>,
+    scale: Option<Vec<f32>>,
     p: Product,
     n: usize,
 }
@@ -116,17 +131,33 @@ impl MatMul {
             if self.p.gelu {
                 map_in_place(&gelu_f32, v);
             }
+            if let Some(scale) = &self.scale {
+                for (v, s) in v.iter_mut().zip(&scale[j0..]) {
+                    *v *= s;
+                }
+            }
         };
-        let fused = self.p.alpha != 1.0 || self.bias.is_some() || self.p.gelu;
+        let fused =
+            self.p.alpha != 1.0 || self.bias.is_some() || self.p.gelu || self.scale.is_some();
         let epilogue = fused.then_some(&epilogue as runner_kernels::BatchEpilogue<'_>);
         let out = Output::new(c, n, 0);
-        if self.p.trans_b {
-            let bt = TransposedB::new(MatRef { data: b, ld: k }, k, n)?;
-            gemm_packed(&packed, std::slice::from_ref(&bt), out, epilogue)
+        // Bᵀ given (attention's K): transposed here, one product at a time
+        // while it is in cache, rather than by a pass over all of K.
+        let transposed;
+        let b = if self.p.trans_b {
+            let mut t = output_buffer(k * n);
+            for (j, row) in b.chunks_exact(k).enumerate() {
+                for (p, &v) in row.iter().enumerate() {
+                    t[p * n + j] = v;
+                }
+            }
+            transposed = t;
+            &transposed[..]
         } else {
-            let dense = DenseB::new(MatRef { data: b, ld: n }, k, n)?;
-            gemm_packed(&packed, std::slice::from_ref(&dense), out, epilogue)
-        }
+            b
+        };
+        let dense = DenseB::new(MatRef { data: b, ld: n }, k, n)?;
+        gemm_packed(&packed, std::slice::from_ref(&dense), out, epilogue)
     }
 }
 
@@ -370,12 +401,16 @@ mod tests {
     fn gemm_products_equal_candles_for_weights_and_batches() {
         let x = seq(&[2, 5, 7]);
         let w = seq(&[7, 3]);
-        let ours = matmul(&x, &w, None, PLAIN).unwrap().expect("a fast path");
+        let ours = matmul(&x, &w, None, None, PLAIN)
+            .unwrap()
+            .expect("a fast path");
         let theirs = x.broadcast_matmul(&w).unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-4);
         let q = seq(&[2, 3, 5, 4]);
         let k = seq(&[2, 3, 4, 6]);
-        let ours = matmul(&q, &k, None, PLAIN).unwrap().expect("a fast path");
+        let ours = matmul(&q, &k, None, None, PLAIN)
+            .unwrap()
+            .expect("a fast path");
         assert!(max_diff(&ours, &q.matmul(&k).unwrap()) < 1e-4);
         // Kᵀ read from K, and a scale.
         let kt = k.transpose(2, 3).unwrap().contiguous().unwrap();
@@ -384,32 +419,31 @@ mod tests {
             alpha: 0.125,
             ..PLAIN
         };
-        let ours = matmul(&q, &kt, None, scaled).unwrap().expect("a fast path");
+        let ours = matmul(&q, &kt, None, None, scaled)
+            .unwrap()
+            .expect("a fast path");
         let theirs = (q.matmul(&k).unwrap() * 0.125).unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-4);
-        // A bias and GELU in the epilogue equal the ops after the product.
+        // A bias, GELU and scale in the epilogue equal the ops after the
+        // product.
         let bias = seq(&[3]);
-        let ours = matmul(
-            &x,
-            &w,
-            Some(&bias),
-            Product {
-                gelu: true,
-                ..PLAIN
-            },
-        )
-        .unwrap()
-        .expect("a fast path");
+        let gelu = Product {
+            gelu: true,
+            ..PLAIN
+        };
+        let ours = matmul(&x, &w, Some(&bias), Some(&bias), gelu)
+            .unwrap()
+            .expect("a fast path");
         let theirs = x
             .broadcast_matmul(&w)
             .unwrap()
             .broadcast_add(&bias)
             .unwrap();
-        let theirs = theirs.gelu_erf().unwrap();
+        let theirs = theirs.gelu_erf().unwrap().broadcast_mul(&bias).unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-4);
         // Leading dimensions that broadcast: left to candle.
         let k1 = seq(&[1, 3, 4, 6]);
-        assert!(matmul(&q, &k1, None, PLAIN).unwrap().is_none());
+        assert!(matmul(&q, &k1, None, None, PLAIN).unwrap().is_none());
     }
 
     #[test]

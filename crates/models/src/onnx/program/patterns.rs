@@ -32,8 +32,8 @@ pub fn rewrite<'g>(
 
 /// Scalar `Mul`s on either operand of a `MatMul`, and a `Transpose` of its
 /// right operand's last two axes, each read only by it, folded into it
-/// (`alpha`, `trans_b`): attention's `(q * s) @ (kᵀ * s)` reads `q` and `k`
-/// as they are.
+/// (`alpha`, `trans_b`; a multiplier computed from shapes as inputs 4 and
+/// 5): attention's `(q * s) @ (kᵀ * s)` reads `q` and `k` as they are.
 pub fn matmul_operands<'g>(
     nodes: Vec<Node<'g>>,
     consts: &HashMap<String, Tensor>,
@@ -57,6 +57,20 @@ pub fn matmul_operands<'g>(
                 .enumerate()
                 .all(|(i, &p)| p == i as i64)
     };
+    // Values computed from shapes and constants only (PyTorch's attention
+    // scale is `1 / sqrt(sqrt(head_dim))` of a traced `Shape`): small, and
+    // never image data.
+    let mut from_shapes: HashSet<&str> = HashSet::new();
+    for n in &nodes {
+        let derived = matches!(n.op, Op::Shape { .. })
+            || n.inputs()
+                .filter(|i| !i.is_empty())
+                .all(|i| consts.contains_key(i) || from_shapes.contains(i));
+        if derived {
+            from_shapes.extend(n.output.iter().map(String::as_str));
+        }
+    }
+    let runtime = |name: &str| from_shapes.contains(name);
     let mut rewrites = Vec::new();
     for (m, n) in nodes.iter().enumerate() {
         if !matches!(n.op, Op::MatMul { gelu: false, trans_b: false, alpha } if alpha == 1.0)
@@ -66,6 +80,9 @@ pub fn matmul_operands<'g>(
         }
         let (mut ins, mut alpha, mut trans_b, mut gone) =
             (n.input.clone(), 1.0f32, false, Vec::new());
+        // Per side, a multiplier known only when the graph runs (checked to
+        // be one value then, else applied as the Mul was).
+        let mut multipliers = [String::new(), String::new()];
         for side in 0..2 {
             // The node reading `ins[side]`: the MatMul, then each node
             // folded into it on the way back.
@@ -82,6 +99,17 @@ pub fn matmul_operands<'g>(
                         alpha *= scalar(c).expect("checked");
                         ins[side] = x.clone();
                     }
+                    // Before any Transpose on the way back: `Mul(Transpose(k), r)`
+                    // is what the fallback recomputes.
+                    (Op::Mul, [x, r]) | (Op::Mul, [r, x])
+                        if runtime(r)
+                            && !runtime(x)
+                            && multipliers[side].is_empty()
+                            && !(side == 1 && trans_b) =>
+                    {
+                        multipliers[side] = r.clone();
+                        ins[side] = x.clone();
+                    }
                     (Op::Transpose { perm: Some(perm) }, [x])
                         if side == 1 && !trans_b && swaps_last_two(perm) =>
                     {
@@ -95,6 +123,11 @@ pub fn matmul_operands<'g>(
             }
         }
         if !gone.is_empty() {
+            if multipliers.iter().any(|r| !r.is_empty()) {
+                // Inputs 4 and 5, after the (absent) bias and scale.
+                ins.extend([String::new(), String::new()]);
+                ins.extend(multipliers);
+            }
             rewrites.push((m, ins, alpha, trans_b, gone));
         }
     }
@@ -115,9 +148,10 @@ pub fn matmul_operands<'g>(
 }
 
 /// `MatMul(x, W)` with a 2-D constant `W` (`K x N`), then `Add` of a
-/// constant of `N` values (either operand order), then `Gelu`, each value
-/// read once: the bias becomes the MatMul's third input and the GELU its
-/// flag. Either step may be absent.
+/// constant of `N` values (either operand order), then `Gelu`, then `Mul`
+/// by a constant of `N` values, each value read once: the bias becomes the
+/// MatMul's third input, the scale its fourth and the GELU its flag. Any
+/// step may be absent.
 pub fn matmul_epilogues<'g>(
     nodes: Vec<Node<'g>>,
     consts: &HashMap<String, Tensor>,
@@ -127,6 +161,7 @@ pub fn matmul_epilogues<'g>(
     struct Epilogue {
         matmul: usize,
         alpha: f32,
+        scale: Option<String>,
         bias: Option<String>,
         gelu: bool,
         output: String,
@@ -173,11 +208,29 @@ pub fn matmul_epilogues<'g>(
                 gone.push(g);
             }
         }
+        // A layer scale (ViT's LayerScale, ConvNeXt's gamma).
+        let mut scale = None;
+        if let Some(s) = uses.only_reader(&out) {
+            let mul = &nodes[s];
+            let other = match mul.input.as_slice() {
+                [x, g] if *x == out => Some(g),
+                [g, x] if *x == out => Some(g),
+                _ => None,
+            };
+            let per_column =
+                |g: &&String| consts.get(g.as_str()).is_some_and(|t| t.dims() == [cols]);
+            if let (Op::Mul, Some(g)) = (&mul.op, other.filter(per_column)) {
+                scale = Some(g.clone());
+                out = mul.output().to_string();
+                gone.push(s);
+            }
+        }
         if !gone.is_empty() {
             rewrites.push(Epilogue {
                 matmul: m,
                 alpha,
                 bias,
+                scale,
                 gelu,
                 output: out,
                 absorbed: gone,
@@ -194,7 +247,9 @@ pub fn matmul_epilogues<'g>(
             trans_b: false,
             alpha: e.alpha,
         };
-        n.input.extend(e.bias);
+        // Inputs 2 and 3: the bias and the scale ("" where absent).
+        n.input.push(e.bias.unwrap_or_default());
+        n.input.extend(e.scale);
         n.output = vec![e.output];
         dropped.extend(e.absorbed);
     }
@@ -457,6 +512,22 @@ mod tests {
         assert_eq!(nodes.len(), 1);
         assert!(matches!(nodes[0].op, Op::MatMul { gelu: true, .. }));
         assert_eq!(nodes[0].input, ["x", "w", "bias"]);
+        // With a layer scale after it, and no bias.
+        let m = model(
+            vec![
+                node("MatMul", &["x", "w"], "p"),
+                node("Mul", &["p", "gamma"], "y"),
+            ],
+            vec![
+                init("w", &[2, 3], &[1.0; 6]),
+                init("gamma", &[3], &[0.5; 3]),
+            ],
+            "y",
+        );
+        let folded = parse_and_fold(m.graph.as_ref().unwrap(), 20, "m.onnx").unwrap();
+        let nodes = matmul_epilogues(folded.nodes, &folded.consts, "y");
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].input, ["x", "w", "", "gamma"]);
         assert_eq!(nodes[0].output(), "y");
     }
 
@@ -483,6 +554,64 @@ mod tests {
             nodes[0].op
         );
         assert_eq!(nodes[0].input, ["q", "k"]);
+    }
+
+    /// The scale computed from a traced shape, as the TorchScript exporter
+    /// writes it: a runtime multiplier of each operand, and the program
+    /// still computes what the graph does.
+    #[test]
+    fn attentions_runtime_scales_fold_and_compute_the_same() {
+        use crate::onnx::testutil::{tensor, values, with_ints};
+        let m = model(
+            vec![
+                node("Shape", &["q"], "shape"),
+                node("Cast", &["shape"], "dims"),
+                node("Sqrt", &["dims"], "s"),
+                node("Mul", &["q", "s"], "qs"),
+                with_ints(node("Transpose", &["q"], "kt"), "perm", &[1, 0]),
+                node("Mul", &["kt", "s"], "kts"),
+                node("MatMul", &["qs", "kts"], "y"),
+            ],
+            vec![],
+            "y",
+        );
+        let m = {
+            // Cast to float.
+            let mut m = m;
+            let g = m.graph.as_mut().unwrap();
+            g.node[1]
+                .attribute
+                .push(crate::onnx::onnx_pb::AttributeProto {
+                    name: "to".into(),
+                    i: 1,
+                    r#type: crate::onnx::onnx_pb::attribute_proto::AttributeType::Int as i32,
+                    ..Default::default()
+                });
+            g.input[0].name = "q".into();
+            m
+        };
+        let folded = parse_and_fold(m.graph.as_ref().unwrap(), 17, "m.onnx").unwrap();
+        let nodes = matmul_operands(folded.nodes, &folded.consts, "y");
+        let mm = nodes
+            .iter()
+            .find(|n| matches!(n.op, Op::MatMul { .. }))
+            .unwrap();
+        assert!(
+            matches!(mm.op, Op::MatMul { trans_b: true, .. }),
+            "{:?}",
+            mm.op
+        );
+        assert_eq!(mm.input, ["q", "q", "", "", "s", "s"]);
+        // Through the whole program: (q * sqrt(dims)) @ (qᵀ * sqrt(dims)),
+        // where `dims` = [2, 2] is not one value: the fallback.
+        let p = crate::onnx::Program::lower(&m, None, "m.onnx").unwrap();
+        let q = tensor(&[1.0, 2.0, 3.0, 4.0], &[2, 2]);
+        let got = values(&p.run(q).unwrap());
+        // s = [sqrt 2, sqrt 2]: q * s scales columns; (q s)(qᵀ s) = 2 q qᵀ... column-wise.
+        let want = [10.0, 22.0, 22.0, 50.0];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-4, "{got:?}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use candle_core::{DType, Tensor};
 
 use super::{Kernel, Program, Step};
+use crate::onnx::ops::Op;
 
 impl Program {
     /// Runs the program on `x` (the graph input) and returns the output.
@@ -91,7 +92,9 @@ impl Step {
                 return crate::profile::time(
                     || {
                         let flops = match self.op_type.as_str() {
-                            "MatMul" | "Gemm" => matmul_flops(ins),
+                            "MatMul" | "Gemm" => {
+                                matmul_flops(ins, matches!(op, Op::MatMul { trans_b: true, .. }))
+                            }
                             _ => 0.0,
                         };
                         // Products of two activations (attention) apart
@@ -151,11 +154,12 @@ impl Step {
 
 /// `2 M N K` times the batch of a product's inputs: the profile's GFLOP/s
 /// for `MatMul` and `Gemm`.
-fn matmul_flops(ins: &[Option<&Tensor>]) -> f64 {
+fn matmul_flops(ins: &[Option<&Tensor>], trans_b: bool) -> f64 {
     match ins {
         [Some(a), Some(b), ..] if a.rank() >= 2 && b.rank() >= 2 => {
             let (m, k) = (a.dims()[a.rank() - 2], a.dims()[a.rank() - 1]);
-            let n = b.dims()[b.rank() - 1];
+            // `B` may be given transposed (`n x k`).
+            let n = b.dims()[b.rank() - if trans_b { 2 } else { 1 }];
             let batch: usize = a.dims()[..a.rank() - 2].iter().product();
             2.0 * (batch * m * n * k) as f64
         }
