@@ -7,6 +7,7 @@
 
 pub mod image;
 mod jpeg_check;
+pub mod resize;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

@@ -42,8 +42,7 @@ pub struct HeadRow {
 pub struct Metrics {
     pub name: String,
     pub classes: Vec<String>,
-    // An ensemble's metrics.json has no images or heads of its own (its
-    // propagation is the members, then the blend); it reads as this too.
+    // An ensemble's metrics.json (no images or heads of its own) reads too.
     #[serde(default)]
     pub train_images: usize,
     #[serde(default)]
