@@ -4,6 +4,7 @@
 //! `scores` computes the score propagation, `tables` writes the run's CSVs.
 
 mod calibrate;
+mod checks;
 pub use calibrate::scaling as temperature_scaling;
 mod scores;
 mod tables;
@@ -230,7 +231,7 @@ fn prepare_in(
             "warning: left out of training ([data] on_bad_image = \"skip\"): {why}"
         ));
     }
-    warn_about_class_sizes(run);
+    checks::warn_about_class_sizes(run);
 
     // Folds before features: a bad fold count fails in seconds, not after
     // an hour of extraction.
@@ -269,7 +270,7 @@ fn finish_in(
     crate::interrupt::check()?;
     dir.enter("outputs")?;
     dir.manifest.timings.heads_seconds = t.elapsed().as_secs_f64();
-    check_finite(&preds, feats)?;
+    checks::check_finite(&preds, feats)?;
 
     let mut propagation = scores::score_propagation(spec, data, folds, &preds);
     let oof = mean(&preds.oof.iter().collect::<Vec<_>>());
@@ -431,78 +432,6 @@ pub fn fold_plan(spec: &Spec, data: &Dataset) -> anyhow::Result<FoldPlan> {
         );
     }
     Ok(folds)
-}
-
-/// Warns about classes a head cannot learn (no training image: their
-/// probabilities stay near 0) or cannot score well (fewer images than folds:
-/// an image alone in its class is scored by a head that never saw it).
-fn warn_about_class_sizes(run: &Run<'_>) {
-    let (spec, data, log) = (run.spec, run.data, run.log);
-    let counts = data.class_counts();
-    let classes_where = |keep: &dyn Fn(usize) -> bool| -> Vec<(&str, usize)> {
-        data.classes
-            .iter()
-            .zip(&counts)
-            .filter(|(_, &n)| keep(n))
-            .map(|(c, &n)| (c.as_str(), n))
-            .collect()
-    };
-    let first_few = |names: Vec<String>| {
-        let shown = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
-        if names.len() > 5 {
-            shown + ", ..."
-        } else {
-            shown
-        }
-    };
-    let unseen = classes_where(&|n| n == 0);
-    if !unseen.is_empty() {
-        log.info(format!(
-            "warning: {} of {} classes have no training image ({}); their probabilities will stay near 0: check labels.csv against the sample submission's columns",
-            unseen.len(),
-            data.classes.len(),
-            first_few(unseen.iter().map(|(c, _)| c.to_string()).collect())
-        ));
-    }
-    let small = classes_where(&|n| n > 0 && n < spec.cv.folds);
-    if !small.is_empty() {
-        log.info(format!(
-            "warning: {} class(es) have fewer training images than cv.folds = {}: {}; their out-of-fold scores are noisy, and an image alone in its class is scored by a head that never saw the class",
-            small.len(),
-            spec.cv.folds,
-            first_few(small.iter().map(|(c, n)| format!("{c} ({n})")).collect())
-        ));
-    }
-}
-
-/// No NaN or infinity reaches the scores or the submission: the run fails
-/// and says which input is to blame.
-fn check_finite(preds: &Predictions, feats: &Features) -> anyhow::Result<()> {
-    let finite = |m: &Matrix| m.data.iter().all(|v| v.is_finite());
-    if preds
-        .oof
-        .iter()
-        .chain(preds.test.iter().flatten())
-        .all(finite)
-    {
-        return Ok(());
-    }
-    let mut bad: Vec<&str> = feats
-        .by_key
-        .iter()
-        .filter(|(_, m)| !finite(m))
-        .map(|(key, _)| key.as_str())
-        .collect();
-    bad.sort();
-    if bad.is_empty() {
-        anyhow::bail!(
-            "the heads diverged (NaN or infinite predictions) on finite features: lower [head] lr"
-        );
-    }
-    anyhow::bail!(
-        "features of stage(s) {} contain NaN or infinite values: check the backbone weights (`runner inspect`), then delete those stages from the cache to recompute",
-        bad.join(", ")
-    )
 }
 
 /// Trains every fold x view head on the features of `plan` and gathers
