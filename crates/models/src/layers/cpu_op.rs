@@ -21,7 +21,7 @@ pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
 }
 
 /// The contiguous f32 data of an op's input, or an error naming the op.
-pub(super) fn cpu_f32<'a>(
+pub(crate) fn cpu_f32<'a>(
     op: &'static str,
     storage: &'a CpuStorage,
     layout: &Layout,
@@ -37,7 +37,7 @@ pub(super) fn cpu_f32<'a>(
 }
 
 /// `(N, C, H, W)` of an op's input, or an error naming the op.
-pub(super) fn dims4(
+pub(crate) fn dims4(
     op: &'static str,
     layout: &Layout,
 ) -> candle_core::Result<(usize, usize, usize, usize)> {

@@ -29,7 +29,7 @@
 mod blocked;
 mod conv;
 mod cpu_op;
-pub(crate) use cpu_op::output_buffer;
+pub(crate) use cpu_op::{cpu_f32, dims4, output_buffer};
 mod depthwise;
 mod padding;
 mod pool;

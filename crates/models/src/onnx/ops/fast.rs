@@ -8,21 +8,11 @@ use rayon::prelude::*;
 use runner_kernels::map::{map_in_place, map_into};
 use runner_kernels::{gemm_packed, DenseB, MatRef, Output, PackedA};
 
-use crate::layers::output_buffer;
+use crate::layers::{cpu_f32, output_buffer};
 
 /// Whether `t` can take a fast path.
 pub fn on_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
-}
-
-fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("{op}: expected f32")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{op}: input must be contiguous"),
-    }
 }
 
 /// What a MatMul computes besides `A @ B`: see [`super::Op::MatMul`].
@@ -173,7 +163,7 @@ impl candle_core::CustomOp2 for MatMul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = (f32_slice("matmul", s1, l1)?, f32_slice("matmul", s2, l2)?);
+        let (a, b) = (cpu_f32("matmul", s1, l1)?, cpu_f32("matmul", s2, l2)?);
         let da = l1.dims();
         let (m, k, n) = (da[da.len() - 2], da[da.len() - 1], self.n);
         let batch: usize = da[..da.len() - 2].iter().product();
@@ -266,7 +256,7 @@ impl candle_core::CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice("softmax", s, l)?;
+        let x = cpu_f32("softmax", s, l)?;
         let mut out = output_buffer(x.len());
         if self.n > 0 {
             out.par_chunks_mut(self.n)
@@ -304,7 +294,7 @@ impl<F: Fn(f32) -> f32 + Send + Sync> candle_core::CustomOp1 for Map<F> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(self.name, s, l)?;
+        let x = cpu_f32(self.name, s, l)?;
         let mut out = output_buffer(x.len());
         out.par_chunks_mut(4096)
             .zip(x.par_chunks(4096))
@@ -331,7 +321,7 @@ impl candle_core::CustomOp1 for Permute {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice("transpose", s, l)?;
+        let x = cpu_f32("transpose", s, l)?;
         let dims = l.dims();
         let rank = dims.len();
         if self.perm.len() != rank {

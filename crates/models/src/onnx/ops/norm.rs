@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::eval::Inputs;
 use super::{axis, to_f32s};
+use crate::layers::{cpu_f32, dims4, output_buffer};
 
 /// `(x - mean) / sqrt(var + eps) * scale + bias` over the axes from
 /// `axis` on; `scale` and `bias` broadcast to those axes.
@@ -85,15 +86,10 @@ impl candle_core::CustomOp1 for PixelNorm {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = s else {
-            candle_core::bail!("channel_layer_norm: expected an f32 input")
-        };
-        let (Some((lo, hi)), [_, c, h, w]) = (l.contiguous_offsets(), l.dims()) else {
-            candle_core::bail!("channel_layer_norm: expected a contiguous (N, C, H, W) input")
-        };
-        let (c, hw) = (*c, h * w);
-        let x = &data[lo..hi];
-        let mut out = crate::layers::output_buffer(x.len());
+        let x = cpu_f32("channel_layer_norm", s, l)?;
+        let (_, c, h, w) = dims4("channel_layer_norm", l)?;
+        let hw = h * w;
+        let mut out = output_buffer(x.len());
         if c * hw > 0 {
             out.par_chunks_mut(c * hw)
                 .zip(x.par_chunks(c * hw))
@@ -146,15 +142,9 @@ impl candle_core::CustomOp1 for RowNorm {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = s else {
-            candle_core::bail!("layer_norm: expected an f32 input")
-        };
-        let Some((lo, hi)) = l.contiguous_offsets() else {
-            candle_core::bail!("layer_norm: input must be contiguous")
-        };
-        let x = &data[lo..hi];
+        let x = cpu_f32("layer_norm", s, l)?;
         let n = self.inner;
-        let mut out = crate::layers::output_buffer(x.len());
+        let mut out = output_buffer(x.len());
         out.par_chunks_mut(n)
             .zip(x.par_chunks(n))
             .for_each(|(y, x)| self.row(x, y));
