@@ -100,6 +100,14 @@ impl Node<'_> {
     fn output(&self) -> &str {
         self.output.first().map_or("", String::as_str)
     }
+    /// Of a two-input node reading `known`, its other input.
+    fn other_input(&self, known: &str) -> Option<&str> {
+        match self.input.as_slice() {
+            [a, b] if a == known => Some(b),
+            [a, b] if b == known => Some(a),
+            _ => None,
+        }
+    }
 }
 
 /// The default-domain opset the model was exported with.

@@ -163,46 +163,30 @@ pub fn matmul_epilogues<'g>(
             continue;
         };
         let alpha = *alpha;
-        let (mut out, mut gone, mut bias, mut gelu) =
-            (n.output().to_string(), Vec::new(), None, false);
-        if let Some(a) = uses.only_reader(&out) {
-            let add = &nodes[a];
-            let other = match add.input.as_slice() {
-                [x, b] if *x == out => Some(b),
-                [b, x] if *x == out => Some(b),
-                _ => None,
-            };
-            let is_bias = |b: &&String| consts.get(b.as_str()).is_some_and(|t| t.dims() == [cols]);
-            if let (Op::Add, Some(b)) = (&add.op, other.filter(is_bias)) {
-                bias = Some(b.clone());
-                out = add.output().to_string();
-                gone.push(a);
-            }
-        }
+        let (mut out, mut gone) = (n.output().to_string(), Vec::new());
+        // The sole reader of `out`, if it is `want` of `out` and a constant
+        // of one value per column: that node and the constant's name.
+        let per_column = |want: fn(&Op) -> bool, out: &str| -> Option<(usize, String)> {
+            let r = uses.only_reader(out)?;
+            let c = nodes[r].other_input(out)?;
+            let fits = want(&nodes[r].op) && consts.get(c).is_some_and(|t| t.dims() == [cols]);
+            fits.then(|| (r, c.to_string()))
+        };
+        let mut absorb = |(r, c): (usize, String), out: &mut String| {
+            gone.push(r);
+            *out = nodes[r].output().to_string();
+            c
+        };
+        let bias = per_column(|op| matches!(op, Op::Add), &out).map(|f| absorb(f, &mut out));
+        let mut gelu = false;
         if let Some(g) = uses.only_reader(&out) {
             if matches!(nodes[g].op, Op::Gelu { tanh: false }) {
                 gelu = true;
-                out = nodes[g].output().to_string();
-                gone.push(g);
+                absorb((g, String::new()), &mut out);
             }
         }
         // A layer scale (ViT's LayerScale, ConvNeXt's gamma).
-        let mut scale = None;
-        if let Some(s) = uses.only_reader(&out) {
-            let mul = &nodes[s];
-            let other = match mul.input.as_slice() {
-                [x, g] if *x == out => Some(g),
-                [g, x] if *x == out => Some(g),
-                _ => None,
-            };
-            let per_column =
-                |g: &&String| consts.get(g.as_str()).is_some_and(|t| t.dims() == [cols]);
-            if let (Op::Mul, Some(g)) = (&mul.op, other.filter(per_column)) {
-                scale = Some(g.clone());
-                out = mul.output().to_string();
-                gone.push(s);
-            }
-        }
+        let scale = per_column(|op| matches!(op, Op::Mul), &out).map(|f| absorb(f, &mut out));
         if !gone.is_empty() {
             rewrites.push(Epilogue {
                 matmul: m,

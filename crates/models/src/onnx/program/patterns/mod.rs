@@ -140,14 +140,6 @@ pub fn gelu<'g>(
             .is_some_and(|v| v.len() == 1 && (v[0] - want).abs() <= 1e-6 * want.abs().max(1.0))
     };
     let only_reader = |value: &str| uses.only_reader(value);
-    // Of a binary node, the input that is not `known`.
-    let other = |n: &Node, known: &str| -> Option<String> {
-        match n.input.as_slice() {
-            [a, b] if a == known => Some(b.clone()),
-            [a, b] if b == known => Some(a.clone()),
-            _ => None,
-        }
-    };
     let mut rewrites: Vec<(usize, String, String, [usize; 4])> = Vec::new();
     for (e, n) in nodes.iter().enumerate() {
         if !matches!(n.op, Op::Unary(Unary::Erf)) {
@@ -168,7 +160,7 @@ pub fn gelu<'g>(
             }
             let a = only_reader(n.output())?;
             let add = &nodes[a];
-            if !matches!(add.op, Op::Add) || !scalar(&other(add, n.output())?, 1.0) {
+            if !matches!(add.op, Op::Add) || !scalar(add.other_input(n.output())?, 1.0) {
                 return None;
             }
             let m1 = only_reader(add.output())?;
@@ -179,9 +171,9 @@ pub fn gelu<'g>(
                 return None;
             }
             // (x * (1 + erf)) * 0.5, or (0.5 * (1 + erf)) * x.
-            let f = other(first, add.output())?;
-            let s = other(second, first.output())?;
-            let ok = (f == x && scalar(&s, 0.5)) || (scalar(&f, 0.5) && s == x);
+            let f = first.other_input(add.output())?;
+            let s = second.other_input(first.output())?;
+            let ok = (f == x && scalar(s, 0.5)) || (scalar(f, 0.5) && s == x);
             ok.then(|| (x, second.output().to_string(), [d, a, m1, m2]))
         };
         if let Some((x, out, dropped)) = chain() {
