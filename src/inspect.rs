@@ -97,7 +97,7 @@ fn inspect_onnx(path: &Path, all: bool, output: Option<&str>) -> anyhow::Result<
     // A transformer's tokens need a pool: tried with the class token to
     // tell the token width.
     let (loaded, tokens) = match OnnxBackbone::load(path, &opts, size) {
-        Err(e) if e.to_string().contains("a sequence of tokens") => {
+        Err(onnx::OnnxError::TokensNeedPool { .. }) => {
             let cls = OnnxOptions {
                 pool: Some(onnx::TokenPool::Cls),
                 ..opts.clone()

@@ -59,6 +59,15 @@ pub enum OnnxError {
     },
     #[error("{path}: {message}")]
     Graph { path: String, message: String },
+    #[error(
+        "{path}: output `{output}` has shape {dims:?}, a sequence of tokens; set pool = \"cls\", \"mean\" \
+         or \"cls+mean\" to make one vector per image of it"
+    )]
+    TokensNeedPool {
+        path: String,
+        output: String,
+        dims: Vec<usize>,
+    },
 }
 
 /// Axis order of the graph's image input.
@@ -253,19 +262,28 @@ impl OnnxBackbone {
             token_pool: opts.pool.map(|p| (p, opts.prefix_tokens.unwrap_or(1))),
             num_features: 0,
         };
-        let blank = Tensor::zeros(
-            (1, 3, input_size, input_size),
-            candle_core::DType::F32,
-            &candle_core::Device::Cpu,
-        )
-        .and_then(|x| net.forward_features(&x))
-        .map_err(|e| OnnxError::Graph {
+        let trial_failed = |e: candle_core::Error| OnnxError::Graph {
             path: p.clone(),
             message: format!(
                 "a trial run on one blank {input_size}x{input_size} image failed: {e}"
             ),
-        })?;
-        net.num_features = blank.dim(1).unwrap_or(0);
+        };
+        let raw = Tensor::zeros(
+            (1, 3, input_size, input_size),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .and_then(|x| net.raw_output(&x))
+        .map_err(trial_failed)?;
+        if raw.rank() == 3 && net.token_pool.is_none() {
+            return Err(OnnxError::TokensNeedPool {
+                path: p,
+                output: net.program.output_name.clone(),
+                dims: raw.dims().to_vec(),
+            });
+        }
+        let features = net.pool(raw).map_err(trial_failed)?;
+        net.num_features = features.dim(1).unwrap_or(0);
         Ok(net)
     }
 
@@ -356,13 +374,18 @@ fn pool_tokens(y: &Tensor, pool: TokenPool, prefix: usize) -> candle_core::Resul
     }
 }
 
-impl Backbone for OnnxBackbone {
-    fn forward_features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+impl OnnxBackbone {
+    /// The chosen output for NCHW images `x`, as the graph computes it.
+    fn raw_output(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = match self.layout {
             InputLayout::Nchw => x.clone(),
             InputLayout::Nhwc => x.permute((0, 2, 3, 1))?.contiguous()?,
         };
-        let y = self.program.run(x)?;
+        self.program.run(x)
+    }
+
+    /// One feature vector per image of the raw output.
+    fn pool(&self, y: Tensor) -> candle_core::Result<Tensor> {
         let name = &self.program.output_name;
         match (y.rank(), self.token_pool) {
             (3, Some((pool, prefix))) => pool_tokens(&y, pool, prefix),
@@ -385,6 +408,12 @@ impl Backbone for OnnxBackbone {
                 y.dims()
             ),
         }
+    }
+}
+
+impl Backbone for OnnxBackbone {
+    fn forward_features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.pool(self.raw_output(x)?)
     }
 
     fn num_features(&self) -> usize {
