@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::eval::Inputs;
 use super::math::broadcast_dims;
-use super::shape::MAX_CONSTANT_ELEMENTS;
+use super::shape::{check_output, MAX_CONSTANT_ELEMENTS};
 use super::{axis, to_f32s, to_i64s};
 
 /// Input 0 broadcast with the shape in input 1 (either may be the larger).
@@ -18,6 +18,7 @@ pub fn expand(ins: &Inputs) -> Result<Tensor> {
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| candle_core::Error::Msg("Expand: a negative dimension".into()))?;
     let dims = broadcast_dims(x.dims(), &shape)?;
+    check_output("Expand", &dims)?;
     x.broadcast_as(dims)?.contiguous()
 }
 
@@ -29,6 +30,13 @@ pub fn tile(ins: &Inputs) -> Result<Tensor> {
         candle_core::bail!("Tile: repeats {reps:?} for a rank-{} input", x.rank())
     }
     let reps: Vec<usize> = reps.iter().map(|&r| r as usize).collect();
+    let dims: Vec<usize> = x
+        .dims()
+        .iter()
+        .zip(&reps)
+        .map(|(d, r)| d.saturating_mul(*r))
+        .collect();
+    check_output("Tile", &dims)?;
     x.repeat(reps)
 }
 
@@ -159,6 +167,16 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(values(&y), [1.0, 0.75, 0.5, 0.25]);
+    }
+
+    #[test]
+    fn shapes_beyond_any_image_model_are_refused_before_allocating() {
+        let x = tensor(&[1.0], &[1, 1]);
+        let huge = ints(&[1 << 20, 1 << 20]);
+        let e = expand(&Inputs::new(&[Some(&x), Some(&huge)])).unwrap_err();
+        assert!(e.to_string().contains("Expand: output shape"), "{e}");
+        let e = tile(&Inputs::new(&[Some(&x), Some(&huge)])).unwrap_err();
+        assert!(e.to_string().contains("Tile: output shape"), "{e}");
     }
 
     #[test]

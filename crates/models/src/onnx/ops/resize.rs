@@ -93,6 +93,11 @@ pub fn resize(ins: &Inputs, at: &ResizeAttrs) -> Result<Tensor> {
         }
         (None, None) => candle_core::bail!("Resize needs scales or sizes"),
     }
+    let mut out_dims = dims.clone();
+    for &(a, out, _) in &plan {
+        out_dims[a] = out;
+    }
+    super::shape::check_output("Resize", &out_dims)?;
     let dtype = x.dtype();
     let mut y = x.to_dtype(DType::F32)?;
     for (a, out, scale) in plan {

@@ -185,6 +185,22 @@ pub fn pad(
 /// a damaged or hostile graph asking for memory it does not need.
 pub const MAX_CONSTANT_ELEMENTS: usize = 1 << 24;
 
+/// The most values an op that takes its output shape from the graph
+/// (Expand, Tile, Resize) may make: 4 GiB of f32, far above any image
+/// model's activations; more is a damaged or hostile graph.
+pub const MAX_OUTPUT_ELEMENTS: usize = 1 << 30;
+
+/// Refuses an output shape of more than [`MAX_OUTPUT_ELEMENTS`] values
+/// (or one whose count overflows) before it is allocated.
+pub fn check_output(op: &str, dims: &[usize]) -> Result<()> {
+    match crate::onnx::proto::element_count(dims) {
+        Some(n) if n <= MAX_OUTPUT_ELEMENTS => Ok(()),
+        _ => candle_core::bail!(
+            "{op}: output shape {dims:?} asks for more than {MAX_OUTPUT_ELEMENTS} values"
+        ),
+    }
+}
+
 /// A tensor of the shape in input 0, filled with the one value of `value`.
 pub fn constant_of_shape(ins: &Inputs, value: &Tensor) -> Result<Tensor> {
     let dims: Vec<usize> = to_i64s(ins.x()?)?
