@@ -88,9 +88,9 @@ impl PackedA {
 
     /// Writes the panels in storage order (k slice, panel, p, row), the
     /// panels of a k slice in parallel (an activation packed per call, as a
-    /// transformer's MatMul does, is megabytes). `column(p, rows, out)`
-    /// writes `A[i][p]` for `i` in `rows` (at most `mr` of them) to `out`;
-    /// the panel's padding rows are zeroed here.
+    /// transformer's MatMul does, is megabytes), with no zero-fill pass.
+    /// `column(p, rows, out)` writes `A[i][p]` for `i` in `rows` (at most
+    /// `mr` of them) to `out`; the panel's padding rows are zeroed here.
     fn pack(
         kern: &'static MicroKernel,
         m: usize,
@@ -99,7 +99,8 @@ impl PackedA {
     ) -> Self {
         let (mr, kc) = (kern.mr, tuning().kc.unwrap_or(kern.kc).max(1));
         let m_pad = m.div_ceil(mr) * mr;
-        let mut data = vec![0f32; m_pad * k];
+        // Every value is written below: the columns, then the padding.
+        let mut data = crate::uninit(m_pad * k);
         let mut slices = data.as_mut_slice();
         for s0 in (0..k).step_by(kc) {
             let kb = kc.min(k - s0);
@@ -109,7 +110,9 @@ impl PackedA {
                 let i0 = pi * mr;
                 let rows = mr.min(m - i0);
                 for (pp, p) in (s0..s0 + kb).enumerate() {
-                    column(p, i0..i0 + rows, &mut panel[pp * mr..pp * mr + rows]);
+                    let step = &mut panel[pp * mr..(pp + 1) * mr];
+                    column(p, i0..i0 + rows, &mut step[..rows]);
+                    step[rows..].fill(0.0);
                 }
             };
             // Below ~256 KiB a task costs more than it saves.
