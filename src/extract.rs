@@ -1,6 +1,7 @@
-//! `runner extract`: a spec's features (computed or from the cache) as
-//! float32 `.npy` files, one per backbone x view x split, beside the row ids
-//! of each split in CSV.
+//! `runner extract`: a spec's features computed into the cache, and
+//! written as float32 `.npy` files, one per backbone x view x split, beside
+//! the row ids of each split in CSV (`--out`); or one shard's share of them
+//! computed into the cache (`--shard I/N`, [`crate::shard`]).
 
 use std::path::Path;
 
@@ -10,14 +11,38 @@ use crate::npy;
 use crate::pipeline::csv_bytes;
 use crate::plan::{Plan, Split};
 use crate::run::Run;
+use crate::shard::Shard;
 
-/// Writes `<split>_ids.csv` and `<split>_<backbone>_<view>.npy` under `out`
-/// for every split with images. A backbone's file stem is its architecture,
+/// Computes `shard`'s chunks of the spec's unfinished stages into the cache.
+pub fn extract_shard(run: &Run<'_>, shard: Shard) -> anyhow::Result<()> {
+    let plan = Plan::new(run.spec, run.data, Some(run.cache))?;
+    let started = std::time::Instant::now();
+    let work = crate::features::extract_shard(run, &plan, shard)?;
+    run.log.info(format!(
+        "shard {shard}: computed {} stage chunk(s) ({} images) in {:.1}s, {} found in the cache; once every shard is done, `runner extract` or a run of the spec builds the stages from the chunks",
+        work.computed,
+        work.images,
+        started.elapsed().as_secs_f64(),
+        work.found
+    ));
+    Ok(())
+}
+
+/// Makes sure every stage of the spec is in the cache and, with `out`,
+/// writes `<split>_ids.csv` and `<split>_<backbone>_<view>.npy` there for
+/// every split with images. A backbone's file stem is its architecture,
 /// with its index in the spec appended when two share one.
-pub fn extract(run: &Run<'_>, out: &Path) -> anyhow::Result<()> {
+pub fn extract(run: &Run<'_>, out: Option<&Path>) -> anyhow::Result<()> {
     let (spec, data) = (run.spec, run.data);
     let plan = Plan::new(spec, data, Some(run.cache))?;
     let feats = crate::features::ensure(run, &plan)?;
+    let Some(out) = out else {
+        run.log.info(format!(
+            "every stage of the spec is in the cache {}",
+            run.cache.location()
+        ));
+        return Ok(());
+    };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     for split in [Split::Train, Split::Test] {
         if run.items(split).is_empty() {

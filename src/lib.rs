@@ -42,5 +42,6 @@ pub mod report;
 pub mod run;
 pub mod rundir;
 pub mod setup;
+pub mod shard;
 pub mod spec;
 pub mod train;

@@ -16,10 +16,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-    // Unique per process and write: threads of one process may write the
-    // same file (two sweep members' memo entries) at once.
+    // Unique per host, process and write: threads of one process may write
+    // the same file (two sweep members' memo entries) at once, and the
+    // writer's host and pid say whether it may still be writing.
     let tmp = dir.join(format!(
-        ".{file_name}{TEMP_MARK}{}-{}",
+        ".{file_name}{TEMP_MARK}{}-{}-{}",
+        crate::lock::hostname(),
         std::process::id(),
         WRITES.fetch_add(1, Ordering::Relaxed)
     ));
@@ -36,7 +38,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })
 }
 
-/// What marks [`write_atomic`]'s temporary files: `.<name>.tmp-<pid>-<n>`.
+/// What marks [`write_atomic`]'s temporary files:
+/// `.<name>.tmp-<host>-<pid>-<n>`.
 const TEMP_MARK: &str = ".tmp-";
 
 /// Where the BLAKE3 checksum of a cached `.npy` is kept: `<file>.npy.b3`.
@@ -46,15 +49,15 @@ pub(super) fn checksum_path(npy: &Path) -> PathBuf {
     npy.with_file_name(name)
 }
 
-/// Writes a matrix as `.npy` with its checksum beside it (the checksum
-/// first: a `.npy` never exists without the sum that vouches for it).
-pub(super) fn write_verified(path: &Path, m: &Matrix) -> std::io::Result<()> {
-    let bytes = npy::to_bytes(m);
+/// Writes a matrix's `.npy` bytes with their checksum beside them (the
+/// checksum first: a `.npy` never exists without the sum that vouches for
+/// it).
+pub(super) fn write_verified(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_atomic(
         &checksum_path(path),
-        blake3::hash(&bytes).to_hex().as_bytes(),
+        blake3::hash(bytes).to_hex().as_bytes(),
     )?;
-    write_atomic(path, &bytes)
+    write_atomic(path, bytes)
 }
 
 /// Reads a cached `.npy` whose bytes match its stored checksum: a byte
@@ -92,9 +95,36 @@ pub fn remove_stale_temp_files(dir: &Path, min_age: Duration) -> u64 {
     remove_temp_files(dir, "", min_age)
 }
 
+/// The temporary files in `dir` whose name starts with `.{prefix}` and
+/// whose writer is gone: a process of this host that no longer runs (a
+/// killed writer), or any writer once the file is [`STALE_TEMP_AGE`] old
+/// (another machine's, on a shared folder). A live writer's file is left
+/// alone: shard processes write chunks of a stage side by side.
+pub(super) fn remove_dead_writers_temp_files(dir: &Path, prefix: &str) -> u64 {
+    remove_matching(dir, prefix, |name, age| {
+        age >= STALE_TEMP_AGE || temp_writer(name).is_some_and(|(host, pid)| {
+            host == crate::lock::hostname() && !crate::lock::process_alive(pid, None)
+        })
+    })
+}
+
+/// Who wrote temporary file `name` (`.<name>.tmp-<host>-<pid>-<n>`).
+fn temp_writer(name: &str) -> Option<(&str, u32)> {
+    let tail = &name[name.rfind(TEMP_MARK)? + TEMP_MARK.len()..];
+    let mut parts = tail.rsplitn(3, '-');
+    let (_n, pid, host) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((host, pid.parse().ok()?))
+}
+
 /// [`remove_stale_temp_files`] of the files whose name starts with
 /// `.{prefix}`.
-pub(super) fn remove_temp_files(dir: &Path, prefix: &str, min_age: Duration) -> u64 {
+fn remove_temp_files(dir: &Path, prefix: &str, min_age: Duration) -> u64 {
+    remove_matching(dir, prefix, |_, age| age >= min_age)
+}
+
+/// Removes the temporary files in `dir` whose name starts with `.{prefix}`
+/// and that `remove(name, age)` picks; returns the bytes freed.
+fn remove_matching(dir: &Path, prefix: &str, remove: impl Fn(&str, Duration) -> bool) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -117,7 +147,7 @@ pub(super) fn remove_temp_files(dir: &Path, prefix: &str, min_age: Duration) -> 
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .unwrap_or_default();
-        if age >= min_age && std::fs::remove_file(entry.path()).is_ok() {
+        if remove(&name, age) && std::fs::remove_file(entry.path()).is_ok() {
             freed += meta.len();
         }
     }
@@ -127,3 +157,30 @@ pub(super) fn remove_temp_files(dir: &Path, prefix: &str, min_age: Duration) -> 
 /// Temporary files in a shared cache folder older than this belong to no
 /// write in progress (a write takes seconds).
 pub const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_files_of_dead_writers_go_and_those_of_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = crate::lock::hostname();
+        let me = std::process::id();
+        // A pid above Linux's pid_max: no such process.
+        let live = format!(".0000-64.npy{TEMP_MARK}{host}-{me}-0");
+        let dead = format!(".0000-64.npy{TEMP_MARK}{host}-4294967294-3");
+        let elsewhere = format!(".0000-64.npy{TEMP_MARK}other-host-4294967294-1");
+        for name in [&live, &dead, &elsewhere] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(temp_writer(&elsewhere), Some(("other-host", 4294967294)));
+        assert_eq!(remove_dead_writers_temp_files(dir.path(), ""), 1);
+        assert!(dir.path().join(&live).exists(), "a live writer's file stays");
+        assert!(!dir.path().join(&dead).exists(), "a killed writer's file goes");
+        assert!(
+            dir.path().join(&elsewhere).exists(),
+            "another host's young file stays"
+        );
+    }
+}

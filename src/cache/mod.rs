@@ -18,6 +18,12 @@
 //! sharing a cache take a stage's lock before computing it
 //! ([`crate::lock`]); the others wait and then read the finished entry.
 //!
+//! A cache in S3-compatible object storage (`--cache s3://bucket/prefix`,
+//! [`remote`]) holds the same entries and chunks as objects under the
+//! prefix; the local folder is then its read-through copy (and holds the
+//! locks and the memo, which are per machine). Every entry and chunk is
+//! written to both and read from the local copy first.
+//!
 //! `files` writes and reads the files (atomic writes, checksums, temporary
 //! files of dead writers), `memo` remembers values computed from files,
 //! `maintenance` is `runner cache verify` and `runner cache gc`.
@@ -25,32 +31,95 @@
 mod files;
 mod maintenance;
 mod memo;
+mod remote;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
 
 use crate::lock::{Attempt, LockFile};
 use crate::npy::Matrix;
-use files::{read_verified, remove_temp_files, remove_verified, write_verified};
+use files::{read_verified, remove_dead_writers_temp_files, remove_verified, write_verified};
 pub use files::{remove_stale_temp_files, write_atomic, STALE_TEMP_AGE};
 pub use maintenance::{Collection, Verification};
+pub use remote::{Remote, RemoteError};
 
 #[derive(Debug, Clone)]
 pub struct FeatureCache {
+    /// The cache folder, or the local copy of a remote cache.
     root: PathBuf,
+    remote: Option<Arc<Remote>>,
 }
 
 impl FeatureCache {
     pub fn new(root: impl Into<PathBuf>) -> FeatureCache {
-        FeatureCache { root: root.into() }
+        FeatureCache {
+            root: root.into(),
+            remote: None,
+        }
     }
 
+    /// A cache in object storage, read through a local copy under
+    /// `copies/<bucket>/<prefix>`.
+    pub fn with_remote(remote: Remote, copies: &Path) -> FeatureCache {
+        let root = copies.join(remote.bucket()).join(remote.prefix());
+        FeatureCache {
+            root,
+            remote: Some(Arc::new(remote)),
+        }
+    }
+
+    /// The local folder: the cache itself, or a remote cache's local copy.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// Where the cache is, for messages: its folder or its `s3://` URL.
+    pub fn location(&self) -> String {
+        match &self.remote {
+            Some(r) => r.describe("").trim_end_matches('/').to_string(),
+            None => self.root.display().to_string(),
+        }
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
     fn stem(&self, key: &str) -> PathBuf {
         self.root.join("features").join(&key[..2]).join(key)
+    }
+
+    /// A stage's object names under the remote prefix: `features/ab/<key>`.
+    fn remote_stem(key: &str) -> String {
+        format!("features/{}/{key}", &key[..2])
+    }
+
+    /// Fetches remote object `rel` into local file `path` (with its
+    /// checksum beside it) unless the local copy has it; `Ok(false)` where
+    /// neither has it. A damaged remote object is deleted and reported.
+    fn fetch(&self, rel: &str, path: &Path) -> Result<bool, String> {
+        if path.is_file() {
+            return Ok(true);
+        }
+        let Some(remote) = &self.remote else {
+            return Ok(false);
+        };
+        match remote.get_verified(rel)? {
+            None => Ok(false),
+            Some(bytes) => {
+                write_verified(path, &bytes)
+                    .map_err(|e| format!("cannot keep a local copy of {rel}: {e}"))?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Removes a damaged `.npy` from the local copy and the remote store.
+    fn discard(&self, path: &Path, rel: &str) {
+        remove_verified(path);
+        if let Some(remote) = &self.remote {
+            remote.delete(rel);
+        }
     }
 
     /// Path of a finished stage's features.
@@ -58,8 +127,19 @@ impl FeatureCache {
         self.stem(key).with_extension("npy")
     }
 
+    /// Whether the cache holds finished stage `key` (the local copy or the
+    /// remote store; not checked against its checksum).
     pub fn contains(&self, key: &str) -> bool {
-        self.path(key).is_file()
+        if self.path(key).is_file() {
+            return true;
+        }
+        let Some(remote) = &self.remote else {
+            return false;
+        };
+        let name = format!("{key}.npy");
+        remote
+            .list(&format!("features/{}", &key[..2]))
+            .is_ok_and(|names| names.contains(&name))
     }
 
     /// Loads a finished stage; `Ok(None)` on a miss. A corrupt file (bytes
@@ -68,38 +148,41 @@ impl FeatureCache {
     /// as a miss with the reason, so the stage is recomputed.
     pub fn get(&self, key: &str, rows: usize) -> Result<Option<Matrix>, String> {
         let path = self.path(key);
-        if !path.is_file() {
-            return Ok(None);
+        let rel = format!("{}.npy", Self::remote_stem(key));
+        match self.fetch(&rel, &path) {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(why) => return Err(format!("{why}, recomputing")),
         }
-        match read_verified(&path) {
-            Ok(m) if m.rows == rows && m.data.iter().all(|v| v.is_finite()) => Ok(Some(m)),
-            Ok(m) if m.rows == rows => {
-                remove_verified(&path);
-                Err(format!(
-                    "{} holds NaN or infinite values (damaged on disk?); removed, recomputing",
-                    path.display()
-                ))
-            }
-            Ok(m) => {
-                remove_verified(&path);
-                Err(format!(
-                    "{} holds {} rows, expected {rows}; removed, recomputing",
-                    path.display(),
-                    m.rows
-                ))
-            }
-            Err(e) => {
-                remove_verified(&path);
-                Err(format!("{e}; removed, recomputing"))
-            }
-        }
+        let why = match read_verified(&path) {
+            Ok(m) if m.rows == rows && m.data.iter().all(|v| v.is_finite()) => return Ok(Some(m)),
+            Ok(m) if m.rows == rows => format!(
+                "{} holds NaN or infinite values (damaged on disk?)",
+                path.display()
+            ),
+            Ok(m) => format!(
+                "{} holds {} rows, expected {rows}",
+                path.display(),
+                m.rows
+            ),
+            Err(e) => e,
+        };
+        self.discard(&path, &rel);
+        Err(format!("{why}; removed, recomputing"))
     }
 
     /// Stores a finished stage and its provenance, then drops its chunks.
     pub fn put(&self, key: &str, m: &Matrix, meta: &serde_json::Value) -> std::io::Result<()> {
         let meta = serde_json::to_vec_pretty(meta).expect("json serialises");
+        let bytes = crate::npy::to_bytes(m);
         write_atomic(&self.stem(key).with_extension("json"), &meta)?;
-        write_verified(&self.path(key), m)?;
+        write_verified(&self.path(key), &bytes)?;
+        if let Some(remote) = &self.remote {
+            let stem = Self::remote_stem(key);
+            remote.put(&format!("{stem}.json"), &meta)?;
+            remote.put_verified(&format!("{stem}.npy"), &bytes)?;
+            remote.delete_folder(&format!("{stem}.partial"));
+        }
         // The stage is safely stored; leftover chunks only cost disk space,
         // so failing to remove them must not fail the run.
         let _ = std::fs::remove_dir_all(self.partial_dir(key));
@@ -114,28 +197,75 @@ impl FeatureCache {
     /// only ever reused for exactly the rows it holds.
     fn chunk_path(&self, key: &str, first_row: usize, rows: usize) -> PathBuf {
         self.partial_dir(key)
-            .join(format!("{first_row:09}-{rows}.npy"))
+            .join(Self::chunk_name(first_row, rows))
+    }
+
+    fn chunk_name(first_row: usize, rows: usize) -> String {
+        format!("{first_row:09}-{rows}.npy")
+    }
+
+    fn remote_chunk(key: &str, first_row: usize, rows: usize) -> String {
+        format!(
+            "{}.partial/{}",
+            Self::remote_stem(key),
+            Self::chunk_name(first_row, rows)
+        )
     }
 
     /// Rows `first_row..first_row + rows` of an unfinished stage, if an
-    /// earlier (interrupted) run wrote them with `cols` columns.
+    /// earlier (interrupted) run or another shard wrote them with `cols`
+    /// columns.
     pub fn chunk(&self, key: &str, first_row: usize, rows: usize, cols: usize) -> Option<Matrix> {
         let path = self.chunk_path(key, first_row, rows);
-        if !path.is_file() {
-            return None;
+        let rel = Self::remote_chunk(key, first_row, rows);
+        match self.fetch(&rel, &path) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return None,
         }
         match read_verified(&path) {
             Ok(m) if m.rows == rows && m.cols == cols => Some(m),
             Ok(_) | Err(_) => {
                 // Recomputed, never built into the finished entry.
-                remove_verified(&path);
+                self.discard(&path, &rel);
                 None
             }
         }
     }
 
     pub fn put_chunk(&self, key: &str, first_row: usize, m: &Matrix) -> std::io::Result<()> {
-        write_verified(&self.chunk_path(key, first_row, m.rows), m)
+        let bytes = crate::npy::to_bytes(m);
+        write_verified(&self.chunk_path(key, first_row, m.rows), &bytes)?;
+        if let Some(remote) = &self.remote {
+            remote.put_verified(&Self::remote_chunk(key, first_row, m.rows), &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// The chunks of unfinished stage `key` that the local copy or the
+    /// remote store holds, as (first row, rows), sorted: one listing each,
+    /// so that only chunks that exist are fetched.
+    pub fn chunks_present(&self, key: &str) -> std::io::Result<Vec<(usize, usize)>> {
+        let mut names: Vec<String> = std::fs::read_dir(self.partial_dir(key))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(remote) = &self.remote {
+            names.extend(remote.list(&format!("{}.partial", Self::remote_stem(key)))?);
+        }
+        let mut chunks: Vec<(usize, usize)> = names
+            .iter()
+            .filter_map(|n| {
+                let (first, rows) = n.strip_suffix(".npy")?.split_once('-')?;
+                Some((first.parse().ok()?, rows.parse().ok()?))
+            })
+            .filter(|&(_, rows)| rows > 0)
+            .collect();
+        chunks.sort_unstable();
+        chunks.dedup();
+        Ok(chunks)
     }
 
     /// Where the chunk holding rows `first_row..first_row + rows` goes.
@@ -144,14 +274,19 @@ impl FeatureCache {
     }
 
     /// Takes stage `key`'s lock to compute it, unless a live process holds
-    /// it. Once taken, nobody else writes the stage's files, so temporary
-    /// files left there by a dead holder are removed.
+    /// it, and removes the temporary files that dead writers (a killed
+    /// holder) left in the stage's folders. Shard processes write a
+    /// stage's chunks without its lock, so live writers' files stay.
+    ///
+    /// The lock is a file in the local folder: with a remote cache it keeps
+    /// the processes of one machine from computing a stage twice, not those
+    /// of several (their duplicate work is harmless: same objects).
     pub fn lock_stage(&self, key: &str) -> std::io::Result<Attempt> {
         let attempt = LockFile::try_acquire(&self.stem(key).with_extension("lock"))?;
         if let Attempt::Acquired(_) = &attempt {
-            remove_temp_files(&self.partial_dir(key), "", Duration::ZERO);
+            remove_dead_writers_temp_files(&self.partial_dir(key), "");
             if let Some(dir) = self.stem(key).parent() {
-                remove_temp_files(dir, key, Duration::ZERO);
+                remove_dead_writers_temp_files(dir, key);
             }
         }
         Ok(attempt)

@@ -61,8 +61,11 @@ pub(super) struct Global {
     /// Folder holding run directories.
     #[arg(long, global = true, default_value = "runs")]
     pub(super) runs: PathBuf,
-    /// Feature cache folder [default: <runs>/.cache].
-    #[arg(long, global = true)]
+    /// Feature cache: a folder, or s3://BUCKET/PREFIX in any S3-compatible
+    /// store (credentials and AWS_ENDPOINT_URL from the environment or
+    /// ~/.aws; a local copy is kept under <runs>/.cache-s3) [default:
+    /// <runs>/.cache].
+    #[arg(long, global = true, value_name = "DIR|s3://BUCKET/PREFIX")]
     pub(super) cache: Option<PathBuf>,
     /// auto | cpu | cuda | cuda:N [default: the spec's `device`, else auto]
     #[arg(long, global = true, value_parser = parse_device)]
@@ -141,12 +144,22 @@ pub(super) enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: report::Format,
     },
-    /// Compute (or fetch from the cache) a spec's features and write each
+    /// Compute a spec's features into the cache (or one shard's share of
+    /// them, on many machines at once); with --out, also write each
     /// backbone x view x split as float32 .npy with ids in CSV.
     Extract {
         spec: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
+        #[arg(long, conflicts_with = "shard")]
+        out: Option<PathBuf>,
+        /// Compute only shard I of N (0-based) of every stage's chunks
+        /// [default: RUNNER_SHARD=I/N, a Slurm array task
+        /// (SLURM_ARRAY_TASK_ID/COUNT) or a Kubernetes Indexed Job
+        /// (JOB_COMPLETION_INDEX with RUNNER_SHARD_COUNT), where set].
+        #[arg(long, value_name = "I/N")]
+        shard: Option<crate::shard::Shard>,
+        /// Compute everything, even where the environment names a shard.
+        #[arg(long, conflicts_with = "shard")]
+        all: bool,
     },
     /// Classify images with a finished run's model (its heads averaged
     /// over folds and views, as for its submission).

@@ -22,12 +22,22 @@ pub use args::Cli;
 use args::{CacheCommand, Calibrate, Command, Global, SpecChanges};
 
 impl Global {
-    fn cache(&self) -> FeatureCache {
-        FeatureCache::new(
-            self.cache
-                .clone()
-                .unwrap_or_else(|| self.runs.join(".cache")),
-        )
+    /// The feature cache `--cache` names: a folder, or an `s3://` prefix
+    /// read through a local copy under `<runs>/.cache-s3` (opened once per
+    /// command: it checks that the store answers).
+    fn cache(&self) -> anyhow::Result<FeatureCache> {
+        let Some(given) = &self.cache else {
+            return Ok(FeatureCache::new(self.runs.join(".cache")));
+        };
+        let text = given.to_string_lossy();
+        if text.contains("://") {
+            let remote = crate::cache::Remote::open(&text)?;
+            return Ok(FeatureCache::with_remote(
+                remote,
+                &self.runs.join(".cache-s3"),
+            ));
+        }
+        Ok(FeatureCache::new(given.clone()))
     }
 
     /// The device `--device` names, else the spec's `device`, else `auto`.
@@ -86,16 +96,39 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", report::diff(&run_a, &run_b, format)?);
             Ok(())
         }
-        Some(Command::Extract { spec, out }) => {
+        Some(Command::Extract {
+            spec,
+            out,
+            shard,
+            all,
+        }) => {
+            let shard = match (shard, all || out.is_some()) {
+                (Some(shard), _) => Some(shard),
+                (None, true) => None,
+                (None, false) => match crate::shard::Shard::from_env(|k| std::env::var(k).ok())
+                    .map_err(anyhow::Error::msg)?
+                {
+                    Some((shard, from)) => {
+                        log.info(format!("shard {shard} (from {from})"));
+                        Some(shard)
+                    }
+                    None => None,
+                },
+            };
             g.init_threads(&log)?;
+            let cache = g.cache()?;
             let origin = spec.display().to_string();
             let checked = preflight(
                 crate::spec::load(&spec)?,
                 &origin,
-                &mut Datasets::new(g.cache()),
+                &mut Datasets::new(cache.clone()),
             )?;
             let device = g.device(&checked.spec, &log)?;
-            extract::extract(&checked.run(&g.cache(), &device, &log), &out)
+            let run = checked.run(&cache, &device, &log);
+            match shard {
+                Some(shard) => extract::extract_shard(&run, shard),
+                None => extract::extract(&run, out.as_deref()),
+            }
         }
         Some(Command::Export { run_dir, out, from }) => {
             let e = export::export(&run_dir, from, &out)?;
@@ -143,7 +176,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             // --cache names one.
             let cache = match (&g.cache, run_dir.parent()) {
                 (None, Some(runs)) => FeatureCache::new(runs.join(".cache")),
-                _ => g.cache(),
+                _ => g.cache()?,
             };
             let preds = crate::predict::predict(&run_dir, &images, &cache, &device, &log)?;
             if let Some(out) = out {
@@ -245,9 +278,9 @@ fn run_specs(
     }
     // Threads first: the checks hash weights on the pool.
     g.init_threads(log)?;
-    let experiments = experiment::check_all(paths, &changes.overrides(), g.cache())?;
-    note_dead_runs(g, log);
-    let cache = g.cache();
+    let cache = g.cache()?;
+    let experiments = experiment::check_all(paths, &changes.overrides(), cache.clone())?;
+    note_dead_runs(g, &cache, log);
     let ctx = Context {
         runs_root: &g.runs,
         cache: &cache,
@@ -285,7 +318,14 @@ fn run_specs(
 
 /// `runner cache verify` / `runner cache gc`.
 fn cache_command(g: &Global, action: CacheCommand) -> anyhow::Result<()> {
-    let cache = g.cache();
+    let cache = g.cache()?;
+    if cache.is_remote() {
+        eprintln!(
+            "{}: checking its local copy {} (objects in the store are checked as they are read; expire unused ones with the bucket's lifecycle rules)",
+            cache.location(),
+            cache.root().display()
+        );
+    }
     if !cache.root().is_dir() {
         bail!(
             "{} is not a feature cache folder (pass --cache DIR, or --runs DIR for <runs>/.cache)",
@@ -363,9 +403,9 @@ fn print_sweep(g: &Global, id: &str) -> anyhow::Result<()> {
 /// marked `interrupted`, so nothing shows them as running forever.
 /// Temporary memo files that no write will finish (a kill mid-write) go
 /// too, once old enough not to be another machine's write in progress.
-fn note_dead_runs(g: &Global, log: &Log) {
+fn note_dead_runs(g: &Global, cache: &FeatureCache, log: &Log) {
     crate::cache::remove_stale_temp_files(
-        &g.cache().root().join("memo"),
+        &cache.root().join("memo"),
         crate::cache::STALE_TEMP_AGE,
     );
     for dir in crate::rundir::mark_dead_runs(&g.runs) {
@@ -391,9 +431,10 @@ fn saved_spec(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
 
 /// `runner resume RUN_DIR...`: each unfinished run, continued in place.
 fn resume(run_dirs: &[PathBuf], g: &Global, log: &Log) -> anyhow::Result<()> {
-    note_dead_runs(g, log);
+    let cache = g.cache()?;
+    note_dead_runs(g, &cache, log);
     g.init_threads(log)?;
-    let mut datasets = Datasets::new(g.cache());
+    let mut datasets = Datasets::new(cache.clone());
     let mut checked = Vec::new();
     for dir in run_dirs {
         let spec_path = saved_spec(dir)?;
@@ -404,7 +445,6 @@ fn resume(run_dirs: &[PathBuf], g: &Global, log: &Log) -> anyhow::Result<()> {
             &mut datasets,
         )?);
     }
-    let cache = g.cache();
     for (dir, checked) in run_dirs.iter().zip(&checked) {
         crate::interrupt::check()?;
         let device = g.device(&checked.spec, log)?;

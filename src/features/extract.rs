@@ -1,6 +1,7 @@
 //! Chunked extraction of one split: the stages the cache lacks computed
 //! together, chunk by chunk, each finished chunk written to the cache so
-//! an interrupted extraction resumes at the first missing one.
+//! an interrupted extraction resumes at the first missing one. A shard
+//! ([`Shard`]) computes only its own chunks and keeps none in memory.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
@@ -16,13 +17,32 @@ use crate::log::Progress;
 use crate::npy::Matrix;
 use crate::plan::{FeatureStage, Split};
 use crate::run::Run;
+use crate::shard::Shard;
 use runner_models::Backbone;
 
 /// The loaded backbones, by index into `spec.backbones`.
 pub type Nets = HashMap<usize, Box<dyn Backbone>>;
 
-/// Per chunk and stage, the chunk's features once computed or resumed.
-type Haves = Vec<Vec<Option<Matrix>>>;
+/// What the extraction has of one stage's chunk.
+enum Have {
+    Missing,
+    /// In the cache (a shard does not keep its chunks in memory).
+    Stored,
+    /// In the cache and here, for the finished stage.
+    Held(Matrix),
+}
+
+/// Per chunk and stage, what the extraction has.
+type Haves = Vec<Vec<Have>>;
+
+/// What a shard's extraction of one split did, in stage chunks.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ShardWork {
+    pub computed: usize,
+    /// Found in the cache (an earlier run of this shard, or a duplicate).
+    pub found: usize,
+    pub images: usize,
+}
 
 /// The extraction of `stages` (all of one split) over the split's images.
 pub struct SplitExtraction<'a> {
@@ -33,6 +53,8 @@ pub struct SplitExtraction<'a> {
     items: &'a [Item],
     batch_size: usize,
     chunk_len: usize,
+    /// Only this shard's chunks, none kept in memory.
+    shard: Option<Shard>,
 }
 
 impl<'a> SplitExtraction<'a> {
@@ -51,21 +73,76 @@ impl<'a> SplitExtraction<'a> {
             items: run.items(split),
             batch_size,
             chunk_len: chunk_images(batch_size),
+            shard: None,
         }
     }
 
+    /// Computes only `shard`'s chunks ([`SplitExtraction::compute_shard`]).
+    pub fn for_shard(self, shard: Shard) -> SplitExtraction<'a> {
+        SplitExtraction {
+            shard: Some(shard),
+            ..self
+        }
+    }
+
+    fn wanted(&self, chunk: usize) -> bool {
+        self.shard.is_none_or(|s| s.owns(chunk))
+    }
+
     /// Computes every stage chunk by chunk, reusing chunks an interrupted
-    /// run left behind; returns one matrix per stage. Decoding and resizing
-    /// run on the decoder thread one chunk ahead of the backbones (which run
-    /// on the rayon pool); their seconds add to `out`'s.
+    /// run or shards left behind; returns one matrix per stage. Decoding
+    /// and resizing run on the decoder thread one chunk ahead of the
+    /// backbones (which run on the rayon pool); their seconds add to
+    /// `out`'s.
     pub fn compute(&self, out: &mut Features) -> Result<Vec<Matrix>, FeatureError> {
-        let mut progress = self.progress();
+        let (haves, _) = self.fill(out)?;
+        let mut per_stage: Vec<Vec<Matrix>> = vec![Vec::new(); self.stages.len()];
+        for have in haves {
+            for (dst, h) in per_stage.iter_mut().zip(have) {
+                match h {
+                    Have::Held(m) => dst.push(m),
+                    Have::Missing | Have::Stored => unreachable!("every chunk is computed or read"),
+                }
+            }
+        }
+        Ok(per_stage
+            .iter()
+            .map(|parts| Matrix::vconcat(parts))
+            .collect())
+    }
+
+    /// The shard's chunks of every stage, computed into the cache unless
+    /// found there.
+    pub fn compute_shard(&self, out: &mut Features) -> Result<ShardWork, FeatureError> {
+        self.fill(out).map(|(_, work)| work)
+    }
+
+    /// Makes every wanted chunk of every stage present: found in the cache
+    /// or computed and stored.
+    fn fill(&self, out: &mut Features) -> Result<(Haves, ShardWork), FeatureError> {
         let chunks: Vec<&[Item]> = self.items.chunks(self.chunk_len).collect();
-        let mut haves = self.resume_lookup(&chunks);
+        let mut progress = self.progress(
+            chunks
+                .iter()
+                .enumerate()
+                .filter(|&(c, _)| self.wanted(c))
+                .map(|(_, chunk)| chunk.len() as u64)
+                .sum(),
+        );
+        let mut haves = self.resume_lookup(&chunks)?;
         // Chunks of single stages count: a kill between the stages of one
         // chunk leaves some of them cached.
-        let resumed = haves.iter().flatten().filter(|h| h.is_some()).count();
+        let resumed = haves
+            .iter()
+            .flatten()
+            .filter(|h| !matches!(h, Have::Missing))
+            .count();
         let sizes = self.plan_chunks(&haves);
+        let to_compute = (haves.iter().enumerate())
+            .filter(|&(c, _)| self.wanted(c))
+            .flat_map(|(_, have)| have)
+            .filter(|h| matches!(h, Have::Missing))
+            .count();
         let threads = decode_threads(self.run.spec, self.run.device);
         let pool = decode::pool(threads)?;
         let (decode_before, forward_before) = (out.decode_seconds, out.forward_seconds);
@@ -80,7 +157,9 @@ impl<'a> SplitExtraction<'a> {
             for (c, chunk) in chunks.iter().enumerate() {
                 crate::interrupt::check()?;
                 if sizes[c].is_empty() {
-                    progress.inc(chunk.len() as u64);
+                    if self.wanted(c) {
+                        progress.inc(chunk.len() as u64);
+                    }
                     continue;
                 }
                 let next = decoded
@@ -111,28 +190,24 @@ impl<'a> SplitExtraction<'a> {
         }
         if resumed > 0 {
             self.run.log.info(format!(
-                "features {}: resumed {resumed} stage chunk(s) of {} images left by an interrupted run",
+                "features {}: found {resumed} stage chunk(s) of {} images in the cache (left by an interrupted run or by shards)",
                 self.split.name(),
                 self.chunk_len
             ));
         }
-        let mut per_stage: Vec<Vec<Matrix>> = vec![Vec::new(); self.stages.len()];
-        for have in haves {
-            for (dst, m) in per_stage.iter_mut().zip(have) {
-                dst.push(m.expect("computed or resumed"));
-            }
-        }
-        Ok(per_stage
-            .iter()
-            .map(|parts| Matrix::vconcat(parts))
-            .collect())
+        let work = ShardWork {
+            computed: to_compute,
+            found: resumed,
+            images: decoded_images,
+        };
+        Ok((haves, work))
     }
 
-    /// A progress bar over the split's images, naming the stages.
-    fn progress(&self) -> Progress<'a> {
+    /// A progress bar over the images to go through, naming the stages.
+    fn progress(&self, images: u64) -> Progress<'a> {
         let mut progress = self.run.log.progress(
             &format!("features {}", self.split.name()),
-            self.items.len() as u64,
+            images,
             "images",
         );
         progress.set_message(
@@ -151,34 +226,71 @@ impl<'a> SplitExtraction<'a> {
         progress
     }
 
-    /// What earlier runs already finished of each chunk, per stage.
-    fn resume_lookup(&self, chunks: &[&[Item]]) -> Haves {
-        chunks
+    /// What the cache already holds of each wanted chunk, per stage: the
+    /// chunk itself, or chunks of another size (an extraction with another
+    /// batch size, a shard on a GPU) that tile its rows exactly. One
+    /// listing per stage; the chunks are fetched in parallel (from the
+    /// object store, for a remote cache). A shard only checks its own.
+    fn resume_lookup(&self, chunks: &[&[Item]]) -> Result<Haves, FeatureError> {
+        use rayon::prelude::*;
+        let present = self
+            .stages
             .iter()
+            .map(|s| self.run.cache.chunks_present(&s.key))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|source| FeatureError::CacheRead {
+                path: self.run.cache.location(),
+                source,
+            })?;
+        Ok(chunks
+            .par_iter()
             .enumerate()
             .map(|(c, chunk)| {
-                self.stages
-                    .iter()
-                    .map(|s| {
-                        let cols = self.nets[&s.backbone].num_features();
-                        self.run
-                            .cache
-                            .chunk(&s.key, c * self.chunk_len, chunk.len(), cols)
+                let rows = c * self.chunk_len..c * self.chunk_len + chunk.len();
+                (self.stages.iter().zip(&present))
+                    .map(|(s, present)| match self.wanted(c) {
+                        false => Have::Missing,
+                        true => self.read_rows(s, present, rows.clone()),
                     })
                     .collect()
             })
-            .collect()
+            .collect())
     }
 
-    /// Per chunk, the input sizes its missing stages need (empty: resumed).
+    /// Rows `rows` of stage `s` from the chunks `present` in the cache.
+    fn read_rows(
+        &self,
+        s: &FeatureStage,
+        present: &[(usize, usize)],
+        rows: std::ops::Range<usize>,
+    ) -> Have {
+        let cols = self.nets[&s.backbone].num_features();
+        let Some(pieces) = tiling(present, rows) else {
+            return Have::Missing;
+        };
+        let parts: Option<Vec<Matrix>> = pieces
+            .iter()
+            .map(|&(first, n)| self.run.cache.chunk(&s.key, first, n, cols))
+            .collect();
+        match (parts, self.shard) {
+            (None, _) => Have::Missing,
+            (Some(_), Some(_)) => Have::Stored,
+            (Some(parts), None) if parts.len() == 1 => {
+                Have::Held(parts.into_iter().next().expect("one part"))
+            }
+            (Some(parts), None) => Have::Held(Matrix::vconcat(&parts)),
+        }
+    }
+
+    /// Per chunk, the input sizes its missing stages need (empty: found
+    /// in the cache, or another shard's).
     fn plan_chunks(&self, haves: &Haves) -> Vec<BTreeSet<InputSize>> {
         haves
             .iter()
-            .map(|have| {
-                self.stages
-                    .iter()
-                    .zip(have)
-                    .filter(|(_, h)| h.is_none())
+            .enumerate()
+            .map(|(c, have)| {
+                (self.stages.iter().zip(have))
+                    .filter(|(_, h)| self.wanted(c) && matches!(h, Have::Missing))
                     .map(|(s, _)| Fit::of(&self.run.spec.backbones[s.backbone]))
                     .collect()
             })
@@ -212,7 +324,7 @@ impl<'a> SplitExtraction<'a> {
         c: usize,
         chunk: &[Item],
         resized: HashMap<InputSize, Vec<RgbImage>>,
-        have: &mut [Option<Matrix>],
+        have: &mut [Have],
         progress: &mut Progress<'_>,
         out: &mut Features,
     ) -> Result<(), FeatureError> {
@@ -236,7 +348,7 @@ impl<'a> SplitExtraction<'a> {
                 })?
         };
         let todo: Vec<usize> = (0..self.stages.len())
-            .filter(|&i| have[i].is_none())
+            .filter(|&i| matches!(have[i], Have::Missing))
             .collect();
         let mut parts: Vec<Vec<Tensor>> = todo.iter().map(|_| Vec::new()).collect();
         for first in (0..chunk.len()).step_by(self.batch_size) {
@@ -278,7 +390,10 @@ impl<'a> SplitExtraction<'a> {
             out.backbone_seconds[stage.backbone] += started.elapsed().as_secs_f64();
             let m = Matrix::new(chunk.len(), self.nets[&stage.backbone].num_features(), data);
             self.store_chunk(stage, c, &m)?;
-            have[i] = Some(m);
+            have[i] = match self.shard {
+                Some(_) => Have::Stored,
+                None => Have::Held(m),
+            };
         }
         Ok(())
     }
@@ -336,6 +451,36 @@ impl<'a> SplitExtraction<'a> {
             self.batch_size
         ));
     }
+}
+
+/// Chunks from `present` (sorted by first row) that tile `rows` exactly, in
+/// order, if some do; the chunk of exactly those rows where there is one.
+fn tiling(present: &[(usize, usize)], rows: std::ops::Range<usize>) -> Option<Vec<(usize, usize)>> {
+    if present.contains(&(rows.start, rows.len())) {
+        return Some(vec![(rows.start, rows.len())]);
+    }
+    // The chunk that reaches each row boundary first (sorted by first
+    // row: every chunk ending at `first` is seen before those starting
+    // there).
+    let mut reached: HashMap<usize, (usize, usize)> = HashMap::new();
+    for &(first, n) in present {
+        let end = first + n;
+        if first >= rows.start
+            && end <= rows.end
+            && (first == rows.start || reached.contains_key(&first))
+        {
+            reached.entry(end).or_insert((first, n));
+        }
+    }
+    let mut pieces = Vec::new();
+    let mut at = rows.end;
+    while at > rows.start {
+        let piece = *reached.get(&at)?;
+        pieces.push(piece);
+        at = piece.0;
+    }
+    pieces.reverse();
+    Some(pieces)
 }
 
 /// A chunk's resized images of one input size: uploaded to the device as
@@ -408,6 +553,20 @@ fn is_out_of_memory(e: &candle_core::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_are_read_from_chunks_of_other_sizes_that_tile_them() {
+        let present = [(0, 64), (64, 32), (64, 64), (96, 32), (128, 128), (256, 10)];
+        assert_eq!(tiling(&present, 64..128), Some(vec![(64, 64)]));
+        assert_eq!(tiling(&present, 0..128), Some(vec![(0, 64), (64, 64)]));
+        assert_eq!(
+            tiling(&present, 128..266),
+            Some(vec![(128, 128), (256, 10)])
+        );
+        assert_eq!(tiling(&present, 0..100), None, "no chunk ends at 100");
+        assert_eq!(tiling(&present, 266..300), None);
+        assert_eq!(tiling(&[(0, 32), (64, 64)], 0..128), None, "a gap");
+    }
 
     #[test]
     fn device_out_of_memory_is_recognised_from_the_drivers_words() {

@@ -32,7 +32,7 @@ use crate::rundir::BackboneSeconds;
 use crate::spec::{Spec, View};
 use runner_models::{self as models, ModelError};
 
-pub use extract::{Nets, SplitExtraction};
+pub use extract::{Nets, ShardWork, SplitExtraction};
 pub use input::{device_input_tensor, input_tensor, upload_images};
 
 /// Images per cache chunk, the unit of resumption after an interruption:
@@ -75,6 +75,12 @@ pub enum FeatureError {
         fits: Option<usize>,
         #[source]
         source: Box<candle_core::Error>,
+    },
+    #[error("cannot read the feature cache {path}")]
+    CacheRead {
+        path: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cannot write to the feature cache {path}")]
     CacheWrite {
@@ -249,7 +255,7 @@ pub fn ensure_with(run: &Run<'_>, plan: &Plan, loaded: &Loaded) -> Result<Featur
                 run.log.info(format!(
                     "features: all {} stages served from the cache {}, nothing to compute",
                     out.cached,
-                    run.cache.root().display()
+                    run.cache.location()
                 ));
                 return Ok(out);
             }
@@ -289,6 +295,53 @@ pub fn ensure_with(run: &Run<'_>, plan: &Plan, loaded: &Loaded) -> Result<Featur
         ));
     }
     Ok(out)
+}
+
+/// `runner extract --shard I/N`: computes `shard`'s chunks of every stage
+/// of `plan` that the cache lacks, into the cache, and returns what it did.
+///
+/// No stage lock is taken: shards write disjoint chunks side by side (a
+/// shard run twice writes the same chunks again, harmlessly), and no shard
+/// builds a finished stage; the first full run after them (`runner SPEC`
+/// or `runner extract SPEC`) finds every chunk and builds it without a
+/// forward pass.
+pub fn extract_shard(
+    run: &Run<'_>,
+    plan: &Plan,
+    shard: crate::shard::Shard,
+) -> Result<ShardWork, FeatureError> {
+    check_precision(run.spec, run.device)?;
+    let todo: Vec<&FeatureStage> = plan
+        .stages
+        .iter()
+        .filter(|s| !run.cache.contains(&s.key))
+        .collect();
+    run.log.info(format!(
+        "shard {shard}: {} of {} stage(s) unfinished in the cache {}",
+        todo.len(),
+        plan.stages.len(),
+        run.cache.location()
+    ));
+    let mut work = ShardWork::default();
+    if todo.is_empty() {
+        return Ok(work);
+    }
+    let nets = load_backbones(run, &todo)?;
+    let mut out = Features::default();
+    for split in [Split::Train, Split::Test] {
+        let stages: Vec<&FeatureStage> =
+            todo.iter().copied().filter(|s| s.split == split).collect();
+        if stages.is_empty() {
+            continue;
+        }
+        let done = SplitExtraction::new(run, split, &stages, &nets)
+            .for_shard(shard)
+            .compute_shard(&mut out)?;
+        work.computed += done.computed;
+        work.found += done.found;
+        work.images += done.images;
+    }
+    Ok(work)
 }
 
 /// The stages whose locks this process took, and those another live
