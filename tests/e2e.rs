@@ -25,6 +25,7 @@ mod interrupt;
 mod predict;
 mod reliability;
 mod resources;
+mod shards;
 
 const CLASSES: usize = 3;
 const TRAIN_PER_CLASS: usize = 10;

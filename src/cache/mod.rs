@@ -168,21 +168,29 @@ impl FeatureCache {
             Err(e) => e,
         };
         self.discard(&path, &rel);
-        Err(format!("{why}; removed, recomputing"))
+        match &self.remote {
+            Some(remote) => Err(format!(
+                "{why} (a copy of {}); both removed, recomputing",
+                remote.describe(&rel)
+            )),
+            None => Err(format!("{why}; removed, recomputing")),
+        }
     }
 
     /// Stores a finished stage and its provenance, then drops its chunks.
     pub fn put(&self, key: &str, m: &Matrix, meta: &serde_json::Value) -> std::io::Result<()> {
         let meta = serde_json::to_vec_pretty(meta).expect("json serialises");
         let bytes = crate::npy::to_bytes(m);
-        write_atomic(&self.stem(key).with_extension("json"), &meta)?;
-        write_verified(&self.path(key), &bytes)?;
+        // The store first: what the local copy holds, the store has (a
+        // kill in between leaves the copy short, never the store).
         if let Some(remote) = &self.remote {
             let stem = Self::remote_stem(key);
             remote.put(&format!("{stem}.json"), &meta)?;
             remote.put_verified(&format!("{stem}.npy"), &bytes)?;
             remote.delete_folder(&format!("{stem}.partial"));
         }
+        write_atomic(&self.stem(key).with_extension("json"), &meta)?;
+        write_verified(&self.path(key), &bytes)?;
         // The stage is safely stored; leftover chunks only cost disk space,
         // so failing to remove them must not fail the run.
         let _ = std::fs::remove_dir_all(self.partial_dir(key));
@@ -234,11 +242,11 @@ impl FeatureCache {
 
     pub fn put_chunk(&self, key: &str, first_row: usize, m: &Matrix) -> std::io::Result<()> {
         let bytes = crate::npy::to_bytes(m);
-        write_verified(&self.chunk_path(key, first_row, m.rows), &bytes)?;
+        // The store first, as for a finished stage.
         if let Some(remote) = &self.remote {
             remote.put_verified(&Self::remote_chunk(key, first_row, m.rows), &bytes)?;
         }
-        Ok(())
+        write_verified(&self.chunk_path(key, first_row, m.rows), &bytes)
     }
 
     /// The chunks of unfinished stage `key` that the local copy or the

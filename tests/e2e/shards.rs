@@ -1,0 +1,206 @@
+//! Sharded extraction: N `runner extract --shard I/N` processes at once into
+//! one cache (a folder, or an S3-compatible store), one of them killed with
+//! kill -9 and run again, then the full run: the features and tables of one
+//! process, byte for byte.
+//!
+//! The S3 case needs a store: CI starts moto's server on 127.0.0.1 and
+//! runs the ignored test with
+//! `RUNNER_S3_TEST_URL=s3://BUCKET/PREFIX AWS_ENDPOINT_URL=http://127.0.0.1:PORT
+//! AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... cargo test --test main shards -- --ignored`.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::interrupt::{same_tables, spawn, walk};
+use super::run_dirs;
+use crate::common::{model, runner, stderr, woof_subset};
+
+/// 200 training and 80 test images: chunks of 64 give 4 + 2 per stage.
+fn sharded_spec(dir: &Path) {
+    woof_subset(&dir.join("data"), 10, 20, 8);
+    let spec = format!(
+        r#"
+name = "sharded"
+seed = 7
+views = ["original", "hflip"]
+[data]
+layout = "kaggle"
+root = "data"
+[[backbone]]
+arch = "efficientnet_lite0"
+weights = "{weights}"
+input_size = 128
+[extract]
+batch_size = 8
+[cv]
+folds = 3
+[head]
+epochs = 10
+patience = 2
+batch_size = 32
+"#,
+        weights = model("efficientnet_lite0_imagenet.safetensors").display()
+    );
+    std::fs::write(dir.join("s.toml"), spec).unwrap();
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = runner(dir, args);
+    assert!(out.status.success(), "runner {args:?}: {}", stderr(&out));
+    stderr(&out)
+}
+
+/// Every file `runner extract --out` wrote to `a`, equal in `b`.
+fn same_files(a: &Path, b: &Path) {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(a)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 6, "ids and 4 feature files: {names:?}");
+    for path in names {
+        let name = path.file_name().unwrap();
+        assert!(
+            std::fs::read(&path).unwrap() == std::fs::read(b.join(name)).unwrap(),
+            "{} differs from the single-process run's",
+            name.to_string_lossy()
+        );
+    }
+}
+
+/// Shards `0..count` of the spec at once into `cache`, each with its own
+/// runs folder (as on separate machines: a remote cache's local copy is
+/// per folder); shard 1 is killed with SIGKILL once it has stored its
+/// first chunk, then run again. Then the full run, with another batch size
+/// (chunks of 128 built from the shards' chunks of 64), and `extract
+/// --out`: compared with one process's run into a folder of its own.
+fn shards_then_full_run_match_one_process(dir: &Path, cache: &str, count: usize) {
+    sharded_spec(dir);
+    ok(dir, &["--quiet", "--runs", "one", "--cache", "one-cache", "s.toml"]);
+    let args = ["--quiet", "--cache", "one-cache", "extract", "s.toml"];
+    ok(dir, &[&args[..], &["--out", "one-features"]].concat());
+
+    let shard_args = |i: usize| -> Vec<String> {
+        [
+            "--quiet",
+            "--threads",
+            "1",
+            "--runs",
+            &format!("machine{i}"),
+            "--cache",
+            cache,
+            "extract",
+            "s.toml",
+            "--shard",
+            &format!("{i}/{count}"),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut children: Vec<_> = (0..count)
+        .map(|i| {
+            let args = shard_args(i);
+            spawn(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .collect();
+    // Shard 1's first chunk: training rows 64..128 (its local copy, or
+    // the shared folder), written before the object is published.
+    let started = Instant::now();
+    let local = if cache.contains("://") {
+        dir.join("machine1")
+    } else {
+        dir.join(cache)
+    };
+    while !walk(&local)
+        .iter()
+        .any(|p| p.to_string_lossy().ends_with(".partial/000000064-64.npy"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "shard 1 never stored a chunk"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    children[1].kill().unwrap();
+    let killed = children[1].wait().unwrap();
+    assert_eq!(killed.signal(), Some(9), "shard 1 was killed mid-way");
+    for (i, child) in children.iter_mut().enumerate().filter(|(i, _)| *i != 1) {
+        assert!(child.wait().unwrap().success(), "shard {i}");
+    }
+    let rerun = shard_args(1);
+    let log = ok(dir, &rerun.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(log.contains("found"), "the rerun reuses the stored chunk: {log}");
+
+    let log = ok(
+        dir,
+        &[
+            "--runs",
+            "full",
+            "--cache",
+            cache,
+            "s.toml",
+            "--set",
+            "extract.batch_size=100",
+        ],
+    );
+    assert!(
+        log.contains("found 4 stage chunk(s) of 128 images")
+            && log.contains("found 2 stage chunk(s) of 128 images")
+            && !log.contains("backbones"),
+        "the full run computes no features: {log}"
+    );
+    same_tables(&run_dirs(&dir.join("one"))[0], &run_dirs(&dir.join("full"))[0]);
+    let args = ["--quiet", "--runs", "full", "--cache", cache, "extract"];
+    ok(dir, &[&args[..], &["s.toml", "--out", "features"]].concat());
+    same_files(&dir.join("one-features"), &dir.join("features"));
+}
+
+#[test]
+fn shards_into_a_folder_killed_and_rerun_give_one_process_features() {
+    let tmp = tempfile::tempdir().unwrap();
+    shards_then_full_run_match_one_process(tmp.path(), "cache", 2);
+}
+
+#[test]
+#[ignore = "needs an S3-compatible store: RUNNER_S3_TEST_URL and AWS_* (CI starts moto)"]
+fn shards_into_s3_killed_and_rerun_give_one_process_features() {
+    let url = std::env::var("RUNNER_S3_TEST_URL").expect(
+        "set RUNNER_S3_TEST_URL=s3://BUCKET/PREFIX and AWS_ENDPOINT_URL (an existing bucket)",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    // A prefix of its own: reruns of the test start from an empty cache.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let cache = format!("{}/{stamp}", url.trim_end_matches('/'));
+    let dir = tmp.path();
+    shards_then_full_run_match_one_process(dir, &cache, 4);
+
+    // An object replaced by something else (no checksum) and another whose
+    // bytes changed: both found by a machine without a local copy, deleted
+    // and recomputed, with the same tables.
+    let remote = runner::cache::Remote::open(&cache).unwrap();
+    let mut entries: Vec<String> = walk(&dir.join("one-cache/features"))
+        .iter()
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            name.strip_suffix(".npy").map(|key| format!("features/{}/{key}.npy", &key[..2]))
+        })
+        .collect();
+    entries.sort();
+    remote.put(&entries[0], b"not an npy").unwrap();
+    let mut damaged = std::fs::read(dir.join("one-cache").join(&entries[1])).unwrap();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    remote.put_verified(&entries[1], &damaged[..last]).unwrap();
+    let log = ok(dir, &["--runs", "machine9", "--cache", &cache, "s.toml"]);
+    assert!(
+        log.contains("has no checksum (not written by runner); deleted")
+            && log.contains("truncated file?")
+            && log.contains("features: 2 stage(s) from the cache, 2 to compute"),
+        "{log}"
+    );
+    same_tables(&run_dirs(&dir.join("one"))[0], &run_dirs(&dir.join("machine9"))[0]);
+}
