@@ -12,7 +12,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::interrupt::{same_tables, spawn, walk};
+use std::process::{Command, Stdio};
+
+use super::interrupt::{same_tables, walk};
 use super::run_dirs;
 use crate::common::{model, runner, stderr, woof_subset};
 
@@ -69,39 +71,68 @@ fn same_files(a: &Path, b: &Path) {
     }
 }
 
-/// Shards `0..count` of the spec at once into `cache`, each with its own
-/// runs folder (as on separate machines: a remote cache's local copy is
-/// per folder); shard 1 is killed with SIGKILL once it has stored its
-/// first chunk, then run again. Then the full run, with another batch size
-/// (chunks of 128 built from the shards' chunks of 64), and `extract
-/// --out`: compared with one process's run into a folder of its own.
-fn shards_then_full_run_match_one_process(dir: &Path, cache: &str, count: usize) {
+/// How the shard processes learn which shard they are.
+#[derive(Clone, Copy)]
+enum Launch {
+    /// deploy/slurm/extract.sbatch as an array task (SLURM_ARRAY_TASK_ID
+    /// and SLURM_ARRAY_TASK_COUNT).
+    SlurmArray,
+    /// deploy/kubernetes/extract-job.yaml's command in an Indexed Job's pod
+    /// (JOB_COMPLETION_INDEX and RUNNER_SHARD_COUNT).
+    IndexedJob,
+}
+
+/// Shard `i` of `count` into `cache`, as `launch` starts it, in a runs
+/// folder of its own (as on separate machines: a remote cache's local copy
+/// is per folder), on one core.
+fn shard(dir: &Path, launch: Launch, cache: &str, i: usize, count: usize) -> Command {
+    let machine = dir.join(format!("machine{i}"));
+    let mut command = match launch {
+        Launch::SlurmArray => {
+            let mut c = Command::new("bash");
+            c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm/extract.sbatch"))
+                .env("RUNNER", env!("CARGO_BIN_EXE_runner"))
+                .env("RUNNER_SPEC", "s.toml")
+                .env("RUNNER_CACHE", cache)
+                .env("SLURM_ARRAY_TASK_ID", i.to_string())
+                .env("SLURM_ARRAY_TASK_COUNT", count.to_string())
+                .env("SLURM_CPUS_PER_TASK", "1")
+                .env("SLURM_TMPDIR", &machine);
+            c
+        }
+        Launch::IndexedJob => {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
+            c.args(["--quiet", "--threads=1"])
+                .arg(format!("--runs={}", machine.display()))
+                .arg(format!("--cache={cache}"))
+                .args(["extract", "s.toml"])
+                .env("JOB_COMPLETION_INDEX", i.to_string())
+                .env("RUNNER_SHARD_COUNT", count.to_string());
+            c
+        }
+    };
+    command.current_dir(dir).env_remove("RUNNER_SHARD");
+    command
+}
+
+/// Shards `0..count` of the spec at once into `cache`; shard 1 is killed
+/// with SIGKILL once it has stored its first chunk, then run again. Then
+/// the full run, with another batch size (chunks of 128 built from the
+/// shards' chunks of 64), and `extract --out`: compared with one process's
+/// run into a folder of its own.
+fn shards_then_full_run_match_one_process(dir: &Path, cache: &str, count: usize, launch: Launch) {
     sharded_spec(dir);
     ok(dir, &["--quiet", "--runs", "one", "--cache", "one-cache", "s.toml"]);
     let args = ["--quiet", "--cache", "one-cache", "extract", "s.toml"];
     ok(dir, &[&args[..], &["--out", "one-features"]].concat());
 
-    let shard_args = |i: usize| -> Vec<String> {
-        [
-            "--quiet",
-            "--threads",
-            "1",
-            "--runs",
-            &format!("machine{i}"),
-            "--cache",
-            cache,
-            "extract",
-            "s.toml",
-            "--shard",
-            &format!("{i}/{count}"),
-        ]
-        .map(String::from)
-        .to_vec()
-    };
     let mut children: Vec<_> = (0..count)
         .map(|i| {
-            let args = shard_args(i);
-            spawn(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+            shard(dir, launch, cache, i, count)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
         })
         .collect();
     // Shard 1's first chunk: training rows 64..128 (its local copy, or
@@ -128,9 +159,13 @@ fn shards_then_full_run_match_one_process(dir: &Path, cache: &str, count: usize)
     for (i, child) in children.iter_mut().enumerate().filter(|(i, _)| *i != 1) {
         assert!(child.wait().unwrap().success(), "shard {i}");
     }
-    let rerun = shard_args(1);
-    let log = ok(dir, &rerun.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(log.contains("found"), "the rerun reuses the stored chunk: {log}");
+    let rerun = shard(dir, launch, cache, 1, count).output().unwrap();
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    let log = stderr(&rerun);
+    assert!(
+        log.contains("found") && log.contains(&format!("shard 1/{count} (from ")),
+        "the rerun reuses the stored chunk: {log}"
+    );
 
     let log = ok(
         dir,
@@ -159,7 +194,20 @@ fn shards_then_full_run_match_one_process(dir: &Path, cache: &str, count: usize)
 #[test]
 fn shards_into_a_folder_killed_and_rerun_give_one_process_features() {
     let tmp = tempfile::tempdir().unwrap();
-    shards_then_full_run_match_one_process(tmp.path(), "cache", 2);
+    let dir = tmp.path();
+    shards_then_full_run_match_one_process(dir, "cache", 2, Launch::SlurmArray);
+    // The recipe's training step, on the finished stages.
+    let train = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm/train.sbatch"))
+        .current_dir(dir)
+        .env("RUNNER", env!("CARGO_BIN_EXE_runner"))
+        .env("RUNNER_SPEC", "s.toml")
+        .env("RUNNER_CACHE", "cache")
+        .env("RUNNER_RUNS", "trained")
+        .output()
+        .unwrap();
+    assert!(train.status.success(), "{}", stderr(&train));
+    same_tables(&run_dirs(&dir.join("one"))[0], &run_dirs(&dir.join("trained"))[0]);
 }
 
 #[test]
@@ -176,7 +224,7 @@ fn shards_into_s3_killed_and_rerun_give_one_process_features() {
         .as_nanos();
     let cache = format!("{}/{stamp}", url.trim_end_matches('/'));
     let dir = tmp.path();
-    shards_then_full_run_match_one_process(dir, &cache, 4);
+    shards_then_full_run_match_one_process(dir, &cache, 4, Launch::IndexedJob);
 
     // An object replaced by something else (no checksum) and another whose
     // bytes changed: both found by a machine without a local copy, deleted

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Extraction on N nodes of a Slurm cluster, then head training on one:
+#
+#   deploy/slurm/submit.sh SPEC.toml N CACHE [RUNS]
+#   deploy/slurm/submit.sh experiments/xception_inception_flip.toml 16 s3://my-bucket/runner-cache
+#   deploy/slurm/submit.sh experiments/quickstart.toml 4 /shared/scratch/runner-cache
+#
+# CACHE: an s3:// prefix (credentials and AWS_ENDPOINT_URL from the
+# environment or ~/.aws, which sbatch passes on) or a folder every node
+# mounts. RUNS (default: runs) is where the training step writes its run
+# directory. RUNNER overrides the command (e.g. "apptainer exec runner.sif
+# runner"); extra sbatch options go in SBATCH_* variables
+# (SBATCH_PARTITION, SBATCH_ACCOUNT, ...).
+set -euo pipefail
+usage="usage: submit.sh SPEC.toml SHARDS CACHE [RUNS]"
+spec=$(realpath "${1:?$usage}")
+shards=${2:?$usage}
+cache=${3:?$usage}
+runs=$(realpath -m "${4:-runs}")
+here=$(dirname "$(realpath "$0")")
+# A folder cache is passed as an absolute path: the jobs start elsewhere.
+case $cache in *://*) ;; *) cache=$(realpath -m "$cache") ;; esac
+export RUNNER_SPEC=$spec RUNNER_CACHE=$cache RUNNER_RUNS=$runs
+array=$(sbatch --parsable --export=ALL --array="0-$((shards - 1))" "$here/extract.sbatch")
+train=$(sbatch --parsable --export=ALL --dependency="afterok:${array%%;*}" "$here/train.sbatch")
+echo "extraction: array job $array ($shards shards); training: job $train after it"
