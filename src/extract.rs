@@ -28,6 +28,50 @@ pub fn extract_shard(run: &Run<'_>, shard: Shard) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `runner extract SPEC --status`: per stage, whether the cache holds it
+/// finished, in part (the rows its chunks cover) or not at all. Hashing
+/// the images and weights for the stage keys leaves the hashes in the
+/// cache's memo, where shards started afterwards find them.
+pub fn status(run: &Run<'_>) -> anyhow::Result<String> {
+    let plan = Plan::new(run.spec, run.data, Some(run.cache))?;
+    let mut out = format!("{:<40} {:<12}  state\n", "stage", "key");
+    for stage in &plan.stages {
+        let name = format!(
+            "{} {} {}",
+            run.spec.backbones[stage.backbone].arch.name(),
+            stage.view.name(),
+            stage.split.name()
+        );
+        let rows = run.items(stage.split).len();
+        let state = if run.cache.contains(&stage.key) {
+            "finished".to_string()
+        } else {
+            let chunks = run.cache.chunks_present(&stage.key)?;
+            match covered_rows(&chunks, rows) {
+                0 => "not started".to_string(),
+                n => format!("{n} of {rows} rows in {} chunk(s)", chunks.len()),
+            }
+        };
+        out.push_str(&format!("{name:<40} {:<12}  {state}\n", &stage.key[..12]));
+    }
+    out.push_str(&format!("cache: {}\n", run.cache.location()));
+    Ok(out)
+}
+
+/// Rows `0..rows` that the chunks (first row, rows; sorted) cover.
+fn covered_rows(chunks: &[(usize, usize)], rows: usize) -> usize {
+    let (mut covered, mut reached) = (0, 0);
+    for &(first, n) in chunks {
+        let end = (first + n).min(rows);
+        let start = first.max(reached);
+        if end > start {
+            covered += end - start;
+            reached = end;
+        }
+    }
+    covered
+}
+
 /// Makes sure every stage of the spec is in the cache and, with `out`,
 /// writes `<split>_ids.csv` and `<split>_<backbone>_<view>.npy` there for
 /// every split with images. A backbone's file stem is its architecture,
@@ -85,4 +129,16 @@ fn ids_csv(run: &Run<'_>, split: Split) -> csv::Result<Vec<u8>> {
         row
     });
     csv_bytes(std::iter::once(header).chain(rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_covered_by_chunks_count_overlaps_once() {
+        assert_eq!(covered_rows(&[], 10), 0);
+        assert_eq!(covered_rows(&[(0, 64), (0, 128), (64, 64)], 200), 128);
+        assert_eq!(covered_rows(&[(0, 64), (128, 128)], 200), 64 + 72);
+    }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Extraction as an Indexed Job, then head training, on the current
+# Stage keys, extraction as an Indexed Job, then head training, on the current
 # kubectl context:
 #
 #   deploy/kubernetes/run.sh [NAMESPACE]
@@ -24,7 +24,10 @@ wait_job() {
     sleep 15
   done
 }
-kubectl "${ns[@]}" delete job runner-extract runner-train --ignore-not-found
+kubectl "${ns[@]}" delete job runner-status runner-extract runner-train --ignore-not-found
+kubectl "${ns[@]}" apply -f "$here/status-job.yaml"
+wait_job runner-status
+kubectl "${ns[@]}" logs job/runner-status
 kubectl "${ns[@]}" apply -f "$here/extract-job.yaml"
 wait_job runner-extract
 kubectl "${ns[@]}" apply -f "$here/train-job.yaml"

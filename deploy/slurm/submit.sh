@@ -21,6 +21,11 @@ here=$(dirname "$(realpath "$0")")
 # A folder cache is passed as an absolute path: the jobs start elsewhere.
 case $cache in *://*) ;; *) cache=$(realpath -m "$cache") ;; esac
 export RUNNER_SPEC=$spec RUNNER_CACHE=$cache RUNNER_RUNS=$runs
-array=$(sbatch --parsable --export=ALL --array="0-$((shards - 1))" "$here/extract.sbatch")
+# First one small job hashes the images and weights for the stage keys and
+# leaves the hashes in the cache's memo: the shards then read only their
+# own images, not every image to hash it.
+status=$(sbatch --parsable --export=ALL "$here/status.sbatch")
+array=$(sbatch --parsable --export=ALL --dependency="afterok:${status%%;*}" \
+  --array="0-$((shards - 1))" "$here/extract.sbatch")
 train=$(sbatch --parsable --export=ALL --dependency="afterok:${array%%;*}" "$here/train.sbatch")
-echo "extraction: array job $array ($shards shards); training: job $train after it"
+echo "stage keys: job $status; extraction: array job $array ($shards shards) after it; training: job $train after that"

@@ -79,18 +79,26 @@ impl FeatureCache {
             states.update(&stamp.modified_ns.to_le_bytes());
             states.update(&stamp.inode.to_le_bytes());
         }
-        let memo_path = self
-            .root
-            .join("memo")
-            .join(format!("{}.json", &names.finalize().to_hex()[..32]));
+        let name = format!("memo/{}.json", &names.finalize().to_hex()[..32]);
+        let memo_path = self.root.join(&name);
         let state = states.finalize().to_hex().to_string();
-        if let Some(value) = std::fs::read(&memo_path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<Memo>(&bytes).ok())
-            .filter(|m| m.kind == kind && m.files == stamps.len() && m.state == state)
-            .map(|m| m.value)
-        {
+        let valid = |bytes: Vec<u8>| {
+            serde_json::from_slice::<Memo>(&bytes)
+                .ok()
+                .filter(|m| m.kind == kind && m.files == stamps.len() && m.state == state)
+                .map(|m| m.value)
+        };
+        if let Some(value) = std::fs::read(&memo_path).ok().and_then(valid) {
             return Ok(value);
+        }
+        // Another machine's memo in the object store: valid where it saw
+        // the same files in the same state (one dataset on a shared
+        // filesystem), so a shard does not read every image to hash it.
+        if let Some(bytes) = self.remote.as_ref().and_then(|r| r.get(&name)) {
+            if let Some(value) = valid(bytes.clone()) {
+                let _ = write_atomic(&memo_path, &bytes);
+                return Ok(value);
+            }
         }
         let value = compute()?;
         let memo = Memo {
@@ -100,10 +108,11 @@ impl FeatureCache {
             state,
             value: value.clone(),
         };
-        let _ = write_atomic(
-            &memo_path,
-            &serde_json::to_vec_pretty(&memo).expect("memo serialises"),
-        );
+        let bytes = serde_json::to_vec_pretty(&memo).expect("memo serialises");
+        let _ = write_atomic(&memo_path, &bytes);
+        if let Some(remote) = &self.remote {
+            let _ = remote.put(&name, &bytes);
+        }
         Ok(value)
     }
 }

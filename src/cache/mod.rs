@@ -21,8 +21,8 @@
 //! A cache in S3-compatible object storage (`--cache s3://bucket/prefix`,
 //! [`remote`]) holds the same entries and chunks as objects under the
 //! prefix; the local folder is then its read-through copy (and holds the
-//! locks and the memo, which are per machine). Every entry and chunk is
-//! written to both and read from the local copy first.
+//! locks, which are per machine). Every entry, chunk and memo is written
+//! to both and read from the local copy first.
 //!
 //! `files` writes and reads the files (atomic writes, checksums, temporary
 //! files of dead writers), `memo` remembers values computed from files,

@@ -152,6 +152,16 @@ impl Remote {
         Err(format!("{} {why}; deleted", self.describe(rel)))
     }
 
+    /// The bytes of object `rel`, unchecked (a memo, whose reader checks
+    /// what it says); `None` if it is missing or cannot be read.
+    pub fn get(&self, rel: &str) -> Option<Vec<u8>> {
+        let path = self.path(rel);
+        self.runtime
+            .block_on(async { self.store.get(&path).await?.bytes().await })
+            .ok()
+            .map(|b| b.to_vec())
+    }
+
     /// Stores `.npy` bytes as object `rel` with their checksum, published
     /// whole (a reader sees the old object, or none, until it completes).
     pub fn put_verified(&self, rel: &str, bytes: &[u8]) -> std::io::Result<()> {

@@ -160,6 +160,11 @@ pub(super) enum Command {
         /// Compute everything, even where the environment names a shard.
         #[arg(long, conflicts_with = "shard")]
         all: bool,
+        /// Compute nothing: say which stages the cache holds, finished or
+        /// in chunks (and leave the image hashes in the cache's memo, for
+        /// shards started next).
+        #[arg(long, conflicts_with_all = ["shard", "out"])]
+        status: bool,
     },
     /// Classify images with a finished run's model (its heads averaged
     /// over folds and views, as for its submission).

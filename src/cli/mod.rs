@@ -101,8 +101,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             shard,
             all,
+            status,
         }) => {
-            let shard = match (shard, all || out.is_some()) {
+            let shard = match (shard, all || status || out.is_some()) {
                 (Some(shard), _) => Some(shard),
                 (None, true) => None,
                 (None, false) => match crate::shard::Shard::from_env(|k| std::env::var(k).ok())
@@ -126,6 +127,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let device = g.device(&checked.spec, &log)?;
             let run = checked.run(&cache, &device, &log);
             match shard {
+                _ if status => extract::status(&run).map(|table| print!("{table}")),
                 Some(shard) => extract::extract_shard(&run, shard),
                 None => extract::extract(&run, out.as_deref()),
             }

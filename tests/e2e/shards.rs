@@ -126,6 +126,21 @@ fn shards_then_full_run_match_one_process(dir: &Path, cache: &str, count: usize,
     let args = ["--quiet", "--cache", "one-cache", "extract", "s.toml"];
     ok(dir, &[&args[..], &["--out", "one-features"]].concat());
 
+    if let Launch::SlurmArray = launch {
+        // The recipe's first job: stage keys hashed into the cache's memo.
+        let status = Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm/status.sbatch"))
+            .current_dir(dir)
+            .env("RUNNER", env!("CARGO_BIN_EXE_runner"))
+            .env("RUNNER_SPEC", "s.toml")
+            .env("RUNNER_CACHE", cache)
+            .env("SLURM_TMPDIR", dir.join("machine0"))
+            .output()
+            .unwrap();
+        let table = String::from_utf8_lossy(&status.stdout);
+        assert!(status.status.success(), "{}", stderr(&status));
+        assert_eq!(table.matches("not started").count(), 4, "{table}");
+    }
     let mut children: Vec<_> = (0..count)
         .map(|i| {
             shard(dir, launch, cache, i, count)

@@ -15,8 +15,10 @@ import sys
 
 import yaml
 
-# The global options runner's CLI takes (src/cli/args.rs, `Global`).
+# The global options runner's CLI takes (src/cli/args.rs, `Global`), and
+# those of `runner extract`.
 GLOBAL = {"--runs", "--cache", "--device", "--threads", "--quiet", "-q"}
+EXTRACT = {"--out", "--shard", "--all", "--status"}
 
 
 def check_job(job, where):
@@ -38,7 +40,8 @@ def check_job(job, where):
                     errors.append(f"{name}: argument {a!r} uses $({var}), which env does not set")
         options = [a.split("=")[0] for a in args if a.startswith("-")]
         command = [a for a in args if not a.startswith("-")]
-        unknown = [o for o in options if o not in GLOBAL]
+        known = GLOBAL | (EXTRACT if command[:1] == ["extract"] else set())
+        unknown = [o for o in options if o not in known]
         if unknown:
             errors.append(f"{name}: options runner does not take: {unknown}")
         if not command or not command[-1].endswith(".toml"):
