@@ -63,12 +63,9 @@ impl Shard {
             )?;
             let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
             let step = number("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
-            let index = id
-                .checked_sub(min)
-                .ok_or(format!(
-                    "SLURM_ARRAY_TASK_ID={id} is below SLURM_ARRAY_TASK_MIN={min}"
-                ))?
-                / step;
+            let index = id.checked_sub(min).ok_or(format!(
+                "SLURM_ARRAY_TASK_ID={id} is below SLURM_ARRAY_TASK_MIN={min}"
+            ))? / step;
             let shard = Shard::new(index, count).map_err(|e| format!("Slurm array: {e}"))?;
             return Ok(Some((shard, "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT")));
         }
@@ -135,7 +132,10 @@ mod tests {
     fn the_schedulers_variables_name_the_shard() {
         let from = |vars: &[(&str, &str)]| Shard::from_env(env(vars)).map(|s| s.map(|s| s.0));
         assert_eq!(from(&[]), Ok(None));
-        assert_eq!(from(&[("RUNNER_SHARD", "1/4")]), Ok(Some(Shard::new(1, 4).unwrap())));
+        assert_eq!(
+            from(&[("RUNNER_SHARD", "1/4")]),
+            Ok(Some(Shard::new(1, 4).unwrap()))
+        );
         // sbatch --array=1-4: ids 1..4 are shards 0..3.
         let slurm = [
             ("SLURM_ARRAY_TASK_ID", "3"),

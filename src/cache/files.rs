@@ -102,9 +102,10 @@ pub fn remove_stale_temp_files(dir: &Path, min_age: Duration) -> u64 {
 /// alone: shard processes write chunks of a stage side by side.
 pub(super) fn remove_dead_writers_temp_files(dir: &Path, prefix: &str) -> u64 {
     remove_matching(dir, prefix, |name, age| {
-        age >= STALE_TEMP_AGE || temp_writer(name).is_some_and(|(host, pid)| {
-            host == crate::lock::hostname() && !crate::lock::process_alive(pid, None)
-        })
+        age >= STALE_TEMP_AGE
+            || temp_writer(name).is_some_and(|(host, pid)| {
+                host == crate::lock::hostname() && !crate::lock::process_alive(pid, None)
+            })
     })
 }
 
@@ -176,8 +177,14 @@ mod tests {
         }
         assert_eq!(temp_writer(&elsewhere), Some(("other-host", 4294967294)));
         assert_eq!(remove_dead_writers_temp_files(dir.path(), ""), 1);
-        assert!(dir.path().join(&live).exists(), "a live writer's file stays");
-        assert!(!dir.path().join(&dead).exists(), "a killed writer's file goes");
+        assert!(
+            dir.path().join(&live).exists(),
+            "a live writer's file stays"
+        );
+        assert!(
+            !dir.path().join(&dead).exists(),
+            "a killed writer's file goes"
+        );
         assert!(
             dir.path().join(&elsewhere).exists(),
             "another host's young file stays"

@@ -160,11 +160,7 @@ impl FeatureCache {
                 "{} holds NaN or infinite values (damaged on disk?)",
                 path.display()
             ),
-            Ok(m) => format!(
-                "{} holds {} rows, expected {rows}",
-                path.display(),
-                m.rows
-            ),
+            Ok(m) => format!("{} holds {} rows, expected {rows}", path.display(), m.rows),
             Err(e) => e,
         };
         self.discard(&path, &rel);

@@ -199,9 +199,8 @@ impl Remote {
                 writer.finish().await.map(drop)
             }
         });
-        result.map_err(|e| {
-            std::io::Error::other(format!("cannot write {}: {e}", self.describe(rel)))
-        })
+        result
+            .map_err(|e| std::io::Error::other(format!("cannot write {}: {e}", self.describe(rel))))
     }
 
     /// The names of the objects directly under folder `rel`.
@@ -210,7 +209,9 @@ impl Remote {
         let listed = self
             .runtime
             .block_on(self.store.list_with_delimiter(Some(&path)))
-            .map_err(|e| std::io::Error::other(format!("cannot list {}: {e}", self.describe(rel))))?;
+            .map_err(|e| {
+                std::io::Error::other(format!("cannot list {}: {e}", self.describe(rel)))
+            })?;
         Ok(listed
             .objects
             .iter()
@@ -246,7 +247,10 @@ fn with_shared_config(
         let path = env(var).unwrap_or_else(|| format!("{home}/.aws/{default}"));
         std::fs::read_to_string(path).unwrap_or_default()
     };
-    let credentials = ini_section(&read("AWS_SHARED_CREDENTIALS_FILE", "credentials"), &profile);
+    let credentials = ini_section(
+        &read("AWS_SHARED_CREDENTIALS_FILE", "credentials"),
+        &profile,
+    );
     let config_section = match profile.as_str() {
         "default" => "default".to_string(),
         p => format!("profile {p}"),

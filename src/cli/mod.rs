@@ -406,10 +406,7 @@ fn print_sweep(g: &Global, id: &str) -> anyhow::Result<()> {
 /// Temporary memo files that no write will finish (a kill mid-write) go
 /// too, once old enough not to be another machine's write in progress.
 fn note_dead_runs(g: &Global, cache: &FeatureCache, log: &Log) {
-    crate::cache::remove_stale_temp_files(
-        &cache.root().join("memo"),
-        crate::cache::STALE_TEMP_AGE,
-    );
+    crate::cache::remove_stale_temp_files(&cache.root().join("memo"), crate::cache::STALE_TEMP_AGE);
     for dir in crate::rundir::mark_dead_runs(&g.runs) {
         log.info(format!(
             "{}: its process is gone; marked interrupted (`runner resume` continues it)",

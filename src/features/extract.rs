@@ -205,11 +205,10 @@ impl<'a> SplitExtraction<'a> {
 
     /// A progress bar over the images to go through, naming the stages.
     fn progress(&self, images: u64) -> Progress<'a> {
-        let mut progress = self.run.log.progress(
-            &format!("features {}", self.split.name()),
-            images,
-            "images",
-        );
+        let mut progress =
+            self.run
+                .log
+                .progress(&format!("features {}", self.split.name()), images, "images");
         progress.set_message(
             self.stages
                 .iter()

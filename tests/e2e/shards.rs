@@ -122,7 +122,10 @@ fn shard(dir: &Path, launch: Launch, cache: &str, i: usize, count: usize) -> Com
 /// run into a folder of its own.
 fn shards_then_full_run_match_one_process(dir: &Path, cache: &str, count: usize, launch: Launch) {
     sharded_spec(dir);
-    ok(dir, &["--quiet", "--runs", "one", "--cache", "one-cache", "s.toml"]);
+    ok(
+        dir,
+        &["--quiet", "--runs", "one", "--cache", "one-cache", "s.toml"],
+    );
     let args = ["--quiet", "--cache", "one-cache", "extract", "s.toml"];
     ok(dir, &[&args[..], &["--out", "one-features"]].concat());
 
@@ -200,7 +203,10 @@ fn shards_then_full_run_match_one_process(dir: &Path, cache: &str, count: usize,
             && !log.contains("backbones"),
         "the full run computes no features: {log}"
     );
-    same_tables(&run_dirs(&dir.join("one"))[0], &run_dirs(&dir.join("full"))[0]);
+    same_tables(
+        &run_dirs(&dir.join("one"))[0],
+        &run_dirs(&dir.join("full"))[0],
+    );
     let args = ["--quiet", "--runs", "full", "--cache", cache, "extract"];
     ok(dir, &[&args[..], &["s.toml", "--out", "features"]].concat());
     same_files(&dir.join("one-features"), &dir.join("features"));
@@ -222,7 +228,10 @@ fn shards_into_a_folder_killed_and_rerun_give_one_process_features() {
         .output()
         .unwrap();
     assert!(train.status.success(), "{}", stderr(&train));
-    same_tables(&run_dirs(&dir.join("one"))[0], &run_dirs(&dir.join("trained"))[0]);
+    same_tables(
+        &run_dirs(&dir.join("one"))[0],
+        &run_dirs(&dir.join("trained"))[0],
+    );
 }
 
 #[test]
@@ -249,7 +258,8 @@ fn shards_into_s3_killed_and_rerun_give_one_process_features() {
         .iter()
         .filter_map(|p| {
             let name = p.file_name()?.to_str()?;
-            name.strip_suffix(".npy").map(|key| format!("features/{}/{key}.npy", &key[..2]))
+            name.strip_suffix(".npy")
+                .map(|key| format!("features/{}/{key}.npy", &key[..2]))
         })
         .collect();
     entries.sort();
@@ -265,5 +275,8 @@ fn shards_into_s3_killed_and_rerun_give_one_process_features() {
             && log.contains("features: 2 stage(s) from the cache, 2 to compute"),
         "{log}"
     );
-    same_tables(&run_dirs(&dir.join("one"))[0], &run_dirs(&dir.join("machine9"))[0]);
+    same_tables(
+        &run_dirs(&dir.join("one"))[0],
+        &run_dirs(&dir.join("machine9"))[0],
+    );
 }
