@@ -38,12 +38,8 @@ const PART_SIZE: usize = 64 << 20;
 pub enum RemoteError {
     #[error("--cache {url}: {why}")]
     Url { url: String, why: String },
-    #[error("cannot reach the feature cache {url}: {source}; check the bucket, AWS_ENDPOINT_URL and the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE)")]
-    Unreachable {
-        url: String,
-        #[source]
-        source: Box<object_store::Error>,
-    },
+    #[error("cannot reach the feature cache {url}: {why}; check the bucket, AWS_ENDPOINT_URL and the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE)")]
+    Unreachable { url: String, why: String },
     #[error("cannot start the object store's I/O threads: {0}")]
     Runtime(std::io::Error),
 }
@@ -96,9 +92,9 @@ impl Remote {
         remote
             .runtime
             .block_on(remote.store.list_with_delimiter(Some(&remote.prefix)))
-            .map_err(|source| RemoteError::Unreachable {
+            .map_err(|e| RemoteError::Unreachable {
                 url: remote.url.clone(),
-                source: Box::new(source),
+                why: root_cause(&e),
             })?;
         Ok(remote)
     }
@@ -230,6 +226,25 @@ impl Remote {
             self.delete(&format!("{rel}/{name}"));
         }
     }
+}
+
+/// What went wrong, in a few words: the S3 error code of a refusal
+/// (`NoSuchBucket`, `AccessDenied`, `InvalidAccessKeyId`, ...), else the
+/// innermost error (`tcp connect error: Connection refused`).
+fn root_cause(e: &object_store::Error) -> String {
+    let text = e.to_string();
+    if let Some(code) = text
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(code, _)| code)
+    {
+        return format!("the store answered {code}");
+    }
+    let mut inner: &dyn std::error::Error = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string()
 }
 
 /// Fills in from the AWS shared files what the environment did not set:

@@ -134,7 +134,8 @@ fn stopped_or_killed_runs_are_recorded_and_continue_to_identical_results() {
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("resumed") || !err.contains("0 stage(s) from the cache"),
+        err.contains("stage chunk(s) of 64 images in the cache")
+            || !err.contains("0 stage(s) from the cache"),
         "{err}"
     );
     assert_eq!(json(&run.join("run.json"))["status"], "complete");
@@ -155,7 +156,8 @@ fn stopped_or_killed_runs_are_recorded_and_continue_to_identical_results() {
     // resumes it (or, had the stage finished by then, takes the stage).
     let err = stderr(&out);
     assert!(
-        err.contains("resumed") || !err.contains("0 stage(s) from the cache"),
+        err.contains("stage chunk(s) of 64 images in the cache")
+            || !err.contains("0 stage(s) from the cache"),
         "{err}"
     );
     let again = run_dirs(&dir.join("killed")).pop().unwrap();

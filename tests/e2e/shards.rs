@@ -280,3 +280,50 @@ fn shards_into_s3_killed_and_rerun_give_one_process_features() {
         &run_dirs(&dir.join("machine9"))[0],
     );
 }
+
+#[test]
+fn an_unreachable_store_or_a_bad_shard_is_named_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    sharded_spec(dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(dir)
+        .args(["--runs", "runs", "--cache", "s3://bucket/prefix", "s.toml"])
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot reach the feature cache s3://bucket/prefix: ")
+            && err.contains("Connection refused")
+            && err.contains("AWS_ENDPOINT_URL"),
+        "{err}"
+    );
+    assert!(!dir.join("runs").exists(), "no run directory");
+
+    for (args, env, want) in [
+        (&["--shard", "2/2"][..], None, "shard 2 of 2 does not exist"),
+        (
+            &[],
+            Some(("JOB_COMPLETION_INDEX", "0")),
+            "RUNNER_SHARD_COUNT",
+        ),
+        (&[], Some(("RUNNER_SHARD", "1of2")), "RUNNER_SHARD=1of2"),
+    ] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_runner"));
+        command
+            .current_dir(dir)
+            .args(["--cache", "cache", "extract", "s.toml"])
+            .args(args);
+        if let Some((k, v)) = env {
+            command.env(k, v);
+        }
+        let out = command.output().unwrap();
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(want), "{}", stderr(&out));
+        assert!(!dir.join("cache").exists(), "nothing computed");
+    }
+}
