@@ -79,6 +79,7 @@ enum Launch {
     SlurmArray,
     /// deploy/kubernetes/extract-job.yaml's command in an Indexed Job's pod
     /// (JOB_COMPLETION_INDEX and RUNNER_SHARD_COUNT).
+    #[cfg_attr(not(feature = "s3"), allow(dead_code))]
     IndexedJob,
 }
 
@@ -235,6 +236,7 @@ fn shards_into_a_folder_killed_and_rerun_give_one_process_features() {
 }
 
 #[test]
+#[cfg(feature = "s3")]
 #[ignore = "needs an S3-compatible store: RUNNER_S3_TEST_URL and AWS_* (CI starts moto)"]
 fn shards_into_s3_killed_and_rerun_give_one_process_features() {
     let url = std::env::var("RUNNER_S3_TEST_URL").expect(
@@ -282,6 +284,7 @@ fn shards_into_s3_killed_and_rerun_give_one_process_features() {
 }
 
 #[test]
+#[cfg(feature = "s3")]
 fn an_unreachable_store_or_a_bad_shard_is_named_before_any_work() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

@@ -1,23 +1,8 @@
-//! The cache's objects in S3-compatible storage (`--cache s3://bucket/prefix`):
-//! AWS S3, MinIO, Ceph, R2, through `object_store`.
-//!
-//! Objects mirror the local layout under the prefix (`features/ab/<key>.npy`,
-//! `features/ab/<key>.partial/<first>-<rows>.npy`, ...). A `.npy` object
-//! carries its BLAKE3 checksum as user metadata (`x-amz-meta-b3`) rather
-//! than in a second object: a PUT is atomic, so an object and the sum that
-//! vouches for it appear together or not at all, and two writers of the
-//! same chunk (a shard run twice) each leave a consistent object, the last
-//! one winning. An object whose bytes do not match its sum (damaged, or
-//! written by something else) is deleted and recomputed.
-//!
-//! Credentials and endpoint come from the standard places: `AWS_*`
-//! environment variables (`AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3` for
-//! MinIO and the like), the shared credentials and config files
-//! (`~/.aws/credentials`, `~/.aws/config`, `AWS_PROFILE`), then the
-//! instance, container or web-identity (IRSA) credentials `object_store`
-//! finds itself.
+//! The S3 client behind [`Remote`], through `object_store`.
 
 use std::sync::Arc;
+
+use super::RemoteError;
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
@@ -33,16 +18,6 @@ const CHECKSUM_KEY: &str = "b3";
 /// PUT); a multipart upload is published whole on completion, like a PUT.
 const SINGLE_PUT_MAX: usize = 1 << 30;
 const PART_SIZE: usize = 64 << 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum RemoteError {
-    #[error("--cache {url}: {why}")]
-    Url { url: String, why: String },
-    #[error("cannot reach the feature cache {url}: {why}; check the bucket, AWS_ENDPOINT_URL and the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE)")]
-    Unreachable { url: String, why: String },
-    #[error("cannot start the object store's I/O threads: {0}")]
-    Runtime(std::io::Error),
-}
 
 /// A cache prefix in an S3-compatible bucket, used from blocking code.
 #[derive(Debug)]
