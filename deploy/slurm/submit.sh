@@ -16,6 +16,7 @@ usage="usage: submit.sh SPEC.toml SHARDS CACHE [RUNS]"
 spec=$(realpath "${1:?$usage}")
 shards=${2:?$usage}
 cache=${3:?$usage}
+[[ $shards =~ ^[1-9][0-9]*$ ]] || { echo "SHARDS must be a whole number >= 1, got '$shards'" >&2; exit 2; }
 runs=$(realpath -m "${4:-runs}")
 here=$(dirname "$(realpath "$0")")
 # A folder cache is passed as an absolute path: the jobs start elsewhere.
@@ -25,7 +26,9 @@ export RUNNER_SPEC=$spec RUNNER_CACHE=$cache RUNNER_RUNS=$runs
 # leaves the hashes in the cache's memo: the shards then read only their
 # own images, not every image to hash it.
 status=$(sbatch --parsable --export=ALL "$here/status.sbatch")
-array=$(sbatch --parsable --export=ALL --dependency="afterok:${status%%;*}" \
+# A failed step cancels the jobs that wait for it (no "DependencyNeverSatisfied").
+array=$(sbatch --parsable --export=ALL --dependency="afterok:${status%%;*}" --kill-on-invalid-dep=yes \
   --array="0-$((shards - 1))" "$here/extract.sbatch")
-train=$(sbatch --parsable --export=ALL --dependency="afterok:${array%%;*}" "$here/train.sbatch")
+train=$(sbatch --parsable --export=ALL --dependency="afterok:${array%%;*}" --kill-on-invalid-dep=yes \
+  "$here/train.sbatch")
 echo "stage keys: job $status; extraction: array job $array ($shards shards) after it; training: job $train after that"

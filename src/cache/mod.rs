@@ -43,6 +43,14 @@ pub use files::{remove_stale_temp_files, write_atomic, STALE_TEMP_AGE};
 pub use maintenance::{Collection, Verification};
 pub use remote::{Remote, RemoteError};
 
+/// Where a cached `.npy` was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    LocalCopy,
+    /// Just fetched from the remote store.
+    Store,
+}
+
 #[derive(Debug, Clone)]
 pub struct FeatureCache {
     /// The cache folder, or the local copy of a remote cache.
@@ -95,23 +103,53 @@ impl FeatureCache {
     }
 
     /// Fetches remote object `rel` into local file `path` (with its
-    /// checksum beside it) unless the local copy has it; `Ok(false)` where
+    /// checksum beside it) unless the local copy has it; `Ok(None)` where
     /// neither has it. A damaged remote object is deleted and reported.
-    fn fetch(&self, rel: &str, path: &Path) -> Result<bool, String> {
+    fn fetch(&self, rel: &str, path: &Path) -> Result<Option<Source>, String> {
         if path.is_file() {
-            return Ok(true);
+            return Ok(Some(Source::LocalCopy));
         }
         let Some(remote) = &self.remote else {
-            return Ok(false);
+            return Ok(None);
         };
         match remote.get_verified(rel)? {
-            None => Ok(false),
+            None => Ok(None),
             Some(bytes) => {
                 write_verified(path, &bytes)
                     .map_err(|e| format!("cannot keep a local copy of {rel}: {e}"))?;
-                Ok(true)
+                Ok(Some(Source::Store))
             }
         }
+    }
+
+    /// Reads `.npy` `path` (object `rel` of a remote cache) and checks it
+    /// with `check` (`Err`: why it is unusable). A local copy that fails is
+    /// replaced by the store's object and checked again (damage on this
+    /// disk must not cost every machine the entry); what still fails is
+    /// removed from both. `Ok(None)`: neither has it.
+    fn read_checked(
+        &self,
+        rel: &str,
+        path: &Path,
+        check: impl Fn(Matrix) -> Result<Matrix, String>,
+    ) -> Result<Option<Matrix>, String> {
+        for attempt in 0..2 {
+            let source = match self.fetch(rel, path)? {
+                None => return Ok(None),
+                Some(source) => source,
+            };
+            let why = match read_verified(path).and_then(&check) {
+                Ok(m) => return Ok(Some(m)),
+                Err(why) => why,
+            };
+            if attempt == 0 && source == Source::LocalCopy && self.remote.is_some() {
+                remove_verified(path);
+                continue;
+            }
+            self.discard(path, rel);
+            return Err(why);
+        }
+        unreachable!("the loop returns")
     }
 
     /// Removes a damaged `.npy` from the local copy and the remote store.
@@ -149,28 +187,26 @@ impl FeatureCache {
     pub fn get(&self, key: &str, rows: usize) -> Result<Option<Matrix>, String> {
         let path = self.path(key);
         let rel = format!("{}.npy", Self::remote_stem(key));
-        match self.fetch(&rel, &path) {
-            Ok(true) => {}
-            Ok(false) => return Ok(None),
-            Err(why) => return Err(format!("{why}, recomputing")),
-        }
-        let why = match read_verified(&path) {
-            Ok(m) if m.rows == rows && m.data.iter().all(|v| v.is_finite()) => return Ok(Some(m)),
-            Ok(m) if m.rows == rows => format!(
+        let check = |m: Matrix| match m {
+            m if m.rows == rows && m.data.iter().all(|v| v.is_finite()) => Ok(m),
+            m if m.rows == rows => Err(format!(
                 "{} holds NaN or infinite values (damaged on disk?)",
                 path.display()
-            ),
-            Ok(m) => format!("{} holds {} rows, expected {rows}", path.display(), m.rows),
-            Err(e) => e,
-        };
-        self.discard(&path, &rel);
-        match &self.remote {
-            Some(remote) => Err(format!(
-                "{why} (a copy of {}); both removed, recomputing",
-                remote.describe(&rel)
             )),
-            None => Err(format!("{why}; removed, recomputing")),
-        }
+            m => Err(format!(
+                "{} holds {} rows, expected {rows}",
+                path.display(),
+                m.rows
+            )),
+        };
+        self.read_checked(&rel, &path, check)
+            .map_err(|why| match &self.remote {
+                Some(remote) => format!(
+                    "{why} (a copy of {}); removed, recomputing",
+                    remote.describe(&rel)
+                ),
+                None => format!("{why}; removed, recomputing"),
+            })
     }
 
     /// Stores a finished stage and its provenance, then drops its chunks.
@@ -222,18 +258,12 @@ impl FeatureCache {
     pub fn chunk(&self, key: &str, first_row: usize, rows: usize, cols: usize) -> Option<Matrix> {
         let path = self.chunk_path(key, first_row, rows);
         let rel = Self::remote_chunk(key, first_row, rows);
-        match self.fetch(&rel, &path) {
-            Ok(true) => {}
-            Ok(false) | Err(_) => return None,
-        }
-        match read_verified(&path) {
-            Ok(m) if m.rows == rows && m.cols == cols => Some(m),
-            Ok(_) | Err(_) => {
-                // Recomputed, never built into the finished entry.
-                self.discard(&path, &rel);
-                None
-            }
-        }
+        let check = |m: Matrix| match m {
+            m if m.rows == rows && m.cols == cols => Ok(m),
+            _ => Err(String::new()),
+        };
+        // A chunk that fails is recomputed, never built into the entry.
+        self.read_checked(&rel, &path, check).ok().flatten()
     }
 
     pub fn put_chunk(&self, key: &str, first_row: usize, m: &Matrix) -> std::io::Result<()> {

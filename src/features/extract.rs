@@ -264,12 +264,23 @@ impl<'a> SplitExtraction<'a> {
         rows: std::ops::Range<usize>,
     ) -> Have {
         let cols = self.nets[&s.backbone].num_features();
-        let Some(pieces) = tiling(present, rows) else {
+        let Some(pieces) = tiling(present, rows.clone()) else {
             return Have::Missing;
         };
         let parts: Option<Vec<Matrix>> = pieces
             .iter()
-            .map(|&(first, n)| self.run.cache.chunk(&s.key, first, n, cols))
+            .map(|&(first, n)| {
+                let m = self.run.cache.chunk(&s.key, first, n, cols)?;
+                // The rows of `rows` this piece holds.
+                let (from, to) = (
+                    rows.start.max(first) - first,
+                    rows.end.min(first + n) - first,
+                );
+                Some(match (from, to) {
+                    (0, to) if to == n => m,
+                    _ => Matrix::new(to - from, cols, m.data[from * cols..to * cols].to_vec()),
+                })
+            })
             .collect();
         match (parts, self.shard) {
             (None, _) => Have::Missing,
@@ -452,8 +463,11 @@ impl<'a> SplitExtraction<'a> {
     }
 }
 
-/// Chunks from `present` (sorted by first row) that tile `rows` exactly, in
-/// order, if some do; the chunk of exactly those rows where there is one.
+/// Chunks from `present` (sorted by first row) that cover `rows` one after
+/// another, in order, if some do: the first holds row `rows.start`, each
+/// next one starts where the one before ends, the last reaches `rows.end`
+/// (the ends may stick out: a run with chunks of 64 reads a GPU shard's
+/// chunks of 128). The chunk of exactly those rows where there is one.
 fn tiling(present: &[(usize, usize)], rows: std::ops::Range<usize>) -> Option<Vec<(usize, usize)>> {
     if present.contains(&(rows.start, rows.len())) {
         return Some(vec![(rows.start, rows.len())]);
@@ -464,18 +478,20 @@ fn tiling(present: &[(usize, usize)], rows: std::ops::Range<usize>) -> Option<Ve
     let mut reached: HashMap<usize, (usize, usize)> = HashMap::new();
     for &(first, n) in present {
         let end = first + n;
-        if first >= rows.start
-            && end <= rows.end
-            && (first == rows.start || reached.contains_key(&first))
-        {
+        let holds_start = first <= rows.start && rows.start < end;
+        let continues = first > rows.start && first < rows.end && reached.contains_key(&first);
+        if holds_start || continues {
             reached.entry(end).or_insert((first, n));
         }
     }
+    let mut at = *reached.keys().filter(|&&end| end >= rows.end).min()?;
     let mut pieces = Vec::new();
-    let mut at = rows.end;
-    while at > rows.start {
-        let piece = *reached.get(&at)?;
+    loop {
+        let piece = reached[&at];
         pieces.push(piece);
+        if piece.0 <= rows.start {
+            break;
+        }
         at = piece.0;
     }
     pieces.reverse();
@@ -562,9 +578,18 @@ mod tests {
             tiling(&present, 128..266),
             Some(vec![(128, 128), (256, 10)])
         );
-        assert_eq!(tiling(&present, 0..100), None, "no chunk ends at 100");
         assert_eq!(tiling(&present, 266..300), None);
         assert_eq!(tiling(&[(0, 32), (64, 64)], 0..128), None, "a gap");
+        // Larger chunks cut down: a GPU's 128 or 192 rows for chunks of 64.
+        assert_eq!(
+            tiling(&[(0, 128), (128, 128)], 64..128),
+            Some(vec![(0, 128)])
+        );
+        assert_eq!(
+            tiling(&[(0, 192), (192, 192)], 128..256),
+            Some(vec![(0, 192), (192, 192)])
+        );
+        assert_eq!(tiling(&present, 0..100), Some(vec![(0, 64), (64, 64)]));
     }
 
     #[test]

@@ -281,6 +281,23 @@ fn shards_into_s3_killed_and_rerun_give_one_process_features() {
         &run_dirs(&dir.join("one"))[0],
         &run_dirs(&dir.join("machine9"))[0],
     );
+
+    // A byte changed in one machine's local copy: that copy is fetched
+    // again from the store, which keeps its object for everyone.
+    let copy = walk(&dir.join("machine9/.cache-s3"))
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(&entries[0]))
+        .expect("the local copy of the recomputed entry");
+    let mut bytes = std::fs::read(&copy).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&copy, bytes).unwrap();
+    let log = ok(dir, &["--runs", "machine9", "--cache", &cache, "s.toml"]);
+    assert!(
+        log.contains("features: all 4 stages served from the cache"),
+        "{log}"
+    );
+    assert!(remote.get_verified(&entries[0]).unwrap().is_some());
 }
 
 #[test]
