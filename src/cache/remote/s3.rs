@@ -195,11 +195,21 @@ impl Remote {
         let _ = self.runtime.block_on(self.store.delete(&self.path(rel)));
     }
 
-    /// Deletes every object directly under folder `rel` (best effort).
+    /// Deletes every object under folder `rel` (best effort), in the
+    /// store's batched deletes (S3: up to 1,000 objects per request, where
+    /// a finished stage may leave hundreds of chunks).
     pub fn delete_folder(&self, rel: &str) {
-        for name in self.list(rel).unwrap_or_default() {
-            self.delete(&format!("{rel}/{name}"));
-        }
+        use futures_util::{StreamExt, TryStreamExt};
+        let listed = self
+            .store
+            .list(Some(&self.path(rel)))
+            .map_ok(|meta| meta.location)
+            .boxed();
+        let _ = self.runtime.block_on(
+            self.store
+                .delete_stream(listed)
+                .try_collect::<Vec<ObjectPath>>(),
+        );
     }
 }
 
