@@ -12,7 +12,9 @@
 //! warm-up pass and as many timed passes as fit in `--seconds`. Prints one
 //! JSON line (and with `RUNNER_PROFILE=1` the per-op table on stderr).
 
+use std::alloc::{GlobalAlloc, Layout};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -22,7 +24,41 @@ use runner::spec::{BackboneSpec, View};
 use runner_models::{self as models, profile, registry, Arch, Preprocess};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: LiveBytes = LiveBytes;
+
+/// mimalloc, counting the bytes allocated and not yet freed: the peak of
+/// that count (`peak_live_mb`) is what the activations need, to set against
+/// the process's resident memory (what the allocator keeps on top).
+struct LiveBytes;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call forwards to mimalloc with the same arguments; the
+// counters only observe sizes.
+unsafe impl GlobalAlloc for LiveBytes {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = mimalloc::MiMalloc.alloc(layout);
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        mimalloc::MiMalloc.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = mimalloc::MiMalloc.realloc(ptr, layout, new_size);
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            let now = LIVE.fetch_add(new_size, Ordering::Relaxed) + new_size;
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+}
 
 struct Args {
     arch: Arch,
@@ -191,11 +227,12 @@ fn main() {
     }
     match run(&args) {
         Ok(ips) => println!(
-            "{{\"runtime\": \"runner {}\", \"model\": \"{}\", \"batch\": {}, \"threads\": {}, \"images_per_s\": {ips:.3}}}",
+            "{{\"runtime\": \"runner {}\", \"model\": \"{}\", \"batch\": {}, \"threads\": {}, \"images_per_s\": {ips:.3}, \"peak_live_mb\": {:.0}}}",
             env!("CARGO_PKG_VERSION"),
             args.arch.name(),
             args.batch,
-            args.threads
+            args.threads,
+            PEAK.load(Ordering::Relaxed) as f64 / 1e6
         ),
         Err(e) => {
             eprintln!("{e}");

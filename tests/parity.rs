@@ -103,27 +103,40 @@ fn inception_v3_features_match_keras_reference() {
 fn efficientnet_lite0_features_and_logits_match_pytorch_reference() {
     let stem = "efficientnet_lite0_imagenet";
     let fx = fixture(stem);
-    let model = EfficientNetLite0::load(
-        &models_dir().join(format!("{stem}.safetensors")),
-        &Device::Cpu,
-    )
-    .expect("load backbone");
-    assert!(model.has_classifier());
+    let load = || {
+        EfficientNetLite0::load(
+            &models_dir().join(format!("{stem}.safetensors")),
+            &Device::Cpu,
+        )
+        .expect("load backbone")
+    };
+    assert!(load().has_classifier());
     let (x, xf) = inputs(&fx);
-    let t = Instant::now();
-    let (f, l) = model.forward_features_and_logits(&x).expect("forward");
-    println!(
-        "efficientnet_lite0: batch 4 in {:.2} s",
-        t.elapsed().as_secs_f64()
-    );
-    check("efficientnet_lite0 features", &f, get(&fx, "features"));
-    check("efficientnet_lite0 logits", &l, get(&fx, "logits"));
-    let ff = model.forward_features(&xf).expect("forward flipped");
-    check(
-        "efficientnet_lite0 features_hflip",
-        &ff,
-        get(&fx, "features_hflip"),
-    );
+    // The default path (NCHW16c on AVX-512 CPUs) and the NCHW one.
+    for (path, model) in [("", load()), (" (NCHW)", load().nchw_only())] {
+        let t = Instant::now();
+        let (f, l) = model.forward_features_and_logits(&x).expect("forward");
+        println!(
+            "efficientnet_lite0{path}: batch 4 in {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
+        check(
+            &format!("efficientnet_lite0{path} features"),
+            &f,
+            get(&fx, "features"),
+        );
+        check(
+            &format!("efficientnet_lite0{path} logits"),
+            &l,
+            get(&fx, "logits"),
+        );
+        let ff = model.forward_features(&xf).expect("forward flipped");
+        check(
+            &format!("efficientnet_lite0{path} features_hflip"),
+            &ff,
+            get(&fx, "features_hflip"),
+        );
+    }
 }
 
 /// The shared ONNX export of the same EfficientNet-Lite0 (`torch.onnx.export`,

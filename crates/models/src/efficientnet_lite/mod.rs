@@ -15,6 +15,10 @@
 //!
 //! Padding follows TF "SAME" for the actual input size; the PyTorch module
 //! precomputes it for 224x224, which is the same at that size.
+//!
+//! `blocked` re-packs the blocks and head for the NCHW16c CPU kernels.
+
+mod blocked;
 
 use std::path::Path;
 
@@ -30,6 +34,8 @@ use super::onnx::build::{same_pads, ConvAttrs, GraphBuilder};
 use super::registry::{ModelEntry, Probe};
 use super::weights_view::TorchWeights;
 use super::{Backbone, ModelError};
+use blocked::BlockedFlow;
+use runner_kernels::nchwc;
 
 const ARCH: &str = "efficientnet_lite0";
 
@@ -210,6 +216,8 @@ pub struct EfficientNetLite0 {
     conv_head: Conv2d,
     /// `_fc`: weight transposed to `(1280, classes)`, bias `(1, classes)`.
     fc: Option<(Tensor, Tensor)>,
+    /// The blocks and head re-packed for NCHW16c, where the CPU runs it.
+    blocked: Option<BlockedFlow>,
 }
 
 impl EfficientNetLite0 {
@@ -251,7 +259,36 @@ impl EfficientNetLite0 {
             blocks,
             conv_head,
             fc,
-        })
+            blocked: None,
+        }
+        .with_blocked_flow())
+    }
+
+    /// Builds the NCHW16c copy of the blocks and head where the CPU runs it
+    /// (`RUNNER_NCHWC=0` keeps the NCHW path, for A/B comparisons).
+    fn with_blocked_flow(mut self) -> Self {
+        let disabled = std::env::var("RUNNER_NCHWC").is_ok_and(|v| v == "0");
+        if nchwc::available() && !disabled {
+            self.blocked = BlockedFlow::of(&self);
+        }
+        self
+    }
+
+    /// This network on the NCHW path whatever the CPU (the reference the
+    /// NCHW16c path is tested against).
+    pub fn nchw_only(mut self) -> Self {
+        self.blocked = None;
+        self
+    }
+
+    fn forward_features_nchw(&self, x: Tensor) -> candle_core::Result<Tensor> {
+        let mut x = x;
+        for b in &self.blocks {
+            // 16 (112) -> 24 (56) -> 40 (28) -> 80 (14) -> 112 (14) -> 192 (7) -> 320 (7)
+            x = b.forward(&x)?;
+        }
+        let x = self.conv_head.forward(&x)?; // (N, 1280, 7, 7)
+        global_avg_pool(&x) // (N, 1280)
     }
 
     /// Whether the checkpoint carried the `_fc` classifier.
@@ -282,13 +319,14 @@ impl EfficientNetLite0 {
 
 impl Backbone for EfficientNetLite0 {
     fn forward_features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut x = self.conv_stem.forward(x)?; // (N, 32, 112, 112)
-        for b in &self.blocks {
-            // 16 (112) -> 24 (56) -> 40 (28) -> 80 (14) -> 112 (14) -> 192 (7) -> 320 (7)
-            x = b.forward(&x)?;
+        let x = self.conv_stem.forward(x)?; // (N, 32, 112, 112)
+        if let Some(flow) = &self.blocked {
+            // The NCHW16c kernels are CPU kernels.
+            if !super::portable::wanted(&x) {
+                return flow.forward(&x);
+            }
         }
-        let x = self.conv_head.forward(&x)?; // (N, 1280, 7, 7)
-        global_avg_pool(&x) // (N, 1280)
+        self.forward_features_nchw(x)
     }
 
     fn num_features(&self) -> usize {
