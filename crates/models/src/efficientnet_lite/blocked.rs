@@ -5,7 +5,7 @@
 use candle_core::Tensor;
 
 use super::{EfficientNetLite0, MbConv};
-use crate::layers::{BlockedConv1x1, BlockedDepthwise};
+use crate::layers::{into_blocked, BlockedConv1x1, BlockedDepthwise};
 use runner_kernels::nchwc::Blocked;
 
 /// [`MbConv`] in NCHW16c: `[expand] -> depthwise -> project [+ x]`.
@@ -60,16 +60,14 @@ impl BlockedFlow {
     }
 
     /// `x`: the stem's `(N, 32, H, W)` output -> pooled `(N, 1280)`.
-    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        let data = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let mut y = Blocked::from_nchw(&data, (n, c, h, w));
-        drop(data);
+    pub(super) fn forward(&self, x: Tensor) -> candle_core::Result<Tensor> {
+        let n = x.dim(0)?;
+        let (mut y, device) = into_blocked(x)?;
         for b in &self.blocks {
             y = b.forward(&y);
         }
         let pooled = self.head.forward(&y, None).global_avg();
         let f = pooled.len() / n.max(1);
-        Tensor::from_vec(pooled, (n, f), x.device())
+        Tensor::from_vec(pooled, (n, f), &device)
     }
 }

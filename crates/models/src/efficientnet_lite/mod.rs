@@ -323,7 +323,7 @@ impl Backbone for EfficientNetLite0 {
         if let Some(flow) = &self.blocked {
             // The NCHW16c kernels are CPU kernels.
             if !super::portable::wanted(&x) {
-                return flow.forward(&x);
+                return flow.forward(x);
             }
         }
         self.forward_features_nchw(x)

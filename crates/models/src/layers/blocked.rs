@@ -7,10 +7,31 @@
 use runner_kernels::nchwc;
 use runner_kernels::window::Clamp;
 
+use candle_core::{Storage, Tensor};
+
 use super::conv::Conv2d;
+use super::cpu_op::cpu_f32;
 use super::depthwise::DepthwiseConv2d;
 use super::padding::Padding;
 use crate::profile;
+
+/// An NCHW CPU tensor in NCHW16c, and its device. Takes the tensor so that
+/// its storage is freed as soon as it is converted (read in place, with no
+/// intermediate copy): at the stem of Xception that is two 88 MB buffers
+/// fewer at batch 16.
+pub fn into_blocked(x: Tensor) -> candle_core::Result<(nchwc::Blocked, candle_core::Device)> {
+    let dims = x.dims4()?;
+    let device = x.device().clone();
+    let blocked = {
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            candle_core::bail!("nchwc: expected a CPU tensor")
+        };
+        nchwc::Blocked::from_nchw(cpu_f32("nchwc", cpu, layout)?, dims)
+    };
+    drop(x);
+    Ok((blocked, device))
+}
 
 /// A 1x1 convolution (any stride, no padding) for [`nchwc::Blocked`] maps.
 pub struct BlockedConv1x1 {

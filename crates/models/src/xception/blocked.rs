@@ -4,7 +4,7 @@
 use candle_core::Tensor;
 
 use super::{DownBlock, MiddleBlock, SepConv, Xception};
-use crate::layers::{blocked_max_pool, BlockedConv1x1, BlockedDepthwise, Padding};
+use crate::layers::{blocked_max_pool, into_blocked, BlockedConv1x1, BlockedDepthwise, Padding};
 use runner_kernels::nchwc::Blocked;
 
 /// A separable convolution in NCHW16c: `pw(dw(x)) (+ residual)`.
@@ -46,9 +46,11 @@ impl BlockedDown {
     }
 
     fn forward(&self, x: &Blocked) -> Blocked {
-        let y = self.sep1.forward(x, None);
-        let y = self.sep2.forward(&y, None);
-        let y = blocked_max_pool(&y, 3, 2, self.pool_padding);
+        // Reassigned, not shadowed: each map is freed as soon as the next
+        // exists (a shadowed binding lives to the end of the scope).
+        let mut y = self.sep1.forward(x, None);
+        y = self.sep2.forward(&y, None);
+        y = blocked_max_pool(&y, 3, 2, self.pool_padding);
         self.residual.forward(x, Some(&y))
     }
 }
@@ -86,14 +88,12 @@ impl BlockedFlow {
     }
 
     /// `x`: the stem's `(N, 64, H, W)` output -> pooled `(N, 2048)`.
-    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        let data = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let y = Blocked::from_nchw(&data, (n, c, h, w));
-        drop(data);
+    pub(super) fn forward(&self, x: Tensor) -> candle_core::Result<Tensor> {
+        let n = x.dim(0)?;
+        let (y, device) = into_blocked(x)?;
         let pooled = self.forward_blocked(y);
         let f = pooled.len() / n.max(1);
-        Tensor::from_vec(pooled, (n, f), x.device())
+        Tensor::from_vec(pooled, (n, f), &device)
     }
 
     fn forward_blocked(&self, mut y: Blocked) -> Vec<f32> {
@@ -101,8 +101,8 @@ impl BlockedFlow {
             y = b.forward(&y);
         }
         for [s1, s2, s3] in &self.middle {
-            let t = s1.forward(&y, None);
-            let t = s2.forward(&t, None);
+            let mut t = s1.forward(&y, None);
+            t = s2.forward(&t, None);
             y = s3.forward(&t, Some(&y));
         }
         y = self.block13.forward(&y);

@@ -310,9 +310,10 @@ impl DownBlock {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // The shortcut sees the block input before its ReLU.
         let residual = self.residual.forward(x)?; // (N, C_out, ceil(H/2), ceil(W/2))
-        let y = self.sep1.forward(x)?; // (N, C_mid, H, W)
-        let y = self.sep2.forward(&y)?; // (N, C_out, H, W)
-        let y = max_pool2d(&y, 3, 2, self.pool_padding)?; // (N, C_out, ceil(H/2), ceil(W/2))
+                                                  // Reassigned, not shadowed, so that each map is freed once used.
+        let mut y = self.sep1.forward(x)?; // (N, C_mid, H, W)
+        y = self.sep2.forward(&y)?; // (N, C_out, H, W)
+        y = max_pool2d(&y, 3, 2, self.pool_padding)?; // (N, C_out, ceil(H/2), ceil(W/2))
         y + residual
     }
 }
@@ -414,12 +415,12 @@ impl Xception {
 
 impl Backbone for Xception {
     fn forward_features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.block1_conv1.forward(x)?; // (N, 32, 149, 149)
-        let mut x = self.block1_conv2.forward(&x)?; // (N, 64, 147, 147)
+        // (N, 32, 149, 149) -> (N, 64, 147, 147), the first freed at once
+        let mut x = self.block1_conv2.forward(&self.block1_conv1.forward(x)?)?;
         if let Some(flow) = &self.blocked {
             // The NCHW16c kernels are CPU kernels.
             if !super::portable::wanted(&x) {
-                return flow.forward(&x);
+                return flow.forward(x);
             }
         }
         for b in &self.entry {
