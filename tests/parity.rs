@@ -110,10 +110,11 @@ fn efficientnet_lite0_features_and_logits_match_pytorch_reference() {
         )
         .expect("load backbone")
     };
-    assert!(load().has_classifier());
+    let model = load();
+    assert!(model.has_classifier());
     let (x, xf) = inputs(&fx);
     // The default path (NCHW16c on AVX-512 CPUs) and the NCHW one.
-    for (path, model) in [("", load()), (" (NCHW)", load().nchw_only())] {
+    for (path, model) in [("", model), (" (NCHW)", load().nchw_only())] {
         let t = Instant::now();
         let (f, l) = model.forward_features_and_logits(&x).expect("forward");
         println!(

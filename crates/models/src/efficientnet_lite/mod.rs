@@ -34,8 +34,8 @@ use super::onnx::build::{same_pads, ConvAttrs, GraphBuilder};
 use super::registry::{ModelEntry, Probe};
 use super::weights_view::TorchWeights;
 use super::{Backbone, ModelError};
+use crate::layers::nchwc_enabled;
 use blocked::BlockedFlow;
-use runner_kernels::nchwc;
 
 const ARCH: &str = "efficientnet_lite0";
 
@@ -264,11 +264,10 @@ impl EfficientNetLite0 {
         .with_blocked_flow())
     }
 
-    /// Builds the NCHW16c copy of the blocks and head where the CPU runs it
-    /// (`RUNNER_NCHWC=0` keeps the NCHW path, for A/B comparisons).
+    /// Builds the NCHW16c copy of the blocks and head where it runs
+    /// ([`nchwc_enabled`]).
     fn with_blocked_flow(mut self) -> Self {
-        let disabled = std::env::var("RUNNER_NCHWC").is_ok_and(|v| v == "0");
-        if nchwc::available() && !disabled {
+        if nchwc_enabled() {
             self.blocked = BlockedFlow::of(&self);
         }
         self
@@ -281,8 +280,7 @@ impl EfficientNetLite0 {
         self
     }
 
-    fn forward_features_nchw(&self, x: Tensor) -> candle_core::Result<Tensor> {
-        let mut x = x;
+    fn forward_features_nchw(&self, mut x: Tensor) -> candle_core::Result<Tensor> {
         for b in &self.blocks {
             // 16 (112) -> 24 (56) -> 40 (28) -> 80 (14) -> 112 (14) -> 192 (7) -> 320 (7)
             x = b.forward(&x)?;

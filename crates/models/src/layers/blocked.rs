@@ -15,6 +15,13 @@ use super::depthwise::DepthwiseConv2d;
 use super::padding::Padding;
 use crate::profile;
 
+/// Whether backbones build their NCHW16c copies: on CPUs that run the
+/// kernels ([`nchwc::available`]), unless `RUNNER_NCHWC=0` asks for the NCHW
+/// path (A/B comparisons).
+pub fn nchwc_enabled() -> bool {
+    nchwc::available() && !std::env::var("RUNNER_NCHWC").is_ok_and(|v| v == "0")
+}
+
 /// An NCHW CPU tensor in NCHW16c, and its device. Takes the tensor so that
 /// its storage is freed as soon as it is converted (read in place, with no
 /// intermediate copy): at the stem of Xception that is two 88 MB buffers

@@ -35,7 +35,9 @@ mod padding;
 mod pool;
 mod weights;
 
-pub use blocked::{blocked_max_pool, into_blocked, BlockedConv1x1, BlockedDepthwise};
+pub use blocked::{
+    blocked_max_pool, into_blocked, nchwc_enabled, BlockedConv1x1, BlockedDepthwise,
+};
 pub use conv::{Conv2d, Conv2dConfig};
 pub use depthwise::{depthwise_conv2d, DepthwiseConfig, DepthwiseConv2d};
 pub use padding::{same_pad_1d, Pad4, Padding, WindowGeometry};

@@ -44,8 +44,8 @@ use super::layers::{
 };
 use super::registry::{self, ModelEntry, Probe};
 use super::{Backbone, ModelError};
+use crate::layers::nchwc_enabled;
 use blocked::BlockedFlow;
-use runner_kernels::nchwc;
 
 const ARCH: &str = "xception";
 
@@ -308,9 +308,9 @@ impl DownBlock {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // The shortcut sees the block input before its ReLU.
+        // The shortcut sees the block input before its ReLU. The maps below
+        // are reassigned, not shadowed, so that each is freed once used.
         let residual = self.residual.forward(x)?; // (N, C_out, ceil(H/2), ceil(W/2))
-                                                  // Reassigned, not shadowed, so that each map is freed once used.
         let mut y = self.sep1.forward(x)?; // (N, C_mid, H, W)
         y = self.sep2.forward(&y)?; // (N, C_out, H, W)
         y = max_pool2d(&y, 3, 2, self.pool_padding)?; // (N, C_out, ceil(H/2), ceil(W/2))
@@ -397,11 +397,10 @@ impl Xception {
         .with_blocked_flow())
     }
 
-    /// Builds the NCHW16c copy of blocks 2..=14 where the CPU runs it
-    /// (`RUNNER_NCHWC=0` keeps the NCHW path, for A/B comparisons).
+    /// Builds the NCHW16c copy of blocks 2..=14 where it runs
+    /// ([`nchwc_enabled`]).
     fn with_blocked_flow(mut self) -> Self {
-        let disabled = std::env::var("RUNNER_NCHWC").is_ok_and(|v| v == "0");
-        if nchwc::available() && !disabled {
+        if nchwc_enabled() {
             self.blocked = BlockedFlow::of(&self);
         }
         self
