@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 
-def conv_label(node, shapes):
+def conv_label(node):
     """"conv 3x3/2", "depthwise 5x5", "conv 1x1" for a convolution kernel event."""
     args = node.get("args", {})
     kh = kw = None
@@ -104,7 +104,7 @@ def main():
     work = collections.Counter()
     for e in kernels:
         op = e["args"].get("op_name", "?")
-        label = conv_label(e, None) if "Conv" in op else op
+        label = conv_label(e) if "Conv" in op else op
         if "Conv" in op and op != "Conv":
             label = f"{label} ({op})"
         total[label] += e["dur"]
