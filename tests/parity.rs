@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use runner_models::{self as models, resnet, Arch, Backbone, BackboneSpec, EfficientNetLite0};
+use runner_models::{
+    self as models, resnet, Arch, Backbone, BackboneSpec, EfficientNetLite0, InceptionV3,
+};
 
 use crate::common::rel_err;
 
@@ -96,7 +98,24 @@ fn xception_features_match_keras_reference() {
 
 #[test]
 fn inception_v3_features_match_keras_reference() {
-    check_backbone("inception_v3", "inception_v3_nsfwjs_notop");
+    let stem = "inception_v3_nsfwjs_notop";
+    // The default path (NCHW16c after the first convolution on AVX-512
+    // CPUs), then the NCHW one.
+    check_backbone("inception_v3", stem);
+    let fx = fixture(stem);
+    let path = models_dir().join(format!("{stem}.safetensors"));
+    let model = InceptionV3::load(&path, &Device::Cpu)
+        .expect("load backbone")
+        .nchw_only();
+    let (x, xf) = inputs(&fx);
+    let f = model.forward_features(&x).expect("forward");
+    check("inception_v3 (NCHW) features", &f, get(&fx, "features"));
+    let ff = model.forward_features(&xf).expect("forward flipped");
+    check(
+        "inception_v3 (NCHW) features_hflip",
+        &ff,
+        get(&fx, "features_hflip"),
+    );
 }
 
 #[test]

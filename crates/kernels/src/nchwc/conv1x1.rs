@@ -47,6 +47,28 @@ impl Packed1x1 {
 /// `act(W x + b) (+ residual)` for every pixel: a 1x1 convolution, stride
 /// 1, NCHW16c in and out. `residual` has the output's shape.
 pub fn conv1x1(x: &Blocked, p: &Packed1x1, act: Clamp, residual: Option<&Blocked>) -> Blocked {
+    let mut y = Blocked {
+        data: uninit(x.n * p.o.div_ceil(CB) * x.hw() * CB),
+        n: x.n,
+        c: p.o,
+        h: x.h,
+        w: x.w,
+    };
+    conv1x1_into(x, p, act, residual, &mut y, 0);
+    y
+}
+
+/// [`conv1x1`] written to `y`'s blocks `block_offset..` (`y` has `x`'s
+/// images, height and width): a branch writes its part of a
+/// concatenation in place.
+pub fn conv1x1_into(
+    x: &Blocked,
+    p: &Packed1x1,
+    act: Clamp,
+    residual: Option<&Blocked>,
+    y: &mut Blocked,
+    block_offset: usize,
+) {
     assert_eq!(x.c, p.c, "conv1x1: input channels");
     let (n, hw) = (x.n, x.hw());
     let (xb, ob) = (x.blocks(), p.o.div_ceil(CB));
@@ -57,15 +79,11 @@ pub fn conv1x1(x: &Blocked, p: &Packed1x1, act: Clamp, residual: Option<&Blocked
             "conv1x1: residual shape"
         );
     }
-    let mut y = Blocked {
-        data: uninit(n * ob * hw * CB),
-        n,
-        c: p.o,
-        h: x.h,
-        w: x.w,
-    };
+    assert_eq!((y.n, y.h, y.w), (n, x.h, x.w), "conv1x1: output shape");
+    assert!(block_offset + ob <= y.blocks(), "conv1x1: output blocks");
+    let yb = y.blocks();
     if hw == 0 || n == 0 {
-        return y;
+        return;
     }
     let tiles = hw.div_ceil(MR);
     // Tasks: (image, group of tiles); each runs every pair of output blocks
@@ -78,7 +96,7 @@ pub fn conv1x1(x: &Blocked, p: &Packed1x1, act: Clamp, residual: Option<&Blocked
         let xi = &x.data[img * xb * hw * CB..][..xb * hw * CB];
         let ri = residual.map(|r| &r.data[img * ob * hw * CB..][..ob * hw * CB]);
         // SAFETY: this task writes only its image's pixels of its tiles.
-        let yi = unsafe { yp.get().add(img * ob * hw * CB) };
+        let yi = unsafe { yp.get().add((img * yb + block_offset) * hw * CB) };
         let mut scratch_x = Vec::new();
         let mut scratch_y = [[0f32; MR * CB]; 2];
         for o2 in 0..p.o.div_ceil(32) {
@@ -152,7 +170,6 @@ pub fn conv1x1(x: &Blocked, p: &Packed1x1, act: Clamp, residual: Option<&Blocked
             }
         }
     });
-    y
 }
 
 /// What a tile applies before storing: `act(acc + bias) (+ residual)`.

@@ -26,11 +26,13 @@ use rayon::prelude::*;
 
 use crate::uninit;
 
+pub mod conv;
 pub mod conv1x1;
 pub mod window;
 
-pub use conv1x1::{conv1x1, Packed1x1};
-pub use window::{depthwise, max_pool, PackedDepthwise, Pad};
+pub use conv::{conv, conv_into, PackedConv};
+pub use conv1x1::{conv1x1, conv1x1_into, Packed1x1};
+pub use window::{avg_pool_into, depthwise, max_pool, max_pool_into, PackedDepthwise, Pad};
 
 /// Channels per block: one AVX-512 register of f32.
 pub const CB: usize = 16;
@@ -70,6 +72,18 @@ impl Blocked {
 
     fn plane(&self) -> usize {
         self.hw() * CB
+    }
+
+    /// A map whose every block its producers will write (the branches of a
+    /// concatenation, a convolution's output): nothing is initialised.
+    pub fn uninit(n: usize, c: usize, h: usize, w: usize) -> Self {
+        Self {
+            data: uninit(n * c.div_ceil(CB) * h * w * CB),
+            n,
+            c,
+            h,
+            w,
+        }
     }
 
     /// From NCHW `(n, c, h, w)`, padding lanes zeroed.

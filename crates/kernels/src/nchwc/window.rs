@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::{Blocked, CB};
 use crate::window::Clamp;
-use crate::{uninit, ConvGeometry};
+use crate::{uninit, ConvGeometry, SyncPtr};
 
 /// Depthwise weights per channel block: `[block][tap][16]`, bias `[block][16]`.
 pub struct PackedDepthwise {
@@ -58,6 +58,14 @@ enum Reduce<'a> {
     },
     /// Max over the in-bounds taps (padding never wins).
     Max,
+    /// `act(mean + b)`: the mean over the in-bounds taps (`exclude_pad`,
+    /// Keras) or over the whole window, padding counted as zeros (PyTorch's
+    /// default); `bias` has a whole number of blocks.
+    Avg {
+        exclude_pad: bool,
+        bias: &'a [f32],
+        act: Clamp,
+    },
 }
 
 /// Depthwise convolution (multiplier 1), NCHW16c in and out.
@@ -84,7 +92,70 @@ pub fn max_pool(x: &Blocked, k: (usize, usize), stride: usize, pad: Pad) -> Bloc
     window(x, k, stride, pad, Reduce::Max)
 }
 
+/// [`max_pool`] written to `y`'s blocks `block_offset..` (a branch of a
+/// concatenation).
+pub fn max_pool_into(
+    x: &Blocked,
+    k: (usize, usize),
+    stride: usize,
+    pad: Pad,
+    y: &mut Blocked,
+    block_offset: usize,
+) {
+    window_into(x, k, stride, pad, Reduce::Max, y, block_offset)
+}
+
+/// `act(avg_pool(x) + bias)` written to `y`'s blocks `block_offset..`:
+/// average pooling, the padding excluded from the mean (`exclude_pad`) or
+/// counted as zeros. With a bias and an activation this is the tail of
+/// `conv1x1(avg_pool(x))` computed as `avg_pool(conv1x1(x))` (both are
+/// linear), which pools the convolution's fewer output channels.
+#[allow(clippy::too_many_arguments)]
+pub fn avg_pool_into(
+    x: &Blocked,
+    k: (usize, usize),
+    stride: usize,
+    pad: Pad,
+    exclude_pad: bool,
+    bias: &[f32],
+    act: Clamp,
+    y: &mut Blocked,
+    block_offset: usize,
+) {
+    assert_eq!(bias.len(), x.c, "avg pool: bias");
+    let mut b = bias.to_vec();
+    b.resize(x.blocks() * CB, 0.0);
+    let op = Reduce::Avg {
+        exclude_pad,
+        bias: &b,
+        act,
+    };
+    window_into(x, k, stride, pad, op, y, block_offset)
+}
+
 fn window(x: &Blocked, k: (usize, usize), s: usize, pad: Pad, op: Reduce) -> Blocked {
+    let (t, b, l, r) = pad;
+    let (oh, ow) = (out_len(x.h, t, b, k.0, s), out_len(x.w, l, r, k.1, s));
+    let mut y = Blocked {
+        data: uninit(x.n * x.blocks() * oh * ow * CB),
+        n: x.n,
+        c: x.c,
+        h: oh,
+        w: ow,
+    };
+    window_into(x, k, s, pad, op, &mut y, 0);
+    y
+}
+
+fn window_into(
+    x: &Blocked,
+    k: (usize, usize),
+    s: usize,
+    pad: Pad,
+    op: Reduce,
+    y: &mut Blocked,
+    block_offset: usize,
+) {
     let (t, b, l, r) = pad;
     let (oh, ow) = (out_len(x.h, t, b, k.0, s), out_len(x.w, l, r, k.1, s));
     let g = ConvGeometry {
@@ -95,25 +166,28 @@ fn window(x: &Blocked, k: (usize, usize), s: usize, pad: Pad, op: Reduce) -> Blo
         out: (oh, ow),
     };
     let blocks = x.blocks();
-    let mut y = Blocked {
-        data: uninit(x.n * blocks * oh * ow * CB),
-        n: x.n,
-        c: x.c,
-        h: oh,
-        w: ow,
-    };
+    assert_eq!((y.n, y.h, y.w), (x.n, oh, ow), "window: output shape");
+    assert!(block_offset + blocks <= y.blocks(), "window: output blocks");
+    let yb = y.blocks();
+    let yp = SyncPtr::new(y.data.as_mut_ptr());
     // An activation on the depthwise input is applied once per input
     // pixel, into a scratch plane, rather than once per tap that reads it.
     let in_act = match op {
         Reduce::Depthwise { in_act, .. } if in_act != Clamp::NONE => Some(in_act),
         _ => None,
     };
-    y.data
-        .par_chunks_mut(oh * ow * CB)
-        .zip(x.data.par_chunks(x.plane()))
+    x.data
+        .par_chunks(x.plane())
         .enumerate()
-        .for_each_init(Vec::new, |scratch, (nb, (dst, src))| {
-            let blk = nb % blocks;
+        .for_each_init(Vec::new, |scratch, (nb, src)| {
+            let (img, blk) = (nb / blocks, nb % blocks);
+            // SAFETY: each task writes its own plane of `y`.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(
+                    yp.get().add((img * yb + block_offset + blk) * oh * ow * CB),
+                    oh * ow * CB,
+                )
+            };
             let src = match in_act {
                 Some(a) => {
                     scratch.clear();
@@ -129,7 +203,6 @@ fn window(x: &Blocked, k: (usize, usize), s: usize, pad: Pad, op: Reduce) -> Blo
                 window_plane(src, dst, g, blk, op)
             };
         });
-    y
 }
 
 /// One block plane of a window op. Interior output pixels (every tap in
@@ -153,8 +226,10 @@ unsafe fn window_plane(src: &[f32], dst: &mut [f32], g: ConvGeometry, blk: usize
     const V: usize = 8;
     let xp = src.as_ptr();
     let yp = dst.as_mut_ptr();
-    // The input activation was applied by the caller (`window`).
-    let (taps, bias, out_lo, out_hi, is_max) = match op {
+    // The input activation was applied by the caller (`window`). `init`
+    // starts each accumulator; the mean's bias is added after scaling.
+    let zero = _mm512_setzero_ps();
+    let (taps, init, out_lo, out_hi, is_max) = match op {
         Reduce::Depthwise { p, out_act, .. } => (
             p.w[blk * kh * kw * CB..].as_ptr(),
             _mm512_loadu_ps(p.bias[blk * CB..].as_ptr()),
@@ -167,7 +242,26 @@ unsafe fn window_plane(src: &[f32], dst: &mut [f32], g: ConvGeometry, blk: usize
             let inf = _mm512_set1_ps(f32::INFINITY);
             (std::ptr::null(), ninf, ninf, inf, true)
         }
+        Reduce::Avg { act, .. } => (
+            std::ptr::null(),
+            zero,
+            _mm512_set1_ps(act.lo),
+            _mm512_set1_ps(act.hi),
+            false,
+        ),
     };
+    // For the mean: the divisor, and the bias added after it.
+    let (avg, exclude_pad, post_bias) = match op {
+        Reduce::Avg {
+            exclude_pad, bias, ..
+        } => (
+            true,
+            exclude_pad,
+            _mm512_loadu_ps(bias[blk * CB..].as_ptr()),
+        ),
+        _ => (false, false, zero),
+    };
+    let bias = init;
     // Output columns whose window lies inside the image: ox * s >= l and
     // ox * s + kw - l <= w.
     let ox_lo = l.div_ceil(s).min(ow);
@@ -181,8 +275,10 @@ unsafe fn window_plane(src: &[f32], dst: &mut [f32], g: ConvGeometry, blk: usize
         let y0 = (oy * s) as isize - t as isize;
         let ky_lo = (-y0).max(0) as usize;
         let ky_hi = ((h as isize - y0).max(0) as usize).min(kh);
-        let one = |ox: usize, acc0: __m512| -> __m512 {
+        // The sum or max over pixel `ox`'s in-bounds taps, and their count.
+        let one = |ox: usize, acc0: __m512| -> (__m512, usize) {
             let mut acc = acc0;
+            let mut count = 0;
             let x0 = (ox * s) as isize - l as isize;
             for ky in ky_lo..ky_hi {
                 let row = (y0 + ky as isize) as usize * w;
@@ -192,20 +288,32 @@ unsafe fn window_plane(src: &[f32], dst: &mut [f32], g: ConvGeometry, blk: usize
                         continue;
                     }
                     let v = _mm512_loadu_ps(xp.add((row + ix as usize) * CB));
+                    count += 1;
                     acc = if is_max {
                         _mm512_max_ps(acc, v)
+                    } else if avg {
+                        _mm512_add_ps(acc, v)
                     } else {
                         _mm512_fmadd_ps(v, _mm512_loadu_ps(taps.add((ky * kw + kx) * CB)), acc)
                     };
                 }
             }
-            acc
+            (acc, count)
         };
-        let finish = |acc: __m512| _mm512_min_ps(_mm512_max_ps(acc, out_lo), out_hi);
+        let finish = |(acc, count): (__m512, usize)| {
+            let acc = if avg {
+                let n = if exclude_pad { count.max(1) } else { kh * kw };
+                _mm512_fmadd_ps(acc, _mm512_set1_ps(1.0 / n as f32), post_bias)
+            } else {
+                acc
+            };
+            _mm512_min_ps(_mm512_max_ps(acc, out_lo), out_hi)
+        };
         let out_row = yp.add(oy * ow * CB);
         for ox in (0..ox_lo).chain(ox_hi..ow) {
             _mm512_storeu_ps(out_row.add(ox * CB), finish(one(ox, bias)));
         }
+        let interior_taps = (ky_hi - ky_lo) * kw;
         let mut ox = ox_lo;
         while ox + V <= ox_hi {
             let mut acc = [bias; V];
@@ -217,6 +325,10 @@ unsafe fn window_plane(src: &[f32], dst: &mut [f32], g: ConvGeometry, blk: usize
                         for (j, a) in acc.iter_mut().enumerate() {
                             *a = _mm512_max_ps(*a, _mm512_loadu_ps(row.add((j * s + kx) * CB)));
                         }
+                    } else if avg {
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            *a = _mm512_add_ps(*a, _mm512_loadu_ps(row.add((j * s + kx) * CB)));
+                        }
                     } else {
                         let wt = _mm512_loadu_ps(taps.add((ky * kw + kx) * CB));
                         for (j, a) in acc.iter_mut().enumerate() {
@@ -227,7 +339,7 @@ unsafe fn window_plane(src: &[f32], dst: &mut [f32], g: ConvGeometry, blk: usize
                 }
             }
             for (j, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(out_row.add((ox + j) * CB), finish(*a));
+                _mm512_storeu_ps(out_row.add((ox + j) * CB), finish((*a, interior_taps)));
             }
             ox += V;
         }
@@ -288,8 +400,46 @@ mod tests {
         y
     }
 
+    /// `relu(avg_pool(x) + bias)` on NCHW by its definition.
+    fn reference_avg(
+        x: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+        k: usize,
+        s: usize,
+        (t, b, l, r): Pad,
+        exclude_pad: bool,
+        bias: &[f32],
+    ) -> Vec<f32> {
+        let (oh, ow) = (out_len(h, t, b, k, s), out_len(w, l, r, k, s));
+        let mut y = vec![0f32; n * c * oh * ow];
+        for img in 0..n {
+            for ch in 0..c {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let (mut sum, mut count) = (0f32, 0);
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * s + ky) as isize - t as isize;
+                                let ix = (ox * s + kx) as isize - l as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                sum += x[((img * c + ch) * h + iy as usize) * w + ix as usize];
+                                count += 1;
+                            }
+                        }
+                        let d = if exclude_pad { count } else { k * k };
+                        y[((img * c + ch) * oh + oy) * ow + ox] =
+                            (sum / d as f32 + bias[ch]).max(0.0);
+                    }
+                }
+            }
+        }
+        y
+    }
+
     #[test]
-    fn depthwise_and_max_pool_match_their_definitions() {
+    fn depthwise_and_pools_match_their_definitions() {
         if !available() {
             eprintln!("no AVX-512F: NCHW16c kernels unused on this CPU");
             return;
@@ -315,6 +465,20 @@ mod tests {
             let got = max_pool(&xb, (k, k), s, pad).to_nchw();
             let want = reference(&x, (n, c, h, w), (k, k), s, pad, None);
             close(&got, &want, 0.0);
+            for exclude_pad in [true, false] {
+                let (t, b, l, r) = pad;
+                let (oh, ow) = (out_len(h, t, b, k, s), out_len(w, l, r, k, s));
+                let mut y = Blocked {
+                    data: vec![0.0; n * xb.blocks() * oh * ow * CB],
+                    n,
+                    c,
+                    h: oh,
+                    w: ow,
+                };
+                avg_pool_into(&xb, (k, k), s, pad, exclude_pad, &bias, RELU, &mut y, 0);
+                let want = reference_avg(&x, (n, c, h, w), k, s, pad, exclude_pad, &bias);
+                close(&y.to_nchw(), &want, 1e-5);
+            }
         }
     }
 }

@@ -22,8 +22,10 @@
 //! what the checkpoint's framework does.
 //!
 //! `names` holds the timm / torchvision name map; `onnx` writes the same
-//! network as ONNX nodes.
+//! network as ONNX nodes; `blocked` re-packs everything after the first
+//! convolution for the NCHW16c CPU kernels.
 
+mod blocked;
 mod names;
 mod onnx;
 
@@ -34,11 +36,12 @@ use candle_core::{Device, Tensor};
 use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
 use super::flavour::{Convention, Flavour, FoldedConv};
 use super::layers::{
-    avg_pool2d_same_exclude_pad, concat_channels, global_avg_pool, max_pool2d, Act, Conv2d,
-    Conv2dConfig, DepthwiseConfig, DepthwiseConv2d, Pad4, Padding, Weights,
+    avg_pool2d_same_exclude_pad, concat_channels, global_avg_pool, max_pool2d, nchwc_enabled, Act,
+    Conv2d, Conv2dConfig, DepthwiseConfig, DepthwiseConv2d, Pad4, Padding, Weights,
 };
 use super::registry::{self, ModelEntry, Probe};
 use super::{Backbone, ModelError};
+use blocked::BlockedFlow;
 pub use names::torch_modules;
 
 const ARCH: &str = "inception_v3";
@@ -365,6 +368,8 @@ pub struct InceptionV3 {
     mixed8: BlockD,
     mixed9_10: [BlockE; 2],
     flavour: Flavour,
+    /// The NCHW16c copy of everything after `conv2d_1`, where it runs.
+    blocked: Option<BlockedFlow>,
 }
 
 impl InceptionV3 {
@@ -404,7 +409,24 @@ impl InceptionV3 {
             mixed8: BlockD::load(&mut s)?,
             mixed9_10: [BlockE::load(&mut s)?, BlockE::load(&mut s)?],
             flavour,
-        })
+            blocked: None,
+        }
+        .with_blocked_flow())
+    }
+
+    /// Builds the NCHW16c copy where it runs ([`nchwc_enabled`]).
+    fn with_blocked_flow(mut self) -> Self {
+        if nchwc_enabled() {
+            self.blocked = BlockedFlow::of(&self);
+        }
+        self
+    }
+
+    /// This network on the NCHW path whatever the CPU (the reference the
+    /// NCHW16c path is tested against).
+    pub fn nchw_only(mut self) -> Self {
+        self.blocked = None;
+        self
     }
 
     /// Whose names the checkpoint used, hence whose numerics this model follows.
@@ -416,6 +438,12 @@ impl InceptionV3 {
 impl Backbone for InceptionV3 {
     fn forward_features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = self.stem[0].forward(x)?; // (N, 32, 149, 149)
+        if let Some(flow) = &self.blocked {
+            // The NCHW16c kernels are CPU kernels.
+            if !super::portable::wanted(&x) {
+                return flow.forward(x);
+            }
+        }
         let x = self.stem[1].forward(&x)?; // (N, 32, 147, 147)
         let x = self.stem[2].forward(&x)?; // (N, 64, 147, 147)
         let x = max_pool2d(&x, 3, 2, Padding::Valid)?; // (N, 64, 73, 73)

@@ -1,7 +1,7 @@
-//! The layers of Xception's middle and exit flows in the NCHW16c layout
-//! ([`runner_kernels::nchwc`]), built from the NCHW ones: a 1x1 convolution
-//! ([`BlockedConv1x1`]), a depthwise convolution ([`BlockedDepthwise`]) and
-//! max pooling ([`blocked_max_pool`]). Only AVX-512F machines run them
+//! Layers in the NCHW16c layout ([`runner_kernels::nchwc`]), built from the
+//! NCHW ones: a 1x1 convolution ([`BlockedConv1x1`]), any dense convolution
+//! ([`BlockedConv`]), a depthwise convolution ([`BlockedDepthwise`]) and max
+//! pooling ([`blocked_max_pool`]). Only AVX-512F machines run them
 //! ([`nchwc::available`]).
 
 use runner_kernels::nchwc;
@@ -48,8 +48,27 @@ pub struct BlockedConv1x1 {
 }
 
 impl BlockedConv1x1 {
+    pub fn out_channels(&self) -> usize {
+        self.packed.o
+    }
+
     /// `act(conv(x) + b) (+ residual)`.
     pub fn forward(&self, x: &nchwc::Blocked, residual: Option<&nchwc::Blocked>) -> nchwc::Blocked {
+        let (h, w) = (x.h.div_ceil(self.stride), x.w.div_ceil(self.stride));
+        let mut y = nchwc::Blocked::uninit(x.n, self.packed.o, h, w);
+        self.forward_into(x, residual, &mut y, 0);
+        y
+    }
+
+    /// [`Self::forward`] written to `y`'s blocks `block_offset..` (a branch
+    /// of a concatenation).
+    pub fn forward_into(
+        &self,
+        x: &nchwc::Blocked,
+        residual: Option<&nchwc::Blocked>,
+        y: &mut nchwc::Blocked,
+        block_offset: usize,
+    ) {
         let flops = || {
             let (h, w) = (x.h.div_ceil(self.stride), x.w.div_ceil(self.stride));
             2.0 * (x.n * h * w * self.packed.c * self.packed.o) as f64
@@ -61,15 +80,129 @@ impl BlockedConv1x1 {
         };
         profile::time(
             || (format!("{label}/{}", self.stride), flops()),
-            || match self.stride {
-                1 => nchwc::conv1x1(x, &self.packed, self.act, residual),
-                _ => nchwc::conv1x1(&x.subsample2(), &self.packed, self.act, residual),
+            || {
+                let (p, act) = (&self.packed, self.act);
+                match self.stride {
+                    1 => nchwc::conv1x1_into(x, p, act, residual, y, block_offset),
+                    _ => nchwc::conv1x1_into(&x.subsample2(), p, act, residual, y, block_offset),
+                }
             },
         )
     }
 }
 
+/// A dense convolution for [`nchwc::Blocked`] maps: the 1x1 kernel for
+/// unpadded 1x1 windows, the row-exact `kh x kw` kernel otherwise.
+pub enum BlockedConv {
+    OneByOne(BlockedConv1x1),
+    Dense {
+        packed: nchwc::PackedConv,
+        stride: usize,
+        padding: Padding,
+        act: Clamp,
+    },
+}
+
+impl BlockedConv {
+    pub fn out_channels(&self) -> usize {
+        match self {
+            Self::OneByOne(c) => c.out_channels(),
+            Self::Dense { packed, .. } => packed.o,
+        }
+    }
+
+    /// `act(conv(x) + b)`.
+    pub fn forward(&self, x: &nchwc::Blocked) -> nchwc::Blocked {
+        match self {
+            Self::OneByOne(c) => c.forward(x, None),
+            Self::Dense { packed, .. } => {
+                let (oh, ow) = self.out_hw(x);
+                let mut y = nchwc::Blocked::uninit(x.n, packed.o, oh, ow);
+                self.forward_into(x, &mut y, 0);
+                y
+            }
+        }
+    }
+
+    /// The output's height and width for input `x`.
+    fn out_hw(&self, x: &nchwc::Blocked) -> (usize, usize) {
+        match self {
+            Self::OneByOne(c) => (x.h.div_ceil(c.stride), x.w.div_ceil(c.stride)),
+            Self::Dense {
+                packed,
+                stride,
+                padding,
+                ..
+            } => {
+                let (t, b, l, r) = padding.resolve((x.h, x.w), packed.k, *stride).tblr();
+                let (kh, kw) = packed.k;
+                (
+                    (x.h + t + b).saturating_sub(kh) / stride + 1,
+                    (x.w + l + r).saturating_sub(kw) / stride + 1,
+                )
+            }
+        }
+    }
+
+    /// [`Self::forward`] written to `y`'s blocks `block_offset..`.
+    pub fn forward_into(&self, x: &nchwc::Blocked, y: &mut nchwc::Blocked, block_offset: usize) {
+        match self {
+            Self::OneByOne(c) => c.forward_into(x, None, y, block_offset),
+            Self::Dense {
+                packed,
+                stride,
+                padding,
+                act,
+            } => {
+                let (kh, kw) = packed.k;
+                let pad = padding.resolve((x.h, x.w), (kh, kw), *stride).tblr();
+                let out = y.n * y.hw();
+                profile::time(
+                    || {
+                        let flops = 2.0 * (out * packed.c * packed.o * kh * kw) as f64;
+                        (format!("nchwc conv {kh}x{kw}/{stride}"), flops)
+                    },
+                    || nchwc::conv_into(x, packed, *stride, pad, *act, y, block_offset),
+                )
+            }
+        }
+    }
+}
+
 impl Conv2d {
+    /// This convolution for NCHW16c maps.
+    pub fn blocked(&self) -> BlockedConv {
+        if let Some(c) = self.blocked_1x1() {
+            return BlockedConv::OneByOne(c);
+        }
+        let w = self.weight.to_row_major();
+        let (o, c) = (self.out_channels(), self.in_channels);
+        BlockedConv::Dense {
+            packed: nchwc::PackedConv::new(&w, &self.bias, o, c, self.k, 2),
+            stride: self.cfg.stride,
+            padding: self.cfg.padding,
+            act: self.cfg.act.clamp(),
+        }
+    }
+
+    /// This 1x1 convolution without its bias and activation, and those two:
+    /// `act(pool(conv(x)) + b)` equals `act(conv(pool(x)) + b)` for a linear
+    /// pool, on the convolution's (fewer) output channels.
+    pub fn blocked_1x1_linear(&self) -> Option<(BlockedConv1x1, Vec<f32>, Clamp)> {
+        let c = self.blocked_1x1()?;
+        if c.stride != 1 {
+            return None;
+        }
+        let w = self.weight.to_row_major();
+        let zero = vec![0.0; self.out_channels()];
+        let linear = BlockedConv1x1 {
+            packed: nchwc::Packed1x1::new(&w, &zero, self.out_channels(), self.in_channels),
+            stride: 1,
+            act: Clamp::NONE,
+        };
+        Some((linear, self.bias.clone(), c.act))
+    }
+
     /// This convolution for NCHW16c maps, when it is 1x1 without padding
     /// (stride 1 or 2).
     pub fn blocked_1x1(&self) -> Option<BlockedConv1x1> {
@@ -141,5 +274,21 @@ pub fn blocked_max_pool(
     profile::time(
         || (format!("nchwc max pool {k}x{k}/{stride}"), 0.0),
         || nchwc::max_pool(x, (k, k), stride, pad),
+    )
+}
+
+/// [`blocked_max_pool`] written to `y`'s blocks `block_offset..`.
+pub fn blocked_max_pool_into(
+    x: &nchwc::Blocked,
+    k: usize,
+    stride: usize,
+    padding: Padding,
+    y: &mut nchwc::Blocked,
+    block_offset: usize,
+) {
+    let pad = padding.resolve((x.h, x.w), (k, k), stride).tblr();
+    profile::time(
+        || (format!("nchwc max pool {k}x{k}/{stride}"), 0.0),
+        || nchwc::max_pool_into(x, (k, k), stride, pad, y, block_offset),
     )
 }
