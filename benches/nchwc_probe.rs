@@ -1,7 +1,7 @@
 //! Probe of the NCHW16c layout that onnxruntime's MLAS uses (channels
 //! blocked by 16: `[C/16][H*W][16]`; BENCHMARKS.md, "Where the time goes"):
 //! a 1x1 convolution in it against runner's packed GEMM on the same shape,
-//! in one process, alternating, with `kernels::nchwc::conv1x1` (the layout's
+//! in one process, alternating, with `kernels::nchwc::conv` (the layout's
 //! kernel that Xception runs) alongside.
 //!
 //! In NCHW16c a 1x1 convolution is a GEMM whose left operand (pixels x input
@@ -303,7 +303,13 @@ fn main() {
         let mut yn = vec![0f32; n * o * hw];
         let (mut t_ref, mut t_n, mut t_p) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
         let xb = nchwc::Blocked::from_nchw(&x, (n, c, side, side));
-        let pk = nchwc::Packed1x1::new(&w, &vec![0.0; o], o, c);
+        let pk = nchwc::PackedConv::new(&w, &vec![0.0; o], o, c, (1, 1), 2);
+        let args = nchwc::ConvArgs {
+            stride: 1,
+            pad: (0, 0, 0, 0),
+            act: Clamp::NONE,
+            residual: None,
+        };
         for _ in 0..5 {
             let t = Instant::now();
             for _ in 0..reps {
@@ -318,7 +324,7 @@ fn main() {
             t_n = t_n.min(t.elapsed().as_secs_f64() / reps as f64);
             let t = Instant::now();
             for _ in 0..reps {
-                std::hint::black_box(nchwc::conv1x1(&xb, &pk, Clamp::NONE, None));
+                std::hint::black_box(nchwc::conv(&xb, &pk, args));
             }
             t_p = t_p.min(t.elapsed().as_secs_f64() / reps as f64);
         }
@@ -334,7 +340,7 @@ fn main() {
         let (g_ref, g_n) = (flop / t_ref / 1e9, flop / t_n / 1e9);
         let g_p = flop / t_p / 1e9;
         println!(
-            "{:<30} {g_ref:>10.1} {g_n:>10.1} {:>6.2}x  (max |diff| {max_diff:.1e}); kernels::nchwc::conv1x1 {g_p:.1}",
+            "{:<30} {g_ref:>10.1} {g_n:>10.1} {:>6.2}x  (max |diff| {max_diff:.1e}); kernels::nchwc::conv {g_p:.1}",
             format!("{c} -> {o} @ {side}x{side}"),
             g_n / g_ref
         );

@@ -8,6 +8,8 @@
 //! contribute zero). This is how onnxruntime's MLAS runs its NCHWc
 //! convolutions; InceptionV3's 3x3, 5x5, 1x7 and 7x1 layers are all of it.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::{Blocked, Pad, CB};
@@ -96,117 +98,150 @@ fn out_len(len: usize, before: usize, after: usize, k: usize, s: usize) -> usize
     (len + before + after).saturating_sub(k) / s + 1
 }
 
-/// `act(conv(x) + b)` with padding `pad` and stride `stride`, written to
-/// `y`'s blocks `block_offset..` (the concatenation of branch outputs is
-/// then just where each branch writes). `y` must have `x`'s images and the
-/// output's height and width.
+/// A convolution's operands and options: `act(conv(x) + b) (+ residual)`
+/// with padding `pad` and stride `stride`; `residual` has the output's
+/// shape.
+#[derive(Clone, Copy)]
+pub struct ConvArgs<'a> {
+    pub stride: usize,
+    pub pad: Pad,
+    pub act: Clamp,
+    pub residual: Option<&'a Blocked>,
+}
+
+/// The output's height and width.
+pub fn out_hw(x: &Blocked, p: &PackedConv, stride: usize, (t, b, l, r): Pad) -> (usize, usize) {
+    (
+        out_len(x.h, t, b, p.k.0, stride),
+        out_len(x.w, l, r, p.k.1, stride),
+    )
+}
+
+/// The convolution written to `y`'s blocks `block_offset..` (the
+/// concatenation of branch outputs is then just where each branch
+/// writes). `y` must have `x`'s images and the output's height and width.
 pub fn conv_into(
     x: &Blocked,
     p: &PackedConv,
-    stride: usize,
-    pad: Pad,
-    act: Clamp,
+    args: ConvArgs,
     y: &mut Blocked,
     block_offset: usize,
 ) {
     assert_eq!(x.c, p.c, "conv: input channels");
-    let (kh, kw) = p.k;
-    let (t, b, l, r) = pad;
-    let (oh, ow) = (
-        out_len(x.h, t, b, kh, stride),
-        out_len(x.w, l, r, kw, stride),
-    );
+    let (s, pad) = (args.stride, args.pad);
+    let (oh, ow) = out_hw(x, p, s, pad);
     let ob = p.o.div_ceil(CB);
     assert_eq!((y.n, y.h, y.w), (x.n, oh, ow), "conv: output shape");
     assert!(block_offset + ob <= y.blocks(), "conv: output blocks");
+    if let Some(r) = args.residual {
+        assert_eq!(
+            (r.n, r.c, r.h, r.w),
+            (x.n, p.o, oh, ow),
+            "conv: residual shape"
+        );
+    }
     let n = x.n;
     if n == 0 || oh * ow == 0 {
         return;
     }
-    // Rows per task: about 64 output pixels, so a task's input rows stay
-    // in L1/L2 while every group of weights passes over them.
-    let rows = 64usize.div_ceil(ow).clamp(1, oh);
+    // A 1x1 window with stride 1 and no padding reads each output pixel's
+    // own input pixel: the plane is one row of `h * w` pixels, so tiles are
+    // balanced over the whole plane rather than each row.
+    let flat = p.k == (1, 1) && s == 1 && pad == (0, 0, 0, 0);
+    let (h, w, oh, ow) = if flat {
+        (1, x.hw(), 1, oh * ow)
+    } else {
+        (x.h, x.w, oh, ow)
+    };
+    // Rows per task: about 256 output pixels, balanced, so that the rows a
+    // padded window copies (`kh - 1` more than it computes) are amortised
+    // and a task's input rows stay in L2 while every group of weights
+    // passes over them.
+    let row_tasks = oh.div_ceil(256usize.div_ceil(ow).clamp(1, oh));
+    let rows = oh.div_ceil(row_tasks);
     let row_tasks = oh.div_ceil(rows);
+    // Columns per task: a flat plane is cut into runs whose input (every
+    // channel) stays in L2 across the groups of weights.
+    let col_tasks = if flat {
+        ow.div_ceil((65536 / p.c.max(1)).clamp(28, 512))
+    } else {
+        1
+    };
+    let cols = ow.div_ceil(col_tasks);
+    let col_tasks = ow.div_ceil(cols);
+    let spatial = row_tasks * col_tasks;
     // Small maps (8x8 at batch 1) also split the output groups, so that
     // every thread has work.
     let want = 4 * rayon::current_num_threads();
-    let split = want.div_ceil(n * row_tasks).clamp(1, p.groups.len());
+    let split = want.div_ceil(n * spatial).clamp(1, p.groups.len());
     let groups_per_task = p.groups.len().div_ceil(split);
     let plan = Plan {
         x,
         p,
-        s: stride,
-        pad,
+        args,
+        h,
+        w,
         oh,
         ow,
-        act,
         y_blocks: y.blocks(),
         block_offset,
     };
     let yp = SyncPtr::new(y.data.as_mut_ptr());
-    (0..n * row_tasks * split)
+    (0..n * spatial * split)
         .into_par_iter()
         .for_each_init(Vec::new, |scratch, task| {
-            let (img, rest) = (task / (row_tasks * split), task % (row_tasks * split));
-            let (rt, gs) = (rest / split, rest % split);
-            let oy = rt * rows..((rt + 1) * rows).min(oh);
+            let (img, rest) = (task / (spatial * split), task % (spatial * split));
+            let (sp, gs) = (rest / split, rest % split);
+            let (rt, ct) = (sp / col_tasks, sp % col_tasks);
+            let oys = rt * rows..((rt + 1) * rows).min(oh);
+            let oxs = ct * cols..((ct + 1) * cols).min(ow);
             let g = gs * groups_per_task..((gs + 1) * groups_per_task).min(p.groups.len());
-            // SAFETY: this task writes only its image's rows `oy` of the
-            // blocks of groups `g`.
-            unsafe { plan.run(img, oy, g, scratch, yp) };
+            // SAFETY: this task writes only its image's pixels `oys` x
+            // `oxs` of the blocks of groups `g`.
+            unsafe { plan.run(img, (oys, oxs), g, scratch, yp) };
         });
 }
 
 /// [`conv_into`] into a new map.
-pub fn conv(x: &Blocked, p: &PackedConv, stride: usize, pad: Pad, act: Clamp) -> Blocked {
-    let (kh, kw) = p.k;
-    let (t, b, l, r) = pad;
-    let (oh, ow) = (
-        out_len(x.h, t, b, kh, stride),
-        out_len(x.w, l, r, kw, stride),
-    );
-    let mut y = Blocked {
-        data: crate::uninit(x.n * p.o.div_ceil(CB) * oh * ow * CB),
-        n: x.n,
-        c: p.o,
-        h: oh,
-        w: ow,
-    };
-    conv_into(x, p, stride, pad, act, &mut y, 0);
+pub fn conv(x: &Blocked, p: &PackedConv, args: ConvArgs) -> Blocked {
+    let (oh, ow) = out_hw(x, p, args.stride, args.pad);
+    let mut y = Blocked::uninit(x.n, p.o, oh, ow);
+    conv_into(x, p, args, &mut y, 0);
     y
 }
 
-/// One call's geometry, shared by its tasks.
+/// One call's geometry, shared by its tasks. `h, w, oh, ow` are the input
+/// and output as tiled: one row of `h * w` pixels for a flat 1x1.
 struct Plan<'a> {
     x: &'a Blocked,
     p: &'a PackedConv,
-    s: usize,
-    pad: Pad,
+    args: ConvArgs<'a>,
+    h: usize,
+    w: usize,
     oh: usize,
     ow: usize,
-    act: Clamp,
     y_blocks: usize,
     block_offset: usize,
 }
 
 impl Plan<'_> {
-    /// Output rows `oys` of groups `gs` for image `img`.
+    /// Output pixels `oys x oxs` of groups `gs` for image `img`.
     ///
     /// # Safety
     /// `y` is the output's data (`y_blocks` blocks of `oh x ow` per image);
-    /// no other task writes these rows of these blocks.
+    /// no other task writes these pixels of these blocks.
     unsafe fn run(
         &self,
         img: usize,
-        oys: std::ops::Range<usize>,
-        gs: std::ops::Range<usize>,
+        (oys, oxs): (Range<usize>, Range<usize>),
+        gs: Range<usize>,
         scratch: &mut Vec<f32>,
         y: SyncPtr,
     ) {
-        let (x, p, s) = (self.x, self.p, self.s);
+        let (x, p, s) = (self.x, self.p, self.args.stride);
         let (kh, kw) = p.k;
-        let (t, _, l, r) = self.pad;
-        let (h, w, xb) = (x.h, x.w, x.blocks());
+        let (t, _, l, r) = self.args.pad;
+        let (h, w, xb) = (self.h, self.w, x.blocks());
         // The input rows these output rows read, clipped to the image.
         let iy0 = (oys.start * s).saturating_sub(t);
         let iy1 = ((oys.end - 1) * s + kh).saturating_sub(t).min(h).max(iy0);
@@ -218,23 +253,34 @@ impl Plan<'_> {
         } else {
             let wp = w + l + r;
             let nrows = iy1 - iy0;
-            scratch.clear();
             scratch.resize(xb * nrows * wp * CB, 0.0);
             for cb in 0..xb {
                 for (j, iy) in (iy0..iy1).enumerate() {
                     let from = &xi[((cb * h + iy) * w) * CB..][..w * CB];
-                    scratch[((cb * nrows + j) * wp + l) * CB..][..w * CB].copy_from_slice(from);
+                    let row = &mut scratch[(cb * nrows + j) * wp * CB..][..wp * CB];
+                    row[..l * CB].fill(0.0);
+                    row[l * CB..(l + w) * CB].copy_from_slice(from);
+                    row[(l + w) * CB..].fill(0.0);
                 }
             }
             (&scratch[..], wp, nrows, iy0)
         };
         let (oh, ow) = (self.oh, self.ow);
-        // Balanced row segments of at most `max_m` pixels.
+        let plane = oh * ow * CB;
+        let act = self.args.act;
+        let res = self.args.residual.map(|r| r.data.as_ptr());
         for gi in gs {
             let (at, gb) = p.groups[gi];
+            // Balanced runs of at most `max_m` pixels.
             let max_m = MAX_PIXELS.min(MAX_ACC / gb);
-            let segs = ow.div_ceil(max_m);
+            let segs = oxs.len().div_ceil(max_m);
             let g0 = gi * p.group();
+            let out_at = |oy: usize, ox: usize| {
+                ((img * self.y_blocks + self.block_offset + g0) * oh + oy) * ow * CB + ox * CB
+            };
+            let res_at = |oy: usize, ox: usize| {
+                ((img * p.o.div_ceil(CB) + g0) * oh + oy) * ow * CB + ox * CB
+            };
             for oy in oys.clone() {
                 let y0 = (oy * s) as isize - t as isize;
                 let ky_lo = (-y0).max(0) as usize;
@@ -242,24 +288,23 @@ impl Plan<'_> {
                 if ky_lo >= ky_hi {
                     // Every tap of this row is padding: bias only.
                     for k in 0..gb {
-                        let blk = self.block_offset + g0 + k;
-                        let out = y
-                            .get()
-                            .add(((img * self.y_blocks + blk) * oh + oy) * ow * CB);
-                        let mut v = [0f32; CB];
-                        for (v, &b) in v.iter_mut().zip(&p.bias[(g0 + k) * CB..][..CB]) {
-                            *v = self.act.apply(b);
-                        }
-                        for ox in 0..ow {
-                            std::ptr::copy_nonoverlapping(v.as_ptr(), out.add(ox * CB), CB);
+                        let out = y.get().add(out_at(oy, 0) + k * plane);
+                        for ox in oxs.clone() {
+                            for lane in 0..CB {
+                                let mut v = act.apply(p.bias[(g0 + k) * CB + lane]);
+                                if let Some(r) = res {
+                                    v += *r.add(res_at(oy, ox) + k * plane + lane);
+                                }
+                                *out.add(ox * CB + lane) = v;
+                            }
                         }
                     }
                     continue;
                 }
                 let src_y = (y0 + ky_lo as isize) as usize - src_row0;
-                let mut ox0 = 0;
+                let mut ox0 = oxs.start;
                 for seg in 0..segs {
-                    let m = ow / segs + usize::from(seg < ow % segs);
+                    let m = oxs.len() / segs + usize::from(seg < oxs.len() % segs);
                     let tile = Tile {
                         x: src.as_ptr().add((src_y * src_w + ox0 * s) * CB),
                         cstride: src_rows * src_w * CB,
@@ -273,14 +318,10 @@ impl Plan<'_> {
                         w_cstride: kh * kw * CB * gb * CB,
                         w_tap: CB * gb,
                         bias: p.bias.as_ptr().add(g0 * CB),
-                        act: self.act,
-                        out: y.get().add(
-                            ((img * self.y_blocks + self.block_offset + g0) * oh * ow
-                                + oy * ow
-                                + ox0)
-                                * CB,
-                        ),
-                        out_bstride: oh * ow * CB,
+                        act,
+                        out: y.get().add(out_at(oy, ox0)),
+                        res: res.map_or(std::ptr::null(), |r| r.add(res_at(oy, ox0))),
+                        out_bstride: plane,
                     };
                     run_tile(m, gb, &tile);
                     ox0 += m;
@@ -313,8 +354,10 @@ struct Tile {
     w_tap: usize,
     bias: *const f32,
     act: Clamp,
-    /// Output pixel 0 of block 0; blocks `out_bstride` floats apart.
+    /// Output pixel 0 of block 0, and of the residual (or null); blocks
+    /// `out_bstride` floats apart in both.
     out: *mut f32,
+    res: *const f32,
     out_bstride: usize,
 }
 
@@ -338,6 +381,38 @@ unsafe fn run_tile(m: usize, nb: usize, t: &Tile) {
         3 => [1 2 3 4 5 6 7 8 9],
         4 => [1 2 3 4 5 6 7]
     )
+}
+
+/// One tap's `lanes` input channels: `acc[i][k] += x[i][ci] * w[ci][k]`.
+///
+/// # Safety
+/// AVX-512F; `x` holds `M` pixels `pstride` floats apart, `w` `lanes x NB
+/// x 16` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn lane_steps<const M: usize, const NB: usize>(
+    lanes: usize,
+    x: *const f32,
+    pstride: usize,
+    w: *const f32,
+    acc: &mut [[std::arch::x86_64::__m512; NB]; M],
+) {
+    use std::arch::x86_64::*;
+    let mut wp = w;
+    for ci in 0..lanes {
+        let mut wv = [_mm512_setzero_ps(); NB];
+        for (k, v) in wv.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(wp.add(16 * k));
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            let a = _mm512_set1_ps(*x.add(i * pstride + ci));
+            for k in 0..NB {
+                row[k] = _mm512_fmadd_ps(a, wv[k], row[k]);
+            }
+        }
+        wp = wp.add(16 * NB);
+    }
 }
 
 /// `M` pixels x `NB` blocks: `act(sum over taps and input channels of
@@ -365,29 +440,26 @@ unsafe fn tile<const M: usize, const NB: usize>(t: &Tile) {
         for ky in 0..t.kh {
             for kx in 0..t.kw {
                 let xp = xc.add(ky * t.rstride + kx * CB);
-                let mut wp = wc.add(((t.ky0 + ky) * t.kw + kx) * w_tap);
-                for ci in 0..lanes {
-                    let mut wv = [_mm512_setzero_ps(); NB];
-                    for (k, v) in wv.iter_mut().enumerate() {
-                        *v = _mm512_loadu_ps(wp.add(16 * k));
-                    }
-                    for (i, row) in acc.iter_mut().enumerate() {
-                        let a = _mm512_set1_ps(*xp.add(i * t.pstride + ci));
-                        for k in 0..NB {
-                            row[k] = _mm512_fmadd_ps(a, wv[k], row[k]);
-                        }
-                    }
-                    wp = wp.add(16 * NB);
+                let wp = wc.add(((t.ky0 + ky) * t.kw + kx) * w_tap);
+                // Whole blocks run a loop of constant length (unrolled).
+                if lanes == CB {
+                    lane_steps::<M, NB>(CB, xp, t.pstride, wp, &mut acc);
+                } else {
+                    lane_steps::<M, NB>(lanes, xp, t.pstride, wp, &mut acc);
                 }
             }
         }
     }
     let (lo, hi) = (_mm512_set1_ps(t.act.lo), _mm512_set1_ps(t.act.hi));
     for (i, row) in acc.iter().enumerate() {
-        for k in 0..NB {
+        for (k, &acc) in row.iter().enumerate() {
             // `max` then `min`, as `Clamp::apply` (NaN becomes `lo`).
-            let v = _mm512_min_ps(_mm512_max_ps(row[k], lo), hi);
-            _mm512_storeu_ps(t.out.add(k * t.out_bstride + i * CB), v);
+            let mut v = _mm512_min_ps(_mm512_max_ps(acc, lo), hi);
+            let at = k * t.out_bstride + i * CB;
+            if !t.res.is_null() {
+                v = _mm512_add_ps(v, _mm512_loadu_ps(t.res.add(at)));
+            }
+            _mm512_storeu_ps(t.out.add(at), v);
         }
     }
 }
@@ -400,6 +472,7 @@ mod tests {
     use crate::rng::uniform_vec;
 
     /// `relu(conv(x) + b)` on NCHW by its definition.
+    #[allow(clippy::too_many_arguments)]
     fn reference(
         x: &[f32],
         (n, c, h, w): (usize, usize, usize, usize),
@@ -448,9 +521,13 @@ mod tests {
         // (n, c, o, h, w, k, stride, pad, group): same-padded 3x3, 1x7 and
         // 7x1 (padding on one axis only), valid 3x3/2, a 5x5, channel
         // counts that are not multiples of 16 (tail lanes, a narrower last
-        // group), rows wider than one tile, and a map smaller than the
-        // padding's reach.
+        // group), rows wider than one tile, a map smaller than the
+        // padding's reach, flat 1x1s (a plane longer than one run of
+        // columns) and a strided 1x1.
         let cases = [
+            (2, 200, 40, 7, 7, (1, 1), 1, (0, 0, 0, 0), 2),
+            (1, 24, 144, 30, 30, (1, 1), 1, (0, 0, 0, 0), 4),
+            (2, 16, 32, 9, 9, (1, 1), 2, (0, 0, 0, 0), 2),
             (2, 32, 48, 9, 17, (3, 3), 1, (1, 1, 1, 1), 2),
             (1, 24, 40, 8, 8, (1, 7), 1, (0, 0, 3, 3), 4),
             (1, 20, 64, 17, 5, (7, 1), 1, (3, 3, 0, 0), 3),
@@ -463,9 +540,23 @@ mod tests {
             let wt = uniform_vec(o * c * k.0 * k.1, 50 + i as u64);
             let bias = uniform_vec(o, 60 + i as u64);
             let p = PackedConv::new(&wt, &bias, o, c, k, group);
-            let got = conv(&Blocked::from_nchw(&x, (n, c, h, w)), &p, s, pad, RELU);
+            let xb = Blocked::from_nchw(&x, (n, c, h, w));
             let (want, oh, ow) = reference(&x, (n, c, h, w), &wt, &bias, o, k, s, pad);
+            let args = ConvArgs {
+                stride: s,
+                pad,
+                act: RELU,
+                residual: None,
+            };
+            let got = conv(&xb, &p, args);
             assert_eq!((got.h, got.w), (oh, ow), "case {i}");
+            close(&got.to_nchw(), &want, 1e-4);
+            // With a residual added after the activation.
+            let res = uniform_vec(n * o * oh * ow, 70 + i as u64);
+            let rb = Blocked::from_nchw(&res, (n, o, oh, ow));
+            let residual = Some(&rb);
+            let got = conv(&xb, &p, ConvArgs { residual, ..args });
+            let want: Vec<f32> = want.iter().zip(&res).map(|(a, b)| a + b).collect();
             close(&got.to_nchw(), &want, 1e-4);
         }
     }
@@ -486,15 +577,13 @@ mod tests {
             h,
             w,
         };
-        conv_into(
-            &Blocked::from_nchw(&x, (n, c, h, w)),
-            &p,
-            1,
-            (1, 1, 1, 1),
-            RELU,
-            &mut y,
-            1,
-        );
+        let args = ConvArgs {
+            stride: 1,
+            pad: (1, 1, 1, 1),
+            act: RELU,
+            residual: None,
+        };
+        conv_into(&Blocked::from_nchw(&x, (n, c, h, w)), &p, args, &mut y, 1);
         let plane = h * w * CB;
         assert!(y.data[..plane].iter().all(|&v| v == 7.0));
         assert!(y.data[3 * plane..].iter().all(|&v| v == 7.0));

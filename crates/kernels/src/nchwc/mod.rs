@@ -1,16 +1,19 @@
 //! The NCHW16c layout (channels blocked by 16: `[N][C/16][H*W][16]`) and the
-//! AVX-512 kernels that run Xception's middle and exit flows in it.
+//! AVX-512 kernels that run Xception's blocks 2-14, InceptionV3 after its
+//! first convolution and EfficientNet-Lite0's blocks in it.
 //!
 //! Why: in NCHW, a depthwise convolution or a pooling window works on one
 //! channel plane at a time and pays for padded copies and per-plane set-up
 //! (BENCHMARKS.md: 12% + 4% of Xception at ~30 GFLOP/s). In NCHW16c the 16
 //! channels of one pixel are one AVX-512 register: a depthwise tap is one
-//! FMA for 16 channels, pooling one `max`, with no padding copies. A 1x1
-//! convolution is a GEMM whose left operand is the activation tensor itself
-//! (pixels x input channels, one cache line per pixel and channel block):
-//! nothing is packed per call, the weights were packed at load, and the
-//! output comes out in the same layout for the next layer
-//! (`benches/nchwc_probe.rs` measured it at 0.98-1.5x our packed GEMM).
+//! FMA for 16 channels, pooling one `max`, with no padding copies. A dense
+//! convolution is, per tap, a GEMM whose left operand is the activation
+//! tensor itself (pixels x input channels, one cache line per pixel and
+//! channel block): nothing is gathered per call, the weights were packed at
+//! load, and the output comes out in the same layout for the next layer
+//! (`benches/nchwc_probe.rs` measured the 1x1 case at 0.98-1.5x our packed
+//! GEMM). A branch can write its output at a channel-block offset of a
+//! wider map, so a concatenation is free.
 //!
 //! Channel counts that are not a multiple of 16 (Xception's 728) are padded
 //! with zero lanes; every kernel here keeps padded lanes at zero (zero
@@ -19,19 +22,18 @@
 //! Only AVX-512F machines use these kernels ([`available`]); elsewhere the
 //! NCHW path runs.
 //!
-//! Files: this one holds the layout ([`Blocked`]); [`mod@conv1x1`] the 1x1
-//! convolution, [`window`] depthwise convolution and max pooling.
+//! Files: this one holds the layout ([`Blocked`]); [`mod@conv`] dense
+//! convolution (1x1 and `kh x kw`), [`window`] depthwise convolution and
+//! max and average pooling.
 
 use rayon::prelude::*;
 
 use crate::uninit;
 
 pub mod conv;
-pub mod conv1x1;
 pub mod window;
 
-pub use conv::{conv, conv_into, PackedConv};
-pub use conv1x1::{conv1x1, conv1x1_into, Packed1x1};
+pub use conv::{conv, conv_into, ConvArgs, PackedConv};
 pub use window::{avg_pool_into, depthwise, max_pool, max_pool_into, PackedDepthwise, Pad};
 
 /// Channels per block: one AVX-512 register of f32.
@@ -147,30 +149,6 @@ impl Blocked {
             });
         out
     }
-
-    /// Every other row and column from the first (a 1x1 convolution with
-    /// stride 2 and no padding reads only these pixels).
-    pub fn subsample2(&self) -> Self {
-        let (oh, ow) = (self.h.div_ceil(2), self.w.div_ceil(2));
-        let mut data = uninit(self.n * self.blocks() * oh * ow * CB);
-        data.par_chunks_mut(oh * ow * CB)
-            .zip(self.data.par_chunks(self.plane()))
-            .for_each(|(dst, src)| {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let s = ((2 * oy) * self.w + 2 * ox) * CB;
-                        dst[(oy * ow + ox) * CB..][..CB].copy_from_slice(&src[s..s + CB]);
-                    }
-                }
-            });
-        Self {
-            data,
-            n: self.n,
-            c: self.c,
-            h: oh,
-            w: ow,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -217,15 +195,5 @@ mod tests {
                 assert!((avg[img * c + ch] - want).abs() < 1e-5);
             }
         }
-    }
-
-    #[test]
-    fn subsample_keeps_even_rows_and_columns() {
-        let (n, c, h, w) = (1, 3, 5, 4);
-        let x: Vec<f32> = (0..n * c * h * w).map(|v| v as f32).collect();
-        let y = Blocked::from_nchw(&x, (n, c, h, w)).subsample2();
-        assert_eq!((y.h, y.w), (3, 2));
-        let got = y.to_nchw();
-        assert_eq!(&got[..6], &[0.0, 2.0, 8.0, 10.0, 16.0, 18.0]);
     }
 }

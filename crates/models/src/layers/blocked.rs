@@ -40,14 +40,23 @@ pub fn into_blocked(x: Tensor) -> candle_core::Result<(nchwc::Blocked, candle_co
     Ok((blocked, device))
 }
 
-/// A 1x1 convolution (any stride, no padding) for [`nchwc::Blocked`] maps.
+/// A 1x1 convolution (any stride, no padding) for [`nchwc::Blocked`] maps,
+/// with an optional residual added after the activation.
 pub struct BlockedConv1x1 {
-    packed: nchwc::Packed1x1,
+    packed: nchwc::PackedConv,
     stride: usize,
     act: Clamp,
 }
 
 impl BlockedConv1x1 {
+    fn new(w: &[f32], bias: &[f32], (o, c): (usize, usize), stride: usize, act: Clamp) -> Self {
+        Self {
+            packed: nchwc::PackedConv::new(w, bias, o, c, (1, 1), 2),
+            stride,
+            act,
+        }
+    }
+
     pub fn out_channels(&self) -> usize {
         self.packed.o
     }
@@ -69,24 +78,21 @@ impl BlockedConv1x1 {
         y: &mut nchwc::Blocked,
         block_offset: usize,
     ) {
-        let flops = || {
-            let (h, w) = (x.h.div_ceil(self.stride), x.w.div_ceil(self.stride));
-            2.0 * (x.n * h * w * self.packed.c * self.packed.o) as f64
-        };
+        let flops = 2.0 * (y.n * y.hw() * self.packed.c * self.packed.o) as f64;
         let label = if residual.is_some() {
             "nchwc conv 1x1 +res"
         } else {
             "nchwc conv 1x1"
         };
+        let args = nchwc::ConvArgs {
+            stride: self.stride,
+            pad: (0, 0, 0, 0),
+            act: self.act,
+            residual,
+        };
         profile::time(
-            || (format!("{label}/{}", self.stride), flops()),
-            || {
-                let (p, act) = (&self.packed, self.act);
-                match self.stride {
-                    1 => nchwc::conv1x1_into(x, p, act, residual, y, block_offset),
-                    _ => nchwc::conv1x1_into(&x.subsample2(), p, act, residual, y, block_offset),
-                }
-            },
+            || (format!("{label}/{}", self.stride), flops),
+            || nchwc::conv_into(x, &self.packed, args, y, block_offset),
         )
     }
 }
@@ -157,12 +163,18 @@ impl BlockedConv {
                 let (kh, kw) = packed.k;
                 let pad = padding.resolve((x.h, x.w), (kh, kw), *stride).tblr();
                 let out = y.n * y.hw();
+                let args = nchwc::ConvArgs {
+                    stride: *stride,
+                    pad,
+                    act: *act,
+                    residual: None,
+                };
                 profile::time(
                     || {
                         let flops = 2.0 * (out * packed.c * packed.o * kh * kw) as f64;
                         (format!("nchwc conv {kh}x{kw}/{stride}"), flops)
                     },
-                    || nchwc::conv_into(x, packed, *stride, pad, *act, y, block_offset),
+                    || nchwc::conv_into(x, packed, args, y, block_offset),
                 )
             }
         }
@@ -189,18 +201,15 @@ impl Conv2d {
     /// `act(pool(conv(x)) + b)` equals `act(conv(pool(x)) + b)` for a linear
     /// pool, on the convolution's (fewer) output channels.
     pub fn blocked_1x1_linear(&self) -> Option<(BlockedConv1x1, Vec<f32>, Clamp)> {
-        let c = self.blocked_1x1()?;
-        if c.stride != 1 {
+        let full = self.blocked_1x1()?;
+        if full.stride != 1 {
             return None;
         }
         let w = self.weight.to_row_major();
         let zero = vec![0.0; self.out_channels()];
-        let linear = BlockedConv1x1 {
-            packed: nchwc::Packed1x1::new(&w, &zero, self.out_channels(), self.in_channels),
-            stride: 1,
-            act: Clamp::NONE,
-        };
-        Some((linear, self.bias.clone(), c.act))
+        let oc = (self.out_channels(), self.in_channels);
+        let linear = BlockedConv1x1::new(&w, &zero, oc, 1, Clamp::NONE);
+        Some((linear, self.bias.clone(), full.act))
     }
 
     /// This convolution for NCHW16c maps, when it is 1x1 without padding
@@ -215,11 +224,9 @@ impl Conv2d {
             return None;
         }
         let w = self.weight.to_row_major();
-        Some(BlockedConv1x1 {
-            packed: nchwc::Packed1x1::new(&w, &self.bias, self.out_channels(), self.in_channels),
-            stride: self.cfg.stride,
-            act: self.cfg.act.clamp(),
-        })
+        let oc = (self.out_channels(), self.in_channels);
+        let (stride, act) = (self.cfg.stride, self.cfg.act.clamp());
+        Some(BlockedConv1x1::new(&w, &self.bias, oc, stride, act))
     }
 }
 
