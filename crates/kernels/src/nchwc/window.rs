@@ -1,6 +1,9 @@
-//! Depthwise convolution and max pooling in NCHW16c: the 16 channels of one
-//! pixel are one AVX-512 register, so a depthwise tap is one FMA for 16
-//! channels and a pooling tap one `max`, with no padded copies.
+//! Depthwise convolution and max and average pooling in NCHW16c: the 16
+//! channels of one pixel are one AVX-512 register, so a depthwise tap is one
+//! FMA for 16 channels and a pooling tap one `max` or add. The 3x3 and 5x5
+//! depthwise convolutions run on a zero-padded copy of each plane with a
+//! sliding window held in registers ([`dw_rows`]); other windows, and the
+//! pools, tap by tap with border checks ([`window_plane`]).
 
 use rayon::prelude::*;
 
@@ -188,6 +191,16 @@ fn window_into(
                     oh * ow * CB,
                 )
             };
+            if let Reduce::Depthwise { p, in_act, out_act } = op {
+                // SAFETY: AVX-512F checked by the caller (`available`); the
+                // plane sizes match the geometry.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    if depthwise_padded(src, dst, g, p, blk, (in_act, out_act), scratch) {
+                        return;
+                    }
+                }
+            }
             let src = match in_act {
                 Some(a) => {
                     scratch.clear();
@@ -203,6 +216,137 @@ fn window_into(
                 window_plane(src, dst, g, blk, op)
             };
         });
+}
+
+/// Output pixels per group of the padded depthwise kernel.
+const DW_V: usize = 8;
+
+/// A depthwise plane on a zero-padded copy of its input (the input
+/// activation applied on the way), so every output pixel runs the same
+/// eight-wide sliding-window kernel ([`dw_rows`]): no border pixels go
+/// one tap at a time, which on 7x7 and 14x14 maps was most of them.
+/// Returns false (nothing done) for windows the kernel has no instance of.
+///
+/// # Safety
+/// AVX-512F; `src` is `h * w * 16`, `dst` `oh * ow * 16` floats, with
+/// `(16, h, w)` and `(oh, ow)` the geometry's input and output.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn depthwise_padded(
+    src: &[f32],
+    dst: &mut [f32],
+    g: ConvGeometry,
+    p: &PackedDepthwise,
+    blk: usize,
+    (in_act, out_act): (Clamp, Clamp),
+    scratch: &mut Vec<f32>,
+) -> bool {
+    let ConvGeometry {
+        chw: (_, h, w),
+        kernel: (kh, kw),
+        stride: s,
+        top_left: (t, l),
+        out: (oh, ow),
+    } = g;
+    let run: unsafe fn(&Rows) = match (kh, kw, s) {
+        (3, 3, 1) => dw_rows::<3, 1>,
+        (5, 5, 1) => dw_rows::<5, 1>,
+        (3, 3, 2) => dw_rows::<3, 2>,
+        (5, 5, 2) => dw_rows::<5, 2>,
+        _ => return false,
+    };
+    if oh == 0 || ow == 0 {
+        return true;
+    }
+    // The padded copy: every row and column any output reads, the last
+    // group of eight outputs included (extra columns are zeros).
+    let groups = ow.div_ceil(DW_V);
+    let wp = (w + l).max((groups * DW_V - 1) * s + kw);
+    let hp = (h + t).max((oh - 1) * s + kh);
+    scratch.clear();
+    scratch.resize(hp * wp * CB, 0.0);
+    for iy in 0..h {
+        let from = &src[iy * w * CB..][..w * CB];
+        let to = &mut scratch[((iy + t) * wp + l) * CB..][..w * CB];
+        if in_act == Clamp::NONE {
+            to.copy_from_slice(from);
+        } else {
+            to.iter_mut()
+                .zip(from)
+                .for_each(|(d, &v)| *d = in_act.apply(v));
+        }
+    }
+    use std::arch::x86_64::*;
+    let rows = Rows {
+        src: scratch.as_ptr(),
+        wp,
+        kh,
+        dst: dst.as_mut_ptr(),
+        oh,
+        ow,
+        taps: p.w[blk * kh * kw * CB..].as_ptr(),
+        bias: _mm512_loadu_ps(p.bias[blk * CB..].as_ptr()),
+        lo: _mm512_set1_ps(out_act.lo),
+        hi: _mm512_set1_ps(out_act.hi),
+    };
+    run(&rows);
+    true
+}
+
+/// The operands of [`dw_rows`].
+#[cfg(target_arch = "x86_64")]
+struct Rows {
+    /// The padded plane, `wp` pixels per row.
+    src: *const f32,
+    wp: usize,
+    kh: usize,
+    dst: *mut f32,
+    oh: usize,
+    ow: usize,
+    /// `[tap][16]` weights of this block.
+    taps: *const f32,
+    bias: std::arch::x86_64::__m512,
+    lo: std::arch::x86_64::__m512,
+    hi: std::arch::x86_64::__m512,
+}
+
+/// Depthwise `kh x KW`, stride `S`, over a padded plane: eight output
+/// pixels at a time, each input row's `7 * S + KW` pixels loaded once into
+/// registers and shared by the eight outputs and `KW` taps (a tap-by-tap
+/// kernel loads nine vectors per eight FMAs).
+///
+/// # Safety
+/// AVX-512F; `r.src` holds every pixel the outputs read, the last group of
+/// eight included.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dw_rows<const KW: usize, const S: usize>(r: &Rows) {
+    use std::arch::x86_64::*;
+    // Input pixels one row of a group reads (at most 7 * 2 + 5).
+    let span = (DW_V - 1) * S + KW;
+    for oy in 0..r.oh {
+        for ox0 in (0..r.ow).step_by(DW_V) {
+            let mut acc = [r.bias; DW_V];
+            for ky in 0..r.kh {
+                let row = r.src.add(((oy * S + ky) * r.wp + ox0 * S) * CB);
+                let mut inp = [_mm512_setzero_ps(); 19];
+                for (q, v) in inp.iter_mut().enumerate().take(span) {
+                    *v = _mm512_loadu_ps(row.add(q * CB));
+                }
+                for kx in 0..KW {
+                    let wt = _mm512_loadu_ps(r.taps.add((ky * KW + kx) * CB));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(inp[j * S + kx], wt, *a);
+                    }
+                }
+            }
+            let out = r.dst.add((oy * r.ow + ox0) * CB);
+            for (j, a) in acc.iter().enumerate().take(r.ow - ox0) {
+                let v = _mm512_min_ps(_mm512_max_ps(*a, r.lo), r.hi);
+                _mm512_storeu_ps(out.add(j * CB), v);
+            }
+        }
+    }
 }
 
 /// One block plane of a window op. Interior output pixels (every tap in
@@ -445,13 +589,18 @@ mod tests {
             return;
         }
         // (n, c, h, w, k, stride, pad): Xception's same-padded 3x3 (stride
-        // 1 and 2, odd and even sizes), and a 5x5.
+        // 1 and 2, odd and even sizes), 5x5 with stride 1 and 2 (padding
+        // after larger than before), and maps narrower than one group of
+        // eight outputs; a 7x7 runs the tap-by-tap kernel.
         let cases = [
             (2, 40, 19, 19, 3, 1, (1, 1, 1, 1)),
             (1, 24, 10, 10, 3, 2, (0, 1, 0, 1)),
             (1, 17, 37, 37, 3, 2, (1, 1, 1, 1)),
             (1, 16, 12, 21, 5, 1, (2, 2, 2, 2)),
             (1, 16, 4, 4, 3, 1, (1, 1, 1, 1)),
+            (2, 32, 14, 14, 5, 2, (1, 2, 1, 2)),
+            (1, 16, 7, 7, 5, 1, (2, 2, 2, 2)),
+            (1, 16, 9, 11, 7, 1, (3, 3, 3, 3)),
         ];
         for (i, &(n, c, h, w, k, s, pad)) in cases.iter().enumerate() {
             let x = uniform_vec(n * c * h * w, 10 + i as u64);
