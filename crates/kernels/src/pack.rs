@@ -145,7 +145,7 @@ impl PackedA {
     }
 
     /// The `m x k` row-major matrix this was packed from (to re-pack the
-    /// same weights for another layout, e.g. [`crate::nchwc::Packed1x1`]).
+    /// same weights for another layout, e.g. [`crate::nchwc::PackedConv`]).
     pub fn to_row_major(&self) -> Vec<f32> {
         let (mr, kc, k) = (self.kern.mr, self.kc, self.k);
         let m_pad = self.m.div_ceil(mr) * mr;

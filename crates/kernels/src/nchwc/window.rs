@@ -2,8 +2,8 @@
 //! channels of one pixel are one AVX-512 register, so a depthwise tap is one
 //! FMA for 16 channels and a pooling tap one `max` or add. The 3x3 and 5x5
 //! depthwise convolutions run on a zero-padded copy of each plane with a
-//! sliding window held in registers ([`dw_rows`]); other windows, and the
-//! pools, tap by tap with border checks ([`window_plane`]).
+//! sliding window held in registers (`dw_rows`); other windows, and the
+//! pools, tap by tap with border checks (`window_plane`).
 
 use rayon::prelude::*;
 
