@@ -153,6 +153,101 @@ pub fn conv_into(
     } else {
         (x.h, x.w, oh, ow)
     };
+    let src = Source {
+        data: &x.data,
+        n,
+        blocks: x.blocks(),
+        h,
+        w,
+        px: CB,
+    };
+    run_plan(src, p, args, (oh, ow, flat), y, block_offset);
+}
+
+/// `act(conv(x) + b)` of an image batch given as NCHW `dims` with at most
+/// 16 channels (RGB), into a new NCHW16c map: the images are copied once
+/// into a zero-padded pixel-interleaved layout (`c` floats per pixel), so a
+/// first convolution reads 3 floats per input pixel, not a 16-lane block.
+pub fn conv_interleaved(
+    x: &[f32],
+    (n, c, h, w): (usize, usize, usize, usize),
+    p: &PackedConv,
+    args: ConvArgs,
+) -> Blocked {
+    assert!(
+        c <= CB && c == p.c,
+        "conv: interleaved input of {c} channels"
+    );
+    assert_eq!(x.len(), n * c * h * w, "conv: input size");
+    assert!(
+        args.residual.is_none(),
+        "conv: interleaved input has no residual"
+    );
+    let (t, b, l, r) = args.pad;
+    let (hp, wp) = (h + t + b, w + l + r);
+    let mut padded = vec![0f32; n * hp * wp * c];
+    padded
+        .par_chunks_mut(hp * wp * c)
+        .zip(x.par_chunks(c * h * w))
+        .for_each(|(dst, src)| {
+            for ch in 0..c {
+                for iy in 0..h {
+                    let row = &src[(ch * h + iy) * w..][..w];
+                    let out = &mut dst[((iy + t) * wp + l) * c + ch..];
+                    for (ix, &v) in row.iter().enumerate() {
+                        out[ix * c] = v;
+                    }
+                }
+            }
+        });
+    let (kh, kw) = p.k;
+    let (oh, ow) = (
+        out_len(hp, 0, 0, kh, args.stride),
+        out_len(wp, 0, 0, kw, args.stride),
+    );
+    let mut y = Blocked::uninit(n, p.o, oh, ow);
+    if n == 0 || oh * ow == 0 {
+        return y;
+    }
+    let src = Source {
+        data: &padded,
+        n,
+        blocks: 1,
+        h: hp,
+        w: wp,
+        px: c,
+    };
+    let args = ConvArgs {
+        pad: (0, 0, 0, 0),
+        ..args
+    };
+    run_plan(src, p, args, (oh, ow, false), &mut y, 0);
+    y
+}
+
+/// A convolution's input as the tiles read it: `blocks` planes of `h x w`
+/// pixels of `px` floats per image (NCHW16c: `px` = 16; interleaved RGB:
+/// one plane, `px` = 3).
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    data: &'a [f32],
+    n: usize,
+    blocks: usize,
+    h: usize,
+    w: usize,
+    px: usize,
+}
+
+/// Splits the output into tasks and runs them.
+fn run_plan(
+    x: Source,
+    p: &PackedConv,
+    args: ConvArgs,
+    (oh, ow, flat): (usize, usize, bool),
+    y: &mut Blocked,
+    block_offset: usize,
+) {
+    let n = x.n;
     // Rows per task: about 256 output pixels, balanced, so that the rows a
     // padded window copies (`kh - 1` more than it computes) are amortised
     // and a task's input rows stay in L2 while every group of weights
@@ -179,8 +274,6 @@ pub fn conv_into(
         x,
         p,
         args,
-        h,
-        w,
         oh,
         ow,
         y_blocks: y.blocks(),
@@ -210,14 +303,12 @@ pub fn conv(x: &Blocked, p: &PackedConv, args: ConvArgs) -> Blocked {
     y
 }
 
-/// One call's geometry, shared by its tasks. `h, w, oh, ow` are the input
-/// and output as tiled: one row of `h * w` pixels for a flat 1x1.
+/// One call's geometry, shared by its tasks. The input's and output's
+/// height and width are as tiled: one row of `h * w` pixels for a flat 1x1.
 struct Plan<'a> {
-    x: &'a Blocked,
+    x: Source<'a>,
     p: &'a PackedConv,
     args: ConvArgs<'a>,
-    h: usize,
-    w: usize,
     oh: usize,
     ow: usize,
     y_blocks: usize,
@@ -241,16 +332,19 @@ impl Plan<'_> {
         let (x, p, s) = (self.x, self.p, self.args.stride);
         let (kh, kw) = p.k;
         let (t, _, l, r) = self.args.pad;
-        let (h, w, xb) = (self.h, self.w, x.blocks());
+        let (h, w, xb, px) = (x.h, x.w, x.blocks, x.px);
         // The input rows these output rows read, clipped to the image.
         let iy0 = (oys.start * s).saturating_sub(t);
         let iy1 = ((oys.end - 1) * s + kh).saturating_sub(t).min(h).max(iy0);
-        let xi = &x.data[img * xb * h * w * CB..][..xb * h * w * CB];
-        // Source: rows iy0..iy1 of every block, `src_w` pixels per row;
-        // column 0 is input column -l.
-        let (src, src_w, src_rows, src_row0) = if l + r == 0 {
-            (xi, w, h, 0)
+        let xi = &x.data[img * xb * h * w * px..][..xb * h * w * px];
+        // Source: rows of every block, `src_w` pixels per row, `cstride`
+        // floats between blocks, its row 0 input row `src_row0`; column 0
+        // is input column -l.
+        let (src, src_w, cstride, src_row0) = if l + r == 0 {
+            (xi, w, h * w * px, 0)
         } else {
+            // Only NCHW16c inputs come here (interleaved ones are padded
+            // by `conv_interleaved`).
             let wp = w + l + r;
             let nrows = iy1 - iy0;
             scratch.resize(xb * nrows * wp * CB, 0.0);
@@ -263,7 +357,7 @@ impl Plan<'_> {
                     row[(l + w) * CB..].fill(0.0);
                 }
             }
-            (&scratch[..], wp, nrows, iy0)
+            (&scratch[..], wp, nrows * wp * CB, iy0)
         };
         let (oh, ow) = (self.oh, self.ow);
         let plane = oh * ow * CB;
@@ -306,10 +400,11 @@ impl Plan<'_> {
                 for seg in 0..segs {
                     let m = oxs.len() / segs + usize::from(seg < oxs.len() % segs);
                     let tile = Tile {
-                        x: src.as_ptr().add((src_y * src_w + ox0 * s) * CB),
-                        cstride: src_rows * src_w * CB,
-                        rstride: src_w * CB,
-                        pstride: s * CB,
+                        x: src.as_ptr().add((src_y * src_w + ox0 * s) * px),
+                        cstride,
+                        rstride: src_w * px,
+                        pstride: s * px,
+                        px,
                         c: p.c,
                         ky0: ky_lo,
                         kh: ky_hi - ky_lo,
@@ -336,10 +431,12 @@ struct Tile {
     /// Input pixel `(row of the first tap row, first pixel's column)` of
     /// channel block 0.
     x: *const f32,
-    /// Floats between channel blocks, rows, and output pixels' inputs.
+    /// Floats between channel blocks, rows, output pixels' inputs, and
+    /// input pixels.
     cstride: usize,
     rstride: usize,
     pstride: usize,
+    px: usize,
     /// Input channels.
     c: usize,
     /// The first tap row run, how many (the in-bounds ones), and taps per row.
@@ -439,7 +536,7 @@ unsafe fn tile<const M: usize, const NB: usize>(t: &Tile) {
         let w_tap = lanes * t.w_tap;
         for ky in 0..t.kh {
             for kx in 0..t.kw {
-                let xp = xc.add(ky * t.rstride + kx * CB);
+                let xp = xc.add(ky * t.rstride + kx * t.px);
                 let wp = wc.add(((t.ky0 + ky) * t.kw + kx) * w_tap);
                 // Whole blocks run a loop of constant length (unrolled).
                 if lanes == CB {
@@ -557,6 +654,35 @@ mod tests {
             let residual = Some(&rb);
             let got = conv(&xb, &p, ConvArgs { residual, ..args });
             let want: Vec<f32> = want.iter().zip(&res).map(|(a, b)| a + b).collect();
+            close(&got.to_nchw(), &want, 1e-4);
+        }
+    }
+
+    #[test]
+    fn interleaved_rgb_input_matches_the_definition() {
+        if !available() {
+            return;
+        }
+        // A stem: 3 channels, 3x3 stride 2, "same" (more padding after)
+        // and valid; rows longer than one tile.
+        for (i, &(h, w, pad)) in [(33, 40, (0, 1, 0, 1)), (31, 31, (0, 0, 0, 0))]
+            .iter()
+            .enumerate()
+        {
+            let (n, c, o) = (2, 3, 32);
+            let x = uniform_vec(n * c * h * w, 80 + i as u64);
+            let wt = uniform_vec(o * c * 9, 90 + i as u64);
+            let bias = uniform_vec(o, 100 + i as u64);
+            let p = PackedConv::new(&wt, &bias, o, c, (3, 3), 2);
+            let args = ConvArgs {
+                stride: 2,
+                pad,
+                act: RELU,
+                residual: None,
+            };
+            let got = conv_interleaved(&x, (n, c, h, w), &p, args);
+            let (want, oh, ow) = reference(&x, (n, c, h, w), &wt, &bias, o, (3, 3), 2, pad);
+            assert_eq!((got.h, got.w), (oh, ow));
             close(&got.to_nchw(), &want, 1e-4);
         }
     }

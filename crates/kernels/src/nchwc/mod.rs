@@ -33,7 +33,7 @@ use crate::uninit;
 pub mod conv;
 pub mod window;
 
-pub use conv::{conv, conv_into, ConvArgs, PackedConv};
+pub use conv::{conv, conv_interleaved, conv_into, ConvArgs, PackedConv};
 pub use window::{avg_pool_into, depthwise, max_pool, max_pool_into, PackedDepthwise, Pad};
 
 /// Channels per block: one AVX-512 register of f32.

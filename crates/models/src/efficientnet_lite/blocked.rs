@@ -5,7 +5,7 @@
 use candle_core::Tensor;
 
 use super::{EfficientNetLite0, MbConv};
-use crate::layers::{into_blocked, BlockedConv1x1, BlockedDepthwise};
+use crate::layers::{BlockedConv1x1, BlockedDepthwise, BlockedStem};
 use runner_kernels::nchwc::Blocked;
 
 /// [`MbConv`] in NCHW16c: `[expand] -> depthwise -> project [+ x]`.
@@ -38,11 +38,12 @@ impl BlockedMbConv {
     }
 }
 
-/// Blocks and head in the NCHW16c layout: the narrow 1x1 convolutions read
-/// the activations in place (nothing packed per call), the depthwise
-/// convolutions run 16 channels per instruction with no padded copies. The
-/// stem stays NCHW (3 input channels); its output is converted once.
+/// The whole network in the NCHW16c layout: the stem reads the RGB image as
+/// interleaved pixels, the narrow 1x1 convolutions read the activations in
+/// place (nothing packed per call), the depthwise convolutions run 16
+/// channels per instruction.
 pub(super) struct BlockedFlow {
+    stem: BlockedStem,
     blocks: Vec<BlockedMbConv>,
     head: BlockedConv1x1,
 }
@@ -50,6 +51,7 @@ pub(super) struct BlockedFlow {
 impl BlockedFlow {
     pub(super) fn of(net: &EfficientNetLite0) -> Option<Self> {
         Some(Self {
+            stem: net.conv_stem.blocked_stem()?,
             blocks: net
                 .blocks
                 .iter()
@@ -59,10 +61,10 @@ impl BlockedFlow {
         })
     }
 
-    /// `x`: the stem's `(N, 32, H, W)` output -> pooled `(N, 1280)`.
-    pub(super) fn forward(&self, x: Tensor) -> candle_core::Result<Tensor> {
+    /// The preprocessed `(N, 3, H, W)` input -> pooled `(N, 1280)`.
+    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let n = x.dim(0)?;
-        let (mut y, device) = into_blocked(x)?;
+        let (mut y, device) = self.stem.forward(x)?;
         for b in &self.blocks {
             y = b.forward(&y);
         }

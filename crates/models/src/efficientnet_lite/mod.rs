@@ -16,7 +16,7 @@
 //! Padding follows TF "SAME" for the actual input size; the PyTorch module
 //! precomputes it for 224x224, which is the same at that size.
 //!
-//! `blocked` re-packs the blocks and head for the NCHW16c CPU kernels.
+//! `blocked` re-packs the whole network for the NCHW16c CPU kernels.
 
 mod blocked;
 
@@ -317,13 +317,13 @@ impl EfficientNetLite0 {
 
 impl Backbone for EfficientNetLite0 {
     fn forward_features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.conv_stem.forward(x)?; // (N, 32, 112, 112)
         if let Some(flow) = &self.blocked {
             // The NCHW16c kernels are CPU kernels.
-            if !super::portable::wanted(&x) {
+            if !super::portable::wanted(x) {
                 return flow.forward(x);
             }
         }
+        let x = self.conv_stem.forward(x)?; // (N, 32, 112, 112)
         self.forward_features_nchw(x)
     }
 

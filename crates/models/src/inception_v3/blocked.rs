@@ -1,4 +1,4 @@
-//! InceptionV3 after its first convolution in the NCHW16c layout: the
+//! InceptionV3 in the NCHW16c layout: the
 //! native layers' weights re-packed once at load for the blocked CPU
 //! kernels ([`runner_kernels::nchwc`]).
 //!
@@ -15,7 +15,7 @@ use runner_kernels::window::Clamp;
 
 use super::{AvgPool, BlockA, BlockB, BlockC, BlockD, BlockE, BranchPool, InceptionV3};
 use crate::layers::{
-    blocked_max_pool, blocked_max_pool_into, into_blocked, BlockedConv, BlockedConv1x1, Conv2d,
+    blocked_max_pool, blocked_max_pool_into, BlockedConv, BlockedConv1x1, BlockedStem, Conv2d,
     Padding,
 };
 use crate::profile;
@@ -265,10 +265,12 @@ impl BlockedE {
     }
 }
 
-/// Everything after the first convolution in NCHW16c: the stem's 32-192
-/// channel convolutions and the eleven mixed blocks. The first
-/// convolution (3 input channels) stays NCHW; its output is converted once.
+/// The whole network in NCHW16c: the first convolution reads the RGB image
+/// as interleaved pixels, then the stem's 32-192 channel convolutions and
+/// the eleven mixed blocks.
 pub(super) struct BlockedFlow {
+    /// `conv2d_1`.
+    conv1: BlockedStem,
     /// `conv2d_2..5`.
     stem: [BlockedConv; 4],
     mixed0_2: [BlockedA; 3],
@@ -284,6 +286,7 @@ impl BlockedFlow {
         let c = |i: usize| BlockedC::of(&net.mixed4_7[i]);
         let e = |i: usize| BlockedE::of(&net.mixed9_10[i]);
         Some(Self {
+            conv1: net.stem[0].blocked_stem()?,
             stem: [1, 2, 3, 4].map(|i| net.stem[i].blocked()),
             mixed0_2: [a(0)?, a(1)?, a(2)?],
             mixed3: BlockedB::of(&net.mixed3)?,
@@ -293,11 +296,10 @@ impl BlockedFlow {
         })
     }
 
-    /// `x`: the first convolution's `(N, 32, 149, 149)` output -> pooled
-    /// `(N, 2048)`.
-    pub(super) fn forward(&self, x: Tensor) -> candle_core::Result<Tensor> {
+    /// The preprocessed `(N, 3, 299, 299)` input -> pooled `(N, 2048)`.
+    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let n = x.dim(0)?;
-        let (y, device) = into_blocked(x)?;
+        let (y, device) = self.conv1.forward(x)?; // (N, 32, 149, 149)
         let y = self.stem[0].forward(&y); // (N, 32, 147, 147)
         let y = self.stem[1].forward(&y); // (N, 64, 147, 147)
         let y = blocked_max_pool(&y, 3, 2, Padding::Valid); // (N, 64, 73, 73)

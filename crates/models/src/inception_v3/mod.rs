@@ -22,8 +22,8 @@
 //! what the checkpoint's framework does.
 //!
 //! `names` holds the timm / torchvision name map; `onnx` writes the same
-//! network as ONNX nodes; `blocked` re-packs everything after the first
-//! convolution for the NCHW16c CPU kernels.
+//! network as ONNX nodes; `blocked` re-packs it for the NCHW16c CPU
+//! kernels.
 
 mod blocked;
 mod names;
@@ -368,7 +368,7 @@ pub struct InceptionV3 {
     mixed8: BlockD,
     mixed9_10: [BlockE; 2],
     flavour: Flavour,
-    /// The NCHW16c copy of everything after `conv2d_1`, where it runs.
+    /// The NCHW16c copy of the network, where it runs.
     blocked: Option<BlockedFlow>,
 }
 
@@ -437,13 +437,13 @@ impl InceptionV3 {
 
 impl Backbone for InceptionV3 {
     fn forward_features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.stem[0].forward(x)?; // (N, 32, 149, 149)
         if let Some(flow) = &self.blocked {
             // The NCHW16c kernels are CPU kernels.
-            if !super::portable::wanted(&x) {
+            if !super::portable::wanted(x) {
                 return flow.forward(x);
             }
         }
+        let x = self.stem[0].forward(x)?; // (N, 32, 149, 149)
         let x = self.stem[1].forward(&x)?; // (N, 32, 147, 147)
         let x = self.stem[2].forward(&x)?; // (N, 64, 147, 147)
         let x = max_pool2d(&x, 3, 2, Padding::Valid)?; // (N, 64, 73, 73)

@@ -22,22 +22,52 @@ pub fn nchwc_enabled() -> bool {
     nchwc::available() && !std::env::var("RUNNER_NCHWC").is_ok_and(|v| v == "0")
 }
 
-/// An NCHW CPU tensor in NCHW16c, and its device. Takes the tensor so that
-/// its storage is freed as soon as it is converted (read in place, with no
-/// intermediate copy): at the stem of Xception that is two 88 MB buffers
-/// fewer at batch 16.
-pub fn into_blocked(x: Tensor) -> candle_core::Result<(nchwc::Blocked, candle_core::Device)> {
-    let dims = x.dims4()?;
-    let device = x.device().clone();
-    let blocked = {
+/// A first convolution (at most 16 input channels: RGB) from an NCHW CPU
+/// tensor straight to an [`nchwc::Blocked`] map, reading the image as
+/// interleaved pixels ([`nchwc::conv_interleaved`]) rather than running in
+/// NCHW and converting its wider output.
+pub struct BlockedStem {
+    packed: nchwc::PackedConv,
+    stride: usize,
+    padding: Padding,
+    act: Clamp,
+}
+
+impl BlockedStem {
+    /// `act(conv(x) + b)` of an `(N, C, H, W)` CPU tensor, and its device.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+    ) -> candle_core::Result<(nchwc::Blocked, candle_core::Device)> {
+        let x = x.contiguous()?;
+        let (n, c, h, w) = x.dims4()?;
+        let (kh, kw) = self.packed.k;
+        let pad = self.padding.resolve((h, w), (kh, kw), self.stride).tblr();
+        let args = nchwc::ConvArgs {
+            stride: self.stride,
+            pad,
+            act: self.act,
+            residual: None,
+        };
         let (storage, layout) = x.storage_and_layout();
         let Storage::Cpu(cpu) = &*storage else {
             candle_core::bail!("nchwc: expected a CPU tensor")
         };
-        nchwc::Blocked::from_nchw(cpu_f32("nchwc", cpu, layout)?, dims)
-    };
-    drop(x);
-    Ok((blocked, device))
+        let data = cpu_f32("nchwc stem", cpu, layout)?;
+        let s = self.stride;
+        let y = profile::time(
+            || {
+                let (oh, ow) = (
+                    (h + pad.0 + pad.1 - kh) / s + 1,
+                    (w + pad.2 + pad.3 - kw) / s + 1,
+                );
+                let flops = 2.0 * (n * oh * ow * c * self.packed.o * kh * kw) as f64;
+                (format!("nchwc conv {kh}x{kw}/{s} (stem)"), flops)
+            },
+            || nchwc::conv_interleaved(data, (n, c, h, w), &self.packed, args),
+        );
+        Ok((y, x.device().clone()))
+    }
 }
 
 /// A 1x1 convolution (any stride, no padding) for [`nchwc::Blocked`] maps,
@@ -182,6 +212,22 @@ impl BlockedConv {
 }
 
 impl Conv2d {
+    /// This convolution as the first of an NCHW16c network, when it has at
+    /// most 16 input channels.
+    pub fn blocked_stem(&self) -> Option<BlockedStem> {
+        if self.in_channels > nchwc::CB {
+            return None;
+        }
+        let w = self.weight.to_row_major();
+        let (o, c) = (self.out_channels(), self.in_channels);
+        Some(BlockedStem {
+            packed: nchwc::PackedConv::new(&w, &self.bias, o, c, self.k, 2),
+            stride: self.cfg.stride,
+            padding: self.cfg.padding,
+            act: self.cfg.act.clamp(),
+        })
+    }
+
     /// This convolution for NCHW16c maps.
     pub fn blocked(&self) -> BlockedConv {
         if let Some(c) = self.blocked_1x1() {

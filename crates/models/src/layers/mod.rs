@@ -36,8 +36,8 @@ mod pool;
 mod weights;
 
 pub use blocked::{
-    blocked_max_pool, blocked_max_pool_into, into_blocked, nchwc_enabled, BlockedConv,
-    BlockedConv1x1, BlockedDepthwise,
+    blocked_max_pool, blocked_max_pool_into, nchwc_enabled, BlockedConv, BlockedConv1x1,
+    BlockedDepthwise, BlockedStem,
 };
 pub use conv::{Conv2d, Conv2dConfig};
 pub use depthwise::{depthwise_conv2d, DepthwiseConfig, DepthwiseConv2d};

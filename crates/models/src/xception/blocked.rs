@@ -4,7 +4,9 @@
 use candle_core::Tensor;
 
 use super::{DownBlock, MiddleBlock, SepConv, Xception};
-use crate::layers::{blocked_max_pool, into_blocked, BlockedConv1x1, BlockedDepthwise, Padding};
+use crate::layers::{
+    blocked_max_pool, BlockedConv, BlockedConv1x1, BlockedDepthwise, BlockedStem, Padding,
+};
 use runner_kernels::nchwc::Blocked;
 
 /// A separable convolution in NCHW16c: `pw(dw(x)) (+ residual)`.
@@ -55,12 +57,14 @@ impl BlockedDown {
     }
 }
 
-/// Blocks 2..=14 in the NCHW16c layout ([`runner_kernels::nchwc`]): the
-/// same weights re-packed at load, so that depthwise convolutions and max
-/// pools run 16 channels per instruction with no padded copies, and the
-/// 1x1 convolutions read the activations in place. The stem stays NCHW
-/// (3 and 32 input channels); its output is converted once.
+/// The whole network in the NCHW16c layout ([`runner_kernels::nchwc`]):
+/// the same weights re-packed at load, so that depthwise convolutions and
+/// max pools run 16 channels per instruction, and the convolutions read the
+/// activations in place; the first convolution reads the RGB image as
+/// interleaved pixels.
 pub(super) struct BlockedFlow {
+    conv1: BlockedStem,
+    conv2: BlockedConv,
     entry: Vec<BlockedDown>,
     middle: Vec<[BlockedSep; 3]>,
     block13: BlockedDown,
@@ -77,6 +81,8 @@ impl BlockedFlow {
             ])
         };
         Some(Self {
+            conv1: x.block1_conv1.blocked_stem()?,
+            conv2: x.block1_conv2.blocked(),
             entry: x.entry.iter().map(BlockedDown::of).collect::<Option<_>>()?,
             middle: x.middle.iter().map(sep3).collect::<Option<_>>()?,
             block13: BlockedDown::of(&x.block13)?,
@@ -87,10 +93,11 @@ impl BlockedFlow {
         })
     }
 
-    /// `x`: the stem's `(N, 64, H, W)` output -> pooled `(N, 2048)`.
-    pub(super) fn forward(&self, x: Tensor) -> candle_core::Result<Tensor> {
+    /// The preprocessed `(N, 3, H, W)` input -> pooled `(N, 2048)`.
+    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let n = x.dim(0)?;
-        let (y, device) = into_blocked(x)?;
+        let (y, device) = self.conv1.forward(x)?; // (N, 32, 149, 149)
+        let y = self.conv2.forward(&y); // (N, 64, 147, 147)
         let pooled = self.forward_blocked(y);
         let f = pooled.len() / n.max(1);
         Tensor::from_vec(pooled, (n, f), &device)

@@ -414,14 +414,14 @@ impl Xception {
 
 impl Backbone for Xception {
     fn forward_features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // (N, 32, 149, 149) -> (N, 64, 147, 147), the first freed at once
-        let mut x = self.block1_conv2.forward(&self.block1_conv1.forward(x)?)?;
         if let Some(flow) = &self.blocked {
             // The NCHW16c kernels are CPU kernels.
-            if !super::portable::wanted(&x) {
+            if !super::portable::wanted(x) {
                 return flow.forward(x);
             }
         }
+        // (N, 32, 149, 149) -> (N, 64, 147, 147), the first freed at once
+        let mut x = self.block1_conv2.forward(&self.block1_conv1.forward(x)?)?;
         for b in &self.entry {
             x = b.forward(&x)?; // (N, 128, 74, 74) -> (N, 256, 37, 37) -> (N, 728, 19, 19)
         }
