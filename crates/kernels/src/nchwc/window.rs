@@ -591,7 +591,8 @@ mod tests {
         // (n, c, h, w, k, stride, pad): Xception's same-padded 3x3 (stride
         // 1 and 2, odd and even sizes), 5x5 with stride 1 and 2 (padding
         // after larger than before), and maps narrower than one group of
-        // eight outputs; a 7x7 runs the tap-by-tap kernel.
+        // eight outputs, and rows of many groups; a 7x7 runs the tap-by-tap
+        // kernel.
         let cases = [
             (2, 40, 19, 19, 3, 1, (1, 1, 1, 1)),
             (1, 24, 10, 10, 3, 2, (0, 1, 0, 1)),
@@ -601,6 +602,7 @@ mod tests {
             (2, 32, 14, 14, 5, 2, (1, 2, 1, 2)),
             (1, 16, 7, 7, 5, 1, (2, 2, 2, 2)),
             (1, 16, 9, 11, 7, 1, (3, 3, 3, 3)),
+            (1, 16, 15, 260, 5, 2, (1, 2, 1, 2)),
         ];
         for (i, &(n, c, h, w, k, s, pad)) in cases.iter().enumerate() {
             let x = uniform_vec(n * c * h * w, 10 + i as u64);
