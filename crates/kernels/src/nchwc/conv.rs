@@ -17,18 +17,18 @@ use crate::window::Clamp;
 use crate::SyncPtr;
 
 /// At most this many output pixels per tile (with 2 blocks: 28 accumulators).
-const MAX_PIXELS: usize = 14;
+pub(super) const MAX_PIXELS: usize = 14;
 /// At most this many accumulator registers per tile (of 32 zmm).
-const MAX_ACC: usize = 28;
+pub(super) const MAX_ACC: usize = 28;
 
 /// Dense convolution weights packed for [`conv_into`]: output channels in
 /// groups of `group` blocks (the last group may be narrower), each group
 /// `[in block][ky][kx][in lane][group blocks x 16]`; the bias padded to
 /// whole blocks.
 pub struct PackedConv {
-    w: Vec<f32>,
+    pub(super) w: Vec<f32>,
     /// Where each group starts in `w`, and its blocks.
-    groups: Vec<(usize, usize)>,
+    pub(super) groups: Vec<(usize, usize)>,
     bias: Vec<f32>,
     pub o: usize,
     pub c: usize,
@@ -88,13 +88,13 @@ impl PackedConv {
     }
 
     /// Output blocks per group (the first group's).
-    fn group(&self) -> usize {
+    pub(super) fn group(&self) -> usize {
         self.groups.first().map_or(1, |g| g.1)
     }
 }
 
 /// Output size of a window over `len` with padding `before + after`.
-fn out_len(len: usize, before: usize, after: usize, k: usize, s: usize) -> usize {
+pub(super) fn out_len(len: usize, before: usize, after: usize, k: usize, s: usize) -> usize {
     (len + before + after).saturating_sub(k) / s + 1
 }
 
@@ -427,42 +427,42 @@ impl Plan<'_> {
 }
 
 /// One tile's operands; see [`tile`].
-struct Tile {
+pub(super) struct Tile {
     /// Input pixel `(row of the first tap row, first pixel's column)` of
     /// channel block 0.
-    x: *const f32,
+    pub(super) x: *const f32,
     /// Floats between channel blocks, rows, output pixels' inputs, and
     /// input pixels.
-    cstride: usize,
-    rstride: usize,
-    pstride: usize,
-    px: usize,
+    pub(super) cstride: usize,
+    pub(super) rstride: usize,
+    pub(super) pstride: usize,
+    pub(super) px: usize,
     /// Input channels.
-    c: usize,
+    pub(super) c: usize,
     /// The first tap row run, how many (the in-bounds ones), and taps per row.
-    ky0: usize,
-    kh: usize,
-    kw: usize,
+    pub(super) ky0: usize,
+    pub(super) kh: usize,
+    pub(super) kw: usize,
     /// The group's weights.
-    w: *const f32,
+    pub(super) w: *const f32,
     /// Floats between input blocks' weights (a full block's), and the
     /// weights of one input lane (`16 x blocks`).
-    w_cstride: usize,
-    w_tap: usize,
-    bias: *const f32,
-    act: Clamp,
+    pub(super) w_cstride: usize,
+    pub(super) w_tap: usize,
+    pub(super) bias: *const f32,
+    pub(super) act: Clamp,
     /// Output pixel 0 of block 0, and of the residual (or null); blocks
     /// `out_bstride` floats apart in both.
-    out: *mut f32,
-    res: *const f32,
-    out_bstride: usize,
+    pub(super) out: *mut f32,
+    pub(super) res: *const f32,
+    pub(super) out_bstride: usize,
 }
 
 /// Calls [`tile`] with `m` pixels and `nb` blocks as constants.
 ///
 /// # Safety
 /// As [`tile`].
-unsafe fn run_tile(m: usize, nb: usize, t: &Tile) {
+pub(super) unsafe fn run_tile(m: usize, nb: usize, t: &Tile) {
     macro_rules! dispatch {
         ($($nb:literal => [$($m:literal)*]),*) => {
             match (nb, m) {

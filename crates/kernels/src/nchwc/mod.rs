@@ -32,9 +32,11 @@ use crate::uninit;
 
 pub mod conv;
 pub mod window;
+pub mod winograd;
 
 pub use conv::{conv, conv_interleaved, conv_into, ConvArgs, PackedConv};
 pub use window::{avg_pool_into, depthwise, max_pool, max_pool_into, PackedDepthwise, Pad};
+pub use winograd::{winograd_into, PackedWinograd};
 
 /// Channels per block: one AVX-512 register of f32.
 pub const CB: usize = 16;

@@ -133,6 +133,8 @@ pub enum BlockedConv {
     OneByOne(BlockedConv1x1),
     Dense {
         packed: nchwc::PackedConv,
+        /// The same 3x3 stride-1 kernel transformed for Winograd F(2x2, 3x3).
+        winograd: Option<nchwc::PackedWinograd>,
         stride: usize,
         padding: Padding,
         act: Clamp,
@@ -186,6 +188,7 @@ impl BlockedConv {
             Self::OneByOne(c) => c.forward_into(x, None, y, block_offset),
             Self::Dense {
                 packed,
+                winograd,
                 stride,
                 padding,
                 act,
@@ -193,6 +196,15 @@ impl BlockedConv {
                 let (kh, kw) = packed.k;
                 let pad = padding.resolve((x.h, x.w), (kh, kw), *stride).tblr();
                 let out = y.n * y.hw();
+                if let Some(wg) = winograd {
+                    return profile::time(
+                        || {
+                            let flops = 2.0 * (out * packed.c * packed.o * 9) as f64;
+                            ("nchwc conv 3x3/1 winograd".to_string(), flops)
+                        },
+                        || nchwc::winograd_into(x, wg, pad, *act, y, block_offset),
+                    );
+                }
                 let args = nchwc::ConvArgs {
                     stride: *stride,
                     pad,
@@ -235,8 +247,11 @@ impl Conv2d {
         }
         let w = self.weight.to_row_major();
         let (o, c) = (self.out_channels(), self.in_channels);
+        let winograd = (self.k == (3, 3) && self.cfg.stride == 1)
+            .then(|| nchwc::PackedWinograd::new(&w, &self.bias, o, c));
         BlockedConv::Dense {
             packed: nchwc::PackedConv::new(&w, &self.bias, o, c, self.k, 2),
+            winograd,
             stride: self.cfg.stride,
             padding: self.cfg.padding,
             act: self.cfg.act.clamp(),
