@@ -195,8 +195,10 @@ impl Plan<'_> {
                     let cols: [[__m512; 4]; 4] =
                         std::array::from_fn(|j| bt([d[0][j], d[1][j], d[2][j], d[3][j]]));
                     let tile = tr * tw + tx;
-                    for i in 0..4 {
-                        let row = bt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
+                    let out: [[__m512; 4]; 4] = std::array::from_fn(|i| {
+                        bt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]])
+                    });
+                    for (i, row) in out.iter().enumerate() {
                         for (j, &val) in row.iter().enumerate() {
                             let at = (((i * 4 + j) * xb + cb) * tiles + tile) * CB;
                             _mm512_storeu_ps(v.as_mut_ptr().add(at), val);
