@@ -29,7 +29,7 @@ pub struct PackedConv {
     pub(super) w: Vec<f32>,
     /// Where each group starts in `w`, and its blocks.
     pub(super) groups: Vec<(usize, usize)>,
-    bias: Vec<f32>,
+    pub(super) bias: Vec<f32>,
     pub o: usize,
     pub c: usize,
     pub k: (usize, usize),

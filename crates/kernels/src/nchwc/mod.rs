@@ -31,10 +31,12 @@ use rayon::prelude::*;
 use crate::uninit;
 
 pub mod conv;
+pub mod fused;
 pub mod window;
 pub mod winograd;
 
 pub use conv::{conv, conv_interleaved, conv_into, ConvArgs, PackedConv};
+pub use fused::{depthwise_then_1x1, DepthwiseArgs};
 pub use window::{avg_pool_into, depthwise, max_pool, max_pool_into, PackedDepthwise, Pad};
 pub use winograd::{winograd_into, PackedWinograd};
 

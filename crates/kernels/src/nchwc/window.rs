@@ -13,8 +13,8 @@ use crate::{uninit, ConvGeometry, SyncPtr};
 
 /// Depthwise weights per channel block: `[block][tap][16]`, bias `[block][16]`.
 pub struct PackedDepthwise {
-    w: Vec<f32>,
-    bias: Vec<f32>,
+    pub(super) w: Vec<f32>,
+    pub(super) bias: Vec<f32>,
     pub c: usize,
     pub k: (usize, usize),
 }
@@ -46,7 +46,7 @@ impl PackedDepthwise {
 /// Padding `(top, bottom, left, right)`.
 pub type Pad = (usize, usize, usize, usize);
 
-fn out_len(len: usize, before: usize, after: usize, k: usize, s: usize) -> usize {
+pub(super) fn out_len(len: usize, before: usize, after: usize, k: usize, s: usize) -> usize {
     (len + before + after).saturating_sub(k) / s + 1
 }
 
@@ -196,7 +196,8 @@ fn window_into(
                 // plane sizes match the geometry.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    if depthwise_padded(src, dst, g, p, blk, (in_act, out_act), scratch) {
+                    let acts = (in_act, out_act);
+                    if depthwise_padded(src, dst, g, 0..oh, (p, blk), acts, scratch) {
                         return;
                     }
                 }
@@ -221,23 +222,24 @@ fn window_into(
 /// Output pixels per group of the padded depthwise kernel.
 const DW_V: usize = 8;
 
-/// A depthwise plane on a zero-padded copy of its input (the input
-/// activation applied on the way), so every output pixel runs the same
-/// eight-wide sliding-window kernel ([`dw_rows`]): no border pixels go
-/// one tap at a time, which on 7x7 and 14x14 maps was most of them.
-/// Returns false (nothing done) for windows the kernel has no instance of.
+/// Output rows `rows` of a depthwise plane, on a zero-padded copy of the
+/// input rows they read (the input activation applied on the way), so
+/// every output pixel runs the same eight-wide sliding-window kernel
+/// ([`dw_rows`]): no border pixels go one tap at a time, which on 7x7 and
+/// 14x14 maps was most of them. `dst` holds those rows. Returns false
+/// (nothing done) for windows the kernel has no instance of.
 ///
 /// # Safety
-/// AVX-512F; `src` is `h * w * 16`, `dst` `oh * ow * 16` floats, with
-/// `(16, h, w)` and `(oh, ow)` the geometry's input and output.
+/// AVX-512F; `src` is `h * w * 16` floats, `dst` `rows.len() * ow * 16`,
+/// with `(16, h, w)` and `(oh, ow)` the geometry's input and output.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn depthwise_padded(
+pub(super) unsafe fn depthwise_padded(
     src: &[f32],
     dst: &mut [f32],
     g: ConvGeometry,
-    p: &PackedDepthwise,
-    blk: usize,
+    rows: std::ops::Range<usize>,
+    (p, blk): (&PackedDepthwise, usize),
     (in_act, out_act): (Clamp, Clamp),
     scratch: &mut Vec<f32>,
 ) -> bool {
@@ -246,7 +248,7 @@ unsafe fn depthwise_padded(
         kernel: (kh, kw),
         stride: s,
         top_left: (t, l),
-        out: (oh, ow),
+        out: (_, ow),
     } = g;
     let run: unsafe fn(&Rows) = match (kh, kw, s) {
         (3, 3, 1) => dw_rows::<3, 1>,
@@ -255,19 +257,24 @@ unsafe fn depthwise_padded(
         (5, 5, 2) => dw_rows::<5, 2>,
         _ => return false,
     };
-    if oh == 0 || ow == 0 {
+    if rows.is_empty() || ow == 0 {
         return true;
     }
-    // The padded copy: every row and column any output reads, the last
-    // group of eight outputs included (extra columns are zeros).
+    // The padded copy: every input row and column the rows' outputs read,
+    // the last group of eight outputs included (columns and rows outside
+    // the image are zeros).
     let groups = ow.div_ceil(DW_V);
     let wp = (w + l).max((groups * DW_V - 1) * s + kw);
-    let hp = (h + t).max((oh - 1) * s + kh);
+    let rows_in = (rows.len() - 1) * s + kh;
     scratch.clear();
-    scratch.resize(hp * wp * CB, 0.0);
-    for iy in 0..h {
+    scratch.resize(rows_in * wp * CB, 0.0);
+    for j in 0..rows_in {
+        // The input row of padded row `rows.start * s + j`.
+        let Some(iy) = (rows.start * s + j).checked_sub(t).filter(|&iy| iy < h) else {
+            continue;
+        };
         let from = &src[iy * w * CB..][..w * CB];
-        let to = &mut scratch[((iy + t) * wp + l) * CB..][..w * CB];
+        let to = &mut scratch[(j * wp + l) * CB..][..w * CB];
         if in_act == Clamp::NONE {
             to.copy_from_slice(from);
         } else {
@@ -277,19 +284,19 @@ unsafe fn depthwise_padded(
         }
     }
     use std::arch::x86_64::*;
-    let rows = Rows {
+    let r = Rows {
         src: scratch.as_ptr(),
         wp,
         kh,
         dst: dst.as_mut_ptr(),
-        oh,
+        oh: rows.len(),
         ow,
         taps: p.w[blk * kh * kw * CB..].as_ptr(),
         bias: _mm512_loadu_ps(p.bias[blk * CB..].as_ptr()),
         lo: _mm512_set1_ps(out_act.lo),
         hi: _mm512_set1_ps(out_act.hi),
     };
-    run(&rows);
+    run(&r);
     true
 }
 

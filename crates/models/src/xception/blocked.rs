@@ -24,7 +24,7 @@ impl BlockedSep {
     }
 
     fn forward(&self, x: &Blocked, residual: Option<&Blocked>) -> Blocked {
-        self.pw.forward(&self.dw.forward(x), residual)
+        self.dw.then_1x1(&self.pw, x, residual)
     }
 }
 
