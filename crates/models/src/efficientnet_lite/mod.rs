@@ -34,7 +34,7 @@ use super::onnx::build::{same_pads, ConvAttrs, GraphBuilder};
 use super::registry::{ModelEntry, Probe};
 use super::weights_view::TorchWeights;
 use super::{Backbone, ModelError};
-use crate::layers::nchwc_enabled;
+use crate::layers::{nchwc_enabled, on_pool};
 use blocked::BlockedFlow;
 
 const ARCH: &str = "efficientnet_lite0";
@@ -320,7 +320,7 @@ impl Backbone for EfficientNetLite0 {
         if let Some(flow) = &self.blocked {
             // The NCHW16c kernels are CPU kernels.
             if !super::portable::wanted(x) {
-                return flow.forward(x);
+                return on_pool(|| flow.forward(x));
             }
         }
         let x = self.conv_stem.forward(x)?; // (N, 32, 112, 112)

@@ -36,8 +36,8 @@ use candle_core::{Device, Tensor};
 use super::config::{BackboneSpec, Preprocess, PretrainedCfg};
 use super::flavour::{Convention, Flavour, FoldedConv};
 use super::layers::{
-    avg_pool2d_same_exclude_pad, concat_channels, global_avg_pool, max_pool2d, nchwc_enabled, Act,
-    Conv2d, Conv2dConfig, DepthwiseConfig, DepthwiseConv2d, Pad4, Padding, Weights,
+    avg_pool2d_same_exclude_pad, concat_channels, global_avg_pool, max_pool2d, nchwc_enabled,
+    on_pool, Act, Conv2d, Conv2dConfig, DepthwiseConfig, DepthwiseConv2d, Pad4, Padding, Weights,
 };
 use super::registry::{self, ModelEntry, Probe};
 use super::{Backbone, ModelError};
@@ -440,7 +440,7 @@ impl Backbone for InceptionV3 {
         if let Some(flow) = &self.blocked {
             // The NCHW16c kernels are CPU kernels.
             if !super::portable::wanted(x) {
-                return flow.forward(x);
+                return on_pool(|| flow.forward(x));
             }
         }
         let x = self.stem[0].forward(x)?; // (N, 32, 149, 149)

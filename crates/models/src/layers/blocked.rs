@@ -22,6 +22,17 @@ pub fn nchwc_enabled() -> bool {
     nchwc::available() && !std::env::var("RUNNER_NCHWC").is_ok_and(|v| v == "0")
 }
 
+/// Runs `f` (a whole NCHW16c forward pass) on a worker of rayon's pool, so
+/// that each layer's parallel loop starts from a worker (queued locally,
+/// stolen by the others) rather than being injected from an outside thread
+/// and waking the pool again: 0.98-1.05x (median 1.03x of five pairs) on
+/// EfficientNet-Lite0, whose
+/// forward pass at batch 8 is ~50 parallel layers of under a millisecond.
+/// Inline when already on a worker.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// A first convolution (at most 16 input channels: RGB) from an NCHW CPU
 /// tensor straight to an [`nchwc::Blocked`] map, reading the image as
 /// interleaved pixels ([`nchwc::conv_interleaved`]) rather than running in

@@ -36,7 +36,7 @@ mod pool;
 mod weights;
 
 pub use blocked::{
-    blocked_max_pool, blocked_max_pool_into, nchwc_enabled, BlockedConv, BlockedConv1x1,
+    blocked_max_pool, blocked_max_pool_into, nchwc_enabled, on_pool, BlockedConv, BlockedConv1x1,
     BlockedDepthwise, BlockedStem,
 };
 pub use conv::{Conv2d, Conv2dConfig};

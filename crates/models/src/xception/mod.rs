@@ -44,7 +44,7 @@ use super::layers::{
 };
 use super::registry::{self, ModelEntry, Probe};
 use super::{Backbone, ModelError};
-use crate::layers::nchwc_enabled;
+use crate::layers::{nchwc_enabled, on_pool};
 use blocked::BlockedFlow;
 
 const ARCH: &str = "xception";
@@ -417,7 +417,7 @@ impl Backbone for Xception {
         if let Some(flow) = &self.blocked {
             // The NCHW16c kernels are CPU kernels.
             if !super::portable::wanted(x) {
-                return flow.forward(x);
+                return on_pool(|| flow.forward(x));
             }
         }
         // (N, 32, 149, 149) -> (N, 64, 147, 147), the first freed at once
