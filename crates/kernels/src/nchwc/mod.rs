@@ -1,6 +1,6 @@
 //! The NCHW16c layout (channels blocked by 16: `[N][C/16][H*W][16]`) and the
-//! AVX-512 kernels that run Xception's blocks 2-14, InceptionV3 after its
-//! first convolution and EfficientNet-Lite0's blocks in it.
+//! AVX-512 kernels that run Xception, InceptionV3 and EfficientNet-Lite0 in
+//! it, from their first convolution.
 //!
 //! Why: in NCHW, a depthwise convolution or a pooling window works on one
 //! channel plane at a time and pays for padded copies and per-plane set-up

@@ -1,4 +1,4 @@
-//! Xception's blocks 2..=14 in the NCHW16c layout: the native layers'
+//! Xception in the NCHW16c layout, from its first convolution: the native layers'
 //! weights re-packed once at load for the blocked CPU kernels.
 
 use candle_core::Tensor;

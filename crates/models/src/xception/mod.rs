@@ -26,7 +26,7 @@
 //! one pixel on every side in both, the stem convolutions are unpadded, and a
 //! 1x1 stride-2 shortcut needs no padding.
 //!
-//! `blocked` re-packs blocks 2..=14 for the NCHW16c CPU kernels; `onnx`
+//! `blocked` re-packs the network for the NCHW16c CPU kernels; `onnx`
 //! writes the same network as ONNX nodes.
 
 mod blocked;
@@ -397,7 +397,7 @@ impl Xception {
         .with_blocked_flow())
     }
 
-    /// Builds the NCHW16c copy of blocks 2..=14 where it runs
+    /// Builds the NCHW16c copy of the network where it runs
     /// ([`nchwc_enabled`]).
     fn with_blocked_flow(mut self) -> Self {
         if nchwc_enabled() {
