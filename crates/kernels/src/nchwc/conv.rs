@@ -458,6 +458,60 @@ pub(super) struct Tile {
     pub(super) out_bstride: usize,
 }
 
+/// A 1x1 convolution over a span of `px` consecutive pixels held apart
+/// from any map (a fused depthwise output, Winograd's transformed tiles):
+/// input block `b` at `x + b * x_bstride`, output block `b` (and the
+/// residual's, when not null) at `b * out_bstride` from `out` (`res`), in
+/// balanced runs of at most 14 pixels, every group of `p`. `bias` false
+/// adds none (the caller adds it later).
+///
+/// # Safety
+/// AVX-512F; the pointers address `px` pixels of every input and output
+/// block.
+pub(super) unsafe fn pointwise_span(
+    p: &PackedConv,
+    (x, x_bstride, px): (*const f32, usize, usize),
+    (bias, act): (bool, Clamp),
+    (out, res, out_bstride): (*mut f32, *const f32, usize),
+) {
+    static ZEROS: [f32; 4 * CB] = [0.0; 4 * CB];
+    for (gi, &(at, gb)) in p.groups.iter().enumerate() {
+        let max_m = MAX_PIXELS.min(MAX_ACC / gb);
+        let segs = px.div_ceil(max_m);
+        let g0 = gi * p.group();
+        let mut q = 0;
+        for seg in 0..segs {
+            let len = px / segs + usize::from(seg < px % segs);
+            let at_out = g0 * out_bstride + q * CB;
+            let tile = Tile {
+                x: x.add(q * CB),
+                cstride: x_bstride,
+                rstride: 0,
+                pstride: CB,
+                px: CB,
+                c: p.c,
+                ky0: 0,
+                kh: 1,
+                kw: 1,
+                w: p.w.as_ptr().add(at),
+                w_cstride: CB * gb * CB,
+                w_tap: CB * gb,
+                bias: if bias {
+                    p.bias.as_ptr().add(g0 * CB)
+                } else {
+                    ZEROS.as_ptr()
+                },
+                act,
+                out: out.add(at_out),
+                res: if res.is_null() { res } else { res.add(at_out) },
+                out_bstride,
+            };
+            run_tile(len, gb, &tile);
+            q += len;
+        }
+    }
+}
+
 /// Calls [`tile`] with `m` pixels and `nb` blocks as constants.
 ///
 /// # Safety

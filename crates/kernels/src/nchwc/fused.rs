@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::{run_tile, PackedConv, Tile, MAX_ACC, MAX_PIXELS};
+use super::conv::{pointwise_span, PackedConv};
 use super::window::{depthwise_padded, out_len, PackedDepthwise};
 use super::{Blocked, Pad, CB};
 use crate::window::Clamp;
@@ -92,43 +92,20 @@ pub fn depthwise_then_1x1(
             }
             // The 1x1 convolution over the band's pixels, in balanced runs
             // of at most 14.
-            let p0 = oys.start * ow;
-            for (gi, &(at, gb)) in pw.groups.iter().enumerate() {
-                let max_m = MAX_PIXELS.min(MAX_ACC / gb);
-                let segs = px.div_ceil(max_m);
-                let g0 = gi * pw.group();
-                let at_out = (img * ob + g0) * plane + p0 * CB;
-                let mut q = 0;
-                for seg in 0..segs {
-                    let len = px / segs + usize::from(seg < px % segs);
-                    // SAFETY: this task writes pixels p0..p0+px of its
-                    // image; every pointer is inside its buffer.
-                    unsafe {
-                        let tile = Tile {
-                            x: d.as_ptr().add(q * CB),
-                            cstride: px * CB,
-                            rstride: 0,
-                            pstride: CB,
-                            px: CB,
-                            c: pw.c,
-                            ky0: 0,
-                            kh: 1,
-                            kw: 1,
-                            w: pw.w.as_ptr().add(at),
-                            w_cstride: CB * gb * CB,
-                            w_tap: CB * gb,
-                            bias: pw.bias.as_ptr().add(g0 * CB),
-                            act,
-                            out: yp.get().add(at_out + q * CB),
-                            res: residual
-                                .map_or(std::ptr::null(), |r| r.data.as_ptr().add(at_out + q * CB)),
-                            out_bstride: plane,
-                        };
-                        run_tile(len, gb, &tile);
-                    }
-                    q += len;
-                }
-            }
+            let at_out = img * ob * plane + oys.start * ow * CB;
+            let res = residual.map_or(std::ptr::null(), |r| r.data[at_out..].as_ptr());
+            // SAFETY: AVX-512F checked by the caller (`available`); this
+            // task writes its image's pixels of the band, whose every block
+            // is inside `y` (and `residual`).
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                pointwise_span(
+                    pw,
+                    (d.as_ptr(), px * CB, px),
+                    (true, act),
+                    (yp.get().add(at_out), res, plane),
+                )
+            };
         },
     );
     Some(y)

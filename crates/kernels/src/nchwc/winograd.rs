@@ -16,7 +16,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::conv::{out_len, run_tile, PackedConv, Tile, MAX_ACC, MAX_PIXELS};
+use super::conv::{out_len, pointwise_span, PackedConv};
 use super::{Blocked, Pad, CB};
 use crate::window::Clamp;
 use crate::SyncPtr;
@@ -210,36 +210,13 @@ impl Plan<'_> {
         // The 16 products: M[k] = V[k] U[k], a 1x1 convolution over the
         // band's tiles, in balanced runs of at most 14 tiles.
         for (k, u) in p.u.iter().enumerate() {
-            for (gi, &(at, gb)) in u.groups.iter().enumerate() {
-                let max_m = MAX_PIXELS.min(MAX_ACC / gb);
-                let segs = tiles.div_ceil(max_m);
-                let g0 = gi * u.group();
-                let mut t0 = 0;
-                for seg in 0..segs {
-                    let len = tiles / segs + usize::from(seg < tiles % segs);
-                    let tile = Tile {
-                        x: v.as_ptr().add((k * xb * tiles + t0) * CB),
-                        cstride: tiles * CB,
-                        rstride: 0,
-                        pstride: CB,
-                        px: CB,
-                        c: p.c,
-                        ky0: 0,
-                        kh: 1,
-                        kw: 1,
-                        w: u.w.as_ptr().add(at),
-                        w_cstride: CB * gb * CB,
-                        w_tap: CB * gb,
-                        bias: ZEROS.as_ptr(),
-                        act: Clamp::NONE,
-                        out: m.as_mut_ptr().add(((k * ob + g0) * tiles + t0) * CB),
-                        res: std::ptr::null(),
-                        out_bstride: tiles * CB,
-                    };
-                    run_tile(len, gb, &tile);
-                    t0 += len;
-                }
-            }
+            let at = |b: usize| (k * b * tiles) * CB;
+            pointwise_span(
+                u,
+                (v.as_ptr().add(at(xb)), tiles * CB, tiles),
+                (false, Clamp::NONE),
+                (m.as_mut_ptr().add(at(ob)), std::ptr::null(), tiles * CB),
+            );
         }
         // Output transform: Y = A^T M A, then bias and activation.
         let (lo, hi) = (_mm512_set1_ps(self.act.lo), _mm512_set1_ps(self.act.hi));
@@ -289,10 +266,6 @@ impl Plan<'_> {
         }
     }
 }
-
-/// A zero bias for the products (the real one is added after the output
-/// transform): the widest tile group's 4 x 16.
-static ZEROS: [f32; 4 * CB] = [0.0; 4 * CB];
 
 #[cfg(test)]
 mod tests {
