@@ -517,6 +517,7 @@ pub(super) unsafe fn pointwise_span(
 /// # Safety
 /// As [`tile`].
 pub(super) unsafe fn run_tile(m: usize, nb: usize, t: &Tile) {
+    #[cfg(target_arch = "x86_64")]
     macro_rules! dispatch {
         ($($nb:literal => [$($m:literal)*]),*) => {
             match (nb, m) {

@@ -7,8 +7,12 @@
 
 use rayon::prelude::*;
 
-use super::conv::{pointwise_span, PackedConv};
-use super::window::{depthwise_padded, out_len, PackedDepthwise};
+#[cfg(target_arch = "x86_64")]
+use super::conv::pointwise_span;
+use super::conv::PackedConv;
+#[cfg(target_arch = "x86_64")]
+use super::window::depthwise_padded;
+use super::window::{out_len, PackedDepthwise};
 use super::{Blocked, Pad, CB};
 use crate::window::Clamp;
 use crate::{ConvGeometry, SyncPtr};
@@ -35,7 +39,8 @@ pub fn depthwise_then_1x1(
     residual: Option<&Blocked>,
 ) -> Option<Blocked> {
     let (kh, kw) = dw.p.k;
-    if !matches!((kh, kw, dw.stride), (3, 3, 1 | 2) | (5, 5, 1 | 2)) {
+    let sliding = matches!((kh, kw, dw.stride), (3, 3, 1 | 2) | (5, 5, 1 | 2));
+    if !sliding || !super::available() {
         return None;
     }
     assert_eq!(x.c, dw.p.c, "depthwise: channels");
@@ -73,7 +78,7 @@ pub fn depthwise_then_1x1(
     let yp = SyncPtr::new(y.data.as_mut_ptr());
     let in_plane = x.h * x.w * CB;
     (0..x.n * bands).into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
+        || (Vec::<f32>::new(), Vec::<f32>::new()),
         |(d, pad_scratch), task| {
             let (img, bi) = (task / bands, task % bands);
             let oys = bi * rows..((bi + 1) * rows).min(oh);

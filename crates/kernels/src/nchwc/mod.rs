@@ -26,6 +26,10 @@
 //! convolution (1x1 and `kh x kw`), [`window`] depthwise convolution and
 //! max and average pooling.
 
+// Elsewhere than x86-64 the kernels are compiled (the models name them)
+// but never run: `available` is false, and their bodies are x86-64 only.
+#![cfg_attr(not(target_arch = "x86_64"), allow(unused))]
+
 use rayon::prelude::*;
 
 use crate::uninit;

@@ -12,11 +12,14 @@
 //! In f32 the transforms' rounding is of the order of the direct sum's
 //! (F(2x2, 3x3) has the smallest error of the Winograd family).
 
+#[cfg(target_arch = "x86_64")]
 use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::conv::{out_len, pointwise_span, PackedConv};
+#[cfg(target_arch = "x86_64")]
+use super::conv::pointwise_span;
+use super::conv::{out_len, PackedConv};
 use super::{Blocked, Pad, CB};
 use crate::window::Clamp;
 use crate::SyncPtr;
@@ -115,7 +118,7 @@ pub fn winograd_into(
     let yp = SyncPtr::new(y.data.as_mut_ptr());
     (0..x.n * bands)
         .into_par_iter()
-        .for_each_init(Vec::new, |scratch, task| {
+        .for_each_init(Vec::<f32>::new, |scratch, task| {
             let (img, bi) = (task / bands, task % bands);
             let rows = bi * band..((bi + 1) * band).min(th);
             // SAFETY: AVX-512F checked by the caller (`available`); this
