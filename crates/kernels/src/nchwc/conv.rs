@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{Blocked, Pad, CB};
+use super::{even_parts, out_size, runs, Blocked, Pad, CB};
 use crate::window::Clamp;
 use crate::SyncPtr;
 
@@ -93,11 +93,6 @@ impl PackedConv {
     }
 }
 
-/// Output size of a window over `len` with padding `before + after`.
-pub(super) fn out_len(len: usize, before: usize, after: usize, k: usize, s: usize) -> usize {
-    (len + before + after).saturating_sub(k) / s + 1
-}
-
 /// A convolution's operands and options: `act(conv(x) + b) (+ residual)`
 /// with padding `pad` and stride `stride`; `residual` has the output's
 /// shape.
@@ -110,11 +105,8 @@ pub struct ConvArgs<'a> {
 }
 
 /// The output's height and width.
-pub fn out_hw(x: &Blocked, p: &PackedConv, stride: usize, (t, b, l, r): Pad) -> (usize, usize) {
-    (
-        out_len(x.h, t, b, p.k.0, stride),
-        out_len(x.w, l, r, p.k.1, stride),
-    )
+pub fn out_hw(x: &Blocked, p: &PackedConv, stride: usize, pad: Pad) -> (usize, usize) {
+    out_size((x.h, x.w), p.k, stride, pad)
 }
 
 /// The convolution written to `y`'s blocks `block_offset..` (the
@@ -200,11 +192,7 @@ pub fn conv_interleaved(
                 }
             }
         });
-    let (kh, kw) = p.k;
-    let (oh, ow) = (
-        out_len(hp, 0, 0, kh, args.stride),
-        out_len(wp, 0, 0, kw, args.stride),
-    );
+    let (oh, ow) = out_size((hp, wp), p.k, args.stride, (0, 0, 0, 0));
     let mut y = Blocked::uninit(n, p.o, oh, ow);
     if n == 0 || oh * ow == 0 {
         return y;
@@ -252,18 +240,15 @@ fn run_plan(
     // padded window copies (`kh - 1` more than it computes) are amortised
     // and a task's input rows stay in L2 while every group of weights
     // passes over them.
-    let row_tasks = oh.div_ceil(256usize.div_ceil(ow).clamp(1, oh));
-    let rows = oh.div_ceil(row_tasks);
-    let row_tasks = oh.div_ceil(rows);
+    let (rows, row_tasks) = even_parts(oh, 256usize.div_ceil(ow).clamp(1, oh));
     // Columns per task: a flat plane is cut into runs whose input (every
     // channel) stays in L2 across the groups of weights.
-    let col_tasks = if flat {
-        ow.div_ceil((65536 / p.c.max(1)).clamp(28, 512))
+    let most_cols = if flat {
+        (65536 / p.c.max(1)).clamp(28, 512)
     } else {
-        1
+        ow
     };
-    let cols = ow.div_ceil(col_tasks);
-    let col_tasks = ow.div_ceil(cols);
+    let (cols, col_tasks) = even_parts(ow, most_cols);
     let spatial = row_tasks * col_tasks;
     // Small maps (8x8 at batch 1) also split the output groups, so that
     // every thread has work.
@@ -367,7 +352,6 @@ impl Plan<'_> {
             let (at, gb) = p.groups[gi];
             // Balanced runs of at most `max_m` pixels.
             let max_m = MAX_PIXELS.min(MAX_ACC / gb);
-            let segs = oxs.len().div_ceil(max_m);
             let g0 = gi * p.group();
             let out_at = |oy: usize, ox: usize| {
                 ((img * self.y_blocks + self.block_offset + g0) * oh + oy) * ow * CB + ox * CB
@@ -396,9 +380,8 @@ impl Plan<'_> {
                     continue;
                 }
                 let src_y = (y0 + ky_lo as isize) as usize - src_row0;
-                let mut ox0 = oxs.start;
-                for seg in 0..segs {
-                    let m = oxs.len() / segs + usize::from(seg < oxs.len() % segs);
+                for run in runs(oxs.clone(), max_m) {
+                    let ox0 = run.start;
                     let tile = Tile {
                         x: src.as_ptr().add((src_y * src_w + ox0 * s) * px),
                         cstride,
@@ -418,8 +401,7 @@ impl Plan<'_> {
                         res: res.map_or(std::ptr::null(), |r| r.add(res_at(oy, ox0))),
                         out_bstride: plane,
                     };
-                    run_tile(m, gb, &tile);
-                    ox0 += m;
+                    run_tile(run.len(), gb, &tile);
                 }
             }
         }
@@ -477,11 +459,9 @@ pub(super) unsafe fn pointwise_span(
     static ZEROS: [f32; 4 * CB] = [0.0; 4 * CB];
     for (gi, &(at, gb)) in p.groups.iter().enumerate() {
         let max_m = MAX_PIXELS.min(MAX_ACC / gb);
-        let segs = px.div_ceil(max_m);
         let g0 = gi * p.group();
-        let mut q = 0;
-        for seg in 0..segs {
-            let len = px / segs + usize::from(seg < px % segs);
+        for run in runs(0..px, max_m) {
+            let q = run.start;
             let at_out = g0 * out_bstride + q * CB;
             let tile = Tile {
                 x: x.add(q * CB),
@@ -506,8 +486,7 @@ pub(super) unsafe fn pointwise_span(
                 res: if res.is_null() { res } else { res.add(at_out) },
                 out_bstride,
             };
-            run_tile(len, gb, &tile);
-            q += len;
+            run_tile(run.len(), gb, &tile);
         }
     }
 }
@@ -635,7 +614,7 @@ mod tests {
         s: usize,
         (t, b, l, r): Pad,
     ) -> (Vec<f32>, usize, usize) {
-        let (oh, ow) = (out_len(h, t, b, kh, s), out_len(w, l, r, kw, s));
+        let (oh, ow) = out_size((h, w), (kh, kw), s, (t, b, l, r));
         let mut y = vec![0f32; n * o * oh * ow];
         for img in 0..n {
             for oc in 0..o {

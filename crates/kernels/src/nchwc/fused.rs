@@ -12,8 +12,8 @@ use super::conv::pointwise_span;
 use super::conv::PackedConv;
 #[cfg(target_arch = "x86_64")]
 use super::window::depthwise_padded;
-use super::window::{out_len, PackedDepthwise};
-use super::{Blocked, Pad, CB};
+use super::window::{has_sliding_kernel, PackedDepthwise};
+use super::{even_parts, out_size, Blocked, Pad, CB};
 use crate::window::Clamp;
 use crate::{ConvGeometry, SyncPtr};
 
@@ -39,16 +39,15 @@ pub fn depthwise_then_1x1(
     residual: Option<&Blocked>,
 ) -> Option<Blocked> {
     let (kh, kw) = dw.p.k;
-    let sliding = matches!((kh, kw, dw.stride), (3, 3, 1 | 2) | (5, 5, 1 | 2));
-    if !sliding || !super::available() {
+    if !has_sliding_kernel((kh, kw), dw.stride) {
         return None;
     }
     assert_eq!(x.c, dw.p.c, "depthwise: channels");
     assert_eq!(pw.k, (1, 1), "fused: a 1x1 convolution");
     assert_eq!(pw.c, x.c, "fused: 1x1 input channels");
-    let (t, b, l, r) = dw.pad;
+    let (t, _, l, _) = dw.pad;
     let s = dw.stride;
-    let (oh, ow) = (out_len(x.h, t, b, kh, s), out_len(x.w, l, r, kw, s));
+    let (oh, ow) = out_size((x.h, x.w), (kh, kw), s, dw.pad);
     if let Some(res) = residual {
         assert_eq!(
             (res.n, res.c, res.h, res.w),
@@ -70,10 +69,7 @@ pub fn depthwise_then_1x1(
     // Rows per task: the band's depthwise output (every channel block)
     // within ~256 KB, at least one row.
     let xb = x.blocks();
-    let rows = (65536 / (xb * ow * CB)).clamp(1, oh);
-    let bands = oh.div_ceil(rows);
-    let rows = oh.div_ceil(bands);
-    let bands = oh.div_ceil(rows);
+    let (rows, bands) = even_parts(oh, (65536 / (xb * ow * CB)).clamp(1, oh));
     let (ob, plane) = (pw.o.div_ceil(CB), oh * ow * CB);
     let yp = SyncPtr::new(y.data.as_mut_ptr());
     let in_plane = x.h * x.w * CB;

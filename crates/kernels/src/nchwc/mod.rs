@@ -44,6 +44,41 @@ pub use fused::{depthwise_then_1x1, DepthwiseArgs};
 pub use window::{avg_pool_into, depthwise, max_pool, max_pool_into, PackedDepthwise, Pad};
 pub use winograd::{winograd_into, PackedWinograd};
 
+/// The output height and width of a `kh x kw` window with stride `s` and
+/// padding `(top, bottom, left, right)` over an `h x w` map.
+pub fn out_size(
+    (h, w): (usize, usize),
+    (kh, kw): (usize, usize),
+    s: usize,
+    (t, b, l, r): Pad,
+) -> (usize, usize) {
+    let len = |n: usize, before: usize, after: usize, k: usize| {
+        (n + before + after).saturating_sub(k) / s + 1
+    };
+    (len(h, t, b, kh), len(w, l, r, kw))
+}
+
+/// `len` cut into the fewest parts of at most `most` items, of near-equal
+/// size: `(size, parts)` (tasks of balanced work).
+fn even_parts(len: usize, most: usize) -> (usize, usize) {
+    let parts = len.div_ceil(most.max(1)).max(1);
+    let size = len.div_ceil(parts).max(1);
+    (size, len.div_ceil(size))
+}
+
+/// `span` in the fewest runs of at most `most`, their lengths differing by
+/// at most one (tiles of balanced width).
+fn runs(span: std::ops::Range<usize>, most: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let len = span.len();
+    let parts = len.div_ceil(most.max(1));
+    let mut start = span.start;
+    (0..parts).map(move |i| {
+        let run = start..start + len / parts + usize::from(i < len % parts);
+        start = run.end;
+        run
+    })
+}
+
 /// Channels per block: one AVX-512 register of f32.
 pub const CB: usize = 16;
 
@@ -181,6 +216,16 @@ mod testing {
 mod tests {
     use super::*;
     use crate::rng::uniform_vec;
+
+    #[test]
+    fn runs_and_parts_cover_their_span_in_near_equal_pieces() {
+        let r: Vec<_> = runs(3..52, 14).collect();
+        assert_eq!(r, vec![3..16, 16..28, 28..40, 40..52]);
+        assert_eq!(runs(0..0, 14).count(), 0);
+        // 17 rows of at most 16: two parts of 9 and 8, not 16 and 1.
+        assert_eq!(even_parts(17, 16), (9, 2));
+        assert_eq!(even_parts(5, 64), (5, 1));
+    }
 
     #[test]
     fn layout_round_trips_and_pads_lanes_with_zeros() {

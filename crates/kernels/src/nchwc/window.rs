@@ -7,9 +7,9 @@
 
 use rayon::prelude::*;
 
-use super::{Blocked, CB};
+use super::{out_size, Blocked, CB};
 use crate::window::Clamp;
-use crate::{uninit, ConvGeometry, SyncPtr};
+use crate::{ConvGeometry, SyncPtr};
 
 /// Depthwise weights per channel block: `[block][tap][16]`, bias `[block][16]`.
 pub struct PackedDepthwise {
@@ -45,10 +45,6 @@ impl PackedDepthwise {
 
 /// Padding `(top, bottom, left, right)`.
 pub type Pad = (usize, usize, usize, usize);
-
-pub(super) fn out_len(len: usize, before: usize, after: usize, k: usize, s: usize) -> usize {
-    (len + before + after).saturating_sub(k) / s + 1
-}
 
 /// What a window kernel computes.
 #[derive(Clone, Copy)]
@@ -137,15 +133,8 @@ pub fn avg_pool_into(
 }
 
 fn window(x: &Blocked, k: (usize, usize), s: usize, pad: Pad, op: Reduce) -> Blocked {
-    let (t, b, l, r) = pad;
-    let (oh, ow) = (out_len(x.h, t, b, k.0, s), out_len(x.w, l, r, k.1, s));
-    let mut y = Blocked {
-        data: uninit(x.n * x.blocks() * oh * ow * CB),
-        n: x.n,
-        c: x.c,
-        h: oh,
-        w: ow,
-    };
+    let (oh, ow) = out_size((x.h, x.w), k, s, pad);
+    let mut y = Blocked::uninit(x.n, x.c, oh, ow);
     window_into(x, k, s, pad, op, &mut y, 0);
     y
 }
@@ -159,8 +148,8 @@ fn window_into(
     y: &mut Blocked,
     block_offset: usize,
 ) {
-    let (t, b, l, r) = pad;
-    let (oh, ow) = (out_len(x.h, t, b, k.0, s), out_len(x.w, l, r, k.1, s));
+    let (t, _, l, _) = pad;
+    let (oh, ow) = out_size((x.h, x.w), k, s, pad);
     let g = ConvGeometry {
         chw: (CB, x.h, x.w),
         kernel: k,
@@ -222,6 +211,33 @@ fn window_into(
 /// Output pixels per group of the padded depthwise kernel.
 const DW_V: usize = 8;
 
+/// The sliding-window depthwise kernel for a `k` window with stride `s`:
+/// 3x3 and 5x5, stride 1 or 2.
+#[cfg(target_arch = "x86_64")]
+fn sliding_kernel(k: (usize, usize), s: usize) -> Option<unsafe fn(&Rows)> {
+    Some(match (k, s) {
+        ((3, 3), 1) => dw_rows::<3, 1>,
+        ((5, 5), 1) => dw_rows::<5, 1>,
+        ((3, 3), 2) => dw_rows::<3, 2>,
+        ((5, 5), 2) => dw_rows::<5, 2>,
+        _ => return None,
+    })
+}
+
+/// Whether [`depthwise_padded`] runs a `k` window with stride `s` on this
+/// CPU.
+pub(super) fn has_sliding_kernel(k: (usize, usize), s: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::available() && sliding_kernel(k, s).is_some()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (k, s);
+        false
+    }
+}
+
 /// Output rows `rows` of a depthwise plane, on a zero-padded copy of the
 /// input rows they read (the input activation applied on the way), so
 /// every output pixel runs the same eight-wide sliding-window kernel
@@ -250,12 +266,8 @@ pub(super) unsafe fn depthwise_padded(
         top_left: (t, l),
         out: (_, ow),
     } = g;
-    let run: unsafe fn(&Rows) = match (kh, kw, s) {
-        (3, 3, 1) => dw_rows::<3, 1>,
-        (5, 5, 1) => dw_rows::<5, 1>,
-        (3, 3, 2) => dw_rows::<3, 2>,
-        (5, 5, 2) => dw_rows::<5, 2>,
-        _ => return false,
+    let Some(run) = sliding_kernel((kh, kw), s) else {
+        return false;
     };
     if rows.is_empty() || ow == 0 {
         return true;
@@ -517,7 +529,7 @@ mod tests {
         (t, b, l, r): Pad,
         dw: Option<(&[f32], &[f32], Clamp)>,
     ) -> Vec<f32> {
-        let (oh, ow) = (out_len(h, t, b, kh, s), out_len(w, l, r, kw, s));
+        let (oh, ow) = out_size((h, w), (kh, kw), s, (t, b, l, r));
         let mut y = vec![0f32; n * c * oh * ow];
         for img in 0..n {
             for ch in 0..c {
@@ -561,7 +573,7 @@ mod tests {
         exclude_pad: bool,
         bias: &[f32],
     ) -> Vec<f32> {
-        let (oh, ow) = (out_len(h, t, b, k, s), out_len(w, l, r, k, s));
+        let (oh, ow) = out_size((h, w), (k, k), s, (t, b, l, r));
         let mut y = vec![0f32; n * c * oh * ow];
         for img in 0..n {
             for ch in 0..c {
@@ -625,7 +637,7 @@ mod tests {
             close(&got, &want, 0.0);
             for exclude_pad in [true, false] {
                 let (t, b, l, r) = pad;
-                let (oh, ow) = (out_len(h, t, b, k, s), out_len(w, l, r, k, s));
+                let (oh, ow) = out_size((h, w), (k, k), s, (t, b, l, r));
                 let mut y = Blocked {
                     data: vec![0.0; n * xb.blocks() * oh * ow * CB],
                     n,

@@ -19,8 +19,8 @@ use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::conv::pointwise_span;
-use super::conv::{out_len, PackedConv};
-use super::{Blocked, Pad, CB};
+use super::conv::PackedConv;
+use super::{even_parts, out_size, Blocked, Pad, CB};
 use crate::window::Clamp;
 use crate::SyncPtr;
 
@@ -88,8 +88,7 @@ pub fn winograd_into(
     block_offset: usize,
 ) {
     assert_eq!(x.c, p.c, "winograd: input channels");
-    let (t, b, l, r) = pad;
-    let (oh, ow) = (out_len(x.h, t, b, 3, 1), out_len(x.w, l, r, 3, 1));
+    let (oh, ow) = out_size((x.h, x.w), (3, 3), 1, pad);
     assert_eq!((y.n, y.h, y.w), (x.n, oh, ow), "winograd: output shape");
     assert!(
         block_offset + p.o.div_ceil(CB) <= y.blocks(),
@@ -101,9 +100,7 @@ pub fn winograd_into(
     let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
     // Tile rows per task: about 48 tiles, balanced, so that the band's
     // transformed input and products stay in L2.
-    let bands = th.div_ceil(48usize.div_ceil(tw).clamp(1, th));
-    let band = th.div_ceil(bands);
-    let bands = th.div_ceil(band);
+    let (band, bands) = even_parts(th, 48usize.div_ceil(tw).clamp(1, th));
     let plan = Plan {
         x,
         p,
