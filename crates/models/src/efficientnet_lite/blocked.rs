@@ -5,7 +5,7 @@
 use candle_core::Tensor;
 
 use super::{EfficientNetLite0, MbConv};
-use crate::layers::{BlockedConv1x1, BlockedDepthwise, BlockedStem};
+use crate::layers::{pooled_tensor, BlockedConv1x1, BlockedDepthwise, BlockedStem};
 use runner_kernels::nchwc::Blocked;
 
 /// [`MbConv`] in NCHW16c: `[expand] -> depthwise -> project [+ x]`.
@@ -63,13 +63,10 @@ impl BlockedFlow {
 
     /// The preprocessed `(N, 3, H, W)` input -> pooled `(N, 1280)`.
     pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let n = x.dim(0)?;
         let (mut y, device) = self.stem.forward(x)?;
         for b in &self.blocks {
             y = b.forward(&y);
         }
-        let pooled = self.head.forward(&y, None).global_avg();
-        let f = pooled.len() / n.max(1);
-        Tensor::from_vec(pooled, (n, f), &device)
+        pooled_tensor(&self.head.forward(&y, None), &device)
     }
 }

@@ -15,8 +15,8 @@ use runner_kernels::window::Clamp;
 
 use super::{AvgPool, BlockA, BlockB, BlockC, BlockD, BlockE, BranchPool, InceptionV3};
 use crate::layers::{
-    blocked_max_pool, blocked_max_pool_into, BlockedConv, BlockedConv1x1, BlockedStem, Conv2d,
-    Padding,
+    blocked_max_pool, blocked_max_pool_into, pooled_tensor, BlockedConv, BlockedConv1x1,
+    BlockedStem, Conv2d, Padding,
 };
 use crate::profile;
 
@@ -25,21 +25,26 @@ fn convs<const N: usize>(c: &[Conv2d; N]) -> [BlockedConv; N] {
     std::array::from_fn(|i| c[i].blocked())
 }
 
+/// Runs `conv` into `y` at block `at`; returns the block after it.
+fn branch_into(conv: &BlockedConv, x: &Blocked, y: &mut Blocked, at: usize) -> usize {
+    conv.forward_into(x, y, at);
+    at + conv.out_channels() / CB
+}
+
 /// Runs all but the last convolution, then the last into `y` at block `at`;
 /// returns the block after it.
 fn chain_into(convs: &[BlockedConv], x: &Blocked, y: &mut Blocked, at: usize) -> usize {
     let (last, first) = convs.split_last().expect("a chain has a convolution");
     match first {
-        [] => last.forward_into(x, y, at),
+        [] => branch_into(last, x, y, at),
         [head, rest @ ..] => {
             let mut t = head.forward(x);
             for c in rest {
                 t = c.forward(&t);
             }
-            last.forward_into(&t, y, at);
+            branch_into(last, &t, y, at)
         }
     }
-    at + last.out_channels() / CB
 }
 
 /// `conv(avg_pool(x))` run as `act(avg_pool(conv_linear(x)) + b)`.
@@ -109,7 +114,7 @@ impl BlockedA {
 
     fn forward(&self, x: &Blocked) -> Blocked {
         let mut y = Blocked::uninit(x.n, self.c, x.h, x.w);
-        let at = chain_into(std::slice::from_ref(&self.b1), x, &mut y, 0);
+        let at = branch_into(&self.b1, x, &mut y, 0);
         let at = chain_into(&self.b5, x, &mut y, at);
         let at = chain_into(&self.b3, x, &mut y, at);
         self.pool.forward_into(x, &mut y, at);
@@ -138,9 +143,9 @@ impl BlockedB {
 
     fn forward(&self, x: &Blocked) -> Blocked {
         let c = self.b3.out_channels() + self.bd[2].out_channels() + x.c;
-        let (h, w) = ((x.h - 3) / 2 + 1, (x.w - 3) / 2 + 1);
+        let (h, w) = nchwc::out_size((x.h, x.w), (3, 3), 2, (0, 0, 0, 0));
         let mut y = Blocked::uninit(x.n, c, h, w);
-        let at = chain_into(std::slice::from_ref(&self.b3), x, &mut y, 0);
+        let at = branch_into(&self.b3, x, &mut y, 0);
         let at = chain_into(&self.bd, x, &mut y, at);
         blocked_max_pool_into(x, 3, 2, Padding::Valid, &mut y, at);
         y
@@ -175,7 +180,7 @@ impl BlockedC {
 
     fn forward(&self, x: &Blocked) -> Blocked {
         let mut y = Blocked::uninit(x.n, self.c, x.h, x.w);
-        let at = chain_into(std::slice::from_ref(&self.b1), x, &mut y, 0);
+        let at = branch_into(&self.b1, x, &mut y, 0);
         let at = chain_into(&self.b7, x, &mut y, at);
         let at = chain_into(&self.bd, x, &mut y, at);
         self.pool.forward_into(x, &mut y, at);
@@ -204,7 +209,7 @@ impl BlockedD {
 
     fn forward(&self, x: &Blocked) -> Blocked {
         let c = self.b3[1].out_channels() + self.b7[3].out_channels() + x.c;
-        let (h, w) = ((x.h - 3) / 2 + 1, (x.w - 3) / 2 + 1);
+        let (h, w) = nchwc::out_size((x.h, x.w), (3, 3), 2, (0, 0, 0, 0));
         let mut y = Blocked::uninit(x.n, c, h, w);
         let at = chain_into(&self.b3, x, &mut y, 0);
         let at = chain_into(&self.b7, x, &mut y, at);
@@ -251,14 +256,14 @@ impl BlockedE {
 
     fn forward(&self, x: &Blocked) -> Blocked {
         let mut y = Blocked::uninit(x.n, self.c, x.h, x.w);
-        let at = chain_into(std::slice::from_ref(&self.b1), x, &mut y, 0);
+        let at = branch_into(&self.b1, x, &mut y, 0);
         let b3 = self.b3.forward(x);
-        let at = chain_into(std::slice::from_ref(&self.b3_1), &b3, &mut y, at);
-        let at = chain_into(std::slice::from_ref(&self.b3_2), &b3, &mut y, at);
+        let at = branch_into(&self.b3_1, &b3, &mut y, at);
+        let at = branch_into(&self.b3_2, &b3, &mut y, at);
         drop(b3);
         let bd = self.bd[1].forward(&self.bd[0].forward(x));
-        let at = chain_into(std::slice::from_ref(&self.bd_1), &bd, &mut y, at);
-        let at = chain_into(std::slice::from_ref(&self.bd_2), &bd, &mut y, at);
+        let at = branch_into(&self.bd_1, &bd, &mut y, at);
+        let at = branch_into(&self.bd_2, &bd, &mut y, at);
         drop(bd);
         self.pool.forward_into(x, &mut y, at);
         y
@@ -298,7 +303,6 @@ impl BlockedFlow {
 
     /// The preprocessed `(N, 3, 299, 299)` input -> pooled `(N, 2048)`.
     pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let n = x.dim(0)?;
         let (y, device) = self.conv1.forward(x)?; // (N, 32, 149, 149)
         let y = self.stem[0].forward(&y); // (N, 32, 147, 147)
         let y = self.stem[1].forward(&y); // (N, 64, 147, 147)
@@ -317,8 +321,6 @@ impl BlockedFlow {
         for b in &self.mixed9_10 {
             y = b.forward(&y);
         }
-        let pooled = y.global_avg();
-        let f = pooled.len() / n.max(1);
-        Tensor::from_vec(pooled, (n, f), &device)
+        pooled_tensor(&y, &device)
     }
 }

@@ -68,10 +68,7 @@ impl BlockedStem {
         let s = self.stride;
         let y = profile::time(
             || {
-                let (oh, ow) = (
-                    (h + pad.0 + pad.1 - kh) / s + 1,
-                    (w + pad.2 + pad.3 - kw) / s + 1,
-                );
+                let (oh, ow) = nchwc::out_size((h, w), (kh, kw), s, pad);
                 let flops = 2.0 * (n * oh * ow * c * self.packed.o * kh * kw) as f64;
                 (format!("nchwc conv {kh}x{kw}/{s} (stem)"), flops)
             },
@@ -139,13 +136,18 @@ impl BlockedConv1x1 {
 }
 
 /// A dense convolution for [`nchwc::Blocked`] maps: the 1x1 kernel for
-/// unpadded 1x1 windows, the row-exact `kh x kw` kernel otherwise.
+/// unpadded 1x1 windows, Winograd F(2x2, 3x3) for 3x3 stride-1 windows,
+/// the row-exact `kh x kw` kernel otherwise. Each holds its weights in the
+/// one packing it runs.
 pub enum BlockedConv {
     OneByOne(BlockedConv1x1),
+    Winograd {
+        packed: nchwc::PackedWinograd,
+        padding: Padding,
+        act: Clamp,
+    },
     Dense {
         packed: nchwc::PackedConv,
-        /// The same 3x3 stride-1 kernel transformed for Winograd F(2x2, 3x3).
-        winograd: Option<nchwc::PackedWinograd>,
         stride: usize,
         padding: Padding,
         act: Clamp,
@@ -156,66 +158,63 @@ impl BlockedConv {
     pub fn out_channels(&self) -> usize {
         match self {
             Self::OneByOne(c) => c.out_channels(),
+            Self::Winograd { packed, .. } => packed.o,
             Self::Dense { packed, .. } => packed.o,
         }
     }
 
     /// `act(conv(x) + b)`.
     pub fn forward(&self, x: &nchwc::Blocked) -> nchwc::Blocked {
+        let (oh, ow) = nchwc::out_size((x.h, x.w), self.kernel(), self.stride(), self.pad(x));
+        let mut y = nchwc::Blocked::uninit(x.n, self.out_channels(), oh, ow);
+        self.forward_into(x, &mut y, 0);
+        y
+    }
+
+    fn kernel(&self) -> (usize, usize) {
         match self {
-            Self::OneByOne(c) => c.forward(x, None),
-            Self::Dense { packed, .. } => {
-                let (oh, ow) = self.out_hw(x);
-                let mut y = nchwc::Blocked::uninit(x.n, packed.o, oh, ow);
-                self.forward_into(x, &mut y, 0);
-                y
-            }
+            Self::OneByOne(_) => (1, 1),
+            Self::Winograd { .. } => (3, 3),
+            Self::Dense { packed, .. } => packed.k,
         }
     }
 
-    /// The output's height and width for input `x`.
-    fn out_hw(&self, x: &nchwc::Blocked) -> (usize, usize) {
+    fn stride(&self) -> usize {
         match self {
-            Self::OneByOne(c) => (x.h.div_ceil(c.stride), x.w.div_ceil(c.stride)),
-            Self::Dense {
-                packed,
-                stride,
-                padding,
-                ..
-            } => {
-                let (t, b, l, r) = padding.resolve((x.h, x.w), packed.k, *stride).tblr();
-                let (kh, kw) = packed.k;
-                (
-                    (x.h + t + b).saturating_sub(kh) / stride + 1,
-                    (x.w + l + r).saturating_sub(kw) / stride + 1,
-                )
-            }
+            Self::OneByOne(c) => c.stride,
+            Self::Winograd { .. } => 1,
+            Self::Dense { stride, .. } => *stride,
         }
+    }
+
+    /// The padding over input `x`, `(top, bottom, left, right)`.
+    fn pad(&self, x: &nchwc::Blocked) -> nchwc::Pad {
+        let padding = match self {
+            Self::OneByOne(_) => return (0, 0, 0, 0),
+            Self::Winograd { padding, .. } | Self::Dense { padding, .. } => padding,
+        };
+        padding
+            .resolve((x.h, x.w), self.kernel(), self.stride())
+            .tblr()
     }
 
     /// [`Self::forward`] written to `y`'s blocks `block_offset..`.
     pub fn forward_into(&self, x: &nchwc::Blocked, y: &mut nchwc::Blocked, block_offset: usize) {
+        let pad = self.pad(x);
+        let (kh, kw) = self.kernel();
+        let flops = 2.0 * (y.n * y.hw() * x.c * self.out_channels() * kh * kw) as f64;
         match self {
             Self::OneByOne(c) => c.forward_into(x, None, y, block_offset),
+            Self::Winograd { packed, act, .. } => profile::time(
+                || ("nchwc conv 3x3/1 winograd".to_string(), flops),
+                || nchwc::winograd_into(x, packed, pad, *act, y, block_offset),
+            ),
             Self::Dense {
                 packed,
-                winograd,
                 stride,
-                padding,
                 act,
+                ..
             } => {
-                let (kh, kw) = packed.k;
-                let pad = padding.resolve((x.h, x.w), (kh, kw), *stride).tblr();
-                let out = y.n * y.hw();
-                if let Some(wg) = winograd {
-                    return profile::time(
-                        || {
-                            let flops = 2.0 * (out * packed.c * packed.o * 9) as f64;
-                            ("nchwc conv 3x3/1 winograd".to_string(), flops)
-                        },
-                        || nchwc::winograd_into(x, wg, pad, *act, y, block_offset),
-                    );
-                }
                 let args = nchwc::ConvArgs {
                     stride: *stride,
                     pad,
@@ -223,15 +222,20 @@ impl BlockedConv {
                     residual: None,
                 };
                 profile::time(
-                    || {
-                        let flops = 2.0 * (out * packed.c * packed.o * kh * kw) as f64;
-                        (format!("nchwc conv {kh}x{kw}/{stride}"), flops)
-                    },
+                    || (format!("nchwc conv {kh}x{kw}/{stride}"), flops),
                     || nchwc::conv_into(x, packed, args, y, block_offset),
                 )
             }
         }
     }
+}
+
+/// Global average pooling of a batch of maps: `(N, C)` on `device`.
+pub fn pooled_tensor(
+    y: &nchwc::Blocked,
+    device: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(y.global_avg(), (y.n, y.c), device)
 }
 
 impl Conv2d {
@@ -258,14 +262,19 @@ impl Conv2d {
         }
         let w = self.weight.to_row_major();
         let (o, c) = (self.out_channels(), self.in_channels);
-        let winograd = (self.k == (3, 3) && self.cfg.stride == 1)
-            .then(|| nchwc::PackedWinograd::new(&w, &self.bias, o, c));
+        let (padding, act) = (self.cfg.padding, self.cfg.act.clamp());
+        if self.k == (3, 3) && self.cfg.stride == 1 {
+            return BlockedConv::Winograd {
+                packed: nchwc::PackedWinograd::new(&w, &self.bias, o, c),
+                padding,
+                act,
+            };
+        }
         BlockedConv::Dense {
             packed: nchwc::PackedConv::new(&w, &self.bias, o, c, self.k, 2),
-            winograd,
             stride: self.cfg.stride,
-            padding: self.cfg.padding,
-            act: self.cfg.act.clamp(),
+            padding,
+            act,
         }
     }
 
@@ -273,26 +282,30 @@ impl Conv2d {
     /// `act(pool(conv(x)) + b)` equals `act(conv(pool(x)) + b)` for a linear
     /// pool, on the convolution's (fewer) output channels.
     pub fn blocked_1x1_linear(&self) -> Option<(BlockedConv1x1, Vec<f32>, Clamp)> {
-        let full = self.blocked_1x1()?;
-        if full.stride != 1 {
+        if !self.is_unpadded_1x1() || self.cfg.stride != 1 {
             return None;
         }
         let w = self.weight.to_row_major();
         let zero = vec![0.0; self.out_channels()];
         let oc = (self.out_channels(), self.in_channels);
         let linear = BlockedConv1x1::new(&w, &zero, oc, 1, Clamp::NONE);
-        Some((linear, self.bias.clone(), full.act))
+        Some((linear, self.bias.clone(), self.cfg.act.clamp()))
     }
 
-    /// This convolution for NCHW16c maps, when it is 1x1 without padding
-    /// (stride 1 or 2).
-    pub fn blocked_1x1(&self) -> Option<BlockedConv1x1> {
+    /// A 1x1 window that no padding rule pads.
+    fn is_unpadded_1x1(&self) -> bool {
         // "same" never pads a 1x1 window, whatever the stride.
         let unpadded = match self.cfg.padding {
             Padding::Explicit(p) => p.is_zero(),
             Padding::Valid | Padding::Same | Padding::SameLower => true,
         };
-        if self.k != (1, 1) || !unpadded || self.cfg.stride > 2 {
+        self.k == (1, 1) && unpadded
+    }
+
+    /// This convolution for NCHW16c maps, when it is 1x1 without padding
+    /// (any stride: the kernel reads every `stride`-th pixel in place).
+    pub fn blocked_1x1(&self) -> Option<BlockedConv1x1> {
+        if !self.is_unpadded_1x1() {
             return None;
         }
         let w = self.weight.to_row_major();

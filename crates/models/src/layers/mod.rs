@@ -36,8 +36,8 @@ mod pool;
 mod weights;
 
 pub use blocked::{
-    blocked_max_pool, blocked_max_pool_into, nchwc_enabled, on_pool, BlockedConv, BlockedConv1x1,
-    BlockedDepthwise, BlockedStem,
+    blocked_max_pool, blocked_max_pool_into, nchwc_enabled, on_pool, pooled_tensor, BlockedConv,
+    BlockedConv1x1, BlockedDepthwise, BlockedStem,
 };
 pub use conv::{Conv2d, Conv2dConfig};
 pub use depthwise::{depthwise_conv2d, DepthwiseConfig, DepthwiseConv2d};

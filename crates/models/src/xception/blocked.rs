@@ -5,7 +5,8 @@ use candle_core::Tensor;
 
 use super::{DownBlock, MiddleBlock, SepConv, Xception};
 use crate::layers::{
-    blocked_max_pool, BlockedConv, BlockedConv1x1, BlockedDepthwise, BlockedStem, Padding,
+    blocked_max_pool, pooled_tensor, BlockedConv, BlockedConv1x1, BlockedDepthwise, BlockedStem,
+    Padding,
 };
 use runner_kernels::nchwc::Blocked;
 
@@ -95,15 +96,12 @@ impl BlockedFlow {
 
     /// The preprocessed `(N, 3, H, W)` input -> pooled `(N, 2048)`.
     pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let n = x.dim(0)?;
         let (y, device) = self.conv1.forward(x)?; // (N, 32, 149, 149)
         let y = self.conv2.forward(&y); // (N, 64, 147, 147)
-        let pooled = self.forward_blocked(y);
-        let f = pooled.len() / n.max(1);
-        Tensor::from_vec(pooled, (n, f), &device)
+        pooled_tensor(&self.forward_blocked(y), &device)
     }
 
-    fn forward_blocked(&self, mut y: Blocked) -> Vec<f32> {
+    fn forward_blocked(&self, mut y: Blocked) -> Blocked {
         for b in &self.entry {
             y = b.forward(&y);
         }
@@ -114,7 +112,6 @@ impl BlockedFlow {
         }
         y = self.block13.forward(&y);
         let [s1, s2] = &self.block14;
-        let y = s2.forward(&s1.forward(&y, None), None);
-        y.global_avg()
+        s2.forward(&s1.forward(&y, None), None)
     }
 }
